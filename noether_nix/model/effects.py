@@ -20,43 +20,43 @@ class _E(msgspec.Struct, frozen=True, tag_field="effect"):
     pass
 
 
-class Cost(_E, tag="Cost"):
+class Cost(_E, frozen=True, tag="Cost"):
     cents: int
 
 
-class Fallible(_E, tag="Fallible"):
+class Fallible(_E, frozen=True, tag="Fallible"):
     pass
 
 
-class FsRead(_E, tag="FsRead"):
+class FsRead(_E, frozen=True, tag="FsRead"):
     path: str
 
 
-class FsWrite(_E, tag="FsWrite"):
+class FsWrite(_E, frozen=True, tag="FsWrite"):
     path: str
 
 
-class Llm(_E, tag="Llm"):
+class Llm(_E, frozen=True, tag="Llm"):
     model: str
 
 
-class Network(_E, tag="Network"):
+class Network(_E, frozen=True, tag="Network"):
     pass
 
 
-class NonDeterministic(_E, tag="NonDeterministic"):
+class NonDeterministic(_E, frozen=True, tag="NonDeterministic"):
     pass
 
 
-class Process(_E, tag="Process"):
+class Process(_E, frozen=True, tag="Process"):
     pass
 
 
-class Pure(_E, tag="Pure"):
+class Pure(_E, frozen=True, tag="Pure"):
     pass
 
 
-class Unknown(_E, tag="Unknown"):
+class Unknown(_E, frozen=True, tag="Unknown"):
     pass
 
 

@@ -76,7 +76,7 @@ def ryu_number(x: float) -> str:
     ds, kk = _digits_exponent(abs(x))
     length = len(ds)
     k = kk - length
-    if 0 <= k and kk <= 16:
+    if k >= 0 and kk <= 16:
         out = ds + "0" * k + ".0"
     elif 0 < kk <= 16:
         out = ds[:kk] + "." + ds[kk:]

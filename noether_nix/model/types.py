@@ -21,19 +21,19 @@ class _T(msgspec.Struct, frozen=True, tag_field=_TAG, omit_defaults=True):
     pass
 
 
-class AnyType(_T, tag="Any"):
+class AnyType(_T, frozen=True, tag="Any"):
     pass
 
 
-class BoolType(_T, tag="Bool"):
+class BoolType(_T, frozen=True, tag="Bool"):
     pass
 
 
-class BytesType(_T, tag="Bytes"):
+class BytesType(_T, frozen=True, tag="Bytes"):
     pass
 
 
-class ListType(_T, tag="List"):
+class ListType(_T, frozen=True, tag="List"):
     value: NType
 
 
@@ -42,39 +42,39 @@ class MapKV(msgspec.Struct, frozen=True):
     value: NType
 
 
-class MapType(_T, tag="Map"):
+class MapType(_T, frozen=True, tag="Map"):
     value: MapKV
 
 
-class NullType(_T, tag="Null"):
+class NullType(_T, frozen=True, tag="Null"):
     pass
 
 
-class NumberType(_T, tag="Number"):
+class NumberType(_T, frozen=True, tag="Number"):
     pass
 
 
-class RecordType(_T, tag="Record"):
+class RecordType(_T, frozen=True, tag="Record"):
     value: dict[str, NType]
 
 
-class StreamType(_T, tag="Stream"):
+class StreamType(_T, frozen=True, tag="Stream"):
     value: NType
 
 
-class TextType(_T, tag="Text"):
+class TextType(_T, frozen=True, tag="Text"):
     pass
 
 
-class UnionType(_T, tag="Union"):
+class UnionType(_T, frozen=True, tag="Union"):
     value: list[NType]
 
 
-class VNodeType(_T, tag="VNode"):
+class VNodeType(_T, frozen=True, tag="VNode"):
     pass
 
 
-class VarType(_T, tag="Var"):
+class VarType(_T, frozen=True, tag="Var"):
     value: str
 
 
@@ -83,7 +83,7 @@ class RecordWithBody(msgspec.Struct, frozen=True):
     rest: str
 
 
-class RecordWithType(_T, tag="RecordWith"):
+class RecordWithType(_T, frozen=True, tag="RecordWith"):
     value: RecordWithBody
 
 
@@ -91,17 +91,17 @@ class _R(msgspec.Struct, frozen=True, tag_field="kind", omit_defaults=True):
     pass
 
 
-class RangeRefinement(_R, tag="Range"):
+class RangeRefinement(_R, frozen=True, tag="Range"):
     # Field order matters for serde-compact (legacy v0 IDs): min before max.
     min: float | None = None
     max: float | None = None
 
 
-class OneOfRefinement(_R, tag="OneOf"):
+class OneOfRefinement(_R, frozen=True, tag="OneOf"):
     options: list[Any]
 
 
-class NonEmptyRefinement(_R, tag="NonEmpty"):
+class NonEmptyRefinement(_R, frozen=True, tag="NonEmpty"):
     pass
 
 
@@ -113,7 +113,7 @@ class RefinedBody(msgspec.Struct, frozen=True):
     refinement: Refinement
 
 
-class RefinedType(_T, tag="Refined"):
+class RefinedType(_T, frozen=True, tag="Refined"):
     value: RefinedBody
 
 
@@ -174,7 +174,8 @@ def _err_path(msg: str, base: str) -> tuple[str, str]:
 def from_json(value: Any, *, path: str = "type") -> NType:
     """Decode the canonical wire form (no shorthand)."""
     try:
-        return msgspec.convert(value, NType)
+        t: NType = msgspec.convert(value, NType)
+        return t
     except msgspec.ValidationError as e:
         text, where = _err_path(str(e), path)
         raise NoetherError("invalid_type", f"invalid type: {text}", path=where) from None

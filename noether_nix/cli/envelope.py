@@ -1,0 +1,46 @@
+"""The ACLI envelope every command prints (spec §11.1, with real values).
+
+Unlike upstream, ``command`` names the real subcommand and ``duration_ms``
+is measured; ``error.code`` is the stable machine code of the failure.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+from noether_nix import __version__
+from noether_nix.errors import NoetherError
+
+
+class Invocation:
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.started = time.monotonic()
+
+    def meta(self) -> dict[str, Any]:
+        return {"duration_ms": int((time.monotonic() - self.started) * 1000), "version": __version__}
+
+
+def ok_envelope(inv: Invocation, data: Any) -> dict[str, Any]:
+    return {"ok": True, "command": inv.command, "data": data, "meta": inv.meta()}
+
+
+def error_envelope(inv: Invocation, err: NoetherError) -> dict[str, Any]:
+    return {"ok": False, "command": inv.command, "error": err.to_dict(), "meta": inv.meta()}
+
+
+def dump(doc: Any, stream: TextIO | None = None) -> None:
+    out = stream or sys.stdout
+    out.write(json.dumps(doc, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+    out.flush()
+
+
+class CommandResult:
+    """A command that reports data and still fails (e.g. `stage verify`)."""
+
+    def __init__(self, data: Any, error: NoetherError | None = None) -> None:
+        self.data = data
+        self.error = error

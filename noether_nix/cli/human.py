@@ -1,0 +1,17 @@
+"""The ``--human`` view: the same data as the envelope, laid out for reading."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def render(command: str, data: Any) -> str:
+    if command == "stage list" and isinstance(data, dict):
+        lines = [f"{s['id']}  {s['lifecycle']:<10} {s['name'] or '':<24} {s['signature']}" for s in data["stages"]]
+        lines.append(f"({data['count']} stages)")
+        return "\n".join(lines)
+    if isinstance(data, dict) and all(not isinstance(v, (dict, list)) for v in data.values()):
+        width = max((len(k) for k in data), default=0)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in data.items())
+    return json.dumps(data, indent=2, ensure_ascii=False)

@@ -1,0 +1,163 @@
+"""Checking JSON values against NTypes and refinements (spec §8.3)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from noether_nix.model.jcs import serde_compact
+from noether_nix.model.types import (
+    AnyType,
+    BoolType,
+    BytesType,
+    ListType,
+    MapKV,
+    MapType,
+    NonEmptyRefinement,
+    NType,
+    NullType,
+    NumberType,
+    OneOfRefinement,
+    RangeRefinement,
+    RecordType,
+    RecordWithBody,
+    RecordWithType,
+    RefinedBody,
+    RefinedType,
+    Refinement,
+    StreamType,
+    TextType,
+    UnionType,
+    VarType,
+    VNodeType,
+    display,
+    display_refinement,
+)
+
+
+def json_type_name(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    return "object"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else repr(float(x))
+
+
+def check_refinement(r: Refinement, value: Any) -> str | None:
+    """None if ``value`` satisfies ``r``, else upstream's reason text."""
+    match r:
+        case RangeRefinement(min=lo, max=hi):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"Range requires a Number, got {json_type_name(value)}"
+            if lo is not None and value < lo:
+                return f"value {_num(value)} below minimum {_num(lo)}"
+            if hi is not None and value > hi:
+                return f"value {_num(value)} above maximum {_num(hi)}"
+            return None
+        case OneOfRefinement(options=opts):
+            if any(serde_compact(value) == serde_compact(o) for o in opts):
+                return None
+            return f"value {serde_compact(value).decode()} is not one of the allowed options"
+        case NonEmptyRefinement():
+            if isinstance(value, str):
+                return "string is empty" if not value else None
+            if isinstance(value, list):
+                return "array is empty" if not value else None
+            if isinstance(value, dict):
+                return "object is empty" if not value else None
+            return f"NonEmpty expects a string / array / object, got {json_type_name(value)}"
+    raise AssertionError(r)
+
+
+def outer_refinements(t: NType) -> list[Refinement]:
+    """The outermost chain of Refined layers, outermost first."""
+    out: list[Refinement] = []
+    while isinstance(t, RefinedType):
+        out.append(t.value.refinement)
+        t = t.value.base
+    return out
+
+
+def _nullable(t: NType) -> bool:
+    match t:
+        case NullType() | AnyType() | VarType():
+            return True
+        case UnionType(value=vs):
+            return any(_nullable(v) for v in vs)
+    return False
+
+
+def conforms(value: Any, t: NType, path: str = "$") -> str | None:
+    """None if ``value`` is a value of type ``t``, else the first mismatch with its path."""
+    match t:
+        case AnyType() | VarType():
+            return None
+        case BoolType():
+            return None if isinstance(value, bool) else f"{path}: expected Bool, got {json_type_name(value)}"
+        case NumberType():
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            return None if ok else f"{path}: expected Number, got {json_type_name(value)}"
+        case TextType():
+            return None if isinstance(value, str) else f"{path}: expected Text, got {json_type_name(value)}"
+        case NullType():
+            return None if value is None else f"{path}: expected Null, got {json_type_name(value)}"
+        case BytesType():
+            if not isinstance(value, str):
+                return f"{path}: expected Bytes (base64 text), got {json_type_name(value)}"
+            try:
+                base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                return f"{path}: expected Bytes, got text that is not base64"
+            return None
+        case VNodeType():
+            return None if isinstance(value, dict) else f"{path}: expected VNode (an object), got {json_type_name(value)}"
+        case ListType(value=el) | StreamType(value=el):
+            if not isinstance(value, list):
+                return f"{path}: expected {display(t)}, got {json_type_name(value)}"
+            for i, item in enumerate(value):
+                err = conforms(item, el, f"{path}[{i}]")
+                if err:
+                    return err
+            return None
+        case MapType(value=MapKV(key=kt, value=vt)):
+            if not isinstance(value, dict):
+                return f"{path}: expected {display(t)}, got {json_type_name(value)}"
+            for k, v in value.items():
+                err = conforms(k, kt, f"{path}<key {k!r}>") or conforms(v, vt, f"{path}.{k}")
+                if err:
+                    return err
+            return None
+        case RecordType(value=fields) | RecordWithType(value=RecordWithBody(fields=fields)):
+            if not isinstance(value, dict):
+                return f"{path}: expected {display(t)}, got {json_type_name(value)}"
+            for name, ft in sorted(fields.items()):
+                if name not in value:
+                    if _nullable(ft):
+                        continue
+                    return f"{path}: missing required field `{name}`"
+                err = conforms(value[name], ft, f"{path}.{name}")
+                if err:
+                    return err
+            return None
+        case UnionType(value=vs):
+            if any(conforms(value, v, path) is None for v in vs):
+                return None
+            return f"{path}: {serde_compact(value).decode()[:80]} is none of {display(t)}"
+        case RefinedType(value=RefinedBody(base=b, refinement=r)):
+            err = conforms(value, b, path)
+            if err:
+                return err
+            reason = check_refinement(r, value)
+            return f"{path}: {display_refinement(r)}: {reason}" if reason else None
+    raise AssertionError(t)

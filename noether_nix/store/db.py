@@ -1,0 +1,46 @@
+"""The durable state file: SQLite in WAL mode at ``$NOETHER_HOME/noether.db``.
+
+Several processes (the daemon, CLI invocations) may open it at once; WAL
+plus a busy timeout gives readers that never block and serialised writers.
+``synchronous=FULL`` makes an acknowledged commit survive a crash.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from noether_nix.errors import NoetherError
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    except (sqlite3.Error, OSError) as e:
+        raise NoetherError(
+            "store_unavailable", f"cannot open the store database: {e}", path=str(path)
+        ) from None
+    return conn
+
+
+@contextmanager
+def write_txn(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """An IMMEDIATE transaction: take the write lock up front, roll back on error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
