@@ -1,0 +1,1 @@
+"""The engine: runs prepared graphs on trio (issue 6)."""

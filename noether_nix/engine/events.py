@@ -1,0 +1,68 @@
+"""Trace events, streamed while a run executes and stored for replay.
+
+Each event is a msgspec Struct tagged on ``"event"``; the server writes them
+as NDJSON lines, the CLI renders them as progress, the trace store keeps
+them. Times are milliseconds; hashes are upstream's ``hash_value``
+(sha256 of serde-compact JSON).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+import msgspec
+
+RunStatus = Literal["ok", "failed", "cancelled"]
+
+
+class _Ev(msgspec.Struct, frozen=True, tag_field="event", omit_defaults=True):
+    run_id: str
+
+
+class RunAccepted(_Ev, frozen=True, tag="run_accepted"):
+    composition_id: str
+    started_at: str
+    effects: list[str] = msgspec.field(default_factory=list)
+
+
+class StageStarted(_Ev, frozen=True, tag="stage_started"):
+    node_path: str
+    stage_id: str
+    name: str | None = None
+    attempt: int = 1
+    isolation: str | None = None
+
+
+class StageFinished(_Ev, frozen=True, tag="stage_finished"):
+    node_path: str
+    stage_id: str
+    status: str  # a sandbox Result status ("ok", "error", "timed_out", …) or "cached"/"refused"
+    name: str | None = None
+    attempt: int = 1
+    cached: bool = False
+    wall_ms: int = 0
+    cpu_ms: int | None = None
+    max_rss_kb: int | None = None
+    build_ms: int | None = None
+    spent_cents: int = 0
+    input_hash: str | None = None
+    output_hash: str | None = None
+    isolation: str | None = None
+    message: str | None = None
+
+
+class RunWarning(_Ev, frozen=True, tag="warning"):
+    code: str
+    message: str
+    node_path: str | None = None
+
+
+class RunFinished(_Ev, frozen=True, tag="run_finished"):
+    status: RunStatus
+    duration_ms: int
+    spent_cents: int = 0
+    output: Any = None
+    error: dict[str, Any] | None = None
+
+
+Event = Union[RunAccepted, StageStarted, StageFinished, RunWarning, RunFinished]

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import os
+import subprocess
+
+from noether_nix.store.cache import PureCache
+from noether_nix.store.db import connect
+from noether_nix.store.runs import RunStore
+from noether_nix.paths import db_path
+
+
+def test_pure_cache_round_trip_and_lru_eviction() -> None:
+    cache = PureCache(connect(db_path()), max_entries=3)
+    for i in range(3):
+        cache.put("s", f"h{i}", {"i": i})
+    assert cache.get("s", "h0") == (True, {"i": 0})  # h0 is now the most recently used
+    cache.put("s", "h3", {"i": 3})
+    assert cache.size() == 3
+    assert cache.get("s", "h1") == (False, None)  # least recently used went first
+    assert cache.get("s", "h0")[0] and cache.get("s", "h3")[0]
+
+
+def test_cache_survives_reopening() -> None:
+    PureCache(connect(db_path())).put("s", "h", [1, 2.5, "x"])
+    assert PureCache(connect(db_path())).get("s", "h") == (True, [1, 2.5, "x"])
+
+
+def test_runs_of_dead_processes_are_marked_interrupted() -> None:
+    runs = RunStore(connect(db_path()))
+    runs.start("live", "c1")
+    child = subprocess.Popen(["true"])
+    child.wait()
+    runs.start("dead", "c1")
+    runs.conn.execute("UPDATE runs SET owner_pid = ? WHERE run_id = 'dead'", (child.pid,))
+    assert runs.mark_interrupted() == 1
+    dead, live = runs.get("dead"), runs.get("live")
+    assert dead is not None and dead["status"] == "interrupted"
+    assert live is not None and live["status"] == "running"
+    assert os.getpid() > 0
+    runs.finish("live", "ok", {"status": "Ok"}, [{"event": "run_finished"}], 3)
+    latest = runs.latest("c1")
+    assert latest is not None and latest["run_id"] in ("live", "dead")
+    got = runs.get("live")
+    assert got is not None and got["trace"] == {"status": "Ok"} and got["spent_cents"] == 3
