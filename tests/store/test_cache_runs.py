@@ -3,10 +3,10 @@ from __future__ import annotations
 import os
 import subprocess
 
+from noether_nix.paths import db_path
 from noether_nix.store.cache import PureCache
 from noether_nix.store.db import connect
 from noether_nix.store.runs import RunStore
-from noether_nix.paths import db_path
 
 
 def test_pure_cache_round_trip_and_lru_eviction() -> None:
