@@ -280,7 +280,12 @@ def parse_type(value: Any, *, path: str = "type") -> NType:
         raise NoetherError(
             "invalid_type", f"unknown type kind {value!r} (known kinds: {known})", path=path
         )
-    return from_json(normalize_shorthand(value), path=path)
+    try:
+        normalized = normalize_shorthand(value)
+    except NoetherError as e:
+        e.path = e.path or path
+        raise
+    return from_json(normalized, path=path)
 
 
 # ---------------------------------------------------------------- ordering

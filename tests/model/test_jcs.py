@@ -1,0 +1,84 @@
+"""JCS as upstream's serde_jcs emits it, and serde-compact numbers."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given
+
+from noether_nix.model.jcs import ecmascript_number, jcs, ryu_number, serde_compact
+from tests.model.strategies import json_values
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(0.0, "0"), (-0.0, "0"), (100.0, "100"), (0.5, "0.5"), (1e21, "1e+21"),
+     (1e20, "100000000000000000000"), (1e-7, "1e-7"), (1e-6, "0.000001"), (123.456, "123.456"),
+     (-2.5e-8, "-2.5e-8")],
+)
+def test_ecmascript_numbers(value: float, text: str) -> None:
+    assert ecmascript_number(value) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "text"), [(1.0, "1.0"), (100.0, "100.0"), (1e16, "1e16"), (1e-7, "1e-7"), (0.5, "0.5")]
+)
+def test_serde_numbers(value: float, text: str) -> None:
+    assert ryu_number(value) == text
+
+
+def test_integers_stay_integers_and_huge_ones_become_doubles() -> None:
+    assert jcs(2**63) == b"9223372036854775808"
+    assert jcs(2**64) == b"18446744073709552000"
+    assert jcs(1.0) == jcs(1) == b"1"
+
+
+def test_key_order_is_by_escaped_quoted_bytes() -> None:
+    # '"a b"' < '"a"' because ' ' (0x20) < '"' (0x22): serde_jcs, not RFC 8785.
+    assert jcs({"a": 1, "a b": 2}) == b'{"a b":2,"a":1}'
+    assert jcs({"b": [1, 2.5, "x", None], "a": {"z": True, "y": False}}) == (
+        b'{"a":{"y":false,"z":true},"b":[1,2.5,"x",null]}'
+    )
+
+
+def test_strings_escape_like_serde() -> None:
+    assert jcs("a\"b\\c\n\x01/é") == '"a\\"b\\\\c\\n\\u0001/é"'.encode()
+    assert serde_compact("\x1f") == b'"\\u001f"'
+
+
+def _shuffled(v: Any, rng: random.Random) -> Any:
+    if isinstance(v, dict):
+        items = list(v.items())
+        rng.shuffle(items)
+        return {k: _shuffled(x, rng) for k, x in items}
+    if isinstance(v, list):
+        return [_shuffled(x, rng) for x in v]
+    return v
+
+
+@given(json_values)
+def test_key_order_invariance(v: Any) -> None:
+    assert jcs(_shuffled(v, random.Random(1))) == jcs(v)
+
+
+def _num_eq(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_num_eq(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_num_eq(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+@given(json_values)
+def test_round_trip(v: Any) -> None:
+    assert _num_eq(json.loads(jcs(v)), v)
+    assert _num_eq(json.loads(serde_compact(v)), v)
+    # Canonical bytes are a fixpoint.
+    assert jcs(json.loads(jcs(v))) == jcs(v)
