@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from noether_nix.cli import stage_cmds, store_cmds
+    from noether_nix.cli import graph_cmds, stage_cmds, store_cmds
 
     p = _Parser(prog="noether", description="Run Noether graphs in Nix-built sandboxes.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(handler=lambda a: {"version": __version__}, command="version")
 
     stage_cmds.register(sub)
+    graph_cmds.register(sub)
     store_cmds.register(sub)
     return p
 

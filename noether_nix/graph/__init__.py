@@ -1,0 +1,1 @@
+"""Lagrange graphs: everything that happens before the first stage runs (issue 3)."""
