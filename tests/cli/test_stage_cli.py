@@ -16,7 +16,7 @@ SPEC = {
     "output": "Number",
     "implementation": "def execute(x):\n    return x + 1\n",
     "examples": [{"input": 1, "output": 2}],
-    "tags": ["math"],
+    "tags": ["add-one-test"],
 }
 
 
@@ -51,7 +51,7 @@ def test_stage_add_get_list_verify(spec_file: Path) -> None:
     _, got, _ = noether("stage", "get", sid[:10])
     assert got["data"]["id"] == sid and got["data"]["ed25519_signature"]
 
-    _, listed, _ = noether("stage", "list", "--tag", "math")
+    _, listed, _ = noether("stage", "list", "--tag", "add-one-test")
     assert [s["name"] for s in listed["data"]["stages"]] == ["add1"]
 
     _, verified, _ = noether("stage", "verify", "add1")

@@ -80,7 +80,7 @@ def test_retry_collapse_and_multiplication(a: Any, n: int, m: int, d: Any) -> No
               "max_attempts": m, "delay_ms": d}
     flat_inner = canonicalise(parse_node(a))
     # Multiplication applies only when the inner node is not itself a Retry with the same delay.
-    if not (node_to_json(flat_inner)["op"] == "Retry"):
+    if node_to_json(flat_inner)["op"] != "Retry":
         assert cid(nested) == cid({"op": "Retry", "stage": a, "max_attempts": n * m, "delay_ms": d})
     assert cid({"op": "Retry", "stage": a, "max_attempts": 1, "delay_ms": d}) == cid(a)
     assert cid({"op": "Retry", "stage": a, "max_attempts": 0, "delay_ms": d}) == cid(a)

@@ -103,3 +103,27 @@ def test_clamp_percent_float_bounds_print_as_integers() -> None:
     assert jcs(to_json(t)) == (
         b'{"kind":"Refined","value":{"base":{"kind":"Number"},"refinement":{"kind":"Range","max":100,"min":0}}}'
     )
+
+
+VECTORS = json.loads((SPEC / "vectors.json").read_text())
+
+
+@pytest.mark.parametrize("v", VECTORS["stage_ids"], ids=lambda v: v["implementation_hash"])
+def test_stage_id_vectors(v: dict[str, Any]) -> None:
+    i, o = parse_type(v["input"]), parse_type(v["output"])
+    e = effect_set_from_json(v["effects"])
+    assert stage_id(v["name"], i, o, e, v["implementation_hash"]) == v["id"]
+    assert signature_id(v["name"], i, o, e) == v["signature_id"]
+    if "canonical_jcs" in v:
+        obj = {"name": v["name"], "input": to_json(i), "output": to_json(o), "effects": e.to_json(),
+               "implementation_hash": v["implementation_hash"]}
+        assert jcs(obj).decode() == v["canonical_jcs"]
+
+
+def test_stdlib_key_vector() -> None:
+    k = VECTORS["stdlib_key"]
+    from noether_nix.model.signing import STDLIB_SEED
+
+    assert STDLIB_SEED.hex() == k["seed_hex"]
+    assert public_key_hex(stdlib_key()) == k["public_key_hex"]
+    assert sign_id(stdlib_key(), VECTORS["stage_ids"][0]["id"]) == k["signature_over_980de483_id"]
