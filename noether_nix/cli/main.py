@@ -25,7 +25,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from noether_nix.cli import graph_cmds, stage_cmds, store_cmds
+    from noether_nix.cli import doctor, graph_cmds, stage_cmds, store_cmds
+    from noether_nix.sandbox import cli as sandbox_cli
 
     p = _Parser(prog="noether", description="Run Noether graphs in Nix-built sandboxes.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     stage_cmds.register(sub)
     graph_cmds.register(sub)
+    sandbox_cli.register(sub)
+    doctor.register(sub)
     store_cmds.register(sub)
     return p
 
@@ -49,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         inv.command = getattr(args, "command", args.cmd)
+        raw_handler = getattr(args, "raw_handler", None)
+        if raw_handler is not None:
+            # Commands that speak through exit codes and the child's own output.
+            return int(raw_handler(args))
         handler: Handler = args.handler
         data = handler(args)
     except NoetherError as e:

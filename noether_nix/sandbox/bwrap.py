@@ -1,0 +1,112 @@
+"""The bubblewrap backend: where bwrap is, whether it works, and its argv."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import stat
+import subprocess
+
+import structlog
+
+from noether_nix.sandbox.policy import IsolationPolicy, Limits
+from noether_nix.sandbox.profile import Profile
+
+log = structlog.get_logger("noether.sandbox")
+
+TRUSTED_PATHS = (
+    "/run/current-system/sw/bin/bwrap",
+    "/nix/var/nix/profiles/default/bin/bwrap",
+    "/usr/bin/bwrap",
+    "/usr/local/bin/bwrap",
+)
+
+
+def _root_owned(path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_uid == 0 and not (st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+@functools.cache
+def find_bwrap() -> str | None:
+    """bwrap from a root-owned system path; $PATH only as a warned fallback."""
+    for p in TRUSTED_PATHS:
+        if os.access(p, os.X_OK) and _root_owned(p):
+            return p
+    found = shutil.which("bwrap")
+    if found:
+        log.warning("bwrap_from_path", path=found, why="not in a trusted system path")
+        return found
+    return None
+
+
+@functools.cache
+def bwrap_version(path: str) -> str:
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.strip().split()[-1] if out.strip() else "unknown"
+
+
+@functools.cache
+def bwrap_works(path: str) -> tuple[bool, str]:
+    """Can bwrap create every namespace we ask for on this host?"""
+    try:
+        proc = subprocess.run(
+            [path, "--unshare-all", "--unshare-user", "--die-with-parent", "--ro-bind", "/", "/",
+             "--proc", "/proc", "--dev", "/dev", "--", "/bin/true"],
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, str(e)
+    return proc.returncode == 0, proc.stderr.strip()
+
+
+def build_argv(
+    bwrap: str,
+    argv: list[str],
+    *,
+    policy: IsolationPolicy,
+    limits: Limits,
+    profile: Profile,
+    env: dict[str, str],
+    seccomp_fd: int | None,
+) -> list[str]:
+    args = [
+        bwrap,
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--uid", "65534",
+        "--gid", "65534",
+        "--cap-drop", "ALL",
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--size", str(limits.tmpfs_size_bytes), "--tmpfs", "/tmp",
+        "--clearenv",
+    ]
+    if policy.network:
+        args.append("--share-net")
+        for f in profile.network_ro_files:
+            args += ["--ro-bind-try", f, f]
+    for b in policy.ro_binds:
+        args += ["--ro-bind", b.host, b.sandbox]
+    for b in policy.rw_binds:
+        args += ["--bind", b.host, b.sandbox]
+    if policy.work_host:
+        args += ["--bind", policy.work_host, "/work"]
+    else:
+        args += ["--size", str(limits.tmpfs_size_bytes), "--perms", "0700", "--tmpfs", "/work"]
+    args += ["--chdir", "/work"]
+    for k, v in sorted(env.items()):
+        args += ["--setenv", k, v]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
+    return [*args, "--", *argv]

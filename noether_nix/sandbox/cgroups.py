@@ -1,0 +1,171 @@
+"""Per-run cgroups: memory and process-count caps, usage, and tree kill.
+
+cgroup v2 (``memory.max``, ``pids.max``, ``cgroup.kill``) when this process
+sits in a writable (delegated) subtree; cgroup v1 memory/pids/cpuacct
+hierarchies when that is what the host has. Without either, rlimits remain
+and ``mechanisms()`` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import uuid
+from pathlib import Path
+
+ROOT = Path("/sys/fs/cgroup")
+
+
+def _own_paths() -> dict[str, str]:
+    """controller (or '' for v2) → this process's cgroup path."""
+    out: dict[str, str] = {}
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            for c in controllers.split(",") if controllers else [""]:
+                out[c] = path
+    except OSError:
+        pass
+    return out
+
+
+def _writable_dir(p: Path) -> bool:
+    return p.is_dir() and os.access(p, os.W_OK)
+
+
+class RunCgroup:
+    """One cgroup (per controller on v1) for one sandboxed run."""
+
+    def __init__(self, dirs: dict[str, Path], version: int) -> None:
+        self.dirs = dirs
+        self.version = version
+
+    @classmethod
+    def create(cls, memory_bytes: int, max_pids: int) -> RunCgroup | None:
+        own = _own_paths()
+        name = f"noether-{uuid.uuid4().hex[:12]}"
+        v2 = ROOT / "cgroup.controllers"
+        if v2.exists() and "" in own:
+            base = ROOT / own[""].lstrip("/")
+            d = base / name
+            try:
+                d.mkdir()
+                (d / "memory.max").write_text(str(memory_bytes))
+                (d / "pids.max").write_text(str(max_pids))
+                with contextlib.suppress(OSError):
+                    (d / "memory.swap.max").write_text("0")
+                return cls({"": d}, 2)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+        dirs: dict[str, Path] = {}
+        for ctl in ("memory", "pids", "cpuacct"):
+            mount = ROOT / ctl
+            if ctl not in own or not _writable_dir(mount):
+                continue
+            d = mount / own[ctl].lstrip("/") / name
+            try:
+                d.mkdir()
+                if ctl == "memory":
+                    (d / "memory.limit_in_bytes").write_text(str(memory_bytes))
+                    with contextlib.suppress(OSError):
+                        (d / "memory.memsw.limit_in_bytes").write_text(str(memory_bytes))
+                elif ctl == "pids":
+                    (d / "pids.max").write_text(str(max_pids))
+                dirs[ctl] = d
+            except OSError:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+        if "memory" in dirs or "pids" in dirs:
+            return cls(dirs, 1)
+        for d in dirs.values():
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        return None
+
+    def procs_files(self) -> list[str]:
+        return [str(d / "cgroup.procs") for d in self.dirs.values()]
+
+    def _read(self, ctl: str, name: str) -> str | None:
+        d = self.dirs.get(ctl)
+        if d is None:
+            return None
+        try:
+            return (d / name).read_text()
+        except OSError:
+            return None
+
+    def oom_killed(self) -> bool:
+        if self.version == 2:
+            text = self._read("", "memory.events") or ""
+        else:
+            text = self._read("memory", "memory.oom_control") or ""
+        for line in text.splitlines():
+            k, _, v = line.partition(" ")
+            if k == "oom_kill" and v.strip() not in ("", "0"):
+                return True
+        if self.version == 1:
+            return (self._read("memory", "memory.failcnt") or "0").strip() not in ("0", "")
+        return False
+
+    def pids_exhausted(self) -> bool:
+        ctl = "" if self.version == 2 else "pids"
+        for line in (self._read(ctl, "pids.events") or "").splitlines():
+            k, _, v = line.partition(" ")
+            if k == "max" and v.strip() not in ("", "0"):
+                return True
+        return False
+
+    def max_rss_kb(self) -> int | None:
+        raw = self._read("", "memory.peak") if self.version == 2 else self._read("memory", "memory.max_usage_in_bytes")
+        return int(raw) // 1024 if raw and raw.strip().isdigit() else None
+
+    def cpu_ms(self) -> int | None:
+        if self.version == 2:
+            for line in (self._read("", "cpu.stat") or "").splitlines():
+                if line.startswith("usage_usec "):
+                    return int(line.split()[1]) // 1000
+            return None
+        raw = self._read("cpuacct", "cpuacct.usage")
+        return int(raw) // 1_000_000 if raw and raw.strip().isdigit() else None
+
+    def pids(self) -> list[int]:
+        out: set[int] = set()
+        for f in self.procs_files():
+            with contextlib.suppress(OSError):
+                out.update(int(x) for x in Path(f).read_text().split())
+        return sorted(out)
+
+    def kill(self) -> None:
+        """Kill every process in the cgroup (v2 atomically via cgroup.kill)."""
+        if self.version == 2:
+            with contextlib.suppress(OSError):
+                (self.dirs[""] / "cgroup.kill").write_text("1")
+                return
+        for _ in range(20):
+            pids = self.pids()
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def remove(self) -> None:
+        for d in self.dirs.values():
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+def mechanisms() -> dict[str, object]:
+    """What per-run limit mechanisms this host offers (for doctor / health)."""
+    probe = RunCgroup.create(64 * 1024 * 1024, 16)
+    if probe is not None:
+        probe.remove()
+    return {
+        "rlimits": ["RLIMIT_AS", "RLIMIT_NOFILE", "RLIMIT_FSIZE", "RLIMIT_CORE"],
+        "cgroup": None if probe is None else f"v{probe.version}",
+        "cgroup_controllers": [] if probe is None else sorted(c or "unified" for c in probe.dirs),
+        "tree_kill": "cgroup.kill" if probe is not None and probe.version == 2 else
+                     ("pid namespace + cgroup sweep" if probe is not None else "pid namespace"),
+    }

@@ -1,0 +1,103 @@
+"""Isolation policy and limits.
+
+``IsolationPolicy`` keeps upstream's JSON shape (ro_binds, rw_binds,
+work_host, network, env_allowlist; spec §10.2) so upstream policy files
+work with ``noether sandbox``; ``Limits`` are ours.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+import msgspec
+
+from noether_nix.errors import NoetherError
+from noether_nix.model.effects import EffectSet, FsRead, FsWrite, Network
+from noether_nix.sandbox.profile import Profile
+
+
+class Bind(msgspec.Struct, frozen=True):
+    host: str
+    sandbox: str
+
+
+class IsolationPolicy(msgspec.Struct, frozen=True, omit_defaults=True):
+    ro_binds: list[Bind]
+    network: bool
+    env_allowlist: list[str]
+    rw_binds: list[Bind] = msgspec.field(default_factory=list)
+    work_host: str | None = None
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    timeout_s: float = 30.0
+    max_output_bytes: int = 10 * 1024 * 1024
+    max_stderr_bytes: int = 64 * 1024
+    memory_bytes: int = 512 * 1024 * 1024
+    max_pids: int = 128
+    max_open_files: int = 256
+    max_file_size_bytes: int = 64 * 1024 * 1024
+    tmpfs_size_bytes: int = 64 * 1024 * 1024
+
+    def lowered(self, other: Limits | None = None, **overrides: float | int | None) -> Limits:
+        """Per-field minimum: a run may lower limits, never raise them."""
+        values = {f: getattr(self, f) for f in self.__struct_fields__}
+        if other is not None:
+            for f in self.__struct_fields__:
+                values[f] = min(values[f], getattr(other, f))
+        for f, v in overrides.items():
+            if v is not None:
+                if f not in values:
+                    raise NoetherError("invalid_limit", f"unknown limit {f!r}")
+                if v <= 0:
+                    raise NoetherError("invalid_limit", f"limit {f} must be positive, got {v}")
+                values[f] = min(values[f], v)
+        return Limits(**values)
+
+
+def _check_path(p: str, what: str) -> str:
+    if not p.startswith("/"):
+        raise NoetherError("invalid_policy_path", f"{what} path {p!r} must be absolute", path=p, exit_code=2)
+    if ".." in p.split("/"):
+        raise NoetherError("invalid_policy_path", f"{what} path {p!r} must not contain '..'", path=p, exit_code=2)
+    norm = posixpath.normpath(p)
+    if not os.path.exists(norm):
+        raise NoetherError(
+            "policy_path_missing", f"{what} path {norm} does not exist on this host", path=norm, exit_code=2,
+            hint="create it first: a sandbox binds only existing paths",
+        )
+    return norm
+
+
+def validate(policy: IsolationPolicy) -> IsolationPolicy:
+    """Refuse relative, '..' and missing paths before anything runs."""
+    for b in policy.ro_binds:
+        _check_path(b.host, "read-only bind")
+    for b in policy.rw_binds:
+        _check_path(b.host, "writable bind")
+    if policy.work_host is not None:
+        _check_path(policy.work_host, "work dir")
+    for b in (*policy.ro_binds, *policy.rw_binds):
+        if not b.sandbox.startswith("/") or ".." in b.sandbox.split("/"):
+            raise NoetherError("invalid_policy_path", f"sandbox path {b.sandbox!r} must be absolute without '..'",
+                               path=b.sandbox, exit_code=2)
+    return policy
+
+
+def policy_from_effects(effects: EffectSet, *, profile: Profile, extra_ro: list[str] | None = None) -> IsolationPolicy:
+    """The walls a stage's effects grant: FsRead → ro bind, FsWrite → rw bind,
+    Network → the host network; everything else adds nothing."""
+    ro = [Bind(b["host"], b["sandbox"]) for b in profile.ro_binds]
+    ro += [Bind(p, p) for p in (extra_ro or [])]
+    rw: list[Bind] = []
+    network = False
+    for e in effects.effects:
+        if isinstance(e, FsRead):
+            ro.append(Bind(e.path, e.path))
+        elif isinstance(e, FsWrite):
+            rw.append(Bind(e.path, e.path))
+        elif isinstance(e, Network):
+            network = True
+    return validate(IsolationPolicy(ro_binds=ro, rw_binds=rw, network=network,
+                                    env_allowlist=list(profile.env_allowlist)))

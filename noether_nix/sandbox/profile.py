@@ -1,0 +1,48 @@
+"""Declarative sandbox profiles (``sandboxes/<name>.json``).
+
+Looked up in ``$NOETHER_SANDBOX_PROFILES``, ``/etc/noether/sandboxes``, then
+the copy shipped with the package, so an operator can override or tighten a
+profile without touching code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from noether_nix.errors import NoetherError
+
+_PACKAGED = Path(__file__).resolve().parent.parent.parent / "sandboxes"
+_SEARCH_ENV = "NOETHER_SANDBOX_PROFILES"
+
+
+class Profile(msgspec.Struct, frozen=True):
+    name: str
+    ro_binds: list[dict[str, str]]
+    network_ro_files: list[str]
+    env_allowlist: list[str]
+    env_fixed: dict[str, str]
+    seccomp_deny: list[str]
+    defaults: dict[str, Any]
+    maxima: dict[str, Any]
+
+
+def _candidates(name: str) -> list[Path]:
+    dirs = [Path(d) for d in os.environ.get(_SEARCH_ENV, "").split(":") if d]
+    dirs += [Path("/etc/noether/sandboxes"), _PACKAGED, Path(__file__).resolve().parent / "profiles"]
+    return [d / f"{name}.json" for d in dirs]
+
+
+def load_profile(name_or_path: str = "default") -> Profile:
+    paths = [Path(name_or_path)] if name_or_path.endswith(".json") else _candidates(name_or_path)
+    for p in paths:
+        if p.is_file():
+            try:
+                return msgspec.json.decode(p.read_bytes(), type=Profile)
+            except (msgspec.ValidationError, msgspec.DecodeError) as e:
+                raise NoetherError("invalid_profile", f"sandbox profile is invalid: {e}", path=str(p)) from None
+    raise NoetherError("profile_not_found", f"no sandbox profile {name_or_path!r}",
+                       hint=f"looked in: {', '.join(str(p) for p in paths)}")

@@ -1,0 +1,291 @@
+"""Run one program in a sandbox, bounded, and report one Result.
+
+The supervisor reads stdout with a running byte count (killing the run when
+it passes the cap, so its own memory stays bounded), keeps only the tail of
+stderr, enforces the wall-clock timeout, and on any exit path — timeout,
+cap, cancellation — kills the whole tree: SIGKILL to bwrap tears down its
+PID namespace (``--unshare-pid`` + ``--die-with-parent``), and the run's
+cgroup is swept as a second wall.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import os
+import resource
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import msgspec
+import structlog
+import trio
+
+from noether_nix.errors import NoetherError
+from noether_nix.sandbox.bwrap import build_argv, bwrap_works, find_bwrap
+from noether_nix.sandbox.cgroups import RunCgroup
+from noether_nix.sandbox.policy import IsolationPolicy, Limits
+from noether_nix.sandbox.profile import Profile, load_profile
+from noether_nix.sandbox.seccomp import compile_filter, filter_fd
+
+log = structlog.get_logger("noether.sandbox")
+
+
+class Status(enum.StrEnum):
+    OK = "ok"
+    ERROR = "error"
+    SIGNAL = "signal"
+    TIMED_OUT = "timed_out"
+    OUTPUT_LIMIT = "output_limit"
+    MEMORY_LIMIT = "memory_limit"
+    PIDS_LIMIT = "pids_limit"
+    SPAWN_FAILED = "spawn_failed"
+    PROTOCOL_ERROR = "protocol_error"
+    CANCELLED = "cancelled"
+
+
+class Result(msgspec.Struct, kw_only=True):
+    status: Status
+    message: str
+    isolation: Literal["bwrap", "none"]
+    exit_code: int | None = None
+    signal: int | None = None
+    output: Any = None
+    stdout_bytes: bytes | None = None
+    wall_ms: int = 0
+    cpu_ms: int | None = None
+    max_rss_kb: int | None = None
+    stderr_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+
+class Isolation(msgspec.Struct, frozen=True):
+    """``bwrap`` (fail closed when unusable) or an explicit, logged ``none``."""
+
+    mode: Literal["bwrap", "none"] = "bwrap"
+
+    @staticmethod
+    def parse(value: str | None) -> Isolation:
+        if value in (None, "", "auto", "bwrap"):
+            return Isolation("bwrap")
+        if value == "none":
+            return Isolation("none")
+        raise NoetherError("unknown_isolation", f"unknown isolation backend {value!r} (use bwrap or none)",
+                           exit_code=2)
+
+
+def require_bwrap() -> str:
+    path = find_bwrap()
+    if path is None:
+        raise NoetherError("isolation_unavailable", "bubblewrap (bwrap) is not installed; sandboxed stages "
+                           "are refused", hint="apt-get install bubblewrap (or run ./dev setup)", exit_code=2)
+    ok, why = bwrap_works(path)
+    if not ok:
+        raise NoetherError("isolation_unavailable", f"bwrap cannot create its namespaces here: {why}",
+                           hint="enable unprivileged user namespaces or run as root", exit_code=2)
+    return path
+
+
+_seccomp_cache: dict[tuple[str, ...], bytes] = {}
+
+
+def _seccomp_program(profile: Profile) -> bytes:
+    key = tuple(profile.seccomp_deny)
+    if key not in _seccomp_cache:
+        _seccomp_cache[key] = compile_filter(list(key))
+    return _seccomp_cache[key]
+
+
+def _preexec(limits: Limits, cgroup: RunCgroup | None) -> Callable[[], None]:
+    procs = cgroup.procs_files() if cgroup else []
+
+    def setup() -> None:
+        # Runs in the child between fork and exec: join the run's cgroup
+        # first so nothing escapes accounting, then set rlimits that the
+        # sandboxed tree inherits.
+        for f in procs:
+            with open(f, "w") as fh:
+                fh.write(str(os.getpid()))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.max_open_files, limits.max_open_files))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_file_size_bytes, limits.max_file_size_bytes))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        # Address space is a coarse ceiling over the cgroup's memory cap.
+        as_cap = max(limits.memory_bytes * 2, 256 * 1024 * 1024)
+        resource.setrlimit(resource.RLIMIT_AS, (as_cap, as_cap))
+
+    return setup
+
+
+def _sandbox_env(profile: Profile, policy: IsolationPolicy, extra: dict[str, str] | None) -> dict[str, str]:
+    env = {k: os.environ[k] for k in policy.env_allowlist if k in os.environ}
+    env.update(profile.env_fixed)
+    env.update(extra or {})
+    return env
+
+
+async def run_sandboxed(
+    argv: list[str],
+    *,
+    policy: IsolationPolicy,
+    limits: Limits,
+    stdin: bytes,
+    isolation: Isolation,
+    expect_json: bool = True,
+    profile: Profile | None = None,
+    env: dict[str, str] | None = None,
+) -> Result:
+    profile = profile or load_profile("default")
+    mode = isolation.mode
+    seccomp_fd: int | None = None
+    if mode == "bwrap":
+        bwrap = require_bwrap()
+        seccomp_fd = filter_fd(_seccomp_program(profile))
+        full_argv = build_argv(bwrap, argv, policy=policy, limits=limits, profile=profile,
+                               env=_sandbox_env(profile, policy, env), seccomp_fd=seccomp_fd)
+        child_env: dict[str, str] | None = {}
+    else:
+        log.warning("unsandboxed_run", argv=argv[:1], why="isolation none was requested explicitly")
+        full_argv = list(argv)
+        child_env = _sandbox_env(profile, policy, env)
+    cgroup = RunCgroup.create(limits.memory_bytes, limits.max_pids)
+    started = time.monotonic()
+    try:
+        return await _supervise(full_argv, child_env, stdin, limits, cgroup, seccomp_fd, mode,
+                                expect_json, started)
+    finally:
+        if seccomp_fd is not None:
+            os.close(seccomp_fd)
+        if cgroup is not None:
+            cgroup.kill()
+            cgroup.remove()
+
+
+async def _supervise(
+    argv: list[str], env: dict[str, str] | None, stdin: bytes, limits: Limits, cgroup: RunCgroup | None,
+    seccomp_fd: int | None, mode: Literal["bwrap", "none"], expect_json: bool, started: float,
+) -> Result:
+    import subprocess
+
+    def elapsed() -> int:
+        return int((time.monotonic() - started) * 1000)
+
+    try:
+        proc = await trio.lowlevel.open_process(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            pass_fds=(seccomp_fd,) if seccomp_fd is not None else (),
+            start_new_session=True,
+            preexec_fn=_preexec(limits, cgroup),
+            cwd="/",
+        )
+    except OSError as e:
+        return Result(status=Status.SPAWN_FAILED, message=f"cannot start {argv[0]}: {e.strerror}",
+                      isolation=mode, exit_code=127)
+    assert proc.stdin and proc.stdout and proc.stderr
+    stdout = bytearray()
+    stderr_tail = bytearray()
+    verdict: Status | None = None
+
+    def kill_tree() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        if cgroup is not None:
+            cgroup.kill()
+
+    async def feed() -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await proc.stdin.send_all(stdin)  # type: ignore[union-attr]
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await proc.stdin.aclose()  # type: ignore[union-attr]
+
+    async def read_stdout() -> None:
+        nonlocal verdict
+        while chunk := await proc.stdout.receive_some(65536):  # type: ignore[union-attr]
+            if len(stdout) + len(chunk) > limits.max_output_bytes:
+                verdict = verdict or Status.OUTPUT_LIMIT
+                kill_tree()
+                return
+            stdout.extend(chunk)
+
+    async def read_stderr() -> None:
+        while chunk := await proc.stderr.receive_some(65536):  # type: ignore[union-attr]
+            stderr_tail.extend(chunk)
+            if len(stderr_tail) > limits.max_stderr_bytes:
+                del stderr_tail[: len(stderr_tail) - limits.max_stderr_bytes]
+
+    cancelled = False
+    try:
+        with trio.move_on_after(limits.timeout_s) as timeout_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(feed)
+                nursery.start_soon(read_stdout)
+                nursery.start_soon(read_stderr)
+                await proc.wait()
+        if timeout_scope.cancelled_caught:
+            verdict = Status.TIMED_OUT
+    except trio.Cancelled:
+        cancelled = True
+        raise
+    finally:
+        if proc.returncode is None or verdict is not None or cancelled:
+            kill_tree()
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(5):
+                await proc.wait()
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                with contextlib.suppress(Exception):
+                    await stream.aclose()
+    rc = proc.returncode
+    tail = stderr_tail.decode("utf-8", "replace")
+    usage: dict[str, Any] = {
+        "wall_ms": elapsed(),
+        "cpu_ms": cgroup.cpu_ms() if cgroup else None,
+        "max_rss_kb": cgroup.max_rss_kb() if cgroup else None,
+        "stderr_tail": tail,
+        "isolation": mode,
+        "stdout_bytes": None if expect_json else bytes(stdout),
+    }
+    if verdict is Status.TIMED_OUT:
+        return Result(status=verdict, message=f"timed out after {limits.timeout_s:g}s; the process tree was killed",
+                      **usage)
+    if verdict is Status.OUTPUT_LIMIT:
+        return Result(status=verdict, message=f"stdout passed the {limits.max_output_bytes}-byte cap; "
+                      "the process tree was killed", **usage)
+    if cgroup is not None and rc != 0 and cgroup.oom_killed():
+        return Result(status=Status.MEMORY_LIMIT, exit_code=rc,
+                      message=f"ran out of memory (limit {limits.memory_bytes} bytes)", **usage)
+    if cgroup is not None and rc != 0 and cgroup.pids_exhausted():
+        return Result(status=Status.PIDS_LIMIT, exit_code=rc,
+                      message=f"hit the process limit ({limits.max_pids})", **usage)
+    if rc is not None and rc < 0:
+        sig = -rc
+        return Result(status=Status.SIGNAL, signal=sig, exit_code=128 + sig,
+                      message=f"killed by signal {signal.Signals(sig).name}", **usage)
+    if mode == "bwrap" and rc == 1 and tail.startswith("bwrap: "):
+        # bwrap itself failed (e.g. execvp of a program the policy does not show).
+        return Result(status=Status.SPAWN_FAILED, exit_code=127,
+                      message=f"could not start the program in the sandbox: {tail.strip()[7:]}", **usage)
+    if rc != 0:
+        first = tail.strip().splitlines()[-1] if tail.strip() else "no error output"
+        return Result(status=Status.ERROR, exit_code=rc, message=f"exited with status {rc}: {first}", **usage)
+    raw = bytes(stdout)
+    if not expect_json:
+        return Result(status=Status.OK, exit_code=0, message="ok", **usage)
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        shown = raw[:200].decode("utf-8", "replace")
+        return Result(status=Status.PROTOCOL_ERROR, exit_code=0,
+                      message=f"stdout must be exactly one JSON value ({e}); got: {shown!r}", **usage)
+    return Result(status=Status.OK, exit_code=0, output=value, message="ok", **usage)
