@@ -31,6 +31,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser("run", help="run a graph")
     _policy_args(p)
     p.add_argument("--dry-run", action="store_true", help="check only (same as `noether check`)")
+    p.add_argument("--timeout-secs", type=float, help="per-stage wall-clock timeout (may only lower the default)")
+    p.add_argument("--max-output-bytes", type=int, help="per-stage stdout cap (may only lower the default)")
+    p.add_argument("--isolate", choices=["auto", "bwrap", "none"], help="isolation backend (none is unsafe)")
+    p.add_argument("--no-cache", action="store_true", help="do not use the pure-stage cache")
+    p.add_argument("--json", action="store_true", help="no live progress; print only the envelope")
     p.set_defaults(handler=cmd_run, command="run")
 
 
@@ -99,11 +104,96 @@ def cmd_check(args: argparse.Namespace) -> Any:
 def cmd_run(args: argparse.Namespace) -> Any:
     if args.dry_run:
         return cmd_check(args)
-    cmd_check(args)
-    raise NoetherError(
-        "not_implemented",
-        "the graph checks out, but executing graphs is not implemented yet (the engine lands with issue 6)",
-        path=args.graph,
-        hint=f"`noether check {args.graph}` shows the plan",
-        exit_code=3,
+    import trio
+
+    from noether_nix.cli.envelope import CommandResult
+    from noether_nix.engine.engine import Engine, RunOptions
+    from noether_nix.engine.events import Event
+
+    raw = read_json_file(args.graph, what="graph file")
+    store = open_store()
+    add_listed_specs(raw, args.graph, store)
+    engine = Engine(store=store)
+    options = RunOptions(
+        budget_cents=args.budget_cents,
+        allow_effects=_tokens(args.allow_effects),
+        allow_capabilities=_tokens(args.allow_capabilities),
+        timeout_secs=args.timeout_secs,
+        max_output_bytes=args.max_output_bytes,
+        isolate=args.isolate,
+        optimize=not args.no_optimize,
+        cache=not args.no_cache,
+        allow_unsigned=args.allow_unsigned,
     )
+    live = sys.stderr.isatty() and not args.json
+
+    async def progress(ev: Event) -> None:
+        from noether_nix.cli.human import render_event
+
+        line = render_event(ev)
+        if line:
+            print(line, file=sys.stderr, flush=True)
+
+    result = trio.run(lambda: engine.run(raw, read_input(args), options, emit=progress if live else None))
+    data = {
+        "composition_id": result.composition_id,
+        "run_id": result.run_id,
+        "status": result.status,
+        "output": result.output,
+        "effects": result.effects,
+        "trace": result.trace,
+        "warnings": result.warnings,
+        "spent_cents": result.spent_cents,
+        "cache": result.cache,
+    }
+    if result.error is not None:
+        code = 2 if result.error.get("code") == "budget_exceeded" else 3
+        return CommandResult(data, NoetherError(result.error["code"], f"execution failed: {result.error['message']}",
+                                                path=result.error.get("path"), exit_code=code))
+    return data
+
+
+def register_more(sub: Any) -> None:
+    p = sub.add_parser("trace", help="show the latest trace of a composition, or a run's trace")
+    p.add_argument("ref", help="composition id or run id")
+    p.set_defaults(handler=cmd_trace, command="trace")
+    p = sub.add_parser("runs", help="list recent runs")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(handler=cmd_runs, command="runs")
+    p = sub.add_parser("warmup", help="build the Nix programs of Active stages ahead of time")
+    p.add_argument("refs", nargs="*")
+    p.set_defaults(handler=cmd_warmup, command="warmup")
+
+
+def cmd_trace(args: argparse.Namespace) -> Any:
+    from noether_nix.store.runs import RunStore
+
+    runs = RunStore(open_store().conn)
+    run = runs.get(args.ref) or runs.latest(args.ref)
+    if run is None:
+        raise NoetherError("trace_not_found", f"no run or composition {args.ref!r}", path=args.ref)
+    return run
+
+
+def cmd_runs(args: argparse.Namespace) -> Any:
+    from noether_nix.store.runs import RunStore
+
+    return {"runs": RunStore(open_store().conn).recent(args.limit)}
+
+
+def cmd_warmup(args: argparse.Namespace) -> Any:
+    import trio
+
+    from noether_nix.nix.registry import ProgramRegistry
+    from noether_nix.nix.warmup import warmup
+
+    store = open_store()
+    stages = [store.resolve(r) for r in args.refs] if args.refs else [s for s in store.all() if s.state == "Active"]
+    live = sys.stderr.isatty()
+
+    def progress(p: dict[str, Any]) -> None:
+        if live:
+            n = p["built"] + p["cached"] + len(p["failed"])
+            print(f"\r  warmup {n}/{p['total']}", end="", file=sys.stderr, flush=True)
+
+    return trio.run(lambda: warmup(stages, ProgramRegistry(store.conn), progress=progress))

@@ -15,3 +15,17 @@ def render(command: str, data: Any) -> str:
         width = max((len(k) for k in data), default=0)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in data.items())
     return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def render_event(ev: Any) -> str | None:
+    """One line per stage as it starts and ends (live progress on a terminal)."""
+    kind = type(ev).__name__
+    if kind == "StageStarted":
+        return f"  ▶ {ev.node_path}  {ev.name or ev.stage_id[:8]}"
+    if kind == "StageFinished":
+        extra = f", built in {ev.build_ms} ms" if ev.build_ms else ""
+        mark = "✓" if ev.status in ("ok", "cached") else "✗"
+        return f"  {mark} {ev.node_path}  {ev.name or ev.stage_id[:8]}  {ev.status} {ev.wall_ms} ms{extra}"
+    if kind == "RunWarning":
+        return f"  ! {ev.message}"
+    return None

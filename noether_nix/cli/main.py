@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     stage_cmds.register(sub)
     graph_cmds.register(sub)
+    graph_cmds.register_more(sub)
     sandbox_cli.register(sub)
     doctor.register(sub)
     store_cmds.register(sub)

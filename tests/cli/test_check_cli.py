@@ -33,6 +33,11 @@ def test_reference_error_exits_1_and_check_error_exits_2(tmp_path: Path) -> None
     assert err["error"]["path"] == "root.stages[1]"
 
 
-def test_run_says_clearly_that_execution_is_not_there_yet() -> None:
-    _, _, err = noether("run", str(EXAMPLES / "hello.json"), check_rc=3)
-    assert err["error"]["code"] == "not_implemented"
+def test_run_hello_prints_output_and_trace() -> None:
+    _, out, _ = noether("run", str(EXAMPLES / "hello.json"))
+    data = out["data"]
+    assert data["output"] == "HELLO, WORLD!"
+    stages = data["trace"]["stages"]
+    assert [s["name"] for s in stages] == ["greet", "text_upper"]
+    assert stages[0]["isolation"] == "bwrap" and stages[1]["isolation"] == "in-process"
+    assert [s["node_path"] for s in stages] == ["root.stages[0]", "root.stages[1]"]

@@ -1,0 +1,487 @@
+"""The engine: runs prepared graphs on trio.
+
+Parallel branches, Let bindings, Fanout targets and Merge sources run
+concurrently, bounded by a run-wide and a process-wide capacity limiter.
+Stages run in-process only when they are Pure stdlib stages (or the kv /
+store stages the engine answers from its own state); everything else runs
+its Nix-built program in a sandbox whose walls its effects derive. A stage
+that cannot run is an error that says why — never an example's output.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import structlog
+import trio
+
+from noether_nix.engine.budget import Budget
+from noether_nix.engine.builtin import kv_impls, store_impls
+from noether_nix.engine.config import EngineConfig
+from noether_nix.engine.events import (
+    Event,
+    RunAccepted,
+    RunFinished,
+    RunWarning,
+    StageFinished,
+    StageStarted,
+)
+from noether_nix.errors import NoetherError
+from noether_nix.graph.ast import (
+    BranchNode,
+    ConstNode,
+    FanoutNode,
+    LetNode,
+    MergeNode,
+    Node,
+    ParallelNode,
+    RemoteStageNode,
+    RetryNode,
+    SequentialNode,
+    StageNode,
+)
+from noether_nix.graph.check import CheckOptions, PreparedGraph, check_report, prepare
+from noether_nix.graph.preflight import ENGINE_STAGES, is_stdlib
+from noether_nix.model.effects import EffectKind
+from noether_nix.model.jcs import serde_compact, value_hash
+from noether_nix.model.stage import Stage
+from noether_nix.model.types import display_refinement
+from noether_nix.model.values import check_refinement, outer_refinements
+from noether_nix.store.cache import PureCache
+from noether_nix.store.kv import KvStore
+from noether_nix.store.runs import RunStore
+from noether_nix.store.stages import StageStore
+from noether_nix.store.stdlib_seed import ensure_stdlib
+
+log = structlog.get_logger("noether.engine")
+
+Emit = Callable[[Event], Awaitable[None]]
+# Failures a retry cannot fix: the run's own rules refused the stage.
+NOT_RETRYABLE = {"budget_exceeded", "effect_not_allowed", "isolation_unavailable", "isolation_required",
+                 "no_implementation", "no_llm_provider", "arrow_unavailable", "cancelled"}
+CONFIG_INPUT_KEYS = ("items", "text", "data", "input", "records", "train", "document", "html", "csv", "json_str")
+
+
+class RunOptions(msgspec.Struct, kw_only=True):
+    budget_cents: int | None = None
+    allow_effects: list[str] | None = None
+    allow_capabilities: list[str] | None = None
+    timeout_secs: float | None = None
+    max_output_bytes: int | None = None
+    isolate: str | None = None
+    optimize: bool = True
+    cache: bool = True
+    allow_unsigned: bool = False
+    refinement_checks: bool = True
+    detach: bool = False
+
+
+class RunResult(msgspec.Struct):
+    run_id: str
+    composition_id: str
+    status: str
+    output: Any
+    error: dict[str, Any] | None
+    spent_cents: int
+    trace: dict[str, Any]
+    warnings: list[str]
+    effects: list[str]
+    cache: dict[str, int]
+
+
+class StageError(NoetherError):
+    def __init__(self, code: str, message: str, node_path: str, **kw: Any) -> None:
+        super().__init__(code, message, path=node_path, exit_code=kw.pop("exit_code", 3), **kw)
+
+
+class _Run:
+    """State of one run: budget, limiter, trace entries, events."""
+
+    def __init__(self, engine: Engine, prepared: PreparedGraph, options: RunOptions, run_id: str,
+                 emit: Emit | None) -> None:
+        self.engine = engine
+        self.p = prepared
+        self.options = options
+        self.run_id = run_id
+        self.emit_fn = emit
+        self.budget = Budget(options.budget_cents)
+        self.limiter = trio.CapacityLimiter(engine.config.run_concurrency)
+        self.entries: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.hits = 0
+        self.misses = 0
+        self.isolation = engine.isolation_mode(options)
+
+    async def emit(self, ev: Event) -> None:
+        self.events.append(msgspec.to_builtins(ev))
+        if self.emit_fn is not None:
+            await self.emit_fn(ev)
+
+    # ------------------------------------------------------------ operators
+
+    async def exec(self, node: Node, value: Any, path: str) -> Any:
+        match node:
+            case StageNode():
+                stage = self.p.resolution.stage_for(node)
+                return await self.run_stage(stage, _apply_config(value, node.config), path)
+            case ConstNode(value=v):
+                return v
+            case SequentialNode(stages=ss):
+                for i, s in enumerate(ss):
+                    value = await self.exec(s, value, f"{path}.stages[{i}]")
+                return value
+            case ParallelNode(branches=bs):
+                names = sorted(bs)
+                inputs = [value[k] if isinstance(value, dict) and k in value else value for k in names]
+                outs = await self.concurrently(
+                    [(bs[k], inputs[i], f"{path}.branches.{k}") for i, k in enumerate(names)])
+                return dict(zip(names, outs, strict=True))
+            case BranchNode(predicate=pr, if_true=t, if_false=f):
+                chosen = await self.exec(pr, value, f"{path}.predicate")
+                if chosen is True:
+                    return await self.exec(t, value, f"{path}.if_true")
+                return await self.exec(f, value, f"{path}.if_false")
+            case FanoutNode(source=s, targets=ts):
+                src = await self.exec(s, value, f"{path}.source")
+                return await self.concurrently([(t, src, f"{path}.targets[{i}]") for i, t in enumerate(ts)])
+            case MergeNode(sources=ss, target=t):
+                ins = [value[f"source_{i}"] if isinstance(value, dict) and f"source_{i}" in value else value
+                       for i in range(len(ss))]
+                outs = await self.concurrently([(s, ins[i], f"{path}.sources[{i}]") for i, s in enumerate(ss)])
+                merged = {f"source_{i}": o for i, o in enumerate(outs)}
+                return await self.exec(t, merged, f"{path}.target")
+            case RetryNode(stage=s, max_attempts=n, delay_ms=d):
+                return await self.retry(s, value, f"{path}.stage", max(n, 1), d)
+            case LetNode(bindings=bs, body=b):
+                names = sorted(bs)
+                outs = await self.concurrently([(bs[k], value, f"{path}.bindings.{k}") for k in names])
+                body_in = dict(value) if isinstance(value, dict) else {}
+                body_in.update(zip(names, outs, strict=True))
+                return await self.exec(b, body_in, f"{path}.body")
+            case RemoteStageNode(url=url):
+                raise StageError("remote_stage_unsupported",
+                                 f"RemoteStage {url} is not supported yet: the daemon performs no network "
+                                 "calls itself, and the sandboxed caller is not built", path)
+        raise AssertionError(node)
+
+    async def concurrently(self, jobs: list[tuple[Node, Any, str]]) -> list[Any]:
+        results: list[Any] = [None] * len(jobs)
+
+        async def one(i: int, node: Node, value: Any, path: str) -> None:
+            results[i] = await self.exec(node, value, path)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for i, (node, value, path) in enumerate(jobs):
+                    nursery.start_soon(one, i, node, value, path)
+        except BaseExceptionGroup as group:
+            # The first failure cancelled its siblings; report that failure.
+            first = _first_error(group)
+            raise first from None
+        return results
+
+    async def retry(self, node: Node, value: Any, path: str, attempts: int, delay_ms: int | None) -> Any:
+        last: NoetherError | None = None
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self.exec(node, value, path)
+            except NoetherError as e:
+                if e.code in NOT_RETRYABLE:
+                    raise
+                last = e
+                if attempt < attempts and delay_ms:
+                    await trio.sleep(delay_ms / 1000)
+        assert last is not None
+        raise StageError("retry_exhausted", f"retry exhausted after {attempts} attempts: {last.message}",
+                         path, details={"last_error": last.to_dict()})
+
+    # ------------------------------------------------------------ one stage
+
+    async def run_stage(self, stage: Stage, value: Any, path: str) -> Any:
+        opts = self.options
+        checks = opts.refinement_checks and self.engine.config.refinement_checks
+        in_hash = value_hash(value)
+        if checks:
+            for r in outer_refinements(stage.input):
+                why = check_refinement(r, value)
+                if why:
+                    raise StageError("refinement_violation",
+                                     f"stage {stage.label()}: input refinement violation "
+                                     f"({display_refinement(r)}): {why}", path)
+        cacheable = (opts.cache and self.engine.config.pure_cache
+                     and set(stage.effects.kinds()) <= {EffectKind.PURE, EffectKind.FALLIBLE}
+                     and stage.effects.has(EffectKind.PURE))
+        if cacheable:
+            hit, out = self.engine.cache.get(stage.id, in_hash)
+            if hit:
+                self.hits += 1
+                await self.emit(StageFinished(self.run_id, node_path=path, stage_id=stage.id, name=stage.name,
+                                              status="cached", cached=True, input_hash=in_hash,
+                                              output_hash=value_hash(out)))
+                self.entries.append(_entry(stage, path, "Ok", 0, in_hash, value_hash(out), cached=True))
+                return out
+            self.misses += 1
+        cost = stage.effects.cost_cents()
+        self.budget.reserve(cost, stage=stage.label(), node_path=path)
+        await self.emit(StageStarted(self.run_id, node_path=path, stage_id=stage.id, name=stage.name))
+        started = time.monotonic()
+        usage: dict[str, Any] = {}
+        try:
+            async with self.limiter, self.engine.process_limiter:
+                out = await self.engine.dispatch(stage, value, path, self, usage)
+            if checks:
+                for r in outer_refinements(stage.output):
+                    why = check_refinement(r, out)
+                    if why:
+                        raise StageError("refinement_violation",
+                                         f"stage {stage.label()}: output refinement violation "
+                                         f"({display_refinement(r)}): {why}", path)
+        except NoetherError as e:
+            wall = int((time.monotonic() - started) * 1000)
+            await self.emit(StageFinished(self.run_id, node_path=path, stage_id=stage.id, name=stage.name,
+                                          status=usage.get("status", "error"), wall_ms=wall, spent_cents=cost,
+                                          input_hash=in_hash, message=e.message,
+                                          build_ms=usage.get("build_ms"), isolation=usage.get("isolation")))
+            self.entries.append(_entry(stage, path, {"Failed": {"code": e.code, "message": e.message}}, wall,
+                                       in_hash, None, spent_cents=cost, **_extra(usage)))
+            raise
+        wall = int((time.monotonic() - started) * 1000)
+        out_hash = value_hash(out)
+        if cacheable:
+            self.engine.cache.put(stage.id, in_hash, out)
+        await self.emit(StageFinished(self.run_id, node_path=path, stage_id=stage.id, name=stage.name,
+                                      status="ok", wall_ms=wall, cpu_ms=usage.get("cpu_ms"),
+                                      max_rss_kb=usage.get("max_rss_kb"), build_ms=usage.get("build_ms"),
+                                      spent_cents=cost, input_hash=in_hash, output_hash=out_hash,
+                                      isolation=usage.get("isolation")))
+        self.entries.append(_entry(stage, path, "Ok", wall, in_hash, out_hash, spent_cents=cost, **_extra(usage)))
+        return out
+
+
+def _extra(usage: dict[str, Any]) -> dict[str, Any]:
+    return {k: usage[k] for k in ("cpu_ms", "max_rss_kb", "build_ms", "isolation") if k in usage}
+
+
+def _entry(stage: Stage, path: str, status: Any, wall: int, in_hash: str, out_hash: str | None,
+           **extra: Any) -> dict[str, Any]:
+    return {"stage_id": stage.id, "node_path": path, "name": stage.name, "status": status,
+            "duration_ms": wall, "input_hash": in_hash, "output_hash": out_hash, **extra}
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if not isinstance(exc, trio.Cancelled):
+            return exc
+    return group.exceptions[0]
+
+
+def _is_cancellation(e: BaseException) -> bool:
+    if isinstance(e, trio.Cancelled):
+        return True
+    if isinstance(e, BaseExceptionGroup):
+        return all(_is_cancellation(x) for x in e.exceptions)
+    return False
+
+
+def _apply_config(value: Any, config: dict[str, Any] | None) -> Any:
+    """Upstream's config merge (spec §5.4)."""
+    if not config:
+        return value
+    if isinstance(value, dict):
+        return {**value, **config}
+    key = next((k for k in CONFIG_INPUT_KEYS if k not in config), "items")
+    return {key: value, **config}
+
+
+class Engine:
+    def __init__(self, config: EngineConfig | None = None, store: StageStore | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.store = store or StageStore()
+        ensure_stdlib(self.store)
+        conn = self.store.conn
+        self.cache = PureCache(conn, max_entries=self.config.pure_cache_max_entries)
+        self.runs = RunStore(conn)
+        self.kv = KvStore(conn)
+        self.builtins = {**kv_impls(self.kv), **store_impls(self.store, self.runs)}
+        self._process_limiter: trio.CapacityLimiter | None = None
+        self._programs: Any = None
+
+    @property
+    def process_limiter(self) -> trio.CapacityLimiter:
+        if self._process_limiter is None:
+            self._process_limiter = trio.CapacityLimiter(self.config.process_concurrency)
+        return self._process_limiter
+
+    @property
+    def programs(self) -> Any:
+        if self._programs is None:
+            from noether_nix.nix.registry import ProgramRegistry
+
+            self._programs = ProgramRegistry(self.store.conn)
+        return self._programs
+
+    # ------------------------------------------------------------ isolation
+
+    def isolation_mode(self, options: RunOptions) -> str:
+        mode = options.isolate or self.config.isolation
+        if mode not in ("auto", "bwrap", "none"):
+            raise NoetherError("unknown_isolation", f"unknown isolation backend {mode!r} (use bwrap or none)",
+                               exit_code=2)
+        return "none" if mode == "none" else "bwrap"
+
+    def isolation_available(self, options: RunOptions) -> bool:
+        if self.isolation_mode(options) == "none":
+            return True
+        from noether_nix.sandbox.bwrap import bwrap_works, find_bwrap
+
+        path = find_bwrap()
+        return path is not None and bwrap_works(path)[0]
+
+    # ------------------------------------------------------------ API
+
+    def prepare(self, graph: Any, input: Any, options: RunOptions, *, check_input: bool = False) -> PreparedGraph:
+        return prepare(graph, store=self.store, input=input, check_input=check_input, options=CheckOptions(
+            allow_effects=options.allow_effects, allow_capabilities=options.allow_capabilities,
+            budget_cents=options.budget_cents, allow_unsigned=options.allow_unsigned,
+            isolation_available=self.isolation_available(options), optimize=options.optimize))
+
+    def check(self, graph: Any, input: Any, options: RunOptions) -> dict[str, Any]:
+        return check_report(self.prepare(graph, input, options))
+
+    async def run(self, graph: Any, input: Any, options: RunOptions, *, emit: Emit | None = None,
+                  run_id: str | None = None) -> RunResult:
+        prepared = self.prepare(graph, input, options)
+        run = _Run(self, prepared, options, run_id or uuid.uuid4().hex, emit)
+        started_wall = datetime.now(UTC)
+        started = time.monotonic()
+        self.runs.start(run.run_id, prepared.composition_id)
+        if run.isolation == "none":
+            log.warning("run_without_isolation", run_id=run.run_id)
+        await run.emit(RunAccepted(run.run_id, composition_id=prepared.composition_id,
+                                   started_at=started_wall.isoformat(), effects=prepared.effects.display()))
+        for w in prepared.warnings:
+            await run.emit(RunWarning(run.run_id, code=w.code, message=w.message, node_path=w.node_path))
+        status, output, error = "ok", None, None
+        try:
+            output = await run.exec(prepared.root, input, "root")
+        except NoetherError as e:
+            status, error = "failed", e.to_dict()
+            if e.code == "budget_exceeded":
+                error["exit_code"] = 2
+        except BaseException as e:
+            if _is_cancellation(e):
+                status, error = "cancelled", {"code": "cancelled", "message": "the run was cancelled"}
+                with trio.CancelScope(shield=True):
+                    self._finish(run, prepared, started, started_wall, status, output, error)
+            raise
+        return self._finish(run, prepared, started, started_wall, status, output, error)
+
+    def _finish(self, run: _Run, p: PreparedGraph, started: float, started_wall: datetime, status: str,
+                output: Any, error: dict[str, Any] | None) -> RunResult:
+        duration = int((time.monotonic() - started) * 1000)
+        trace = {
+            "composition_id": p.composition_id,
+            "run_id": run.run_id,
+            "started_at": started_wall.isoformat(),
+            "duration_ms": duration,
+            "status": "Ok" if status == "ok" else "Failed",
+            "run_status": status,
+            "stages": [dict(e, step_index=i) for i, e in enumerate(run.entries)],
+            "warnings": [w.message for w in p.warnings],
+            "spent_cents": run.budget.spent_cents,
+            "isolation": run.isolation,
+        }
+        if error:
+            trace["error"] = error
+        finished = RunFinished(run.run_id, status=status, duration_ms=duration,  # type: ignore[arg-type]
+                               spent_cents=run.budget.spent_cents, output=output, error=error)
+        run.events.append(msgspec.to_builtins(finished))
+        self.runs.finish(run.run_id, status, trace, run.events, run.budget.spent_cents)
+        return RunResult(run_id=run.run_id, composition_id=p.composition_id, status=status, output=output,
+                         error=error, spent_cents=run.budget.spent_cents, trace=trace,
+                         warnings=[w.message for w in p.warnings], effects=p.effects.display(),
+                         cache={"hits": run.hits, "misses": run.misses})
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        return self.runs.get(run_id)
+
+    def latest_trace(self, composition_id: str) -> dict[str, Any] | None:
+        run = self.runs.latest(composition_id)
+        return run["trace"] if run else None
+
+    # ------------------------------------------------------------ dispatch
+
+    async def dispatch(self, stage: Stage, value: Any, path: str, run: _Run, usage: dict[str, Any]) -> Any:
+        if is_stdlib(stage):
+            return await self._dispatch_stdlib(stage, value, path, usage)
+        if stage.implementation_code is not None and stage.implementation_language:
+            return await self._dispatch_sandboxed(stage, stage.implementation_language,
+                                                  stage.implementation_code, value, path, run, usage)
+        raise StageError("no_implementation", f"stage {stage.label()} has no implementation this engine can "
+                         "run (no code, and not a stdlib stage)", path)
+
+    async def _dispatch_stdlib(self, stage: Stage, value: Any, path: str, usage: dict[str, Any]) -> Any:
+        from noether_nix.stdlib.registry import PURE, StageFailure
+
+        name = stage.name or ""
+        usage["isolation"] = "in-process"
+        if name in self.builtins:
+            try:
+                return self.builtins[name](value)
+            except NoetherError as e:
+                raise StageError("stage_failed", f"stage {stage.label()} failed: {e.message}", path) from None
+        if name in PURE:
+            try:
+                return PURE[name](value)
+            except StageFailure as e:
+                raise StageError("stage_failed", f"stage {stage.label()} failed: {e}", path) from None
+        if stage.effects.has(EffectKind.LLM):
+            raise StageError("no_llm_provider", f"stage {stage.label()} needs an LLM provider and none is "
+                             "configured (set NOETHER_LLM_PROVIDER)", path)
+        if name in ENGINE_STAGES:
+            raise StageError("no_implementation", f"stdlib stage {stage.label()} is not implemented by this "
+                             "engine yet", path)
+        raise StageError("no_implementation", f"stdlib stage {stage.label()} has no implementation in this "
+                         "version of noether-nix yet; it will not be faked", path)
+
+    def limits_for(self, options: RunOptions) -> Any:
+        from noether_nix.sandbox.policy import Limits
+
+        c = self.config
+        base = Limits(timeout_s=c.timeout_secs, max_output_bytes=c.max_output_bytes,
+                      max_stderr_bytes=c.max_stderr_bytes, memory_bytes=c.memory_bytes, max_pids=c.max_pids)
+        return base.lowered(timeout_s=options.timeout_secs, max_output_bytes=options.max_output_bytes)
+
+    async def _dispatch_sandboxed(self, stage: Stage, language: str, code: str, value: Any, path: str, run: _Run,
+                                  usage: dict[str, Any]) -> Any:
+        from noether_nix.nix.programs import build_stage_program_async
+        from noether_nix.sandbox.policy import policy_from_effects
+        from noether_nix.sandbox.profile import load_profile
+        from noether_nix.sandbox.supervisor import Isolation, run_sandboxed
+
+        program = await build_stage_program_async(stage.id, language, code, registry=self.programs,
+                                                  concurrency=self.config.build_concurrency)
+        if program.built:
+            usage["build_ms"] = program.build_ms
+        profile = load_profile(self.config.sandbox_profile)
+        policy = policy_from_effects(stage.effects, profile=profile)
+        result = await run_sandboxed(program.argv, policy=policy, limits=self.limits_for(run.options),
+                                     stdin=serde_compact(value), isolation=Isolation(run.isolation),  # type: ignore[arg-type]
+                                     profile=profile)
+        usage.update(status=result.status.value, cpu_ms=result.cpu_ms, max_rss_kb=result.max_rss_kb,
+                     isolation=result.isolation)
+        if result.ok:
+            return result.output
+        detail = result.stderr_tail.strip().splitlines()[-1] if result.stderr_tail.strip() else ""
+        message = result.message if result.status.value != "error" else f"stage exited with status {result.exit_code}"
+        if detail and detail not in message:
+            message += f": {detail}"
+        raise StageError(f"stage_{result.status.value}", f"stage {stage.label()} failed: {message}", path,
+                         details={"status": result.status.value, "stderr_tail": result.stderr_tail[-2000:]})

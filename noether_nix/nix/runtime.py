@@ -1,0 +1,255 @@
+"""Runtimes: interpreters that run with only /nix/store visible.
+
+Offline (no nixpkgs, the default here): the host's interpreter and its
+complete shared-library closure are staged, imported into the store and
+made relocatable by a sandboxed derivation (``nix/host-runtime.nix``).
+With nixpkgs available (``NOETHER_RUNTIME_SOURCE=nixpkgs``) the same
+interface builds pinned nixpkgs runtimes instead.
+
+Each runtime is built once per host interpreter (keyed by its bytes) and
+kept alive by a GC root under ``$NOETHER_HOME/gcroots``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from noether_nix.errors import NoetherError
+from noether_nix.nix.build import nix_build, nix_expr
+from noether_nix.paths import noether_home
+
+RELOCATE_VERSION = "2"
+# Everyday tools a bash stage can call, imported with the bash runtime when the host has them.
+BASH_TOOLS = ("cat", "tr", "sed", "grep", "cut", "sort", "uniq", "head", "tail", "wc", "tee", "date",
+              "sleep", "env", "basename", "dirname", "seq", "jq", "awk", "mawk", "expr", "printf")
+Source = Literal["host-import", "nixpkgs"]
+
+HOST_INTERPRETERS: dict[str, tuple[str, ...]] = {
+    "python": ("/usr/bin/python3",),
+    "bash": ("/bin/bash", "/usr/bin/bash"),
+    "javascript": ("/usr/bin/node", "/usr/local/bin/node"),
+}
+BIN_NAMES = {"python": "python3", "bash": "bash", "javascript": "node"}
+# Stdlib parts a stage never needs: tests, GUI, packaging bootstraps.
+_PY_SKIP = {"test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "__pycache__",
+            "site-packages", "dist-packages", "config-3.11-x86_64-linux-gnu"}
+
+RELOCATE_PY = r'''
+import os, shutil, stat, subprocess, sys
+src, out = os.environ["src"], os.environ["out"]
+shutil.copytree(src, out, symlinks=True, ignore=shutil.ignore_patterns("tools", "relocate.py"))
+ld = os.path.join(out, "lib", "ld-linux-x86-64.so.2")
+tools = os.path.join(src, "tools")
+patchelf = [os.path.join(tools, "lib", "ld-linux-x86-64.so.2"), "--library-path",
+            os.path.join(tools, "lib"), os.path.join(tools, "patchelf")]
+def is_elf(p):
+    with open(p, "rb") as f:
+        return f.read(4) == b"\x7fELF"
+for root, dirs, files in os.walk(out):
+    for name in files:
+        p = os.path.join(root, name)
+        if os.path.islink(p) or p == ld or not is_elf(p):
+            continue
+        os.chmod(p, os.stat(p).st_mode | stat.S_IWUSR)
+        args = ["--set-rpath", os.path.join(out, "lib")]
+        if root == os.path.join(out, "bin"):
+            args += ["--set-interpreter", ld]
+        subprocess.run(patchelf + args + [p], check=True)
+for root, dirs, files in os.walk(out):
+    for name in files + dirs:
+        p = os.path.join(root, name)
+        if not os.path.islink(p):
+            os.chmod(p, os.stat(p).st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+'''
+
+
+class Runtime(msgspec.Struct, frozen=True):
+    language: str
+    store_path: str
+    interpreter: str
+    source: Source
+
+
+def runtime_source() -> Source:
+    value = os.environ.get("NOETHER_RUNTIME_SOURCE", "host-import")
+    if value not in ("host-import", "nixpkgs"):
+        raise NoetherError("invalid_runtime_source", f"NOETHER_RUNTIME_SOURCE must be host-import or nixpkgs, "
+                           f"got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def normalise_language(language: str) -> str:
+    lang = {"python3": "python", "js": "javascript", "node": "javascript", "sh": "bash"}.get(language, language)
+    if lang not in HOST_INTERPRETERS:
+        raise NoetherError("unsupported_language", f"no runtime for language {language!r}")
+    return lang
+
+
+def _host_binary(language: str) -> Path:
+    for candidate in HOST_INTERPRETERS[language]:
+        if os.path.exists(candidate):
+            return Path(os.path.realpath(candidate))
+    raise NoetherError("runtime_unavailable", f"no host interpreter for {language} to import "
+                       f"(looked for {', '.join(HOST_INTERPRETERS[language])})",
+                       hint="install it, or use NOETHER_RUNTIME_SOURCE=nixpkgs on a machine with nixpkgs")
+
+
+_LDD_LINE = re.compile(r"=>\s+(\S+)\s+\(|^\s*(/\S+)\s+\(")
+
+
+def ldd_closure(files: list[Path]) -> set[Path]:
+    libs: set[Path] = set()
+    for f in files:
+        proc = subprocess.run([shutil.which("ldd") or "/usr/bin/ldd", str(f)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            continue  # not dynamic
+        for line in proc.stdout.splitlines():
+            m = _LDD_LINE.search(line)
+            if m:
+                libs.add(Path(m.group(1) or m.group(2)))
+    return libs
+
+
+def _copy_libs(libs: set[Path], dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for lib in libs:
+        real = Path(os.path.realpath(lib))
+        target = dest / ("ld-linux-x86-64.so.2" if "ld-linux" in lib.name else lib.name)
+        if not target.exists():
+            shutil.copy2(real, target)
+
+
+def _fingerprint(binary: Path, extra: list[Path]) -> str:
+    h = hashlib.sha256(RELOCATE_VERSION.encode())
+    for p in (binary, *extra):
+        st = p.stat()
+        h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+def stage_host_runtime(language: str, staging: Path) -> None:
+    """Copy the interpreter, its tree and its library closure into ``staging``."""
+    binary = _host_binary(language)
+    if staging.exists():
+        shutil.rmtree(staging)
+    (staging / "bin").mkdir(parents=True)
+    elf_files = [binary]
+    name = BIN_NAMES[language]
+    shutil.copy2(binary, staging / "bin" / name)
+    if language == "bash":
+        for tool in BASH_TOOLS:
+            found = shutil.which(tool, path="/usr/bin:/bin")
+            if found and not (staging / "bin" / tool).exists():
+                real = Path(os.path.realpath(found))
+                shutil.copy2(real, staging / "bin" / tool)
+                elf_files.append(real)
+    if language == "python":
+        ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        host_ver = binary.name if binary.name.startswith("python3.") else ver
+        stdlib = Path("/usr/lib") / host_ver
+        if not (stdlib / "os.py").exists():
+            raise NoetherError("runtime_unavailable", f"the host python's standard library is not at {stdlib}")
+        shutil.copytree(stdlib, staging / "lib" / host_ver, symlinks=False,
+                        ignore=lambda d, names: [n for n in names if n in _PY_SKIP])
+        elf_files += sorted((staging / "lib" / host_ver / "lib-dynload").glob("*.so"))
+    _copy_libs(ldd_closure(elf_files), staging / "lib")
+    patchelf = shutil.which("patchelf")
+    if patchelf is None:
+        raise NoetherError("patchelf_missing", "patchelf is needed to import a runtime offline",
+                           hint="apt-get install patchelf (./dev setup)")
+    (staging / "tools").mkdir()
+    shutil.copy2(os.path.realpath(patchelf), staging / "tools" / "patchelf")
+    _copy_libs(ldd_closure([Path(patchelf)]), staging / "tools" / "lib")
+    (staging / "relocate.py").write_text(RELOCATE_PY)
+
+
+def _registry_path() -> Path:
+    return noether_home() / "runtimes.json"
+
+
+def _load_registry() -> dict[str, dict[str, str]]:
+    try:
+        data: dict[str, dict[str, str]] = json.loads(_registry_path().read_text())
+        return data
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_registry(reg: dict[str, dict[str, str]]) -> None:
+    path = _registry_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(reg, indent=1))
+    os.replace(tmp, path)
+
+
+_thread_locks: dict[str, threading.Lock] = {}
+
+
+@contextlib.contextmanager
+def _runtime_lock(lang: str) -> Iterator[None]:
+    """One import per language at a time, across threads and processes."""
+    lock = _thread_locks.setdefault(lang, threading.Lock())
+    path = noether_home() / "locks" / f"runtime-{lang}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with lock, open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_runtime(language: str) -> Runtime:
+    """The runtime for ``language``, building (once) what is missing."""
+    lang = normalise_language(language)
+    if runtime_source() == "nixpkgs":
+        return _nixpkgs_runtime(lang)
+    if lang != "python":
+        ensure_runtime("python")  # the bootstrap, taken before this language's lock
+    with _runtime_lock(lang):
+        return _ensure_host_runtime(lang)
+
+
+def _ensure_host_runtime(lang: str) -> Runtime:
+    binary = _host_binary(lang)
+    key = f"{lang}-{_fingerprint(binary, [])}"
+    reg = _load_registry()
+    entry = reg.get(key)
+    if entry and os.path.exists(entry["interpreter"]):
+        return Runtime(lang, entry["store_path"], entry["interpreter"], "host-import")
+    bootstrap = None if lang == "python" else ensure_runtime("python").store_path
+    home = noether_home()
+    staging = home / "staging" / key
+    stage_host_runtime(lang, staging)
+    strs = {"name": f"noether-runtime-{lang}"}
+    if bootstrap:
+        strs["bootstrap"] = bootstrap
+    out = nix_build(nix_expr("host-runtime.nix"), {"src": str(staging)}, strs,
+                    home / "gcroots" / f"runtime-{key}")
+    shutil.rmtree(staging, ignore_errors=True)
+    rt = Runtime(lang, out, f"{out}/bin/{BIN_NAMES[lang]}", "host-import")
+    reg[key] = {"store_path": rt.store_path, "interpreter": rt.interpreter}
+    _save_registry(reg)
+    return rt
+
+
+def _nixpkgs_runtime(lang: str) -> Runtime:
+    attr = {"python": "python3", "bash": "bash", "javascript": "nodejs"}[lang]
+    home = noether_home()
+    out = nix_build(nix_expr("nixpkgs-runtime.nix"), {}, {"attr": attr}, home / "gcroots" / f"nixpkgs-{attr}")
+    return Runtime(lang, out, f"{out}/bin/{BIN_NAMES[lang]}", "nixpkgs")

@@ -1,0 +1,128 @@
+"""Engine behaviour a user notices: concurrency, budgets, cache, cancellation, failures."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import trio
+
+from noether_nix.engine.engine import Engine, RunOptions
+from noether_nix.engine.events import Event, StageFinished, StageStarted
+from tests.engine.conftest import AddStage, graph
+
+SLEEP = "import time\ndef execute(x):\n    time.sleep(0.8)\n    return x\n"
+
+
+async def test_parallel_wall_time_is_the_longest_branch(engine: Engine, add: AddStage) -> None:
+    add("sleepy", SLEEP, effects=["NonDeterministic"])
+    root = {"op": "Parallel", "branches": {k: {"op": "Stage", "id": "sleepy"} for k in "abcd"}}
+    await engine.run(graph({"op": "Stage", "id": "sleepy"}), 0, RunOptions())  # build the program first
+    t0 = time.monotonic()
+    res = await engine.run(graph(root), 1, RunOptions())
+    elapsed = time.monotonic() - t0
+    assert res.status == "ok" and res.output == {k: 1 for k in "abcd"}
+    assert elapsed < 2.4, f"4 × 0.8 s branches took {elapsed:.2f}s: not concurrent"
+
+
+async def test_concurrent_branches_cannot_overshoot_the_budget(engine: Engine, add: AddStage) -> None:
+    add("paid_fail", "def execute(x):\n    raise RuntimeError('always')\n",
+        effects=["Fallible", {"effect": "Cost", "cents": 4}])
+    retry = {"op": "Retry", "stage": {"op": "Stage", "id": "paid_fail"}, "max_attempts": 5}
+    root = {"op": "Parallel", "branches": {"a": retry, "b": retry, "c": retry}}
+    res = await engine.run(graph(root), None, RunOptions(budget_cents=12, optimize=False))
+    assert res.status == "failed"
+    assert res.error is not None and res.error["code"] == "budget_exceeded"
+    assert res.spent_cents <= 12
+
+
+async def test_pure_stage_is_cached_until_evicted(engine: Engine, add: AddStage) -> None:
+    stage = add("double", "def execute(x):\n    return x * 2\n", input="Number", output="Number")
+    started: list[str] = []
+
+    async def watch(ev: Event) -> None:
+        if isinstance(ev, StageStarted):
+            started.append(ev.stage_id)
+
+    g = graph({"op": "Stage", "id": "double"})
+    first = await engine.run(g, 21, RunOptions(), emit=watch)
+    second = await engine.run(g, 21, RunOptions(), emit=watch)
+    assert first.output == second.output == 42
+    assert started == [stage.id]  # the second run did not execute it
+    assert second.cache == {"hits": 1, "misses": 0}
+    engine.cache.evict(stage.id)
+    third = await engine.run(g, 21, RunOptions(), emit=watch)
+    assert third.output == 42 and started == [stage.id, stage.id]
+
+
+async def test_failures_are_never_cached_and_say_why(engine: Engine, add: AddStage) -> None:
+    add("boom", "def execute(x):\n    raise ValueError('bad input ' + str(x))\n", effects=["Fallible"])
+    res = await engine.run(graph({"op": "Stage", "id": "boom"}), 7, RunOptions())
+    assert res.status == "failed" and res.error is not None
+    assert "ValueError: bad input 7" in res.error["message"]
+    assert engine.cache.size() == 0
+    stored = engine.get_run(res.run_id)
+    assert stored is not None and stored["status"] == "failed"  # failed runs keep their trace
+    assert stored["trace"]["stages"][0]["status"]["Failed"]["code"] == "stage_error"
+
+
+async def test_cancelled_run_leaves_no_process_behind(engine: Engine, add: AddStage) -> None:
+    add("forever", "import time\ndef execute(x):\n    while True:\n        time.sleep(0.05)\n",
+        effects=["NonDeterministic"])
+    seen: list[StageStarted] = []
+
+    async def watch(ev: Event) -> None:
+        if isinstance(ev, StageStarted):
+            seen.append(ev)
+
+    with trio.move_on_after(3):
+        await engine.run(graph({"op": "Stage", "id": "forever"}), None, RunOptions(), emit=watch)
+    assert seen, "the stage never started"
+    await trio.sleep(0.2)
+    leftovers = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if b"noether-stage-" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    leftovers.append(pid)
+            except OSError:
+                pass
+    assert leftovers == []
+    runs = engine.runs.recent(1)
+    assert runs[0]["status"] == "cancelled"
+
+
+async def test_stage_timeout_is_reported(engine: Engine, add: AddStage) -> None:
+    add("slow", SLEEP.replace("0.8", "5"), effects=["NonDeterministic"])
+    events: list[StageFinished] = []
+
+    async def watch(ev: Event) -> None:
+        if isinstance(ev, StageFinished):
+            events.append(ev)
+
+    res = await engine.run(graph({"op": "Stage", "id": "slow"}), 1, RunOptions(timeout_secs=1), emit=watch)
+    assert res.status == "failed" and res.error is not None and res.error["code"] == "stage_timed_out"
+    assert events[-1].status == "timed_out"
+
+
+async def test_build_time_is_reported_separately(engine: Engine, add: AddStage) -> None:
+    add("fresh", "def execute(x):\n    return [x, 'fresh-%d' % 1]\n", effects=["NonDeterministic"])
+    finished: list[StageFinished] = []
+
+    async def watch(ev: Event) -> None:
+        if isinstance(ev, StageFinished):
+            finished.append(ev)
+
+    await engine.run(graph({"op": "Stage", "id": "fresh"}), 1, RunOptions(), emit=watch)
+    await engine.run(graph({"op": "Stage", "id": "fresh"}), 1, RunOptions(), emit=watch)
+    assert finished[0].build_ms is not None and finished[0].build_ms > 0
+    assert finished[1].build_ms is None
+
+
+async def test_stdlib_without_implementation_is_an_error_not_an_example(engine: Engine) -> None:
+    res = await engine.run(graph({"op": "Stage", "id": "llm_complete"}),
+                           {"prompt": "hi", "model": None, "max_tokens": None, "temperature": None},
+                           RunOptions())
+    assert res.status == "failed" and res.error is not None
+    assert res.error["code"] == "no_llm_provider"

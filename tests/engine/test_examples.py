@@ -1,0 +1,87 @@
+"""End-to-end: every example graph runs for real (Nix-built programs in bwrap) with its exact output."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli.test_stage_cli import noether
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run(name: str, *args: str, rc: int = 0) -> tuple[Any, Any]:
+    _, out, err = noether("run", str(EXAMPLES / name), "--json", *args, check_rc=rc)
+    return out, err
+
+
+def test_hello() -> None:
+    out, _ = run("hello.json")
+    assert out["data"]["output"] == "HELLO, WORLD!"
+
+
+def test_every_operator_across_three_languages() -> None:
+    out, _ = run("operators.json")
+    assert out["data"]["output"] == {
+        "fan": ["FAN OUT", 2],
+        "long": "long",
+        "loud": "HELLO, WORLD!",
+        "merged": "Merged: merge",
+        "words": 4,
+    }
+    languages = {s["name"] for s in out["data"]["trace"]["stages"]}
+    assert {"greet", "shout", "word_count"} <= languages  # python, bash, javascript
+    paths = [s["node_path"] for s in out["data"]["trace"]["stages"]]
+    assert len(paths) == len(set(paths))  # node paths are unique, unlike upstream's step_index
+
+
+def test_fs_read_and_write() -> None:
+    base = Path("/var/tmp/noether-example")
+    shutil.rmtree(base, ignore_errors=True)
+    (base / "out").mkdir(parents=True)
+    (base / "in.txt").write_text("hello files\n")
+    out, _ = run("files.json")
+    assert out["data"]["output"] == len("HELLO FILES")
+    assert (base / "out" / "result.txt").read_text() == "HELLO FILES"
+
+
+def test_fs_paths_must_exist_before_running() -> None:
+    shutil.rmtree("/var/tmp/noether-example", ignore_errors=True)
+    _, err = run("files.json", rc=3)
+    assert err["error"]["code"] == "execution failed" or "does not exist" in err["error"]["message"]
+
+
+def test_network_stage_reaches_a_local_server() -> None:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"  served locally \n")
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/"
+        out, _ = run("network.json", "--input", json.dumps({"url": url}))
+        assert out["data"]["output"] == "served locally"
+    finally:
+        srv.shutdown()
+
+
+@pytest.mark.parametrize(("budget", "rc"), [("12", 0), ("10", 2)])
+def test_budgeted_graph(budget: str, rc: int) -> None:
+    out, err = run("budget.json", "--input", '"x"', "--budget-cents", budget, rc=rc)
+    if rc == 0:
+        assert out["data"]["output"] == {"a": "x!", "b": "x!", "c": "x!"}
+        assert out["data"]["spent_cents"] == 12
+    else:
+        assert err["error"]["code"] == "budget_exceeded"
