@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 from typing import Any
@@ -36,8 +37,11 @@ def describe_sandbox() -> dict[str, Any]:
 
 
 def describe_nix() -> dict[str, Any]:
+    from noether_nix.nix.runtime import runtime_source
+
     nix = shutil.which("nix-build")
-    out: dict[str, Any] = {"nix_build": nix}
+    out: dict[str, Any] = {"nix_build": nix, "runtime_source": runtime_source(),
+                           "store": os.path.isdir("/nix/store")}
     if nix:
         try:
             out["version"] = subprocess.run([nix, "--version"], capture_output=True, text=True,

@@ -28,6 +28,7 @@ def register(sub: Any) -> None:
     p = stage.add_parser("add", help="add a stage from a spec file")
     p.add_argument("spec")
     p.add_argument("--draft", action="store_true", help="keep it a Draft instead of activating it")
+    p.add_argument("--no-build", action="store_true", help="do not build the stage's Nix program now")
     p.set_defaults(handler=cmd_add, command="stage add")
 
     p = stage.add_parser("get", help="show a stage")
@@ -87,7 +88,26 @@ def cmd_add(args: argparse.Namespace) -> Any:
     out: dict[str, Any] = {"id": res.id, "lifecycle": res.lifecycle.lower()}
     if res.supersedes:
         out["supersedes"] = res.supersedes
+    if stage.implementation_code and stage.implementation_language and not args.no_build:
+        out["program"] = _build_now(store, stage)
     return out
+
+
+def _build_now(store: StageStore, stage: Stage) -> dict[str, Any]:
+    """Build the new stage's program right away, so its first run does not wait.
+
+    A build failure does not undo the add: the stage is stored, and the
+    failure is reported here and again, with its cause, on first use.
+    """
+    from noether_nix.nix.programs import build_stage_program
+    from noether_nix.nix.registry import ProgramRegistry
+
+    try:
+        prog = build_stage_program(stage.id, stage.implementation_language or "", stage.implementation_code or "",
+                                   registry=ProgramRegistry(store.conn))
+    except NoetherError as e:
+        return {"built": False, "error": e.to_dict()}
+    return {"built": True, "store_path": prog.store_path, "build_ms": prog.build_ms}
 
 
 def cmd_get(args: argparse.Namespace) -> Any:

@@ -50,7 +50,7 @@ from noether_nix.graph.preflight import ENGINE_STAGES, is_stdlib
 from noether_nix.model.effects import EffectKind
 from noether_nix.model.jcs import serde_compact, value_hash
 from noether_nix.model.stage import Stage
-from noether_nix.model.types import display_refinement
+from noether_nix.model.types import display, display_refinement
 from noether_nix.model.values import check_refinement, outer_refinements
 from noether_nix.store.cache import PureCache
 from noether_nix.store.kv import KvStore
@@ -64,6 +64,22 @@ Emit = Callable[[Event], Awaitable[None]]
 # Failures a retry cannot fix: the run's own rules refused the stage.
 NOT_RETRYABLE = {"budget_exceeded", "effect_not_allowed", "isolation_unavailable", "isolation_required",
                  "no_implementation", "no_llm_provider", "arrow_unavailable", "cancelled"}
+# The sandboxed caller behind RemoteStage (upstream's `noether build --serve` protocol).
+REMOTE_CALL_CODE = """import json, urllib.request
+
+def execute(call):
+    body = json.dumps({"input": call["input"]}).encode()
+    req = urllib.request.Request(call["url"], data=body, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        resp = json.loads(r.read().decode())
+    if isinstance(resp, dict) and resp.get("ok") is False:
+        err = resp.get("error")
+        raise RuntimeError(err if isinstance(err, str) else "remote reported ok=false without error message")
+    try:
+        return resp["data"]["output"]
+    except (KeyError, TypeError):
+        raise RuntimeError("response missing data.output field")
+"""
 CONFIG_INPUT_KEYS = ("items", "text", "data", "input", "records", "train", "document", "html", "csv", "json_str")
 
 
@@ -163,10 +179,8 @@ class _Run:
                 body_in = dict(value) if isinstance(value, dict) else {}
                 body_in.update(zip(names, outs, strict=True))
                 return await self.exec(b, body_in, f"{path}.body")
-            case RemoteStageNode(url=url):
-                raise StageError("remote_stage_unsupported",
-                                 f"RemoteStage {url} is not supported yet: the daemon performs no network "
-                                 "calls itself, and the sandboxed caller is not built", path)
+            case RemoteStageNode():
+                return await self.remote(node, value, path)
         raise AssertionError(node)
 
     async def concurrently(self, jobs: list[tuple[Node, Any, str]]) -> list[Any]:
@@ -199,6 +213,37 @@ class _Run:
         assert last is not None
         raise StageError("retry_exhausted", f"retry exhausted after {attempts} attempts: {last.message}",
                          path, details={"last_error": last.to_dict()})
+
+    async def remote(self, node: RemoteStageNode, value: Any, path: str) -> Any:
+        """POST ``{"input": value}`` to the node's URL from a sandbox with the
+        network: the daemon itself never makes the call."""
+        from noether_nix.model.effects import EffectSet, Fallible, Network
+        from noether_nix.model.values import conforms
+
+        stage_id = "remote-call-" + value_hash(REMOTE_CALL_CODE)[:52]
+        label = f"RemoteStage {node.url}"
+        await self.emit(StageStarted(self.run_id, node_path=path, stage_id=stage_id, name=label))
+        started = time.monotonic()
+        usage: dict[str, Any] = {}
+        try:
+            async with self.limiter, self.engine.process_limiter:
+                out = await self.engine.run_program(
+                    stage_id, "python", REMOTE_CALL_CODE, EffectSet.of([Network(), Fallible()]),
+                    {"url": node.url, "input": value}, path, self, usage, label)
+            err = conforms(out, node.output, "output")
+            if err:
+                raise StageError("remote_output_mismatch", f"{label} returned a value that is not "
+                                 f"{display(node.output)}: {err}", path)
+        except NoetherError as e:
+            await self.emit(StageFinished(self.run_id, node_path=path, stage_id=stage_id, name=label,
+                                          status=usage.get("status", "error"), message=e.message,
+                                          wall_ms=int((time.monotonic() - started) * 1000)))
+            raise
+        wall = int((time.monotonic() - started) * 1000)
+        await self.emit(StageFinished(self.run_id, node_path=path, stage_id=stage_id, name=label, status="ok",
+                                      wall_ms=wall, isolation=usage.get("isolation"),
+                                      input_hash=value_hash(value), output_hash=value_hash(out)))
+        return out
 
     # ------------------------------------------------------------ one stage
 
@@ -461,17 +506,23 @@ class Engine:
 
     async def _dispatch_sandboxed(self, stage: Stage, language: str, code: str, value: Any, path: str, run: _Run,
                                   usage: dict[str, Any]) -> Any:
+        return await self.run_program(stage.id, language, code, stage.effects, value, path, run, usage,
+                                      f"stage {stage.label()}")
+
+    async def run_program(self, program_id: str, language: str, code: str, effects: Any, value: Any, path: str,
+                          run: _Run, usage: dict[str, Any], label: str) -> Any:
+        """Build (once) and run a program in a sandbox whose walls ``effects`` derive."""
         from noether_nix.nix.programs import build_stage_program_async
         from noether_nix.sandbox.policy import policy_from_effects
         from noether_nix.sandbox.profile import load_profile
         from noether_nix.sandbox.supervisor import Isolation, run_sandboxed
 
-        program = await build_stage_program_async(stage.id, language, code, registry=self.programs,
+        program = await build_stage_program_async(program_id, language, code, registry=self.programs,
                                                   concurrency=self.config.build_concurrency)
         if program.built:
             usage["build_ms"] = program.build_ms
         profile = load_profile(self.config.sandbox_profile)
-        policy = policy_from_effects(stage.effects, profile=profile)
+        policy = policy_from_effects(effects, profile=profile)
         result = await run_sandboxed(program.argv, policy=policy, limits=self.limits_for(run.options),
                                      stdin=serde_compact(value), isolation=Isolation(run.isolation),  # type: ignore[arg-type]
                                      profile=profile)
@@ -480,8 +531,8 @@ class Engine:
         if result.ok:
             return result.output
         detail = result.stderr_tail.strip().splitlines()[-1] if result.stderr_tail.strip() else ""
-        message = result.message if result.status.value != "error" else f"stage exited with status {result.exit_code}"
+        message = result.message if result.status.value != "error" else f"exited with status {result.exit_code}"
         if detail and detail not in message:
             message += f": {detail}"
-        raise StageError(f"stage_{result.status.value}", f"stage {stage.label()} failed: {message}", path,
+        raise StageError(f"stage_{result.status.value}", f"{label} failed: {message}", path,
                          details={"status": result.status.value, "stderr_tail": result.stderr_tail[-2000:]})

@@ -42,6 +42,8 @@ def test_stage_add_get_list_verify(spec_file: Path) -> None:
     _, out, _ = noether("stage", "add", str(spec_file))
     assert out["ok"] is True and out["command"] == "stage add"
     assert out["data"]["lifecycle"] == "active"
+    assert out["data"]["program"]["built"] is True
+    assert out["data"]["program"]["store_path"].startswith("/nix/store/")
     assert isinstance(out["meta"]["duration_ms"], int)
     sid = out["data"]["id"]
 
@@ -59,7 +61,7 @@ def test_stage_add_get_list_verify(spec_file: Path) -> None:
 
 
 def test_draft_then_activate(spec_file: Path) -> None:
-    _, out, _ = noether("stage", "add", str(spec_file), "--draft")
+    _, out, _ = noether("stage", "add", str(spec_file), "--draft", "--no-build")
     assert out["data"]["lifecycle"] == "draft"
     _, act, _ = noether("stage", "activate", out["data"]["id"])
     assert act["data"]["lifecycle"] == "active"

@@ -126,3 +126,47 @@ async def test_stdlib_without_implementation_is_an_error_not_an_example(engine: 
                            RunOptions())
     assert res.status == "failed" and res.error is not None
     assert res.error["code"] == "no_llm_provider"
+
+
+async def test_remote_stage_calls_from_a_networked_sandbox(engine: Engine) -> None:
+    import http.server
+    import json
+    import threading
+
+    seen: list[object] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            seen.append(body)
+            reply = {"ok": True, "command": "serve", "data": {"output": body["input"]["n"] * 10}}
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/"
+        node = {"op": "RemoteStage", "url": url, "input": {"Record": [["n", "Number"]]}, "output": "Number"}
+        res = await engine.run(graph(node), {"n": 4}, RunOptions())
+        assert res.status == "ok" and res.output == 40
+        assert seen == [{"input": {"n": 4}}]
+    finally:
+        srv.shutdown()
+
+
+async def test_remote_stage_needs_network_granted(engine: Engine) -> None:
+    import pytest
+
+    from noether_nix.errors import NoetherError
+
+    node = {"op": "RemoteStage", "url": "http://127.0.0.1:9/", "input": "Any", "output": "Any"}
+    with pytest.raises(NoetherError) as ei:
+        await engine.run(graph(node), 1, RunOptions(allow_effects=["fallible"]))
+    assert ei.value.code == "effect_not_allowed"

@@ -162,3 +162,17 @@ def test_dead_branch_elimination_and_report(store: StageStore) -> None:
     off = prepare(g(root), store=store, options=CheckOptions(optimize=False))
     assert check_report(off)["plan"]["steps"] == 3
     assert p.composition_id == off.composition_id
+
+
+def test_let_binding_mismatch(store: StageStore) -> None:
+    root = {"op": "Let", "bindings": {"name": S("to_num")}, "body": S("greet")}
+    e = fail(store, root)
+    assert e.path == "root.bindings.name"
+    assert e.message == ('let binding "name": output Number is not subtype of input Text: '
+                         "expected Text, got Number")
+
+
+def test_let_input_collects_what_bindings_and_body_need(store: StageStore) -> None:
+    root = {"op": "Let", "bindings": {"name": S("num_to_text")}, "body": S("greet")}
+    p = prepare(g(root), store=store, options=CheckOptions())
+    assert check_report(p)["type_check"] == {"input": "Any", "output": "Text"}

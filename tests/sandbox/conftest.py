@@ -1,8 +1,7 @@
 """Fixtures for running hostile probes in the real bwrap sandbox.
 
-The interpreter is the host's /usr/bin/python3 with /usr, /lib and /lib64
-bound read-only *for these tests only*: the Nix-built runtime (issue 4) is
-not in place yet. Stage programs in production see only /nix/store.
+Probes run on the real Nix-built Python runtime with only /nix/store
+visible, exactly like stage programs.
 """
 
 from __future__ import annotations
@@ -19,9 +18,6 @@ from noether_nix.model.effects import EffectSet, parse_effect_list
 from noether_nix.sandbox.policy import Limits, policy_from_effects
 from noether_nix.sandbox.profile import load_profile
 from noether_nix.sandbox.supervisor import Isolation, Result, run_sandboxed
-
-HOST_RUNTIME = ["/usr", "/lib", "/lib64", "/bin"]
-PYTHON = "/usr/bin/python3"
 
 Probe = Callable[..., Awaitable[Result]]
 
@@ -46,17 +42,32 @@ def nix_store_exists() -> None:
         os.system("nix-store --init >/dev/null 2>&1 || mkdir -p /nix/store")
 
 
+@pytest.fixture(scope="session")
+def python_runtime(nix_store_exists: None, tmp_path_factory: pytest.TempPathFactory) -> str:
+    from noether_nix.nix.runtime import ensure_runtime
+
+    home = os.environ.get("NOETHER_HOME")
+    os.environ["NOETHER_HOME"] = str(tmp_path_factory.mktemp("runtime-home"))
+    try:
+        return ensure_runtime("python").interpreter
+    finally:
+        if home is None:
+            os.environ.pop("NOETHER_HOME", None)
+        else:
+            os.environ["NOETHER_HOME"] = home
+
+
 @pytest.fixture
-def probe() -> Probe:
+def probe(python_runtime: str) -> Probe:
     async def run(code: str, *, effects: list[Any] | None = None, stdin: Any = None,
                   limits: Limits | None = None, expect_json: bool = True) -> Result:
         marker = f"noether-probe-{uuid.uuid4().hex}"
         es: EffectSet = parse_effect_list(effects) if effects else EffectSet.pure()
-        policy = policy_from_effects(es, profile=load_profile(), extra_ro=HOST_RUNTIME)
+        policy = policy_from_effects(es, profile=load_profile())
         import json
 
         result = await run_sandboxed(
-            [PYTHON, "-c", f"# {marker}\n{code}"],
+            [python_runtime, "-c", f"# {marker}\n{code}"],
             policy=policy,
             limits=limits or Limits(timeout_s=5),
             stdin=json.dumps(stdin).encode(),

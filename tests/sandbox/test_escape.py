@@ -178,6 +178,11 @@ print(json.dumps(res))"""
     assert not Path("/nix/store/evil").exists() and not Path("/usr/evil").exists()
 
 
+async def test_usr_lib_and_etc_of_the_host_do_not_exist(probe: Probe) -> None:
+    r = await probe(J + "print(json.dumps([os.path.exists(p) for p in ('/usr', '/lib', '/bin', '/etc/passwd', '/root')]))")
+    assert r.output == [False, False, False, False, False]
+
+
 async def test_fsread_is_read_only(probe: Probe, tmp_path: Path) -> None:
     (tmp_path / "data.txt").write_text("payload")
     code = J + f"""
