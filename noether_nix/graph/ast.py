@@ -103,72 +103,105 @@ _FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
+#: Deepest nesting of nodes, and of JSON inside a Const value or a config.
+#: Upstream's serde_json refuses documents deeper than 128 levels, so no
+#: graph upstream accepts is refused here; the bound keeps every recursive
+#: pass (here, the checker, the engine) well inside Python's stack.
+MAX_DEPTH = 128
+
+
 def _bad(path: str, message: str) -> NoetherError:
     return NoetherError("invalid_graph", message, path=path)
 
 
-def _locate(raw: Any, path: str) -> None:
-    """Walk raw JSON and raise at the first structural problem, naming its path."""
+def _too_deep(path: str, what: str) -> NoetherError:
+    return NoetherError("graph_too_deep", f"{what} nested deeper than {MAX_DEPTH} levels", path=path,
+                        hint="flatten nested Sequentials; upstream noether refuses such graphs too")
+
+
+def _check_value_depth(value: Any, path: str) -> None:
+    """Iteratively, so a hostile value cannot exhaust the stack before it is refused."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise _too_deep(path, "JSON value")
+            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+
+
+def _locate(raw: Any, path: str, depth: int = 1) -> Any:
+    """Walk raw JSON, raise at the first structural problem naming its path,
+    and return the node with RemoteStage type shorthand in wire form.
+
+    msgspec decodes the result; this walk exists because msgspec's error
+    paths lose map keys (``branches[...]``) and we promise exact paths.
+    Const values and configs are returned untouched, never rewritten.
+    """
+    if depth > MAX_DEPTH:
+        raise _too_deep(path, "nodes")
     if not isinstance(raw, dict):
-        raise _bad(path, f"a node must be an object with \"op\", got {type(raw).__name__}")
+        raise _bad(path, f"a node must be an object with \"op\", got {_json_kind(raw)}")
     if "op" not in raw:
         raise _bad(path, 'missing "op"')
     op = raw["op"]
     if op not in _FIELDS:
         raise _bad(f"{path}.op", f"unknown op {op!r} (known: {', '.join(OPS)})")
+    out = dict(raw)
     for name, kind in _FIELDS[op]:
         if name not in raw:
             raise _bad(path, f'{op} node is missing "{name}"')
         v, where = raw[name], f"{path}.{name}"
         if kind == "node":
-            _locate(v, where)
+            out[name] = _locate(v, where, depth + 1)
         elif kind == "nodes":
             if not isinstance(v, list):
                 raise _bad(where, "must be an array of nodes")
-            for i, child in enumerate(v):
-                _locate(child, f"{where}[{i}]")
+            out[name] = [_locate(child, f"{where}[{i}]", depth + 1) for i, child in enumerate(v)]
         elif kind == "nodemap":
             if not isinstance(v, dict):
                 raise _bad(where, "must be an object of named nodes")
-            for k, child in v.items():
-                _locate(child, f"{where}.{k}")
+            out[name] = {k: _locate(child, f"{where}.{k}", depth + 1) for k, child in v.items()}
         elif kind == "str" and not isinstance(v, str):
             raise _bad(where, "must be a string")
         elif kind == "int" and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32):
             raise _bad(where, "must be a whole number from 0 to 4294967295")
         elif kind == "type":
-            parse_type(v, path=where)
+            out[name] = to_json(parse_type(v, path=where))
+        elif kind == "any":
+            _check_value_depth(v, where)
     if op == "Stage":
         if raw.get("pinning", "signature") not in ("signature", "both"):
             raise _bad(f"{path}.pinning", 'must be "signature" or "both"')
-        if raw.get("config") is not None and not isinstance(raw["config"], dict):
-            raise _bad(f"{path}.config", "must be an object")
+        config = raw.get("config")
+        if config is not None:
+            if not isinstance(config, dict):
+                raise _bad(f"{path}.config", "must be an object")
+            _check_value_depth(config, f"{path}.config")
     if op == "Retry":
         d = raw.get("delay_ms")
-        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 0):
+        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or not 0 <= d < 2**64):
             raise _bad(f"{path}.delay_ms", "must be a non-negative whole number or null")
+    return out
 
 
-def _normalise_types(raw: Any) -> Any:
-    """Accept type shorthand inside RemoteStage by rewriting it to the wire form."""
-    if isinstance(raw, dict):
-        if raw.get("op") == "RemoteStage":
-            out = dict(raw)
-            for k in ("input", "output"):
-                if k in out:
-                    out[k] = to_json(parse_type(out[k]))
-            return out
-        return {k: _normalise_types(v) for k, v in raw.items()}
-    if isinstance(raw, list):
-        return [_normalise_types(v) for v in raw]
-    return raw
+def _json_kind(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    return "an array" if isinstance(v, list) else type(v).__name__
 
 
 def parse_node(raw: Any, *, path: str = "root") -> Node:
-    _locate(raw, path)
+    checked = _locate(raw, path)
     try:
-        node: Node = msgspec.convert(_normalise_types(raw), Node)
-    except msgspec.ValidationError as e:
+        node: Node = msgspec.convert(checked, Node)
+    except msgspec.ValidationError as e:  # msgspec stays the schema; _locate only finds paths first
         msg = str(e)
         text, _, where = msg.partition(" - at `$")
         raise _bad(path + where.rstrip("`"), text) from None

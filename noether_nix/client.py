@@ -1,0 +1,69 @@
+"""A small synchronous client for the daemon's Unix socket (stdlib http.client)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 300) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.unix_path)
+        self.sock = s
+
+
+class Client:
+    def __init__(self, socket_path: str, timeout: float = 300) -> None:
+        self.path = socket_path
+        self.timeout = timeout
+
+    def request(self, method: str, target: str, body: Any = None) -> tuple[int, Any]:
+        conn = _UnixConnection(self.path, self.timeout)
+        try:
+            payload = None if body is None else json.dumps(body).encode()
+            conn.request(method, target, body=payload, headers={"content-type": "application/json"})
+            resp = conn.getresponse()
+            raw = resp.read()
+            ctype = resp.getheader("content-type", "")
+            return resp.status, json.loads(raw) if ctype.startswith("application/json") else raw.decode()
+        finally:
+            conn.close()
+
+    def run(self, graph: Any, input: Any = None, options: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Stream the run's NDJSON events; the last one is ``{"event": "result", …}``."""
+        conn = _UnixConnection(self.path, self.timeout)
+        try:
+            body = json.dumps({"graph": graph, "input": input, "options": options or {}}).encode()
+            conn.request("POST", "/v1/runs", body=body, headers={"content-type": "application/json"})
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise RuntimeError(f"daemon answered {resp.status}: {resp.read().decode()}")
+            while line := resp.readline():
+                yield json.loads(line)
+        finally:
+            conn.close()
+
+
+def daemon_socket_if_live(explicit: str | None = None) -> str | None:
+    import os
+
+    from noether_nix.server.daemon import default_socket
+
+    path = explicit or os.environ.get("NOETHER_SOCKET") or default_socket()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+    except OSError:
+        return None
+    finally:
+        s.close()
+    return path

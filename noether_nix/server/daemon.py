@@ -1,0 +1,420 @@
+"""``noether daemon``: the engine behind an HTTP/1.1 Unix socket, on trio.
+
+Every connection is authorised by the kernel's peer credentials, every
+wait is bounded (headers, body, idle), every run is owned by the daemon's
+nursery and cancelled when its client goes away (unless detached) or when
+the daemon stops after its grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import stat
+import struct
+import time
+import uuid
+from typing import Any
+
+import h11
+import msgspec
+import structlog
+import trio
+
+from noether_nix.engine.config import EngineConfig
+from noether_nix.engine.engine import Engine, RunOptions
+from noether_nix.engine.events import Event
+from noether_nix.errors import NoetherError
+from noether_nix.server import systemd
+from noether_nix.server.protocol import (
+    ProtocolError,
+    Request,
+    envelope,
+    ndjson,
+    request_from,
+    response_head,
+)
+
+log = structlog.get_logger("noether.daemon")
+
+_STATUS = {1: 400, 2: 422, 3: 500}
+_CODE_STATUS = {"stage_not_found": 404, "trace_not_found": 404, "run_not_found": 404, "not_found": 404,
+                "forbidden": 403, "busy": 503, "body_too_large": 413, "invalid_json": 400, "usage": 400,
+                "method_not_allowed": 405, "ambiguous_reference": 409, "invalid_transition": 409}
+
+
+class DaemonConfig(msgspec.Struct, kw_only=True):
+    socket: str | None = None
+    socket_mode: int = 0o660
+    allowed_uids: list[int] | None = None  # default: the daemon's uid and root
+    allowed_gids: list[int] = msgspec.field(default_factory=list)
+    write_uids: list[int] | None = None  # default: same as allowed
+    max_body_bytes: int = 8 * 1024 * 1024
+    header_timeout_s: float = 10.0
+    max_connections: int = 256
+    max_runs: int = 16
+    max_queued_runs: int = 64
+    grace_s: float = 30.0
+    engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+
+
+def default_socket() -> str:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if os.getuid() == 0 and not runtime:
+        return "/run/noether/noether.sock"
+    return os.path.join(runtime or "/tmp", "noether.sock")
+
+
+def peer_credentials(sock: Any) -> tuple[int, int, int]:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def bind_socket(path: str, mode: int) -> socket.socket:
+    """Bind the socket file, refusing to steal one a live daemon is serving."""
+    if os.path.exists(path):
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            raise NoetherError("socket_path_taken", "the socket path exists and is not a socket", path=path)
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # stale socket from a dead daemon
+        else:
+            raise NoetherError("daemon_running", "another daemon is already serving this socket", path=path)
+        finally:
+            probe.close()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    sock.listen(128)
+    return sock
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, engine: Engine | None = None) -> None:
+        self.config = config
+        self.engine = engine or Engine(config.engine)
+        me = os.getuid()
+        self.allowed = set(config.allowed_uids if config.allowed_uids is not None else {me, 0})
+        self.writers = set(config.write_uids) if config.write_uids is not None else self.allowed
+        self.runs: dict[str, trio.CancelScope] = {}
+        self.run_slots = trio.Semaphore(config.max_runs)
+        self.waiting = 0
+        self.connections = trio.CapacityLimiter(config.max_connections)
+        self.stopping = False
+        self.counters = {"requests": 0, "runs_started": 0, "runs_ok": 0, "runs_failed": 0, "runs_cancelled": 0,
+                         "forbidden": 0, "bad_requests": 0}
+        self.started = time.time()
+        self.engine.runs.mark_interrupted()
+
+    # ---------------------------------------------------------------- serving
+
+    async def serve(self, listeners: list[socket.socket], *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        trio_listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in listeners]
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                nursery.start_soon(self._on_signals, signals, nursery)
+                for listener in trio_listeners:
+                    nursery.start_soon(trio.serve_listeners, self.handle, [listener])
+                systemd.notify("READY=1\nSTATUS=serving")
+                log.info("daemon_ready", pid=os.getpid())
+                task_status.started()
+                await trio.sleep_forever()
+
+    async def _on_signals(self, signals: Any, nursery: trio.Nursery) -> None:
+        async for _ in signals:
+            self.stopping = True
+            systemd.notify("STOPPING=1\nSTATUS=stopping: letting runs finish")
+            log.info("daemon_stopping", runs=len(self.runs), grace_s=self.config.grace_s)
+            with trio.move_on_after(self.config.grace_s):
+                while self.runs:
+                    await trio.sleep(0.05)
+            for scope in list(self.runs.values()):
+                scope.cancel()
+            await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+            return
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        async with self.connections:
+            try:
+                _pid, uid, gid = peer_credentials(stream.socket)
+            except OSError:
+                await stream.aclose()
+                return
+            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+            try:
+                while True:
+                    req = await self._read_request(stream, conn)
+                    if req is None:
+                        return
+                    self.counters["requests"] += 1
+                    keep = await self._respond(stream, conn, req, uid, gid)
+                    if not keep or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                        return
+                    conn.start_next_cycle()
+            except ProtocolError as e:
+                self.counters["bad_requests"] += 1
+                with contextlib.suppress(Exception):
+                    await self._send(stream, conn, e.status, "http", error={"code": e.code, "message": e.message})
+            except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+                return
+            finally:
+                with contextlib.suppress(Exception):
+                    await stream.aclose()
+
+    async def _read_request(self, stream: trio.SocketStream, conn: h11.Connection) -> Request | None:
+        head: h11.Request | None = None
+        body = bytearray()
+        with trio.move_on_after(self.config.header_timeout_s) as scope:
+            while True:
+                try:
+                    event = conn.next_event()
+                except h11.RemoteProtocolError as e:
+                    raise ProtocolError(400, "bad_request", f"malformed HTTP: {e}") from None
+                if event is h11.NEED_DATA:
+                    data = await stream.receive_some(65536)
+                    conn.receive_data(data)
+                    if not data and conn.their_state is h11.IDLE:
+                        return None
+                    continue
+                if isinstance(event, h11.Request):
+                    head = event
+                    length = dict((k.lower(), v) for k, v in event.headers).get(b"content-length")
+                    if length is not None and int(length) > self.config.max_body_bytes:
+                        raise ProtocolError(413, "body_too_large",
+                                            f"request body over {self.config.max_body_bytes} bytes")
+                elif isinstance(event, h11.Data):
+                    body.extend(event.data)
+                    if len(body) > self.config.max_body_bytes:
+                        raise ProtocolError(413, "body_too_large",
+                                            f"request body over {self.config.max_body_bytes} bytes")
+                elif isinstance(event, h11.EndOfMessage):
+                    assert head is not None
+                    return request_from(head, bytes(body))
+                elif isinstance(event, h11.ConnectionClosed):
+                    return None
+        if scope.cancelled_caught:
+            raise ProtocolError(408, "request_timeout", "the request was not sent in time")
+        return None
+
+    async def _send(self, stream: trio.SocketStream, conn: h11.Connection, status: int, command: str,
+                    data: Any = None, error: dict[str, Any] | None = None, raw: bytes | None = None,
+                    content_type: str = "application/json") -> None:
+        body = raw if raw is not None else envelope(command, data, error)
+        await stream.send_all(conn.send(response_head(status, content_type, len(body))) or b"")
+        await stream.send_all(conn.send(h11.Data(data=body)) or b"")
+        await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+
+    # ---------------------------------------------------------------- routing
+
+    async def _respond(self, stream: trio.SocketStream, conn: h11.Connection, req: Request, uid: int,
+                       gid: int) -> bool:
+        path = req.target.split("?", 1)[0].rstrip("/")
+        parts = path.split("/")[1:]
+        command = f"{req.method} {path}"
+        if uid not in self.allowed and gid not in self.config.allowed_gids:
+            self.counters["forbidden"] += 1
+            log.warning("forbidden", peer_uid=uid, peer_gid=gid, target=req.target)
+            await self._send(stream, conn, 403, command, error={"code": "forbidden",
+                             "message": f"uid {uid} may not use this daemon"})
+            return False
+        log.info("request", method=req.method, target=req.target, peer_uid=uid)
+        try:
+            if req.method == "POST" and parts == ["v1", "runs"]:
+                await self._run(stream, conn, req, uid)
+                return False
+            data = await self._route(req, parts, uid)
+        except NoetherError as e:
+            status = _CODE_STATUS.get(e.code, _STATUS.get(e.exit_code, 500))
+            await self._send(stream, conn, status, command, error=e.to_dict())
+            return True
+        if isinstance(data, bytes):
+            await self._send(stream, conn, 200, command, raw=data, content_type="text/plain; version=0.0.4")
+        else:
+            await self._send(stream, conn, 200, command, data=data)
+        return True
+
+    def _body(self, req: Request) -> Any:
+        if not req.body:
+            return {}
+        try:
+            return msgspec.json.decode(req.body)
+        except msgspec.DecodeError as e:
+            raise NoetherError("invalid_json", f"request body is not JSON: {e}") from None
+
+    def _need_write(self, uid: int) -> None:
+        if uid not in self.writers:
+            self.counters["forbidden"] += 1
+            raise NoetherError("forbidden", f"uid {uid} may run graphs but not change the store")
+
+    async def _route(self, req: Request, parts: list[str], uid: int) -> Any:
+        from noether_nix.cli.stage_cmds import sign_for_store
+        from noether_nix.model.stage import stage_from_spec, stage_to_json
+
+        m, e = req.method, self.engine
+        match parts:
+            case ["v1", "health"] if m == "GET":
+                return self.health()
+            case ["metrics"] if m == "GET":
+                return self.metrics()
+            case ["v1", "check"] if m == "POST":
+                body = self._body(req)
+                opts = msgspec.convert(body.get("options") or {}, RunOptions)
+                return e.check(body.get("graph"), body.get("input"), opts)
+            case ["v1", "runs", run_id] if m == "GET":
+                run = e.get_run(run_id)
+                if run is None:
+                    raise NoetherError("run_not_found", f"no run {run_id}", path=run_id)
+                return run
+            case ["v1", "runs", run_id] if m == "DELETE":
+                scope = self.runs.get(run_id)
+                if scope is None:
+                    raise NoetherError("run_not_found", f"no run {run_id} in flight", path=run_id)
+                scope.cancel()
+                return {"run_id": run_id, "cancelled": True}
+            case ["v1", "runs"] if m == "GET":
+                return {"runs": e.runs.recent(50)}
+            case ["v1", "traces", cid] if m == "GET":
+                trace = e.latest_trace(cid)
+                if trace is None:
+                    raise NoetherError("trace_not_found", f"no trace for {cid}", path=cid)
+                return trace
+            case ["v1", "stages"] if m == "GET":
+                return {"stages": [{"id": s.id, "name": s.name, "lifecycle": s.state} for s in e.store.all()]}
+            case ["v1", "stages"] if m == "POST":
+                self._need_write(uid)
+                stage = sign_for_store(stage_from_spec(self._body(req).get("spec", self._body(req))))
+                res = e.store.add(stage, activate=True)
+                return {"id": res.id, "lifecycle": res.lifecycle.lower(), "created": res.created}
+            case ["v1", "stages", ref] if m == "GET":
+                return stage_to_json(e.store.resolve(ref))
+            case ["v1", "stages", ref, "lifecycle"] if m == "PATCH":
+                self._need_write(uid)
+                body = self._body(req)
+                stage = e.store.resolve(ref)
+                to = str(body.get("lifecycle", "")).capitalize()
+                succ = e.store.resolve(body["successor"]).id if body.get("successor") else None
+                e.store.transition(stage.id, to, successor_id=succ)  # type: ignore[arg-type]
+                return {"id": stage.id, "lifecycle": to.lower()}
+            case ["v1", "warmup"] if m == "POST":
+                self._need_write(uid)
+                from noether_nix.nix.warmup import warmup
+
+                active = [s for s in e.store.all() if s.state == "Active"]
+                return await warmup(active, e.programs)
+        raise NoetherError("not_found", f"no endpoint {req.method} {req.target}")
+
+    # ---------------------------------------------------------------- runs
+
+    async def _run(self, stream: trio.SocketStream, conn: h11.Connection, req: Request, uid: int) -> None:
+        body = self._body(req)
+        if not isinstance(body, dict) or "graph" not in body:
+            raise NoetherError("usage", 'body must be {"graph": …, "input": …, "options": {…}}')
+        try:
+            options = msgspec.convert(body.get("options") or {}, RunOptions)
+        except msgspec.ValidationError as err:
+            raise NoetherError("usage", f"invalid options: {err}") from None
+        if self.stopping:
+            raise NoetherError("busy", "the daemon is stopping")
+        if self.waiting >= self.config.max_queued_runs:
+            raise NoetherError("busy", "too many runs queued; try again later")
+        self.waiting += 1
+        try:
+            await self.run_slots.acquire()
+        finally:
+            self.waiting -= 1
+        run_id = uuid.uuid4().hex
+        scope = trio.CancelScope()
+        self.runs[run_id] = scope
+        self.counters["runs_started"] += 1
+        log.info("run_started", run_id=run_id, peer_uid=uid)
+        head_sent = False
+        try:
+            async def emit(ev: Event) -> None:
+                nonlocal head_sent
+                if not head_sent:
+                    await stream.send_all(conn.send(response_head(200, "application/x-ndjson")) or b"")
+                    head_sent = True
+                await stream.send_all(conn.send(h11.Data(data=ndjson(msgspec.to_builtins(ev)))) or b"")
+
+            async def watch_client() -> None:
+                # Any byte or EOF from the client during a stream means it is gone.
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.receive_some(1)
+                if not options.detach:
+                    scope.cancel()
+
+            result = None
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(watch_client)
+                    try:
+                        result = await self.engine.run(body["graph"], body.get("input"), options,
+                                                       emit=emit, run_id=run_id)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        scope.cancel()
+                    nursery.cancel_scope.cancel()
+            if result is None:
+                self.counters["runs_cancelled"] += 1
+                log.info("run_cancelled", run_id=run_id, peer_uid=uid)
+                return
+            self.counters["runs_ok" if result.status == "ok" else "runs_failed"] += 1
+            log.info("run_finished", run_id=run_id, status=result.status, peer_uid=uid)
+            final = {"event": "result", **msgspec.to_builtins(result)}
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                if not head_sent:
+                    await stream.send_all(conn.send(response_head(200, "application/x-ndjson")) or b"")
+                await stream.send_all(conn.send(h11.Data(data=ndjson(final))) or b"")
+                await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+        except NoetherError:
+            if head_sent:
+                return
+            raise
+        finally:
+            self.runs.pop(run_id, None)
+            self.run_slots.release()
+
+    # ---------------------------------------------------------------- status
+
+    def health(self) -> dict[str, Any]:
+        from noether_nix.cli.doctor import describe_nix, describe_sandbox
+
+        return {"status": "stopping" if self.stopping else "ok", "pid": os.getpid(),
+                "uptime_s": int(time.time() - self.started), "runs_in_flight": len(self.runs),
+                "runs_queued": self.waiting, "store": self.engine.store.count(),
+                "sandbox": describe_sandbox(), "nix": describe_nix(), "counters": dict(self.counters)}
+
+    def metrics(self) -> bytes:
+        lines = [f"noether_{k}_total {v}" for k, v in sorted(self.counters.items())]
+        lines.append(f"noether_runs_in_flight {len(self.runs)}")
+        return ("\n".join(lines) + "\n").encode()
+
+
+def run_daemon(config: DaemonConfig) -> int:
+    structlog.configure(processors=[structlog.processors.TimeStamper(fmt="iso"),
+                                    structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+                        logger_factory=structlog.PrintLoggerFactory(file=__import__("sys").stderr))
+    listeners = systemd.listen_fds()
+    path = None
+    if not listeners:
+        path = config.socket or default_socket()
+        listeners = [bind_socket(path, config.socket_mode)]
+    daemon = Daemon(config)
+    try:
+        trio.run(daemon.serve, listeners)
+    finally:
+        if path and os.path.exists(path):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    return 0

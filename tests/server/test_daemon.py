@@ -1,0 +1,248 @@
+"""The daemon for real: a subprocess on a temporary socket, driven by the
+client, by curl, through systemd-socket-activate, and by hostile clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from noether_nix.client import Client
+
+HELLO = {"description": "d", "version": "1", "root": {"op": "Stage", "id": "text_upper"}}
+
+
+def wait_for_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"daemon exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+        if path.exists():
+            # Serving (not merely bound): the daemon answers its health endpoint.
+            try:
+                if Client(str(path), timeout=5).request("GET", "/v1/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+        time.sleep(0.05)
+    raise AssertionError("daemon did not come up")
+
+
+def start(tmp_path: Path, config: dict[str, Any] | None = None,
+          sock_dir: Path | None = None) -> tuple[subprocess.Popen[bytes], Path]:
+    sock = (sock_dir or tmp_path) / "noether.sock"
+    args = [sys.executable, "-m", "noether_nix.cli.main", "daemon", "--socket", str(sock)]
+    if config:
+        cfg = tmp_path / "daemon.json"
+        cfg.write_text(json.dumps(config))
+        args += ["--config", str(cfg)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for_socket(sock, proc)
+    return proc, sock
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    proc, sock = start(tmp_path)
+    yield proc, sock
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_client_health_and_run(daemon: tuple[subprocess.Popen[bytes], Path]) -> None:
+    _, sock = daemon
+    c = Client(str(sock))
+    status, health = c.request("GET", "/v1/health")
+    assert status == 200 and health["ok"] and health["data"]["store"]["Active"] == 85
+    events = list(c.run(HELLO, "hi"))
+    assert [e["event"] for e in events] == ["run_accepted", "stage_started", "stage_finished", "result"]
+    assert events[-1]["output"] == "HI"
+    status, run = c.request("GET", f"/v1/runs/{events[-1]['run_id']}")
+    assert status == 200 and run["data"]["status"] == "ok"
+    status, trace = c.request("GET", f"/v1/traces/{events[-1]['composition_id']}")
+    assert status == 200 and trace["data"]["stages"][0]["name"] == "text_upper"
+
+
+def test_curl_works(daemon: tuple[subprocess.Popen[bytes], Path]) -> None:
+    _, sock = daemon
+    out = subprocess.run(["curl", "-s", "--unix-socket", str(sock), "http://localhost/v1/stages/text_upper"],
+                         capture_output=True, text=True, timeout=30)
+    assert json.loads(out.stdout)["data"]["name"] == "text_upper"
+    out = subprocess.run(["curl", "-s", "-N", "--unix-socket", str(sock), "-X", "POST", "http://localhost/v1/runs",
+                          "-d", json.dumps({"graph": HELLO, "input": "curl"})], capture_output=True, text=True,
+                         timeout=60)
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    assert lines[-1]["output"] == "CURL"
+
+
+def test_errors_have_codes_and_http_status(daemon: tuple[subprocess.Popen[bytes], Path]) -> None:
+    _, sock = daemon
+    c = Client(str(sock))
+    status, body = c.request("GET", "/v1/stages/no_such_stage")
+    assert status == 404 and body["error"]["code"] == "stage_not_found"
+    status, body = c.request("POST", "/v1/check", {"graph": {"description": "d", "version": "1",
+                                                             "root": {"op": "Nope"}}})
+    assert status == 400 and body["error"]["code"] == "invalid_graph"
+    status, body = c.request("GET", "/v1/nothing")
+    assert status == 404 and body["error"]["code"] == "not_found"
+
+
+def raw_exchange(sock: Path, data: bytes, timeout: float = 15) -> bytes:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(timeout)
+    s.connect(str(sock))
+    try:
+        s.sendall(data)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except (ConnectionResetError, BrokenPipeError):
+        return b""
+    finally:
+        s.close()
+
+
+def test_hostile_requests_are_rejected_without_harm(daemon: tuple[subprocess.Popen[bytes], Path]) -> None:
+    _, sock = daemon
+    bad_json = b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n{nope"
+    assert b" 400 " in raw_exchange(sock, bad_json).split(b"\r\n")[0]
+    huge = b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n"
+    assert b" 413 " in raw_exchange(sock, huge).split(b"\r\n")[0]
+    garbage = b"\x00\x01 not http at all\r\n\r\n"
+    assert b" 400 " in raw_exchange(sock, garbage).split(b"\r\n")[0]
+    # The daemon still serves everyone else.
+    assert list(Client(str(sock)).run(HELLO, "ok"))[-1]["output"] == "OK"
+
+
+def test_other_uids_get_403(tmp_path: Path) -> None:
+    import tempfile
+
+    open_dir = Path(tempfile.mkdtemp(prefix="noether-sock-", dir="/tmp"))
+    open_dir.chmod(0o755)
+    proc, sock = start(tmp_path, {"socket_mode": 0o666}, sock_dir=open_dir)
+    try:
+        code = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+                "s.sendall(b'GET /v1/health HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); print(s.recv(200).decode())")
+        out = subprocess.run(["/usr/bin/python3", "-c", code, str(sock)], capture_output=True, text=True,
+                             user=65534, timeout=30)
+        assert " 403 " in out.stdout.splitlines()[0], out.stderr
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def test_sigterm_stops_and_removes_the_socket(tmp_path: Path) -> None:
+    proc, sock = start(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+    assert not sock.exists()
+
+
+def test_second_daemon_on_a_live_socket_is_refused(daemon: tuple[subprocess.Popen[bytes], Path]) -> None:
+    _, sock = daemon
+    out = subprocess.run([sys.executable, "-m", "noether_nix.cli.main", "daemon", "--socket", str(sock)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert json.loads(out.stderr)["error"]["code"] == "daemon_running"
+
+
+def test_socket_activation_and_readiness(tmp_path: Path) -> None:
+    sock = tmp_path / "activated.sock"
+    notify = tmp_path / "notify.sock"
+    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ns.bind(str(notify))
+    ns.settimeout(30)
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify)}
+    passed = [a for var in ("NOTIFY_SOCKET", "NOETHER_HOME", "PATH", "HOME") for a in ("-E", var)]
+    proc = subprocess.Popen(["systemd-socket-activate", *passed, "-l", str(sock), sys.executable, "-m",
+                             "noether_nix.cli.main", "daemon"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # The first connection activates the daemon, which then reports READY=1.
+        c = Client(str(sock))
+        status, _ = c.request("GET", "/v1/health")
+        assert status == 200
+        msg = ns.recv(4096).decode()
+        assert "READY=1" in msg
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        ns.close()
+
+
+def test_client_disconnect_cancels_the_run_and_kills_its_sandbox(daemon: tuple[subprocess.Popen[bytes], Path],
+                                                                  tmp_path: Path) -> None:
+    _, sock = daemon
+    spec = {"name": "forever", "input": "Any", "output": "Any", "effects": ["NonDeterministic"],
+            "implementation": "import time\ndef execute(x):\n    while True:\n        time.sleep(0.05)\n"}
+    c = Client(str(sock))
+    status, _ = c.request("POST", "/v1/stages", {"spec": spec})
+    assert status == 200
+    graph = {"description": "d", "version": "1", "root": {"op": "Stage", "id": "forever"}}
+    events = c.run(graph, None)
+    for ev in events:
+        if ev["event"] == "stage_started":
+            break
+    events.close()  # the client goes away mid-run
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if not _stage_processes():
+            break
+        time.sleep(0.1)
+    assert _stage_processes() == []
+
+
+def _stage_processes() -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if b"noether-stage-" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+            except OSError:
+                pass
+    return found
+
+
+def test_kill_9_leaves_no_sandbox_and_restart_keeps_the_store(tmp_path: Path) -> None:
+    proc, sock = start(tmp_path)
+    c = Client(str(sock))
+    spec = {"name": "sleeper", "input": "Any", "output": "Any", "effects": ["NonDeterministic"],
+            "implementation": "import time\ndef execute(x):\n    time.sleep(60)\n"}
+    status, added = c.request("POST", "/v1/stages", {"spec": spec})
+    assert status == 200
+    events = c.run({"description": "d", "version": "1", "root": {"op": "Stage", "id": "sleeper"}}, None)
+    for ev in events:
+        if ev["event"] == "stage_started":
+            break
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 5
+    while _stage_processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _stage_processes() == []
+    proc2, sock2 = start(tmp_path)
+    try:
+        status, got = Client(str(sock2)).request("GET", f"/v1/stages/{added['data']['id']}")
+        assert status == 200 and got["data"]["name"] == "sleeper"
+        status, runs = Client(str(sock2)).request("GET", "/v1/runs")
+        assert runs["data"]["runs"][0]["status"] == "interrupted"
+    finally:
+        proc2.terminate()
+        proc2.wait(15)
