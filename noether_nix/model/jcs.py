@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -89,7 +90,8 @@ def ryu_number(x: float) -> str:
     return "-" + out if neg else out
 
 
-def _jcs_into(v: Any, out: list[str]) -> None:
+def _encode(v: Any, out: list[str], number: Callable[[float], str], order: Callable[[str], bytes] | None) -> None:
+    """Compact JSON; ``number`` formats doubles, ``order`` sorts object keys (None keeps insertion order)."""
     if v is None:
         out.append("null")
     elif v is True:
@@ -97,13 +99,10 @@ def _jcs_into(v: Any, out: list[str]) -> None:
     elif v is False:
         out.append("false")
     elif isinstance(v, int):
-        if _I64_MIN <= v <= _U64_MAX:
-            out.append(str(v))
-        else:
-            # Outside i64/u64 serde_json parses the literal as f64.
-            out.append(ecmascript_number(float(v)))
+        # Outside i64/u64 serde_json parses the literal as f64.
+        out.append(str(v) if _I64_MIN <= v <= _U64_MAX else number(float(v)))
     elif isinstance(v, float):
-        out.append(ecmascript_number(v))
+        out.append(number(v))
     elif isinstance(v, str):
         out.append(_quote(v))
     elif isinstance(v, (list, tuple)):
@@ -111,61 +110,36 @@ def _jcs_into(v: Any, out: list[str]) -> None:
         for i, item in enumerate(v):
             if i:
                 out.append(",")
-            _jcs_into(item, out)
+            _encode(item, out, number, order)
         out.append("]")
     elif isinstance(v, dict):
-        members = sorted(((_quote(k), val) for k, val in v.items()), key=lambda kv: kv[0].encode())
+        keys = sorted(v, key=order) if order is not None else list(v)
         out.append("{")
-        for i, (qk, val) in enumerate(members):
+        for i, k in enumerate(keys):
             if i:
                 out.append(",")
-            out.append(qk)
+            out.append(_quote(k))
             out.append(":")
-            _jcs_into(val, out)
+            _encode(v[k], out, number, order)
         out.append("}")
     else:
         raise TypeError(f"not a JSON value: {type(v).__name__}")
+
+
+def _jcs_key(k: str) -> bytes:
+    # serde_jcs orders members by the bytes of the escaped, quoted key.
+    return _quote(k).encode()
+
+
+def _plain_key(k: str) -> bytes:
+    return k.encode()
 
 
 def jcs(value: Any) -> bytes:
     """Canonical bytes as upstream's serde_jcs produces them."""
     out: list[str] = []
-    _jcs_into(value, out)
+    _encode(value, out, ecmascript_number, _jcs_key)
     return "".join(out).encode("utf-8")
-
-
-def _compact_into(v: Any, out: list[str], sort_keys: bool) -> None:
-    if v is None:
-        out.append("null")
-    elif v is True:
-        out.append("true")
-    elif v is False:
-        out.append("false")
-    elif isinstance(v, int):
-        out.append(str(v) if _I64_MIN <= v <= _U64_MAX else ryu_number(float(v)))
-    elif isinstance(v, float):
-        out.append(ryu_number(v))
-    elif isinstance(v, str):
-        out.append(_quote(v))
-    elif isinstance(v, (list, tuple)):
-        out.append("[")
-        for i, item in enumerate(v):
-            if i:
-                out.append(",")
-            _compact_into(item, out, sort_keys)
-        out.append("]")
-    elif isinstance(v, dict):
-        items = sorted(v.items(), key=lambda kv: kv[0].encode()) if sort_keys else v.items()
-        out.append("{")
-        for i, (k, val) in enumerate(items):
-            if i:
-                out.append(",")
-            out.append(_quote(k))
-            out.append(":")
-            _compact_into(val, out, sort_keys)
-        out.append("}")
-    else:
-        raise TypeError(f"not a JSON value: {type(v).__name__}")
 
 
 def serde_compact(value: Any, *, sort_keys: bool = True) -> bytes:
@@ -176,7 +150,7 @@ def serde_compact(value: Any, *, sort_keys: bool = True) -> bytes:
     order the caller has reproduced.
     """
     out: list[str] = []
-    _compact_into(value, out, sort_keys)
+    _encode(value, out, ryu_number, _plain_key if sort_keys else None)
     return "".join(out).encode("utf-8")
 
 
