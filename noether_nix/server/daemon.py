@@ -114,6 +114,7 @@ class Daemon:
         self.counters = {"requests": 0, "runs_started": 0, "runs_ok": 0, "runs_failed": 0, "runs_cancelled": 0,
                          "forbidden": 0, "bad_requests": 0}
         self.started = time.time()
+        self.warmup: dict[str, Any] = {"state": "pending"}
         self.engine.runs.mark_interrupted()
 
     # ---------------------------------------------------------------- serving
@@ -126,10 +127,31 @@ class Daemon:
                 nursery.start_soon(self._on_signals, signals, nursery)
                 for listener in trio_listeners:
                     nursery.start_soon(trio.serve_listeners, self.handle, [listener])
+                nursery.start_soon(self._warmup)
                 systemd.notify("READY=1\nSTATUS=serving")
                 log.info("daemon_ready", pid=os.getpid())
                 task_status.started()
                 await trio.sleep_forever()
+
+    async def _warmup(self) -> None:
+        """Build the programs of all Active stages in the background, bounded."""
+        from noether_nix.nix.warmup import warmup
+
+        active = [s for s in self.engine.store.all() if s.state == "Active"]
+        self.warmup = {"state": "running", "total": 0, "built": 0, "cached": 0, "failed": []}
+
+        def progress(p: dict[str, Any]) -> None:
+            self.warmup = {"state": "running", **p}
+
+        try:
+            result = await warmup(active, self.engine.programs, concurrency=self.config.engine.build_concurrency,
+                                  progress=progress)
+        except Exception as e:  # warmup is an optimisation; runs build on first use
+            log.warning("warmup_failed", error=str(e))
+            self.warmup = {"state": "failed", "error": str(e)}
+            return
+        self.warmup = {"state": "done", **result}
+        log.info("warmup_done", **{k: v for k, v in result.items() if k != "failed"}, failed=len(result["failed"]))
 
     async def _on_signals(self, signals: Any, nursery: trio.Nursery) -> None:
         async for _ in signals:
@@ -392,7 +414,7 @@ class Daemon:
 
         return {"status": "stopping" if self.stopping else "ok", "pid": os.getpid(),
                 "uptime_s": int(time.time() - self.started), "runs_in_flight": len(self.runs),
-                "runs_queued": self.waiting, "store": self.engine.store.count(),
+                "runs_queued": self.waiting, "store": self.engine.store.count(), "warmup": self.warmup,
                 "sandbox": describe_sandbox(), "nix": describe_nix(), "counters": dict(self.counters)}
 
     def metrics(self) -> bytes:

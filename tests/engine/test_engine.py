@@ -170,3 +170,15 @@ async def test_remote_stage_needs_network_granted(engine: Engine) -> None:
     with pytest.raises(NoetherError) as ei:
         await engine.run(graph(node), 1, RunOptions(allow_effects=["fallible"]))
     assert ei.value.code == "effect_not_allowed"
+
+
+async def test_refinements_are_checked_and_switchable(engine: Engine, add: AddStage) -> None:
+    refined = {"kind": "Refined", "value": {"base": "Number", "refinement": {"kind": "Range", "min": 0, "max": 10}}}
+    add("small", "def execute(x):\n    return x\n", input=refined, output="Number")
+    g = graph({"op": "Stage", "id": "small"})
+    res = await engine.run(g, 50, RunOptions())
+    assert res.status == "failed" and res.error is not None
+    assert res.error["code"] == "refinement_violation"
+    assert "input refinement violation (Range(0..=10)): value 50 above maximum 10" in res.error["message"]
+    off = await engine.run(g, 50, RunOptions(refinement_checks=False))
+    assert off.status == "ok" and off.output == 50

@@ -66,6 +66,7 @@ def test_client_health_and_run(daemon: tuple[subprocess.Popen[bytes], Path]) -> 
     c = Client(str(sock))
     status, health = c.request("GET", "/v1/health")
     assert status == 200 and health["ok"] and health["data"]["store"]["Active"] == 85
+    assert health["data"]["warmup"]["state"] in ("pending", "running", "done")
     events = list(c.run(HELLO, "hi"))
     assert [e["event"] for e in events] == ["run_accepted", "stage_started", "stage_finished", "result"]
     assert events[-1]["output"] == "HI"
