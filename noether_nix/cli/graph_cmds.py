@@ -101,9 +101,62 @@ def cmd_check(args: argparse.Namespace) -> Any:
     return check_report(prepared)
 
 
+def live_daemon() -> str | None:
+    """The daemon to talk to, unless --local: --socket, $NOETHER_SOCKET, or the default socket if live."""
+    import os
+
+    if os.environ.get("NOETHER_LOCAL"):
+        return None
+    from noether_nix.client import daemon_socket_if_live
+
+    return daemon_socket_if_live(os.environ.get("NOETHER_SOCKET"))
+
+
+def _inline_specs(raw: Any, graph_path: str) -> list[Any]:
+    listed = raw.get("stages", []) if isinstance(raw, dict) else []
+    base = Path(graph_path).parent
+    return [read_json_file(str(base / rel), what="spec file") for rel in listed if isinstance(rel, str)]
+
+
+def _run_via_daemon(sock: str, args: argparse.Namespace, options: dict[str, Any]) -> Any:
+    from noether_nix.cli.envelope import CommandResult
+    from noether_nix.client import Client
+
+    raw = read_json_file(args.graph, what="graph file")
+    client = Client(sock)
+    for spec in _inline_specs(raw, args.graph):
+        status, body = client.request("POST", "/v1/stages", {"spec": spec})
+        if status != 200:
+            err = body.get("error", {}) if isinstance(body, dict) else {}
+            raise NoetherError(err.get("code", "daemon_error"), err.get("message", str(body)), exit_code=1)
+    final: dict[str, Any] | None = None
+    for ev in client.run(raw, read_input(args), {k: v for k, v in options.items() if v is not None}):
+        if ev.get("event") == "result":
+            final = ev
+        elif sys.stderr.isatty() and not args.json:
+            print(f"  {ev.get('event')} {ev.get('node_path', '')} {ev.get('status', '')}", file=sys.stderr)
+    if final is None:
+        raise NoetherError("daemon_error", "the daemon closed the stream without a result", path=sock, exit_code=3)
+    data = {k: final[k] for k in ("composition_id", "run_id", "status", "output", "effects", "trace", "warnings",
+                                  "spent_cents", "cache")}
+    if final.get("error"):
+        code = 2 if final["error"].get("code") == "budget_exceeded" else 3
+        return CommandResult(data, NoetherError(final["error"]["code"],
+                                                f"execution failed: {final['error']['message']}",
+                                                path=final["error"].get("path"), exit_code=code))
+    return data
+
+
 def cmd_run(args: argparse.Namespace) -> Any:
     if args.dry_run:
         return cmd_check(args)
+    sock = live_daemon()
+    if sock is not None:
+        return _run_via_daemon(sock, args, {
+            "budget_cents": args.budget_cents, "allow_effects": _tokens(args.allow_effects),
+            "allow_capabilities": _tokens(args.allow_capabilities), "timeout_secs": args.timeout_secs,
+            "max_output_bytes": args.max_output_bytes, "isolate": args.isolate, "optimize": not args.no_optimize,
+            "cache": not args.no_cache, "allow_unsigned": args.allow_unsigned})
     import trio
 
     from noether_nix.cli.envelope import CommandResult

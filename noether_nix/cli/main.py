@@ -8,6 +8,7 @@ stderr, with upstream's exit codes (1 input/reference, 2 check/policy,
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     # --human is accepted anywhere on the line.
     human = "--human" in argv
     argv = [a for a in argv if a != "--human"]
+    # --local forces embedded mode; --socket PATH names a daemon to talk to.
+    if "--local" in argv:
+        argv = [a for a in argv if a != "--local"]
+        os.environ["NOETHER_LOCAL"] = "1"
+    if "--socket" in argv and argv[0] != "daemon":
+        i = argv.index("--socket")
+        if i + 1 < len(argv):
+            os.environ["NOETHER_SOCKET"] = argv[i + 1]
+            del argv[i : i + 2]
     inv = Invocation("noether")
     try:
         parser = build_parser()

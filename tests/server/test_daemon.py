@@ -247,3 +247,17 @@ def test_kill_9_leaves_no_sandbox_and_restart_keeps_the_store(tmp_path: Path) ->
     finally:
         proc2.terminate()
         proc2.wait(15)
+
+
+def test_cli_run_talks_to_a_live_daemon_with_the_same_output(daemon: tuple[subprocess.Popen[bytes], Path]) -> None:
+    _, sock = daemon
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    via = subprocess.run([sys.executable, "-m", "noether_nix.cli.main", "run", "--socket", str(sock), "--json",
+                          str(examples / "hello.json")], capture_output=True, text=True, timeout=120)
+    local = subprocess.run([sys.executable, "-m", "noether_nix.cli.main", "run", "--local", "--json",
+                            str(examples / "hello.json")], capture_output=True, text=True, timeout=120)
+    a, b = json.loads(via.stdout)["data"], json.loads(local.stdout)["data"]
+    assert a["output"] == b["output"] == "HELLO, WORLD!"
+    assert a["composition_id"] == b["composition_id"]
+    status, runs = Client(str(sock)).request("GET", "/v1/runs")
+    assert a["run_id"] in [r["run_id"] for r in runs["data"]["runs"]]
