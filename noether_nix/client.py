@@ -67,3 +67,65 @@ def daemon_socket_if_live(explicit: str | None = None) -> str | None:
     finally:
         s.close()
     return path
+
+
+class TrioClient:
+    """The same API on trio, speaking HTTP/1.1 with h11 (for async programs)."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.path = socket_path
+
+    async def _exchange(self, method: str, target: str, body: Any) -> Any:
+        import h11
+        import trio
+
+        stream = await trio.open_unix_socket(self.path)
+        conn = h11.Connection(h11.CLIENT)
+        payload = b"" if body is None else json.dumps(body).encode()
+        headers = [("host", "localhost"), ("content-type", "application/json"),
+                   ("content-length", str(len(payload))), ("connection", "close")]
+        await stream.send_all(conn.send(h11.Request(method=method, target=target, headers=headers)) or b"")
+        await stream.send_all(conn.send(h11.Data(data=payload)) or b"")
+        await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+        return stream, conn
+
+    async def _events(self, stream: Any, conn: Any) -> Any:
+        import h11
+
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+                continue
+            if isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                return
+            yield event
+
+    async def request(self, method: str, target: str, body: Any = None) -> tuple[int, Any]:
+        import h11
+
+        stream, conn = await self._exchange(method, target, body)
+        status, data = 0, bytearray()
+        async with stream:
+            async for event in self._events(stream, conn):
+                if isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    data.extend(event.data)
+        return status, json.loads(data) if data.strip().startswith(b"{") else data.decode()
+
+    async def run(self, graph: Any, input: Any = None, options: dict[str, Any] | None = None) -> Any:
+        """Async-iterate the run's events as they stream."""
+        import h11
+
+        stream, conn = await self._exchange("POST", "/v1/runs", {"graph": graph, "input": input,
+                                                                 "options": options or {}})
+        buf = bytearray()
+        async with stream:
+            async for event in self._events(stream, conn):
+                if isinstance(event, h11.Data):
+                    buf.extend(event.data)
+                    while b"\n" in buf:
+                        line, _, rest = bytes(buf).partition(b"\n")
+                        buf[:] = rest
+                        yield json.loads(line)

@@ -14,7 +14,7 @@ from noether_nix.nix.registry import ProgramRegistry
 from noether_nix.nix.runtime import Runtime, ensure_runtime, normalise_language
 from noether_nix.paths import noether_home
 
-WRAPPER_VERSION = "2"
+WRAPPER_VERSION = "3"
 _WRAPPER_FILES = {"python": "python.py.in", "javascript": "javascript.js.in", "bash": "bash.sh.in"}
 
 

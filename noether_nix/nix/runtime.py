@@ -32,7 +32,7 @@ from noether_nix.errors import NoetherError
 from noether_nix.nix.build import nix_build, nix_expr
 from noether_nix.paths import noether_home
 
-RELOCATE_VERSION = "2"
+RELOCATE_VERSION = "4"
 # Everyday tools a bash stage can call, imported with the bash runtime when the host has them.
 BASH_TOOLS = ("cat", "tr", "sed", "grep", "cut", "sort", "uniq", "head", "tail", "wc", "tee", "date",
               "sleep", "env", "basename", "dirname", "seq", "jq", "awk", "mawk", "expr", "printf")
@@ -69,6 +69,15 @@ for root, dirs, files in os.walk(out):
         if root == os.path.join(out, "bin"):
             args += ["--set-interpreter", ld]
         subprocess.run(patchelf + args + [p], check=True)
+# Python: precompile the standard library. The store is read-only, so without
+# these every stage start would recompile each module it imports from source.
+if os.path.isdir(os.path.join(out, "lib")) and os.path.exists(os.path.join(out, "bin", "python3")):
+    import glob
+    for stdlib in glob.glob(os.path.join(out, "lib", "python3.*")):
+        for root, dirs, files in os.walk(stdlib):  # copied read-only from the store
+            os.chmod(root, os.stat(root).st_mode | stat.S_IWUSR)
+        subprocess.run([os.path.join(out, "bin", "python3"), "-m", "compileall", "-q",
+                        "--invalidation-mode", "unchecked-hash", stdlib], check=False)
 for root, dirs, files in os.walk(out):
     for name in files + dirs:
         p = os.path.join(root, name)

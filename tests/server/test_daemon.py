@@ -261,3 +261,14 @@ def test_cli_run_talks_to_a_live_daemon_with_the_same_output(daemon: tuple[subpr
     assert a["composition_id"] == b["composition_id"]
     status, runs = Client(str(sock)).request("GET", "/v1/runs")
     assert a["run_id"] in [r["run_id"] for r in runs["data"]["runs"]]
+
+
+async def test_trio_client_streams_events(daemon: tuple[subprocess.Popen[bytes], Path]) -> None:
+    from noether_nix.client import TrioClient
+
+    _, sock = daemon
+    c = TrioClient(str(sock))
+    status, health = await c.request("GET", "/v1/health")
+    assert status == 200 and health["data"]["status"] == "ok"
+    events = [ev async for ev in c.run(HELLO, "trio")]
+    assert events[0]["event"] == "run_accepted" and events[-1]["output"] == "TRIO"

@@ -1,0 +1,139 @@
+"""Load test of the daemon over its Unix socket (loopback only, bounded).
+
+Usage: .venv/bin/python bench/daemon_load.py [CLIENTS] [STAGES]   (default 64 clients, 10 stages)
+
+Starts a daemon on a temporary socket, registers one sandboxed Python stage,
+then CLIENTS concurrent clients each run a Sequential of STAGES occurrences
+of it (every stage a Nix-built program in bwrap) while malformed requests —
+bad JSON, a huge declared body, half-sent headers, a wrong peer uid — are
+interleaved. Checks every output, then that the daemon's RSS and open fds
+return to their baseline. Exits non-zero on any wrong answer.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from noether_nix.client import Client
+
+SPEC = {"name": "inc", "input": "Number", "output": "Number", "effects": ["Pure"],
+        "implementation": "def execute(x):\n    return x + 1\n"}
+
+
+def raw(sock: str, data: bytes, close_early: bool = False) -> bytes:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(30)
+    s.connect(sock)
+    try:
+        s.sendall(data)
+        if close_early:
+            return b""
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+    except OSError:
+        return b""
+    finally:
+        s.close()
+
+
+def wrong_uid(sock: str) -> str:
+    code = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+            "s.sendall(b'GET /v1/health HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); print(s.recv(100).decode())")
+    out = subprocess.run(["/usr/bin/python3", "-c", code, sock], capture_output=True, text=True, user=65534,
+                         timeout=30)
+    return out.stdout.splitlines()[0] if out.stdout else out.stderr
+
+
+def main(argv: list[str]) -> int:
+    clients = int(argv[0]) if argv else 64
+    stages = int(argv[1]) if len(argv) > 1 else 10
+    home = tempfile.mkdtemp(prefix="noether-load-")
+    sock_dir = tempfile.mkdtemp(prefix="noether-load-sock-", dir="/tmp")
+    os.chmod(sock_dir, 0o755)
+    sock = os.path.join(sock_dir, "noether.sock")
+    cfg = Path(home) / "daemon.json"
+    cfg.write_text(json.dumps({"socket_mode": 0o666, "max_runs": 16, "max_queued_runs": 128,
+                               "engine": {"pure_cache": os.environ.get("BENCH_CACHE", "1") == "1"}}))
+    env = {**os.environ, "NOETHER_HOME": home}
+    log = open(os.path.join(home, "daemon.log"), "w")  # noqa: SIM115 - lives as long as the daemon
+    proc = subprocess.Popen([sys.executable, "-m", "noether_nix.cli.main", "daemon", "--socket", sock,
+                             "--config", str(cfg)], env=env, stderr=log)
+    try:
+        client = Client(sock)
+        for _ in range(200):
+            try:
+                if client.request("GET", "/v1/health")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+        assert client.request("POST", "/v1/stages", {"spec": SPEC})[0] == 200
+        graph = {"description": "load", "version": "1",
+                 "root": {"op": "Sequential", "stages": [{"op": "Stage", "id": "inc"}] * stages}}
+        list(client.run(graph, -1))  # build the program once
+        daemon = psutil.Process(proc.pid)
+        time.sleep(0.5)
+        base_rss, base_fds = daemon.memory_info().rss, daemon.num_fds()
+
+        def one(i: int) -> bool:
+            events = list(Client(sock).run(graph, i * 1000))
+            return events[-1]["output"] == i * 1000 + stages
+
+        hostile = {"bad_json": 0, "huge_body": 0, "half_headers": 0, "wrong_uid": 0}
+
+        def attack(k: int) -> None:
+            kind = list(hostile)[k % 4]
+            if kind == "bad_json":
+                ok = b" 400 " in raw(sock, b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n{x:")[:20]
+            elif kind == "huge_body":
+                ok = b" 413 " in raw(sock, b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Length: 9999999999\r\n\r\n")[:20]
+            elif kind == "half_headers":
+                raw(sock, b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Le", close_early=True)
+                ok = True
+            else:
+                ok = " 403 " in wrong_uid(sock)
+            hostile[kind] += int(ok)
+
+        t0 = time.monotonic()
+        with cf.ThreadPoolExecutor(max_workers=clients + 8) as pool:
+            runs = [pool.submit(one, i) for i in range(clients)]
+            attacks = [pool.submit(attack, k) for k in range(16)]
+            correct = sum(f.result(timeout=600) for f in runs)
+            for a in attacks:
+                a.result(timeout=120)
+        elapsed = time.monotonic() - t0
+        time.sleep(1.0)
+        rss, fds = daemon.memory_info().rss, daemon.num_fds()
+        print(f"clients={clients} stages/graph={stages} sandboxed stage runs={clients * stages}")
+        print(f"correct outputs: {correct}/{clients} in {elapsed:.1f} s "
+              f"({clients * stages / elapsed:.0f} sandboxed stages/s)")
+        print(f"hostile requests rejected as expected: {hostile} (of 4 each)")
+        print(f"daemon RSS: {base_rss / 2**20:.1f} MiB before, {rss / 2**20:.1f} MiB after; "
+              f"open fds: {base_fds} before, {fds} after")
+        ok = correct == clients and all(v == 4 for v in hostile.values()) and fds <= base_fds
+        ok = ok and rss < base_rss + 64 * 2**20
+        print("PASS" if ok else "FAIL")
+        return 0 if ok else 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
