@@ -8,12 +8,19 @@ from typing import Any
 import msgspec
 
 from noether_nix.errors import NoetherError
-from noether_nix.graph.ast import Graph, Node, parse_graph
+from noether_nix.graph.ast import Graph, Node, parse_graph, walk
 from noether_nix.graph.canonical import composition_id
 from noether_nix.graph.checker import check_types, raise_type_errors
 from noether_nix.graph.optimize import OptimizeReport, optimize
 from noether_nix.graph.plan import PlanSummary, plan
-from noether_nix.graph.preflight import PolicyOptions, graph_effects, run_preflight, static_cost
+from noether_nix.graph.preflight import (
+    PolicyOptions,
+    graph_effects,
+    run_preflight,
+    static_cost,
+    validate_options,
+    worst_case_cost,
+)
 from noether_nix.graph.resolve import Resolution, Warning_, resolve_graph
 from noether_nix.model.effects import EffectSet
 from noether_nix.model.types import NType, display
@@ -41,9 +48,11 @@ class PreparedGraph(msgspec.Struct):
 
 def prepare(raw: Any, *, store: StageStore, options: CheckOptions, input: Any = None,
             check_input: bool = False) -> PreparedGraph:
+    validate_options(options)
     graph = parse_graph(raw)
     cid = composition_id(graph.root)
-    resolution = resolve_graph(graph.root, store)
+    nodes = walk(graph.root)
+    resolution = resolve_graph(graph.root, store, nodes=nodes)
     types = check_types(graph.root, resolution)
     raise_type_errors(types)
     if check_input:
@@ -51,9 +60,16 @@ def prepare(raw: Any, *, store: StageStore, options: CheckOptions, input: Any = 
         if err:
             raise NoetherError("input_type_mismatch", f"the input does not match the graph's input type "
                                f"{display(types.input)}: {err}", path="input", exit_code=2)
-    run_preflight(graph.root, resolution, options)
+    run_preflight(nodes, resolution, options)
     warnings = [*resolution.warnings, *types.warnings]
-    cost = static_cost(graph.root, resolution)
+    cost = static_cost(nodes, resolution)
+    if options.budget_cents is not None:
+        # The static sum fits (pre-flight passed); retries may still overrun at runtime.
+        worst = worst_case_cost(graph.root, resolution)
+        if worst > options.budget_cents:
+            warnings.append(Warning_("cost_may_exceed_budget",
+                                     f"estimated composition cost with every Retry attempt used ({worst}¢) "
+                                     f"exceeds budget ({options.budget_cents}¢)", "root"))
     if options.optimize:
         root, report = optimize(graph.root)
     else:
@@ -65,7 +81,7 @@ def prepare(raw: Any, *, store: StageStore, options: CheckOptions, input: Any = 
         resolution=resolution,
         input=types.input,
         output=types.output,
-        effects=graph_effects(graph.root, resolution),
+        effects=graph_effects(nodes, resolution),
         warnings=warnings,
         optimizer=report,
         plan=plan(root),

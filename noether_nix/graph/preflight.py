@@ -7,13 +7,22 @@ from __future__ import annotations
 import msgspec
 
 from noether_nix.errors import NoetherError
-from noether_nix.graph.ast import ConstNode, Node, RemoteStageNode, StageNode, walk
+from noether_nix.graph.ast import (
+    ConstNode,
+    Node,
+    RemoteStageNode,
+    RetryNode,
+    StageNode,
+    children,
+)
 from noether_nix.graph.resolve import Resolution
-from noether_nix.model.effects import EffectKind, EffectSet, Fallible, Network
+from noether_nix.model.effects import Effect, EffectKind, EffectSet, Fallible, Network, Pure
 from noether_nix.model.signing import SignatureStatus, public_key_hex, stdlib_key, verify_id
 from noether_nix.model.stage import CAPABILITIES, Stage
 
 STDLIB_PUBLIC_KEY = public_key_hex(stdlib_key())
+# What a RemoteStage implies (spec §2.4).
+REMOTE_EFFECTS = EffectSet.of([Fallible(), Network()])
 # Effects that need no sandbox wall: nothing outside the process is touched.
 _IN_PROCESS_OK = {EffectKind.PURE, EffectKind.FALLIBLE, EffectKind.COST}
 # Stdlib stages the engine answers from its own state (key-value table, store, traces).
@@ -24,10 +33,13 @@ ENGINE_STAGES = frozenset(
 
 
 class PolicyOptions(msgspec.Struct, kw_only=True):
-    #: None = every effect allowed; otherwise the allowed kinds. Pure is always
-    #: allowed, so an empty list means "nothing but Pure".
+    #: None = every effect allowed; otherwise the allowed kinds as
+    #: ``--allow-effects`` tokens. Pure is always allowed, so ``[]``,
+    #: ``["pure"]`` and ``["none"]`` all mean "nothing but Pure" (upstream
+    #: cannot express that: its empty list allows everything, §13.12).
     allow_effects: list[str] | None = None
-    #: None = every capability allowed; otherwise the allowed ones.
+    #: None = every capability allowed; otherwise the allowed ones
+    #: (``[]`` or ``["none"]``: none).
     allow_capabilities: list[str] | None = None
     budget_cents: int | None = None
     allow_unsigned: bool = False
@@ -58,7 +70,10 @@ def parse_effect_tokens(tokens: list[str]) -> set[EffectKind]:
     out = {EffectKind.PURE}
     for t in tokens:
         if t.strip() and t.strip().lower() != "none":
-            out.add(EffectKind.parse(t))
+            try:
+                out.add(EffectKind.parse(t))
+            except NoetherError as e:
+                raise NoetherError(e.code, e.message, path="--allow-effects", exit_code=2) from None
     return out
 
 
@@ -74,35 +89,76 @@ def parse_capability_tokens(tokens: list[str]) -> set[str]:
             raise NoetherError(
                 "unknown_capability",
                 f"unknown capability {t.strip()!r} (known: network, fs-read, fs-write, gpu, llm, process)",
+                path="--allow-capabilities",
                 exit_code=2,
             )
         out.add(names[key])
     return out
 
 
-def stage_occurrences(root: Node, res: Resolution) -> list[tuple[str, Stage]]:
-    return [(p, res.stage_for(n)) for p, n in walk(root) if isinstance(n, StageNode)]
+#: Every node with its path, as :func:`walk` lists them. The passes below
+#: take it ready-made so one graph is walked once, not once per check.
+Nodes = list[tuple[str, Node]]
 
 
-def graph_effects(root: Node, res: Resolution) -> EffectSet:
+def stage_occurrences(nodes: Nodes, res: Resolution) -> list[tuple[str, Stage]]:
+    return [(p, res.stage_for(n)) for p, n in nodes if isinstance(n, StageNode)]
+
+
+def graph_effects(nodes: Nodes, res: Resolution) -> EffectSet:
     """The union of every node's effects (both Branch arms included); Const is Pure."""
-    out = EffectSet.of([])
-    for _, node in walk(root):
+    sets: dict[str, EffectSet] = {}  # distinct stages: their sets are unioned once
+    found: list[Effect] = []
+    for _, node in nodes:
         if isinstance(node, ConstNode):
-            out = out.union(EffectSet.pure())
+            found.append(Pure())
         elif isinstance(node, StageNode):
-            out = out.union(res.stage_for(node).effects)
+            stage = res.stage_for(node)
+            sets[stage.id] = stage.effects
         elif isinstance(node, RemoteStageNode):
-            out = out.union(EffectSet.of([Fallible(), Network()]))
-    return out if out.effects else EffectSet.pure()
+            found.extend(REMOTE_EFFECTS.effects)
+    for es in sets.values():
+        found.extend(es.effects)
+    return EffectSet.of(found) if found else EffectSet.pure()
 
 
-def static_cost(root: Node, res: Resolution) -> int:
-    return sum(stage.effects.cost_cents() for _, stage in stage_occurrences(root, res))
+def static_cost(nodes: Nodes, res: Resolution) -> int:
+    """Upstream's static pre-flight figure: declared cents summed over every
+    Stage occurrence (both Branch arms, each Fanout target, once each)."""
+    return sum(stage.effects.cost_cents() for _, stage in stage_occurrences(nodes, res))
 
 
-def run_preflight(root: Node, res: Resolution, opts: PolicyOptions) -> None:
-    occurrences = stage_occurrences(root, res)
+def worst_case_cost(root: Node, res: Resolution) -> int:
+    """The static cost if every Retry uses all its attempts (each attempt is
+    charged at runtime); nested Retries multiply."""
+    total = 0
+    stack: list[tuple[Node, int]] = [(root, 1)]
+    while stack:
+        node, factor = stack.pop()
+        if isinstance(node, StageNode):
+            total += factor * res.stage_for(node).effects.cost_cents()
+        elif isinstance(node, RetryNode):
+            stack.append((node.stage, factor * max(1, node.max_attempts)))
+        else:
+            stack.extend((child, factor) for _, child in children(node, ""))
+    return total
+
+
+def validate_options(opts: PolicyOptions) -> None:
+    """Refuse unknown policy tokens before any graph work, naming the flag."""
+    if opts.allow_effects is not None:
+        parse_effect_tokens(opts.allow_effects)
+    if opts.allow_capabilities is not None:
+        parse_capability_tokens(opts.allow_capabilities)
+    if opts.budget_cents is not None and opts.budget_cents < 0:
+        raise NoetherError("invalid_budget", "the budget must be 0 cents or more", path="--budget-cents",
+                           exit_code=2)
+
+
+def run_preflight(nodes: Nodes, res: Resolution, opts: PolicyOptions) -> None:
+    """Effect policy, capability policy, signatures, static budget, isolation;
+    the first failure is raised, each kind with its own code (exit 2)."""
+    occurrences = stage_occurrences(nodes, res)
     if opts.allow_effects is not None:
         allowed = parse_effect_tokens(opts.allow_effects)
         for path, stage in occurrences:
@@ -114,9 +170,9 @@ def run_preflight(root: Node, res: Resolution, opts: PolicyOptions) -> None:
                         path=path,
                         exit_code=2,
                     )
-        for path, node in walk(root):
+        for path, node in nodes:
             if isinstance(node, RemoteStageNode):
-                for k in (EffectKind.NETWORK, EffectKind.FALLIBLE):
+                for k in REMOTE_EFFECTS.kinds():
                     if k not in allowed:
                         raise NoetherError(
                             "effect_not_allowed",
@@ -137,7 +193,11 @@ def run_preflight(root: Node, res: Resolution, opts: PolicyOptions) -> None:
                         exit_code=2,
                     )
     if not opts.allow_unsigned:
+        verified: set[str] = set()  # Ed25519 verification is the costly part: once per stage
         for path, stage in occurrences:
+            if stage.id in verified:
+                continue
+            verified.add(stage.id)
             status = verify_id(stage.id, stage.ed25519_signature, stage.signer_public_key)
             if status is not SignatureStatus.VALID:
                 text = {
@@ -153,7 +213,7 @@ def run_preflight(root: Node, res: Resolution, opts: PolicyOptions) -> None:
                     exit_code=2,
                 )
     if opts.budget_cents is not None:
-        total = static_cost(root, res)
+        total = static_cost(nodes, res)
         if total > opts.budget_cents:
             raise NoetherError(
                 "budget_exceeded",
@@ -163,14 +223,19 @@ def run_preflight(root: Node, res: Resolution, opts: PolicyOptions) -> None:
                 details={"expected_cents": total, "budget_cents": opts.budget_cents},
             )
     if not opts.isolation_available:
-        for path, stage in occurrences:
-            if needs_sandbox(stage):
-                raise NoetherError(
-                    "isolation_required",
-                    f"stage {stage.label()} needs a sandbox (effects: {', '.join(stage.effects.display())}) "
-                    "but no isolation backend is available",
-                    path=path,
-                    hint="install bubblewrap (see `noether doctor`); --isolate none runs it unconfined "
-                    "and is not recommended",
-                    exit_code=2,
-                )
+        for path, node in nodes:
+            if isinstance(node, StageNode) and needs_sandbox(stage := res.stage_for(node)):
+                who, effects = f"stage {stage.label()}", stage.effects.display()
+            elif isinstance(node, RemoteStageNode):
+                # The call is made from a networked sandbox, never by the daemon.
+                who, effects = f"RemoteStage {node.url}", REMOTE_EFFECTS.display()
+            else:
+                continue
+            raise NoetherError(
+                "isolation_required",
+                f"{who} needs a sandbox (effects: {', '.join(effects)}) but no isolation backend is available",
+                path=path,
+                hint="install bubblewrap (see `noether doctor`); --isolate none runs it unconfined "
+                "and is not recommended",
+                exit_code=2,
+            )

@@ -4,7 +4,9 @@ Each ``Stage`` node's ``id`` is resolved, in order, as: full StageId, unique
 hex prefix, SignatureId (``signature`` pinning → its Active implementation;
 ``both`` → only an exact StageId is accepted), legacy v0 ID (or unique
 prefix), stage name (Active wins). Deprecated stages are followed to their
-successor (at most 10 hops, cycle-safe) with a warning.
+successor (at most 10 hops, cycle-safe) with a warning. A reference that is
+both a unique id prefix and another stage's name (a hex-only name such as
+``cafe``) is refused as ambiguous rather than silently taken as the prefix.
 """
 
 from __future__ import annotations
@@ -63,6 +65,19 @@ def _lookup(store: StageStore, ref: str, pinning: str, path: str, warnings: list
         return exact
     by_prefix = store.by_prefix(ref)
     if len(by_prefix) == 1:
+        # A name made of hex digits ("cafe") is also an id prefix; silently
+        # picking the prefix match would run a stage the author never meant.
+        named = [s for s in store.by_name(ref) if s.state != "Tombstone" and s.id != by_prefix[0].id]
+        if named:
+            raise NoetherError(
+                "ambiguous_reference",
+                f"stage reference {ref!r} is an id prefix of {by_prefix[0].label()} and the name of "
+                f"{named[0].label()}",
+                path=path,
+                hint="write the full id of the stage you mean",
+                exit_code=1,
+                details={"candidates": [by_prefix[0].id, *(s.id for s in named)]},
+            )
         return by_prefix[0]
     if len(by_prefix) > 1:
         raise _ambiguous(ref, "id prefix", by_prefix, path)
@@ -135,10 +150,12 @@ def _follow(store: StageStore, stage: Stage, pinning: str, path: str, warnings: 
     return stage
 
 
-def resolve_graph(root: Node, store: StageStore) -> Resolution:
-    """Resolve every Stage reference once (equal references resolve equally)."""
+def resolve_graph(root: Node, store: StageStore, *, nodes: list[tuple[str, Node]] | None = None) -> Resolution:
+    """Resolve every Stage reference once (equal references resolve equally).
+
+    ``nodes``: ``walk(root)`` if the caller already has it."""
     res = Resolution({}, [])
-    for path, node in walk(root):
+    for path, node in nodes if nodes is not None else walk(root):
         if isinstance(node, StageNode):
             key = (node.id, node.pinning)
             if key not in res.stages:

@@ -27,13 +27,16 @@ def add_stage(store: StageStore) -> AddStage:
     """Add a signed, Active Python stage built from keyword overrides."""
 
     def add(name: str, input: Any = "Any", output: Any = "Any", effects: list[Any] | None = None,
-            body: str = "return input", sign: bool = True, activate: bool = True, **extra: Any) -> Stage:
+            body: str = "return input", sign: bool | str = True, activate: bool = True,
+            **extra: Any) -> Stage:
+        """``sign``: True (valid), False (unsigned), "bad" (signs another id), "malformed" (not hex)."""
         spec = {"name": name, "input": input, "output": output, "effects": effects or [],
                 "implementation": f"def execute(input):\n    {body}\n", **extra}
         stage = stage_from_spec(spec)
         if sign:
             key = load_or_create_author_key(noether_home())
-            stage = msgspec.structs.replace(stage, ed25519_signature=sign_id(key, stage.id),
+            signature = {"bad": sign_id(key, "0" * 64), "malformed": "zz"}.get(str(sign), sign_id(key, stage.id))
+            stage = msgspec.structs.replace(stage, ed25519_signature=signature,
                                             signer_public_key=public_key_hex(key))
         store.add(stage, activate=activate)
         got = store.get(stage.id)

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from noether_nix.graph.ast import node_to_json, parse_node
+from noether_nix.graph.ast import node_to_json, parse_graph, parse_node
 from noether_nix.graph.canonical import canonical_bytes, canonicalise, composition_id
+from noether_nix.graph.optimize import optimize
 
 SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec"
 VECTORS: list[dict[str, Any]] = json.loads((SPEC / "vectors.json").read_text())["composition_ids"]
@@ -29,6 +30,18 @@ def stage(i: str) -> dict[str, Any]:
 
 
 stage_ids = st.sampled_from(["a", "b", "c", "d"]).map(stage)
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=3),
+                           lambda c: st.lists(c, max_size=2) | st.dictionaries(st.text(max_size=2), c, max_size=2),
+                           max_leaves=4)
+leaves = (
+    stage_ids
+    | st.builds(lambda i, p, c: {"op": "Stage", "id": i, "pinning": p, "config": c, "_note": "ignored"},
+                st.sampled_from(["a", "b"]), st.sampled_from(["signature", "both"]),
+                st.none() | st.dictionaries(st.sampled_from(["k", "n"]), json_values, max_size=2))
+    | json_values.map(lambda v: {"op": "Const", "value": v})
+    | st.sampled_from(["Text", "Number", {"List": "Text"}]).map(
+        lambda t: {"op": "RemoteStage", "url": "http://h/", "input": t, "output": "Bool"})
+)
 
 
 def _compound(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -44,10 +57,12 @@ def _compound(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
                     st.lists(children, min_size=1, max_size=2))
         | st.builds(lambda p, t, f: {"op": "Branch", "predicate": p, "if_true": t, "if_false": f},
                     children, children, children)
+        | st.builds(lambda ss, t: {"op": "Merge", "sources": ss, "target": t}, st.lists(children, max_size=2),
+                    children)
     )
 
 
-graphs = st.recursive(stage_ids | st.just({"op": "Const", "value": [1, 2.5]}), _compound, max_leaves=8)
+graphs = st.recursive(leaves, _compound, max_leaves=8)
 
 
 def cid(raw: Any) -> str:
@@ -105,3 +120,34 @@ def test_retry_with_different_delays_keeps_nesting() -> None:
 
 def test_unknown_node_fields_are_ignored() -> None:
     assert cid({"op": "Stage", "id": "abc", "_comment": "x"}) == cid({"op": "Stage", "id": "abc"})
+
+
+@given(graphs)
+def test_wire_form_round_trips(a: Any) -> None:
+    node = parse_node(a)
+    assert parse_node(node_to_json(node)) == node
+
+
+@given(graphs, st.text(max_size=5), st.text(max_size=5))
+def test_only_the_root_is_hashed(a: Any, description: str, version: str) -> None:
+    g = parse_graph({"description": description, "version": version, "root": a, "ui": {"x": 1}})
+    assert composition_id(g.root) == cid(a)
+
+
+@given(graphs)
+def test_optimiser_reaches_a_canonical_fixpoint(a: Any) -> None:
+    out, report = optimize(parse_node(a))
+    assert not report.hit_cap
+    assert canonicalise(out) == out
+    assert optimize(out)[0] == out
+
+
+def test_dead_branch_elimination_only_trusts_a_literal_bool() -> None:
+    def branch(v: Any) -> Any:
+        return parse_node({"op": "Branch", "predicate": {"op": "Const", "value": v}, "if_true": stage("t"),
+                           "if_false": stage("f")})
+
+    assert optimize(branch(True))[0] == parse_node(stage("t"))
+    assert optimize(branch(False))[0] == parse_node(stage("f"))
+    # 1 == True in Python, but only a JSON true selects if_true at runtime: leave it alone.
+    assert optimize(branch(1))[0] == branch(1)

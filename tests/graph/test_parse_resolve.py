@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 
 from noether_nix.errors import NoetherError
-from noether_nix.graph.ast import ParallelNode, SequentialNode, StageNode, parse_graph
+from noether_nix.graph.ast import (
+    MAX_DEPTH,
+    ConstNode,
+    ParallelNode,
+    SequentialNode,
+    StageNode,
+    parse_graph,
+)
+from noether_nix.graph.canonical import composition_id
 from noether_nix.graph.resolve import resolve_graph
 from noether_nix.model.identity import legacy_v0_id
 from noether_nix.store.stages import StageStore
@@ -142,3 +150,53 @@ def test_ambiguous_prefix_lists_candidates(store: StageStore, add_stage: AddStag
         _resolve(store, dup)
     assert ei.value.code == "ambiguous_reference"
     assert len(ei.value.details["candidates"]) == expected
+
+
+def _nest(depth: int) -> Any:
+    node: Any = {"op": "Stage", "id": "a"}
+    for _ in range(depth - 1):
+        node = {"op": "Retry", "stage": node, "max_attempts": 2}
+    return node
+
+
+def test_nesting_is_bounded_with_a_named_error() -> None:
+    parse_graph(graph(_nest(MAX_DEPTH)))
+    with pytest.raises(NoetherError) as ei:
+        parse_graph(graph(_nest(MAX_DEPTH + 1)))
+    assert ei.value.code == "graph_too_deep"
+    assert ei.value.message == "nodes nested deeper than 128 levels"
+    assert ei.value.path == "root" + ".stage" * MAX_DEPTH
+    # A hostile Const value is refused before any recursive pass sees it.
+    value: Any = 1
+    for _ in range(100_000):
+        value = [value]
+    with pytest.raises(NoetherError) as ei:
+        parse_graph(graph({"op": "Const", "value": value}))
+    assert (ei.value.code, ei.value.path) == ("graph_too_deep", "root.value")
+
+
+def test_const_values_are_never_rewritten() -> None:
+    # Looks like a RemoteStage with shorthand types, but it is data.
+    data = {"op": "RemoteStage", "url": "u", "input": "Text", "output": "Text"}
+    g = parse_graph(graph({"op": "Const", "value": data}))
+    assert isinstance(g.root, ConstNode) and g.root.value == data
+
+
+def test_remote_stage_type_shorthand_becomes_the_wire_form() -> None:
+    short = parse_graph(graph({"op": "RemoteStage", "url": "u", "input": "Text", "output": {"List": "Number"}}))
+    wire = parse_graph(graph({"op": "RemoteStage", "url": "u", "input": {"kind": "Text"},
+                              "output": {"kind": "List", "value": {"kind": "Number"}}}))
+    assert short.root == wire.root
+    assert composition_id(short.root) == composition_id(wire.root)
+
+
+def test_a_hex_name_that_is_also_an_id_prefix_is_ambiguous(store: StageStore, add_stage: AddStage) -> None:
+    other = add_stage("other", body="return 1")
+    prefix = other.id[:6]
+    named = add_stage(prefix, body="return 2")
+    with pytest.raises(NoetherError) as ei:
+        _resolve(store, prefix)
+    assert ei.value.code == "ambiguous_reference"
+    assert ei.value.message == (f"stage reference {prefix!r} is an id prefix of {other.label()} and the name of "
+                                f"{named.label()}")
+    assert ei.value.hint == "write the full id of the stage you mean"
