@@ -79,9 +79,11 @@ def add_listed_specs(raw: Any, graph_path: str, store: StageStore) -> list[str]:
 
 
 def check_options(args: argparse.Namespace) -> Any:
+    from noether_nix.engine.engine import sandbox_usable
     from noether_nix.graph.check import CheckOptions
 
     return CheckOptions(
+        isolation_available=getattr(args, "isolate", None) == "none" or sandbox_usable(),
         allow_effects=_tokens(args.allow_effects),
         allow_capabilities=_tokens(args.allow_capabilities),
         budget_cents=args.budget_cents,

@@ -327,6 +327,14 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
     return group.exceptions[0]
 
 
+def sandbox_usable() -> bool:
+    """Whether bwrap is installed and can create its namespaces here."""
+    from noether_nix.sandbox.bwrap import bwrap_works, find_bwrap
+
+    path = find_bwrap()
+    return path is not None and bwrap_works(path)[0]
+
+
 def _is_cancellation(e: BaseException) -> bool:
     if isinstance(e, trio.Cancelled):
         return True
@@ -382,12 +390,7 @@ class Engine:
         return "none" if mode == "none" else "bwrap"
 
     def isolation_available(self, options: RunOptions) -> bool:
-        if self.isolation_mode(options) == "none":
-            return True
-        from noether_nix.sandbox.bwrap import bwrap_works, find_bwrap
-
-        path = find_bwrap()
-        return path is not None and bwrap_works(path)[0]
+        return self.isolation_mode(options) == "none" or sandbox_usable()
 
     # ------------------------------------------------------------ API
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -28,9 +29,15 @@ _I64_MIN = -(2**63)
 _U64_MAX = 2**64 - 1
 
 
+_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')
+
+
 def _quote(s: str) -> str:
     # json.dumps escapes exactly what serde_json escapes: '"', '\\' and
     # control characters below 0x20 (short forms or lowercase \u00xx).
+    # Most strings need none of that: skip json.dumps for them.
+    if _NEEDS_ESCAPE.search(s) is None:
+        return f'"{s}"'
     return json.dumps(s, ensure_ascii=False)
 
 
