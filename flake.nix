@@ -17,8 +17,19 @@
         propagatedBuildInputs = pythonDeps pkgs.python3Packages;
         # Runtime tools the engine calls: bwrap for the sandbox, nix-build for programs.
         makeWrapperArgs = [ "--prefix" "PATH" ":" (pkgs.lib.makeBinPath [ pkgs.bubblewrap pkgs.nix pkgs.patchelf ])
-                            "--set" "NOETHER_RUNTIME_SOURCE" "nixpkgs" ];
+                            "--set" "NOETHER_RUNTIME_SOURCE" "nixpkgs"
+                            # Runtimes come from the same locked nixpkgs as the package.
+                            "--set" "NOETHER_NIXPKGS" "${nixpkgs}" ];
         doCheck = false;
+        # The systemd units from systemd/, pointing at this package's noether.
+        postInstall = ''
+          for unit in noether.service noether.socket noether-run@.service noether-run@.timer; do
+            install -Dm644 systemd/$unit $out/lib/systemd/system/$unit
+            substituteInPlace $out/lib/systemd/system/$unit --replace "/usr/bin/env noether" "$out/bin/noether"
+          done
+          install -Dm644 systemd/noether.sysusers.conf $out/lib/sysusers.d/noether.conf
+          install -Dm644 systemd/noether.tmpfiles.conf $out/lib/tmpfiles.d/noether.conf
+        '';
       };
     in {
       packages = forAll (system: pkgs: rec {
@@ -42,14 +53,40 @@
         package = self.packages.${system}.noether;
       });
 
-      # The service runs the daemon; it ships with the daemon (issue 7). Until
-      # then the module installs the CLI and the sandbox profile.
+      # The daemon as a NixOS service. The unit files are the ones in systemd/
+      # (installed by the package with ExecStart pointing into the store), so
+      # Debian and NixOS run the same units; the module only enables them and
+      # supplies the account, the PATH and /etc/noether/daemon.json.
       nixosModules.default = { config, lib, pkgs, ... }:
         let cfg = config.services.noether; in {
-          options.services.noether.enable = lib.mkEnableOption "noether-nix";
+          options.services.noether = {
+            enable = lib.mkEnableOption "the noether-nix daemon (socket-activated)";
+            package = lib.mkOption {
+              type = lib.types.package;
+              default = self.packages.${pkgs.system}.noether;
+              description = "The noether-nix package.";
+            };
+            settings = lib.mkOption {
+              type = lib.types.attrs;
+              default = { };
+              description = "Written to /etc/noether/daemon.json (see docs/ for the keys).";
+            };
+          };
           config = lib.mkIf cfg.enable {
-            environment.systemPackages = [ self.packages.${pkgs.system}.noether ];
+            environment.systemPackages = [ cfg.package ];
+            environment.etc."noether/daemon.json".text = builtins.toJSON cfg.settings;
             environment.etc."noether/sandboxes/default.json".source = ./sandboxes/default.json;
+            systemd.packages = [ cfg.package ];
+            systemd.sockets.noether.wantedBy = [ "sockets.target" ];
+            systemd.services.noether = {
+              wantedBy = [ "multi-user.target" ];
+              path = [ pkgs.bubblewrap config.nix.package ];
+              # On NixOS the store belongs to nix-daemon; builds go through it.
+              environment = { NIX_REMOTE = "daemon"; NOETHER_RUNTIME_SOURCE = "nixpkgs"; };
+            };
+            users.users.noether = { isSystemUser = true; group = "noether"; home = "/var/lib/noether"; };
+            users.groups.noether = { };
+            nix.settings.allowed-users = [ "noether" ];
           };
         };
     };

@@ -1,24 +1,71 @@
 # One stage's program: the protocol wrapper around the stage's code, as an
 # executable whose first line execs the runtime's interpreter. Its inputs
 # are exactly the code, the wrapper (and its version) and the runtime.
-{ name, runtime, builderRuntime, interpreter, code, wrapper, wrapperVersion
-, system ? builtins.currentSystem }:
+#
+# The builder also checks that the code compiles (python: compile(); bash:
+# bash -n; javascript: node --check), so a syntax error is a build failure
+# with the interpreter's message, reported at `stage add`, not a mystery at
+# run time.
+#
+# `wheels` (space-separated store paths, fixed-output wheels fetched on the
+# host) are unpacked into $out/site, which the program puts first on sys.path.
+{ name, runtime, builderRuntime, interpreter, language, code, wrapper, wrapperVersion
+, wheels ? "", system ? builtins.currentSystem }:
 derivation {
-  inherit name system interpreter code wrapper wrapperVersion;
+  wheels = map builtins.storePath (builtins.filter (w: builtins.isString w && w != "") (builtins.split " " wheels));
+  inherit name system interpreter language code wrapper wrapperVersion;
   runtime = builtins.storePath runtime;
   builder = "${builtins.storePath builderRuntime}/bin/python3";
   # Nix starts the builder with a bare argv[0]; tell Python where it lives.
   PYTHONHOME = builtins.storePath builderRuntime;
+  PYTHONDONTWRITEBYTECODE = "1";
   args = [ "-S" "-c" ''
-import os
-out = os.environ["out"]
+import os, subprocess, sys
+env = os.environ
+out, lang = env["out"], env["language"]
+with open(env["wrapperPath"]) as w, open(env["codePath"]) as c:
+    wrapper, code = w.read(), c.read()
+original = code
+future = ""
+if lang == "python":
+    # `from __future__` must come first in a module: hoist it above the wrapper.
+    lines = code.splitlines(keepends=True)
+    future = "".join(ln for ln in lines if ln.startswith("from __future__ import"))
+    code = "".join(ln for ln in lines if not ln.startswith("from __future__ import"))
+program = wrapper.replace("@RUNTIME_BIN@", env["runtime"] + "/bin").replace("@STAGE_CODE@", code)
 os.makedirs(out + "/bin")
-with open(os.environ["wrapperPath"]) as w, open(os.environ["codePath"]) as c:
-    program = w.read().replace("@RUNTIME_BIN@", os.environ["runtime"] + "/bin").replace("@STAGE_CODE@", c.read())
 launcher = out + "/bin/stage"
+site = ""
+if env.get("wheels"):
+    import zipfile
+    for wheel in env["wheels"].split():
+        zipfile.ZipFile(wheel).extractall(out + "/site")
+    site = "import sys as _noether_site\n_noether_site.path.insert(0, %r)\n" % (out + "/site")
 with open(launcher, "w") as f:
-    f.write("#!" + os.environ["interpreter"] + "\n" + program)
+    f.write("#!" + env["interpreter"] + "\n" + future + site + program)
 os.chmod(launcher, 0o555)
+marker = "noether: stage code does not compile"
+# Check the code on its own first, so line numbers are the author's, then the
+# whole program (the wrapper must not be what breaks).
+with open("code", "w") as f:
+    f.write(original)
+for path in ("code", launcher):
+    if lang == "python":
+        try:
+            with open(path) as f:
+                compile(f.read(), "stage" if path == launcher else "code", "exec")
+            continue
+        except SyntaxError as e:
+            message = "%s: %s (line %s)" % (type(e).__name__, e.msg, e.lineno)
+    else:
+        check = {"bash": ["-n"], "javascript": ["--check"]}[lang]
+        r = subprocess.run([env["interpreter"], *check, path], capture_output=True, text=True)
+        if r.returncode == 0:
+            continue
+        message = r.stderr.replace(launcher, "stage").replace(os.path.abspath("code"), "code").strip()
+    print(marker, file=sys.stderr)
+    print(message, file=sys.stderr)
+    sys.exit(1)
 '' ];
   passAsFile = [ "code" "wrapper" ];
 }

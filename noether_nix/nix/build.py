@@ -2,23 +2,48 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
+import signal
 import subprocess
+import tempfile
+import threading
 from pathlib import Path
+from typing import IO
 
 from noether_nix.errors import NoetherError
 
 NIX_DIR = Path(__file__).resolve().parent / "expr"
+LOG_CAP = 64 * 1024  # bytes of nix-build's stderr we keep
+BUILD_LOG_CAP = 1024 * 1024  # bytes a builder may log before Nix kills it
+DEFAULT_TIMEOUT_S = 600.0
+
 # Every build: no substituters (nothing waits on the network), Nix's own
-# build sandbox on, metadata fsync off (the store DB is still synced).
+# build sandbox on, metadata fsync off (the store DB is still synced). Passed
+# per call because Debian's /etc/nix/nix.conf says `sandbox = false`.
 OFFLINE_OPTIONS = [
     "--option", "substituters", "",
     "--option", "sandbox", "true",
     "--option", "fsync-metadata", "false",
     "--option", "build-users-group", "nixbld",
+    "--option", "max-build-log-size", str(BUILD_LOG_CAP),
+    "--option", "log-lines", "25",
 ]
-LOG_CAP = 64 * 1024
+
+# Marker the stage builder prints when the stage's code does not compile.
+CODE_INVALID_MARKER = "noether: stage code does not compile"
+
+_slots_lock = threading.Lock()
+_slots = threading.BoundedSemaphore(int(os.environ.get("NOETHER_BUILD_CONCURRENCY", "2")))
+
+
+def set_build_concurrency(n: int) -> None:
+    """How many nix-build processes may run at once in this process."""
+    global _slots
+    with _slots_lock:
+        _slots = threading.BoundedSemaphore(max(1, n))
 
 
 def nix_expr(name: str) -> Path:
@@ -30,40 +55,101 @@ def nix_expr(name: str) -> Path:
     raise NoetherError("nix_expression_missing", f"Nix expression {name} is not installed", path=name)
 
 
-def nix_build(expr: Path, args: dict[str, str], arg_strs: dict[str, str], out_link: Path,
-              *, timeout_s: float = 600) -> str:
-    """Build ``expr`` and return its store path; ``out_link`` becomes a GC root."""
-    exe = shutil.which("nix-build")
+def nix_tool(name: str) -> str:
+    exe = shutil.which(name)
     if exe is None:
-        raise NoetherError("nix_missing", "nix-build is not installed", hint="apt-get install nix-bin (./dev setup)")
-    cmd = [exe, str(expr), "--no-build-output", "-o", str(out_link), *OFFLINE_OPTIONS]
+        raise NoetherError("nix_missing", f"{name} is not installed (Nix is needed to build stage programs)",
+                           hint="apt-get install nix-bin (./dev setup)")
+    return exe
+
+
+def nix_build(expr: Path, args: dict[str, str], arg_strs: dict[str, str], out_link: Path,
+              *, timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
+    """Build ``expr`` and return its store path; ``out_link`` becomes a GC root."""
+    cmd = [nix_tool("nix-build"), str(expr), "--no-build-output", "-o", str(out_link), *OFFLINE_OPTIONS,
+           "--option", "timeout", str(int(timeout_s)), "--option", "max-silent-time", str(int(timeout_s))]
     for k, v in args.items():
         cmd += ["--arg", k, v]
     for k, v in arg_strs.items():
         cmd += ["--argstr", k, v]
     out_link.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s,
-                              env={**os.environ, "NIX_REMOTE": os.environ.get("NIX_REMOTE", "")})
-    except subprocess.TimeoutExpired:
-        raise NoetherError("nix_build_timeout", f"nix-build did not finish within {timeout_s:g}s",
-                           path=str(expr)) from None
-    log = proc.stderr[-LOG_CAP:].decode("utf-8", "replace")
+    with _slots, tempfile.TemporaryFile() as err:
+        # Own session: a timeout kills nix-build and everything it started.
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                                start_new_session=True)
+        try:
+            # Nix's own timeout fires first; ours is the backstop for evaluation hangs.
+            stdout, _ = proc.communicate(timeout=timeout_s + 30)
+        except subprocess.TimeoutExpired:
+            _kill_session(proc)
+            raise NoetherError("nix_build_timeout", f"nix-build did not finish within {timeout_s:g}s",
+                               path=str(expr), hint="raise the build timeout, or look for a hanging builder") from None
+        log = _tail(err)
     if proc.returncode != 0:
         raise classify_failure(log, expr)
-    return proc.stdout.decode().strip().splitlines()[-1]
+    lines = stdout.decode().strip().splitlines()
+    if not lines:
+        raise NoetherError("nix_build_failed", f"nix-build of {expr.name} printed no store path",
+                           details={"log_tail": log[-4000:]})
+    return lines[-1]
+
+
+def _kill_session(proc: subprocess.Popen[bytes]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=5)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _tail(f: IO[bytes]) -> str:
+    size = f.seek(0, os.SEEK_END)
+    f.seek(max(0, size - LOG_CAP))
+    return f.read().decode("utf-8", "replace")
+
+
+_BUILDER_LINE = re.compile(r"^\s*> ?(.*)$")
+
+
+def builder_log(log: str) -> list[str]:
+    """The builder's own last log lines, as Nix quotes them after a failure."""
+    return [m.group(1) for line in log.splitlines() if (m := _BUILDER_LINE.match(line))]
 
 
 def classify_failure(log: str, expr: Path) -> NoetherError:
     low = log.lower()
-    tail = "\n".join(log.strip().splitlines()[-15:])
+    tail = "\n".join(log.strip().splitlines()[-30:])
+    details = {"log_tail": tail}
     if "no space left on device" in low:
         return NoetherError("nix_out_of_disk", "the Nix store is out of disk space",
-                            hint="free space, e.g. nix-collect-garbage -d", details={"log_tail": tail})
-    if "permission denied" in low and "/nix/" in low:
+                            hint="free space, e.g. nix-collect-garbage -d", details=details)
+    if ("permission denied" in low or "read-only file system" in low) and "/nix/" in low:
         return NoetherError("nix_store_not_writable", "the Nix store is not writable by this user",
-                            hint="run as root, or through a nix-daemon", details={"log_tail": tail})
+                            hint="run as root, or through a nix-daemon", details=details)
     if "cannot connect to" in low and "daemon" in low:
-        return NoetherError("nix_daemon_unreachable", "cannot reach the Nix daemon", details={"log_tail": tail})
-    return NoetherError("nix_build_failed", f"nix-build of {expr.name} failed: {tail.splitlines()[-1] if tail else 'no output'}",
-                        details={"log_tail": tail})
+        return NoetherError("nix_daemon_unreachable", "cannot reach the Nix daemon",
+                            hint="start nix-daemon, or unset NIX_REMOTE for a single-user store", details=details)
+    if "timed out after" in low:
+        return NoetherError("nix_build_timeout", f"the build of {expr.name} timed out", details=details)
+    if "exceeded the maximum log size" in low:
+        return NoetherError("nix_build_failed", f"the build of {expr.name} logged more than {BUILD_LOG_CAP} bytes",
+                            details=details)
+    if "file 'nixpkgs' was not found" in low or "getting flake" in low or "unable to download" in low:
+        return NoetherError("nixpkgs_unavailable", "nixpkgs is not reachable from this machine",
+                            hint="use NOETHER_RUNTIME_SOURCE=host-import (the offline default), or set NIX_PATH "
+                                 "to a local nixpkgs checkout", details=details)
+    builder = builder_log(log)
+    if CODE_INVALID_MARKER in log:
+        said = [b.strip() for b in builder if b.strip() and CODE_INVALID_MARKER not in b]
+        # The interpreter's own verdict ("SyntaxError: …", "syntax error near …"), else its last word.
+        reason = next((b for b in reversed(said) if "error" in b.lower()), said[-1] if said else "")
+        return NoetherError("stage_code_invalid", f"the stage's code does not compile: {reason}",
+                            details={"log_tail": "\n".join(builder)})
+    last = next((b for b in reversed(builder) if b.strip()), "")
+    if not last:
+        last = next((ln for ln in reversed(log.strip().splitlines()) if ln.strip().startswith("error:")),
+                    log.strip().splitlines()[-1] if log.strip() else "no output")
+    return NoetherError("nix_build_failed", f"nix-build of {expr.name} failed: {last.strip()}", details=details)

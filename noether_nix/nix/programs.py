@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import threading
 import time
 from importlib import resources
 
@@ -9,20 +11,22 @@ import msgspec
 import trio
 
 from noether_nix.errors import NoetherError
-from noether_nix.nix.build import nix_build, nix_expr
+from noether_nix.nix.build import DEFAULT_TIMEOUT_S, nix_build, nix_expr, nix_tool
 from noether_nix.nix.registry import ProgramRegistry
+from noether_nix.nix.requirements import ensure_wheels, parse_requirements
 from noether_nix.nix.runtime import Runtime, ensure_runtime, normalise_language
 from noether_nix.paths import noether_home
 
-WRAPPER_VERSION = "3"
+# Part of every program's derivation: bump it when a wrapper's behaviour changes.
+WRAPPER_VERSION = "4"
 _WRAPPER_FILES = {"python": "python.py.in", "javascript": "javascript.js.in", "bash": "bash.sh.in"}
 
 
 class Program(msgspec.Struct, frozen=True):
     store_path: str
-    argv: list[str]
-    closure: list[str]
-    built: bool
+    argv: list[str]  # what to exec inside the sandbox
+    closure: list[str]  # store paths the sandbox must ro-bind
+    built: bool  # False when the registry already had it
     build_ms: int
 
 
@@ -30,17 +34,45 @@ def wrapper_source(language: str) -> str:
     return resources.files("noether_nix.nix").joinpath("wrappers", _WRAPPER_FILES[language]).read_text()
 
 
+def store_closure(path: str) -> list[str]:
+    proc = subprocess.run([nix_tool("nix-store"), "-qR", path], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise NoetherError("nix_query_failed", f"cannot list the closure of {path}: {proc.stderr.strip()}", path=path)
+    return sorted(proc.stdout.split())
+
+
+# Concurrent requests for the same program (warmup racing a first run) share one build.
+_key_locks: dict[tuple[str, str], threading.Lock] = {}
+_key_locks_guard = threading.Lock()
+
+
+def _key_lock(key: tuple[str, str]) -> threading.Lock:
+    with _key_locks_guard:
+        return _key_locks.setdefault(key, threading.Lock())
+
+
 def build_stage_program(stage_id: str, language: str, code: str, *, registry: ProgramRegistry,
-                        timeout_s: float = 600) -> Program:
+                        timeout_s: float = DEFAULT_TIMEOUT_S) -> Program:
+    """The stage's program, built on first request and looked up afterwards."""
     lang = normalise_language(language)
     runtime: Runtime = ensure_runtime(lang)
-    builder = runtime if lang == "python" else ensure_runtime("python")
-    hit = registry.lookup(stage_id, runtime.store_path)
+    hit = registry.get(stage_id, runtime.store_path)
     if hit is not None:
-        return Program(hit, [f"{hit}/bin/stage"], [hit, runtime.store_path], built=False, build_ms=0)
+        return Program(hit.program, [f"{hit.program}/bin/stage"], hit.closure, built=False, build_ms=0)
+    with _key_lock((stage_id, runtime.store_path)):
+        hit = registry.get(stage_id, runtime.store_path)
+        if hit is not None:
+            return Program(hit.program, [f"{hit.program}/bin/stage"], hit.closure, built=False, build_ms=0)
+        return _build(stage_id, lang, code, runtime, registry, timeout_s)
+
+
+def _build(stage_id: str, lang: str, code: str, runtime: Runtime, registry: ProgramRegistry,
+           timeout_s: float) -> Program:
+    builder = runtime if lang == "python" and runtime.source == "host-import" else ensure_builder_runtime()
     started = time.monotonic()
     root = noether_home() / "gcroots" / f"stage-{stage_id[:16]}-{runtime.store_path[11:19]}"
     try:
+        wheels = ensure_wheels(parse_requirements(code), runtime.interpreter, registry.conn) if lang == "python" else []
         out = nix_build(
             nix_expr("stage-program.nix"),
             {},
@@ -49,30 +81,45 @@ def build_stage_program(stage_id: str, language: str, code: str, *, registry: Pr
                 "runtime": runtime.store_path,
                 "builderRuntime": builder.store_path,
                 "interpreter": runtime.interpreter,
+                "language": lang,
                 "code": code,
                 "wrapper": wrapper_source(lang),
                 "wrapperVersion": WRAPPER_VERSION,
+                "wheels": " ".join(w.store_path for w in wheels),
             },
             root,
             timeout_s=timeout_s,
         )
+        closure = store_closure(out)
     except NoetherError as e:
         e.path = e.path or stage_id
         raise
     build_ms = int((time.monotonic() - started) * 1000)
-    registry.record(stage_id, runtime.store_path, out, str(root), build_ms)
-    return Program(out, [f"{out}/bin/stage"], [out, runtime.store_path], built=True, build_ms=build_ms)
+    registry.record(stage_id, runtime.store_path, out, str(root), build_ms, closure)
+    return Program(out, [f"{out}/bin/stage"], closure, built=True, build_ms=build_ms)
 
 
-_build_limiter: trio.CapacityLimiter | None = None
+def ensure_builder_runtime() -> Runtime:
+    """The Python that runs the stage builder: whichever python runtime is configured."""
+    return ensure_runtime("python")
+
+
+# One limiter per trio run (a limiter must not outlive its event loop).
+_build_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("noether_build_limiter")
 
 
 async def build_stage_program_async(stage_id: str, language: str, code: str, *,
-                                    registry: ProgramRegistry, concurrency: int = 2) -> Program:
-    """The same, off the trio thread, with bounded build concurrency."""
-    global _build_limiter
-    if _build_limiter is None:
-        _build_limiter = trio.CapacityLimiter(concurrency)
+                                    registry: ProgramRegistry, concurrency: int = 2,
+                                    timeout_s: float = DEFAULT_TIMEOUT_S) -> Program:
+    """The same, off the trio thread, with at most ``concurrency`` builds at once."""
+    try:
+        limiter = _build_limiter.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(concurrency)
+        _build_limiter.set(limiter)
+    if limiter.total_tokens != concurrency:
+        limiter.total_tokens = concurrency
     return await trio.to_thread.run_sync(
-        lambda: build_stage_program(stage_id, language, code, registry=registry), limiter=_build_limiter
+        lambda: build_stage_program(stage_id, language, code, registry=registry, timeout_s=timeout_s),
+        limiter=limiter,
     )

@@ -7,7 +7,8 @@ With nixpkgs available (``NOETHER_RUNTIME_SOURCE=nixpkgs``) the same
 interface builds pinned nixpkgs runtimes instead.
 
 Each runtime is built once per host interpreter (keyed by its bytes) and
-kept alive by a GC root under ``$NOETHER_HOME/gcroots``.
+kept alive by a machine-wide GC root (see ``runtime_roots_dir``), which is
+also the index: any ``$NOETHER_HOME`` finds an existing runtime in ~1 ms.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -142,11 +142,24 @@ def _copy_libs(libs: set[Path], dest: Path) -> None:
             shutil.copy2(real, target)
 
 
-def _fingerprint(binary: Path, extra: list[Path]) -> str:
-    h = hashlib.sha256(RELOCATE_VERSION.encode())
+# Directories whose change (a package upgrade) may change what an import stages.
+_HOST_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu")
+
+
+def _fingerprint(language: str, binary: Path) -> str:
+    """Cheap key of what an import would stage; a stale key only costs a re-import.
+
+    Equal staged content gives the same store path, so over-approximating is
+    safe: the re-import lands on the existing runtime.
+    """
+    h = hashlib.sha256(f"{RELOCATE_VERSION}:{language}".encode())
+    extra = [Path(d) for d in _HOST_LIB_DIRS if os.path.isdir(d)]
+    if language == "python":
+        extra.append(Path("/usr/lib") / binary.name)
     for p in (binary, *extra):
-        st = p.stat()
-        h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+        with contextlib.suppress(OSError):
+            st = p.stat()
+            h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:20]
 
 
@@ -186,24 +199,42 @@ def stage_host_runtime(language: str, staging: Path) -> None:
     (staging / "relocate.py").write_text(RELOCATE_PY)
 
 
-def _registry_path() -> Path:
-    return noether_home() / "runtimes.json"
+def runtime_roots_dir() -> Path:
+    """Where runtime GC roots live; the roots double as the runtime index.
+
+    A runtime is a property of the host, not of one ``$NOETHER_HOME``: every
+    home on the machine shares it, so it is rooted machine-wide when we may
+    (root, or the per-user roots of a multi-user Nix), else under the home.
+    """
+    override = os.environ.get("NOETHER_NIX_GCROOTS")
+    if override:
+        return Path(override)
+    gcroots = Path("/nix/var/nix/gcroots")
+    user = os.environ.get("USER") or str(os.getuid())
+    for candidate in (gcroots / "noether", gcroots / "per-user" / user / "noether"):
+        if os.access(candidate if candidate.exists() else candidate.parent, os.W_OK):
+            return candidate
+    return noether_home() / "gcroots"
 
 
-def _load_registry() -> dict[str, dict[str, str]]:
+def _indexed_runtime(root: Path, lang: str) -> Runtime | None:
     try:
-        data: dict[str, dict[str, str]] = json.loads(_registry_path().read_text())
-        return data
-    except (OSError, ValueError):
-        return {}
+        store_path = os.readlink(root)
+    except OSError:
+        return None
+    interpreter = f"{store_path}/bin/{BIN_NAMES[lang]}"
+    if not os.path.exists(interpreter):
+        return None
+    return Runtime(lang, store_path, interpreter, "host-import")
 
 
-def _save_registry(reg: dict[str, dict[str, str]]) -> None:
-    path = _registry_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(reg, indent=1))
-    os.replace(tmp, path)
+def _prune_old_roots(roots: Path, lang: str, keep: Path) -> None:
+    # Programs reference their runtime, so their own roots keep an old runtime
+    # alive as long as a program built on it is registered.
+    for old in roots.glob(f"runtime-{lang}-*"):
+        if old != keep and old.is_symlink():
+            with contextlib.suppress(OSError):
+                old.unlink()
 
 
 _thread_locks: dict[str, threading.Lock] = {}
@@ -236,29 +267,30 @@ def ensure_runtime(language: str) -> Runtime:
 
 def _ensure_host_runtime(lang: str) -> Runtime:
     binary = _host_binary(lang)
-    key = f"{lang}-{_fingerprint(binary, [])}"
-    reg = _load_registry()
-    entry = reg.get(key)
-    if entry and os.path.exists(entry["interpreter"]):
-        return Runtime(lang, entry["store_path"], entry["interpreter"], "host-import")
+    key = _fingerprint(lang, binary)
+    roots = runtime_roots_dir()
+    root = roots / f"runtime-{lang}-{key}"
+    found = _indexed_runtime(root, lang)
+    if found is not None:
+        return found
     bootstrap = None if lang == "python" else ensure_runtime("python").store_path
-    home = noether_home()
-    staging = home / "staging" / key
+    staging = noether_home() / "staging" / f"{lang}-{key}"
     stage_host_runtime(lang, staging)
     strs = {"name": f"noether-runtime-{lang}"}
     if bootstrap:
         strs["bootstrap"] = bootstrap
-    out = nix_build(nix_expr("host-runtime.nix"), {"src": str(staging)}, strs,
-                    home / "gcroots" / f"runtime-{key}")
-    shutil.rmtree(staging, ignore_errors=True)
-    rt = Runtime(lang, out, f"{out}/bin/{BIN_NAMES[lang]}", "host-import")
-    reg[key] = {"store_path": rt.store_path, "interpreter": rt.interpreter}
-    _save_registry(reg)
-    return rt
+    try:
+        out = nix_build(nix_expr("host-runtime.nix"), {"src": str(staging)}, strs, root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _prune_old_roots(roots, lang, root)
+    return Runtime(lang, out, f"{out}/bin/{BIN_NAMES[lang]}", "host-import")
 
 
 def _nixpkgs_runtime(lang: str) -> Runtime:
     attr = {"python": "python3", "bash": "bash", "javascript": "nodejs"}[lang]
-    home = noether_home()
-    out = nix_build(nix_expr("nixpkgs-runtime.nix"), {}, {"attr": attr}, home / "gcroots" / f"nixpkgs-{attr}")
+    # A pinned checkout (the flake sets it to its locked input), else <nixpkgs> from NIX_PATH.
+    pinned = os.environ.get("NOETHER_NIXPKGS")
+    args = {"nixpkgs": pinned} if pinned else {}
+    out = nix_build(nix_expr("nixpkgs-runtime.nix"), args, {"attr": attr}, runtime_roots_dir() / f"nixpkgs-{attr}")
     return Runtime(lang, out, f"{out}/bin/{BIN_NAMES[lang]}", "nixpkgs")

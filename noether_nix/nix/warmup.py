@@ -1,7 +1,15 @@
-"""Warmup: build the programs of Active stages ahead of time, bounded."""
+"""Warmup: build runtimes and the programs of stages ahead of time, bounded.
+
+Used by ``noether warmup`` and by the daemon at start-up. Runtimes come
+first (every program needs one); then ``concurrency`` workers build the
+stages' programs. A failure is recorded per stage and never stops the rest:
+warmup is an optimisation, a stage that failed here fails again, with the
+same classified error, on first use.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -11,25 +19,60 @@ from noether_nix.errors import NoetherError
 from noether_nix.model.stage import Stage
 from noether_nix.nix.programs import build_stage_program_async
 from noether_nix.nix.registry import ProgramRegistry
+from noether_nix.nix.runtime import ensure_runtime, normalise_language
+
+Progress = Callable[[dict[str, Any]], None]
 
 
 async def warmup(stages: list[Stage], registry: ProgramRegistry, *, concurrency: int = 2,
-                 progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    todo = [s for s in stages if s.implementation_code and s.implementation_language]
-    done: dict[str, Any] = {"total": len(todo), "built": 0, "cached": 0, "failed": []}
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """Build what ``stages`` need; returns (and reports after every step) the counts.
 
-    async def one(stage: Stage) -> None:
+    The report: ``total`` programs to make ready, ``done`` of them so far,
+    ``built`` / ``cached`` / ``failed`` (a list of ``{stage_id, error}``),
+    ``runtimes`` (language → store path) and ``build_ms`` summed over builds.
+    """
+    todo = [s for s in stages if s.implementation_code and s.implementation_language]
+    report: dict[str, Any] = {"total": len(todo), "done": 0, "built": 0, "cached": 0, "failed": [],
+                              "runtimes": {}, "build_ms": 0}
+
+    def tell() -> None:
+        if progress is not None:
+            progress({**report, "failed": list(report["failed"])})
+
+    languages: set[str] = set()
+    for s in todo:
+        with contextlib.suppress(NoetherError):  # an unknown language is reported per stage below
+            languages.add(normalise_language(s.implementation_language or ""))
+    for lang in sorted(languages):
         try:
-            p = await build_stage_program_async(stage.id, stage.implementation_language or "",
-                                                stage.implementation_code or "", registry=registry,
-                                                concurrency=concurrency)
-            done["built" if p.built else "cached"] += 1
+            rt = await trio.to_thread.run_sync(ensure_runtime, lang)
+            report["runtimes"][lang] = rt.store_path
         except NoetherError as e:
-            done["failed"].append({"stage_id": stage.id, "error": e.to_dict()})
-        if progress:
-            progress(dict(done))
+            report["runtimes"][lang] = {"error": e.to_dict()}
+        tell()
+
+    send, receive = trio.open_memory_channel[Stage](0)
+
+    async def worker(queue: trio.MemoryReceiveChannel[Stage]) -> None:
+        async with queue:
+            async for stage in queue:
+                try:
+                    p = await build_stage_program_async(stage.id, stage.implementation_language or "",
+                                                        stage.implementation_code or "", registry=registry,
+                                                        concurrency=concurrency)
+                    report["built" if p.built else "cached"] += 1
+                    report["build_ms"] += p.build_ms
+                except NoetherError as e:
+                    report["failed"].append({"stage_id": stage.id, "error": e.to_dict()})
+                report["done"] += 1
+                tell()
 
     async with trio.open_nursery() as nursery:
-        for s in todo:
-            nursery.start_soon(one, s)
-    return done
+        async with receive:
+            for _ in range(max(1, min(concurrency, len(todo)))):
+                nursery.start_soon(worker, receive.clone())
+        async with send:
+            for s in todo:
+                await send.send(s)
+    return report

@@ -7,6 +7,7 @@ nixpkgs is unreachable here, so nothing is built; on a real machine:
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -41,3 +42,34 @@ def test_outputs_evaluate_against_a_standin() -> None:
     assert app == "app"
     deps = nix_eval(f"map (p: p.name) {outputs()}.packages.x86_64-linux.noether.propagatedBuildInputs")
     assert "python3-pyseccomp" in deps and "python3-trio" in deps
+
+
+def test_package_ships_the_systemd_units_and_pins_runtimes() -> None:
+    pkg = f"{outputs()}.packages.x86_64-linux.noether"
+    post = nix_eval(f"{pkg}.postInstall")
+    assert isinstance(post, str)
+    units = re.search(r"for unit in ([^;]+);", post)
+    assert units is not None
+    for unit in units.group(1).split():
+        assert (ROOT / "systemd" / unit).is_file(), unit  # every unit the package installs exists
+    assert "/usr/bin/env noether" in (ROOT / "systemd" / "noether.service").read_text()  # what gets replaced
+    wrapper = nix_eval(f"{pkg}.makeWrapperArgs")
+    assert isinstance(wrapper, list)
+    assert wrapper[wrapper.index("NOETHER_NIXPKGS") + 1] == "/standin/nixpkgs"
+
+
+def test_nixos_module_enables_the_socket_activated_service() -> None:
+    module = (f"({outputs()}.nixosModules.default {{ lib = (import {STANDIN}).legacyPackages.x86_64-linux.lib; "
+              "pkgs = (import " f"{STANDIN}" ").legacyPackages.x86_64-linux; "
+              "config = { services.noether = { enable = true; package = { outPath = \"/standin/noether\"; }; "
+              "settings = { max_queued_runs = 8; }; }; nix.package = { outPath = \"/standin/nix\"; }; }; })")
+    cfg = nix_eval(f"{module}.config")
+    assert isinstance(cfg, dict)
+    assert cfg["systemd"]["sockets"]["noether"]["wantedBy"] == ["sockets.target"]
+    service = cfg["systemd"]["services"]["noether"]
+    assert service["wantedBy"] == ["multi-user.target"]
+    assert service["environment"]["NIX_REMOTE"] == "daemon"
+    assert cfg["users"]["users"]["noether"]["isSystemUser"] is True
+    assert json.loads(cfg["environment"]["etc"]["noether/daemon.json"]["text"]) == {"max_queued_runs": 8}
+    disabled = module.replace("enable = true", "enable = false")
+    assert nix_eval(f"{disabled}.config") == {}
