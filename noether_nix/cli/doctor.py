@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import subprocess
 from typing import Any
 
 from noether_nix.paths import db_path, noether_home
@@ -37,18 +34,9 @@ def describe_sandbox() -> dict[str, Any]:
 
 
 def describe_nix() -> dict[str, Any]:
-    from noether_nix.nix.runtime import runtime_source
+    from noether_nix.nix.doctor import describe
 
-    nix = shutil.which("nix-build")
-    out: dict[str, Any] = {"nix_build": nix, "runtime_source": runtime_source(),
-                           "store": os.path.isdir("/nix/store")}
-    if nix:
-        try:
-            out["version"] = subprocess.run([nix, "--version"], capture_output=True, text=True,
-                                            timeout=10).stdout.strip()
-        except (OSError, subprocess.TimeoutExpired) as e:
-            out["version"] = f"error: {e}"
-    return out
+    return describe()
 
 
 def cmd_doctor(args: argparse.Namespace) -> Any:
