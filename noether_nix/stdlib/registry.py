@@ -1,187 +1,109 @@
-"""In-process implementations of Pure stdlib stages, keyed by stage name.
+"""Which stdlib stage runs where, and the in-process implementations.
 
-Only stages whose effects are Pure (optionally Fallible) run in the daemon
-process. A failing call raises ``StageFailure`` with a sentence; nothing
-ever falls back to an example's output.
+* ``PURE``: stage name → ``impl(value) -> value`` for every stage whose
+  effects are Pure (optionally Fallible). Only these run in the daemon
+  process. A failing call raises ``StageFailure`` with a sentence; nothing
+  ever falls back to an example's output.
+* ``CATEGORY``: every one of the 85 stdlib stages → how the engine runs it:
+
+  ``pure``          in-process, ``PURE[name]``
+  ``higher_order``  runs other stages by ID; the engine must interpret it
+                    (input shapes in ``HIGHER_ORDER``)
+  ``sandboxed``     touches the world (files, network, processes, clock,
+                    environment) or declares NonDeterministic: runs in a
+                    sandbox from ``sandboxed_source(name)``
+  ``kv``            the engine's key-value table
+  ``store``         the engine's stage store / traces / type checker
+  ``llm``           needs an LLM provider
+  ``arrow``         Apache Arrow IPC; not implemented (no Arrow dependency)
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from typing import Any
+from importlib import resources
+from typing import Final, Literal
 
-from noether_nix.model.jcs import jcs
+from noether_nix.stdlib import collections, control, data, generic, io, scalar, text, ui, validation
+from noether_nix.stdlib._shapes import Impl, StageFailure
 
+__all__ = ["CATEGORY", "HIGHER_ORDER", "PURE", "SANDBOXED", "Category", "Impl", "StageFailure", "sandboxed_source"]
 
-class StageFailure(Exception):
-    pass
+Category = Literal["pure", "higher_order", "sandboxed", "kv", "store", "llm", "arrow"]
 
+PURE: Final[dict[str, Impl]] = {
+    **scalar.IMPLS,
+    **collections.IMPLS,
+    **control.IMPLS,
+    **io.IMPLS,
+    **data.IMPLS,
+    **text.IMPLS,
+    **validation.IMPLS,
+    **ui.IMPLS,
+    **generic.IMPLS,
+}
 
-Impl = Callable[[Any], Any]
-PURE: dict[str, Impl] = {}
+#: Higher-order stages: the input record they take (stage references are
+#: stage IDs, prefixes or names, as in the graph's stage references).
+HIGHER_ORDER: Final[dict[str, str]] = {
+    "map": "{items: List<Any>, stage_id: Text} → List<Any>: stage applied to each item, in order",
+    "filter": "{items: List<Any>, stage_id: Text} → List<Any>: items for which the stage returns true",
+    "reduce": "{items: List<Any>, stage_id: Text, initial: Any} → Any: acc = stage({accumulator, item})",
+    "retry": "{stage_id: Text, input: Any, max_attempts: Number, delay_ms: Number|Null} → Any",
+    "fallback": "{stages: List<Text>, input: Any} → Any: first stage that succeeds; fails if all fail",
+    "timeout": "{stage_id: Text, input: Any, timeout_ms: Number} → Any: fails once the deadline passes",
+    "race": "{stages: List<Text>, input: Any} → Any: first stage to succeed, the others cancelled",
+    "parallel": "{stages: List<Text>, inputs: List<Any>} → List<Any>: stages[i](inputs[i]), same lengths",
+}
 
+#: Stages whose implementation is a Python source file run inside the sandbox.
+SANDBOXED: Final[tuple[str, ...]] = (
+    "read_file",
+    "write_file",
+    "http_get",
+    "http_post",
+    "http_put",
+    "stdin_read",
+    "stdout_write",
+    "env_get",
+    "text_hash",
+    "verify_stage_content_hash",
+    "verify_stage_ed25519",
+    "spawn_process",
+    "wait_process",
+    "signal_process",
+    "kill_process",
+)
 
-def pure(name: str) -> Callable[[Impl], Impl]:
-    def register(fn: Impl) -> Impl:
-        PURE[name] = fn
-        return fn
-
-    return register
-
-
-def _text(v: Any, what: str = "input") -> str:
-    if not isinstance(v, str):
-        raise StageFailure(f"{what} must be text, got {type(v).__name__}")
-    return v
-
-
-def _list(v: Any, what: str = "input") -> list[Any]:
-    if not isinstance(v, list):
-        raise StageFailure(f"{what} must be a list, got {type(v).__name__}")
-    return v
-
-
-def _numbers(v: Any) -> list[float]:
-    items = _list(v)
-    for x in items:
-        if isinstance(x, bool) or not isinstance(x, (int, float)):
-            raise StageFailure(f"every element must be a number, got {json.dumps(x)[:40]}")
-    return items
-
-
-def _record(v: Any, *fields: str) -> dict[str, Any]:
-    if not isinstance(v, dict):
-        raise StageFailure(f"input must be a record with {', '.join(fields)}")
-    missing = [f for f in fields if f not in v]
-    if missing:
-        raise StageFailure(f"input is missing {', '.join(missing)}")
-    return v
-
-
-@pure("identity")
-def identity(v: Any) -> Any:
-    return v
-
-
-@pure("text_upper")
-def text_upper(v: Any) -> Any:
-    return _text(v).upper()
+_KV = ("kv_set", "kv_get", "kv_delete", "kv_exists", "kv_list")
+_STORE = ("store_search", "store_add", "composition_verify", "trace_read", "stage_describe", "type_check")
+_LLM = ("llm_complete", "llm_embed", "llm_classify", "llm_extract")
+_ARROW = ("arrow_from_records", "records_to_arrow")
 
 
-@pure("text_lower")
-def text_lower(v: Any) -> Any:
-    return _text(v).lower()
+def _categories() -> dict[str, Category]:
+    table: dict[str, Category] = {}
+    groups: list[tuple[Category, tuple[str, ...]]] = [
+        ("pure", tuple(PURE)),
+        ("higher_order", tuple(HIGHER_ORDER)),
+        ("sandboxed", SANDBOXED),
+        ("kv", _KV),
+        ("store", _STORE),
+        ("llm", _LLM),
+        ("arrow", _ARROW),
+    ]
+    for category, names in groups:
+        for name in names:
+            if name in table:
+                raise RuntimeError(f"stdlib stage {name} is listed as both {table[name]} and {category}")
+            table[name] = category
+    return table
 
 
-@pure("text_length")
-def text_length(v: Any) -> Any:
-    return len(_text(v))
+CATEGORY: Final[dict[str, Category]] = _categories()
 
 
-@pure("text_trim")
-def text_trim(v: Any) -> Any:
-    return _text(v).strip()
-
-
-@pure("text_reverse")
-def text_reverse(v: Any) -> Any:
-    return _text(v)[::-1]
-
-
-@pure("text_split")
-def text_split(v: Any) -> Any:
-    r = _record(v, "text", "delimiter")
-    return _text(r["text"], "text").split(_text(r["delimiter"], "delimiter"))
-
-
-@pure("text_join")
-def text_join(v: Any) -> Any:
-    r = _record(v, "items", "delimiter")
-    return _text(r["delimiter"], "delimiter").join(_text(x, "item") for x in _list(r["items"], "items"))
-
-
-@pure("text_contains")
-def text_contains(v: Any) -> Any:
-    r = _record(v, "text", "substring")
-    return _text(r["substring"], "substring") in _text(r["text"], "text")
-
-
-@pure("text_template")
-def text_template(v: Any) -> Any:
-    r = _record(v, "template", "variables")
-    out = _text(r["template"], "template")
-    variables = r["variables"]
-    if not isinstance(variables, dict):
-        raise StageFailure("variables must be a map of text")
-    for k, val in variables.items():
-        out = out.replace("{{" + k + "}}", val if isinstance(val, str) else json.dumps(val))
-    return out
-
-
-def _to_text(v: Any) -> str:
-    return v if isinstance(v, str) else jcs(v).decode()
-
-
-@pure("to_text")
-def to_text(v: Any) -> Any:
-    return _to_text(v)
-
-
-@pure("to_json")
-def to_json(v: Any) -> Any:
-    return jcs(v).decode()
-
-
-@pure("parse_json")
-def parse_json(v: Any) -> Any:
-    try:
-        return json.loads(_text(v))
-    except json.JSONDecodeError as e:
-        raise StageFailure(f"not valid JSON: {e}") from None
-
-
-@pure("head")
-def head(v: Any) -> Any:
-    items = _list(v)
-    if not items:
-        raise StageFailure("head of an empty list")
-    return items[0]
-
-
-@pure("tail")
-def tail(v: Any) -> Any:
-    return _list(v)[1:]
-
-
-@pure("list_length")
-def list_length(v: Any) -> Any:
-    return len(_list(v))
-
-
-@pure("num_sum")
-def num_sum(v: Any) -> Any:
-    return sum(_numbers(v))
-
-
-def _nonempty_numbers(v: Any, what: str) -> list[float]:
-    items = _numbers(v)
-    if not items:
-        raise StageFailure(f"{what} of an empty list")
-    return items
-
-
-@pure("num_avg")
-def num_avg(v: Any) -> Any:
-    items = _nonempty_numbers(v, "average")
-    return sum(items) / len(items)
-
-
-@pure("num_min")
-def num_min(v: Any) -> Any:
-    return min(_nonempty_numbers(v, "minimum"))
-
-
-@pure("num_max")
-def num_max(v: Any) -> Any:
-    return max(_nonempty_numbers(v, "maximum"))
+def sandboxed_source(name: str) -> str:
+    """The Python source (``def execute(input)``, standard library only) of a sandboxed stage."""
+    if name not in SANDBOXED:
+        raise KeyError(f"{name} is not a sandboxed stdlib stage")
+    return resources.files("noether_nix.stdlib.sandboxed").joinpath(f"{name}.py").read_text("utf-8")
