@@ -1,23 +1,50 @@
-"""In-process stdlib throughput: calls per second through the registry.
+"""In-process stdlib throughput: stage calls per second.
 
 Usage: .venv/bin/python bench/stdlib_throughput.py [N]   (default N = 100000)
 
-Calls ``PURE[name](value)`` — what the engine does for an inline stage, minus
-the engine — over N distinct inputs, median of 5 runs. Target for
-text_upper: >= 50,000 calls/s.
+1. Through the engine (the target, >= 50,000 calls/s): one run of the graph
+   ``map`` with ``{"items": N texts, "stage_id": "text_upper"}``, in a
+   throwaway NOETHER_HOME. Each of the N inner calls is a traced stage run
+   (events, input/output hashes, budget), and the run's trace is stored.
+   Best of 3 runs (the first includes nothing extra: no Nix, no sandbox).
+2. The stage functions alone, ``PURE[name](value)``, over N distinct inputs,
+   median of 5 runs: what the engine adds is the difference.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
-from noether_nix.stdlib.registry import PURE
+TARGET_THROUGH_ENGINE = 50_000
 
-TARGET_TEXT_UPPER = 50_000
+
+def through_engine(n: int, runs: int = 3) -> float:
+    os.environ["NOETHER_HOME"] = tempfile.mkdtemp(prefix="noether-bench-")
+    import trio
+
+    from noether_nix.engine.engine import Engine, RunOptions
+
+    engine = Engine()
+    graph = {"description": "bench", "version": "1", "root": {"op": "Stage", "id": "map"}}
+    items = [f"item {i} with some words" for i in range(n)]
+    best = float("inf")
+    for _ in range(runs):
+        async def once() -> float:
+            start = time.perf_counter()
+            res = await engine.run(graph, {"items": items, "stage_id": "text_upper"}, RunOptions())
+            took = time.perf_counter() - start
+            assert res.status == "ok" and res.output[-1] == items[-1].upper(), res.error
+            assert len(res.trace["stages"]) == n + 1
+            return took
+
+        best = min(best, trio.run(once))
+    return n / best
 
 
 def rate(fn: Callable[[Any], Any], inputs: list[Any], runs: int = 5) -> float:
@@ -42,14 +69,17 @@ def main(argv: list[str]) -> int:
         ("regex_match", [{"text": w, "pattern": r"(\d+)"} for w in words]),
         ("num_sum", [[float(i), 1.0, 2.0] for i in range(n)]),
     ]
-    print(f"{'stage':<14} {'calls/s':>12}   ({n:,} distinct inputs, median of 5)")
-    ok = True
+    engine_rate = through_engine(n)
+    print(f"map(text_upper) through the engine: {engine_rate:,.0f} stage calls/s ({n:,} items, best of 3)")
+    ok = engine_rate >= TARGET_THROUGH_ENGINE
+    if not ok:
+        print(f"below the {TARGET_THROUGH_ENGINE:,}/s target", file=sys.stderr)
+    from noether_nix.stdlib.registry import PURE
+
+    print(f"{'stage alone':<14} {'calls/s':>12}   ({n:,} distinct inputs, median of 5)")
     for name, inputs in cases:
         r = rate(PURE[name], inputs)
         print(f"{name:<14} {r:>12,.0f}")
-        if name == "text_upper" and r < TARGET_TEXT_UPPER:
-            ok = False
-            print(f"text_upper below the {TARGET_TEXT_UPPER:,}/s target", file=sys.stderr)
     return 0 if ok else 1
 
 

@@ -8,7 +8,10 @@ else a stdlib stage does runs in-process (Pure) or in a sandbox.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
+
+import msgspec
 
 from noether_nix.errors import NoetherError
 from noether_nix.model.types import display, parse_type
@@ -129,5 +132,57 @@ def store_impls(stages: StageStore, runs: RunStore) -> dict[str, BuiltinImpl]:
             raise StageFailed(f"no trace for composition {r['composition_id']}")
         return {"trace": run["trace"]}
 
-    return {"stage_describe": stage_describe, "store_search": store_search,
-            "type_check": type_check, "trace_read": trace_read}
+    def store_add(v: Any) -> Any:
+        # Added as an unsigned Draft whatever the spec says: a graph must not
+        # be able to publish runnable stages; `noether stage add` signs.
+        from noether_nix.model.stage import lifecycle_name, stage_from_spec
+
+        r = _record(v, "spec")
+        try:
+            stage = stage_from_spec(r["spec"], path="spec")
+            stage = msgspec.structs.replace(stage, lifecycle="Draft", ed25519_signature=None,
+                                            signer_public_key=None)
+            added = stages.add(stage, activate=False)
+        except NoetherError as e:
+            raise StageFailed(f"{e.message} (at {e.path})" if e.path else e.message) from None
+        return {"id": added.id, "lifecycle": lifecycle_name(stages.get(added.id).lifecycle).lower()}  # type: ignore[union-attr]
+
+    def composition_verify(v: Any) -> Any:
+        # A chain of stages joined by `sequential`: every stage must resolve,
+        # and each output must be a subtype of the next input.
+        from noether_nix.model.subtyping import is_subtype_of
+
+        r = _record(v, "stages", "operators")
+        refs, ops = r["stages"], r["operators"]
+        if not isinstance(refs, list) or not all(isinstance(x, str) for x in refs):
+            raise StageFailed("`stages` must be a list of stage references")
+        if not isinstance(ops, list) or not all(isinstance(x, str) for x in ops):
+            raise StageFailed("`operators` must be a list of operator names")
+        errors: list[str] = []
+        warnings: list[str] = []
+        if not refs:
+            warnings.append("empty composition")
+        if len(refs) > 1 and len(ops) != len(refs) - 1:
+            errors.append(f"{len(refs)} stages need {len(refs) - 1} operators, got {len(ops)}")
+        for op in ops:
+            if op.lower() != "sequential":
+                errors.append(f"operator {op!r} cannot be verified from a flat list (only sequential)")
+        found: list[tuple[str, Any]] = []
+        for ref in refs:
+            try:
+                s = stages.resolve(ref)
+            except NoetherError as e:
+                errors.append(f"{ref}: {e.message}")
+                continue
+            if s.state == "Deprecated":
+                warnings.append(f"{ref} is deprecated")
+            found.append((ref, s))
+        for (a_ref, a), (b_ref, b) in pairwise(found):
+            reason = getattr(is_subtype_of(a.output, b.input), "reason", None)
+            if reason is not None:
+                errors.append(f"type mismatch at edge {a_ref}->{b_ref}: {display(a.output)} is not "
+                              f"{display(b.input)} ({reason})")
+        return {"valid": not errors, "errors": errors, "warnings": warnings}
+
+    return {"stage_describe": stage_describe, "store_search": store_search, "type_check": type_check,
+            "trace_read": trace_read, "store_add": store_add, "composition_verify": composition_verify}

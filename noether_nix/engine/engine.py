@@ -29,6 +29,7 @@ from noether_nix.engine.events import (
     RunFinished,
     RunWarning,
     StageFinished,
+    StageOutput,
     StageStarted,
 )
 from noether_nix.errors import NoetherError
@@ -46,8 +47,8 @@ from noether_nix.graph.ast import (
     StageNode,
 )
 from noether_nix.graph.check import CheckOptions, PreparedGraph, check_report, prepare
-from noether_nix.graph.preflight import ENGINE_STAGES, is_stdlib
-from noether_nix.model.effects import EffectKind
+from noether_nix.graph.preflight import PolicyOptions, is_stdlib, needs_sandbox
+from noether_nix.model.effects import EffectKind, EffectSet, FsRead, FsWrite
 from noether_nix.model.jcs import serde_compact, value_hash
 from noether_nix.model.stage import Stage
 from noether_nix.model.types import display, display_refinement
@@ -95,6 +96,14 @@ class RunOptions(msgspec.Struct, kw_only=True):
     allow_unsigned: bool = False
     refinement_checks: bool = True
     detach: bool = False
+    #: Absolute paths (directories or files) read_file may read / write_file
+    #: may write under; each stage sees only the granted path it needs.
+    allow_read: list[str] | None = None
+    allow_write: list[str] | None = None
+    #: Environment variables env_get can see (nothing of the daemon's own).
+    env: dict[str, str] | None = None
+    #: The text stdin_read returns (the client's standard input).
+    stdin: str | None = None
 
 
 class RunResult(msgspec.Struct):
@@ -108,6 +117,15 @@ class RunResult(msgspec.Struct):
     warnings: list[str]
     effects: list[str]
     cache: dict[str, int]
+
+
+class StageFacts(msgspec.Struct, frozen=True):
+    """What the engine needs to know about a stage on every call, computed once."""
+
+    sandboxed: bool
+    #: Pure and worth remembering: in-process stdlib stages cost less than a lookup.
+    cacheable: bool
+    cost_cents: int
 
 
 class StageError(NoetherError):
@@ -132,6 +150,11 @@ class _Run:
         self.hits = 0
         self.misses = 0
         self.isolation = engine.isolation_mode(options)
+        self.policy = PolicyOptions(allow_effects=options.allow_effects,
+                                    allow_capabilities=options.allow_capabilities,
+                                    allow_unsigned=options.allow_unsigned,
+                                    isolation_available=self.isolation == "none" or engine.isolation_available(options))
+        self.resolved_refs: dict[str, Stage] = {}  # higher-order stage references, resolved once per run
 
     async def emit(self, ev: Event) -> None:
         self.events.append(msgspec.to_builtins(ev))
@@ -184,10 +207,16 @@ class _Run:
         raise AssertionError(node)
 
     async def concurrently(self, jobs: list[tuple[Node, Any, str]]) -> list[Any]:
+        return await self.gather(jobs, self.exec)
+
+    async def gather(self, jobs: list[tuple[Any, Any, str]],
+                     fn: Callable[[Any, Any, str], Awaitable[Any]]) -> list[Any]:
+        """``fn(*job)`` for every job concurrently, results in job order; the
+        first failure cancels the others and is the one raised."""
         results: list[Any] = [None] * len(jobs)
 
-        async def one(i: int, node: Node, value: Any, path: str) -> None:
-            results[i] = await self.exec(node, value, path)
+        async def one(i: int, node: Any, value: Any, path: str) -> None:
+            results[i] = await fn(node, value, path)
 
         try:
             async with trio.open_nursery() as nursery:
@@ -258,9 +287,8 @@ class _Run:
                     raise StageError("refinement_violation",
                                      f"stage {stage.label()}: input refinement violation "
                                      f"({display_refinement(r)}): {why}", path)
-        cacheable = (opts.cache and self.engine.config.pure_cache
-                     and set(stage.effects.kinds()) <= {EffectKind.PURE, EffectKind.FALLIBLE}
-                     and stage.effects.has(EffectKind.PURE))
+        facts = self.engine.facts(stage)
+        cacheable = opts.cache and self.engine.config.pure_cache and facts.cacheable
         if cacheable:
             hit, out = self.engine.cache.get(stage.id, in_hash)
             if hit:
@@ -271,14 +299,20 @@ class _Run:
                 self.entries.append(_entry(stage, path, "Ok", 0, in_hash, value_hash(out), cached=True))
                 return out
             self.misses += 1
-        cost = stage.effects.cost_cents()
-        self.budget.reserve(cost, stage=stage.label(), node_path=path)
+        cost = facts.cost_cents
+        if cost:
+            self.budget.reserve(cost, stage=stage.label(), node_path=path)
         await self.emit(StageStarted(self.run_id, node_path=path, stage_id=stage.id, name=stage.name))
         started = time.monotonic()
         usage: dict[str, Any] = {}
         try:
-            async with self.limiter, self.engine.process_limiter:
+            if not facts.sandboxed:
+                # In-process, or (higher-order) only runs other stages, which
+                # take their own slots; a slot would only add a trio checkpoint.
                 out = await self.engine.dispatch(stage, value, path, self, usage)
+            else:
+                async with self.limiter, self.engine.process_limiter:
+                    out = await self.engine.dispatch(stage, value, path, self, usage)
             if checks:
                 for r in outer_refinements(stage.output):
                     why = check_refinement(r, out)
@@ -306,6 +340,32 @@ class _Run:
                                       isolation=usage.get("isolation")))
         self.entries.append(_entry(stage, path, "Ok", wall, in_hash, out_hash, spent_cents=cost, **_extra(usage)))
         return out
+
+
+def _fs_grant(stage: Stage, value: Any, options: RunOptions, path: str) -> FsRead | FsWrite:
+    """The wall read_file / write_file gets: the granted path (``allow_read`` /
+    ``allow_write``) that holds the file the input names, or a refusal."""
+    import os
+
+    writes = stage.name == "write_file"
+    want = value.get("path") if isinstance(value, dict) else None
+    if not isinstance(want, str) or not os.path.isabs(want):
+        raise StageError("stage_failed", f"stage {stage.label()}: 'path' must be an absolute path, got {want!r}",
+                         path)
+    target = os.path.normpath(want)
+    grants = (options.allow_write or []) if writes else [*(options.allow_read or []), *(options.allow_write or [])]
+    for grant in grants:
+        root = os.path.normpath(grant)
+        if os.path.isabs(root) and (target == root or target.startswith(root.rstrip("/") + "/")):
+            if not os.path.exists(root):
+                # The wall is a bind of the granted path itself, which must exist.
+                raise StageError("path_not_found", f"stage {stage.label()}: granted path {root} does not exist "
+                                 "(grant an existing directory that holds it)", path)
+            return FsWrite(path=root) if writes else FsRead(path=root)
+    flag = "--allow-write" if writes else "--allow-read"
+    raise StageError("path_not_granted", f"stage {stage.label()} would {'write' if writes else 'read'} {target}, "
+                     f"which this run does not grant (grant it, or a directory above it, with {flag})", path,
+                     hint=f"{flag} {os.path.dirname(target)}")
 
 
 def _extra(usage: dict[str, Any]) -> dict[str, Any]:
@@ -365,6 +425,18 @@ class Engine:
         self.builtins = {**kv_impls(self.kv), **store_impls(self.store, self.runs)}
         self._process_limiter: trio.CapacityLimiter | None = None
         self._programs: Any = None
+        self._facts: dict[str, StageFacts] = {}  # by stage ID: content-addressed, so never stale
+
+    def facts(self, stage: Stage) -> StageFacts:
+        found = self._facts.get(stage.id)
+        if found is None:
+            sandboxed = needs_sandbox(stage)
+            kinds = set(stage.effects.kinds())
+            found = StageFacts(sandboxed=sandboxed, cost_cents=stage.effects.cost_cents(),
+                               cacheable=sandboxed and EffectKind.PURE in kinds
+                               and kinds <= {EffectKind.PURE, EffectKind.FALLIBLE})
+            self._facts[stage.id] = found
+        return found
 
     @property
     def process_limiter(self) -> trio.CapacityLimiter:
@@ -468,36 +540,78 @@ class Engine:
 
     async def dispatch(self, stage: Stage, value: Any, path: str, run: _Run, usage: dict[str, Any]) -> Any:
         if is_stdlib(stage):
-            return await self._dispatch_stdlib(stage, value, path, usage)
+            return await self._dispatch_stdlib(stage, value, path, run, usage)
         if stage.implementation_code is not None and stage.implementation_language:
             return await self._dispatch_sandboxed(stage, stage.implementation_language,
                                                   stage.implementation_code, value, path, run, usage)
         raise StageError("no_implementation", f"stage {stage.label()} has no implementation this engine can "
                          "run (no code, and not a stdlib stage)", path)
 
-    async def _dispatch_stdlib(self, stage: Stage, value: Any, path: str, usage: dict[str, Any]) -> Any:
-        from noether_nix.stdlib.registry import PURE, StageFailure
+    async def _dispatch_stdlib(self, stage: Stage, value: Any, path: str, run: _Run, usage: dict[str, Any]) -> Any:
+        """By how the stage runs (``stdlib.registry.CATEGORY``), not by its
+        declared effects: upstream's write_file declares only Fallible."""
+        from noether_nix.stdlib.registry import CATEGORY, PURE, StageFailure, sandboxed_source
 
         name = stage.name or ""
-        usage["isolation"] = "in-process"
-        if name in self.builtins:
-            try:
-                return self.builtins[name](value)
-            except NoetherError as e:
-                raise StageError("stage_failed", f"stage {stage.label()} failed: {e.message}", path) from None
-        if name in PURE:
-            try:
+        category = CATEGORY.get(name)
+        if category in ("pure", "kv", "store", "stream"):
+            usage["isolation"] = "in-process"
+        try:
+            if category == "pure":
                 return PURE[name](value)
-            except StageFailure as e:
-                raise StageError("stage_failed", f"stage {stage.label()} failed: {e}", path) from None
-        if stage.effects.has(EffectKind.LLM):
-            raise StageError("no_llm_provider", f"stage {stage.label()} needs an LLM provider and none is "
-                             "configured (set NOETHER_LLM_PROVIDER)", path)
-        if name in ENGINE_STAGES:
-            raise StageError("no_implementation", f"stdlib stage {stage.label()} is not implemented by this "
-                             "engine yet", path)
+            if category in ("kv", "store"):
+                return self.builtins[name](value)
+            if category == "stream":
+                return await self._stream(stage, value, path, run)
+        except StageFailure as e:
+            raise StageError("stage_failed", f"stage {stage.label()} failed: {e}", path) from None
+        except StageError:
+            raise
+        except NoetherError as e:
+            raise StageError("stage_failed", f"stage {stage.label()} failed: {e.message}", path) from None
+        if category == "higher_order":
+            from noether_nix.engine.higher_order import run_higher_order
+
+            return await run_higher_order(run, stage, value, path)
+        if category == "sandboxed":
+            effects, env = stage.effects, None
+            if name in ("read_file", "write_file"):
+                effects = EffectSet.of([*stage.effects.effects, _fs_grant(stage, value, run.options, path)])
+            elif name == "env_get":
+                env = dict(run.options.env or {})
+            code = sandboxed_source(name)
+            return await self.run_program(f"{stage.id}-{value_hash(code)[:16]}", "python", code, effects, value,
+                                          path, run, usage, f"stage {stage.label()}", env=env,
+                                          clear_env=name == "env_get")
+        if category == "llm":
+            raise StageError("no_llm_provider", f"stage {stage.label()} needs an LLM provider and noether-nix ships "
+                             "none; configure one under [llm] (provider, model, api_key_file) in the daemon "
+                             "configuration", path)
+        if category == "arrow":
+            raise StageError("arrow_unavailable", f"stage {stage.label()} needs Apache Arrow, which this "
+                             "noether-nix does not implement yet (planned behind `pip install noether-nix[arrow]`)",
+                             path)
+        if category == "process":
+            raise StageError("process_stages_unsupported", f"stage {stage.label()} is not run: every stage runs in "
+                             "its own sandbox and its processes die with it, so a process spawned by one stage "
+                             "can never be waited for, signalled or killed by another. Write a stage with the "
+                             "Process effect whose code starts the command and waits for it.", path)
         raise StageError("no_implementation", f"stdlib stage {stage.label()} has no implementation in this "
-                         "version of noether-nix yet; it will not be faked", path)
+                         "version of noether-nix; it will not be faked", path)
+
+    async def _stream(self, stage: Stage, value: Any, path: str, run: _Run) -> Any:
+        """stdin_read / stdout_write on the run's streams: the text the client
+        sent with the run, and output events streamed back to it."""
+        if stage.name == "stdin_read":
+            if run.options.stdin is None:
+                raise StageError("stage_failed", f"stage {stage.label()}: this run was given no standard input "
+                                 "(noether run --stdin passes yours; the API takes options.stdin)", path)
+            return run.options.stdin
+        if not isinstance(value, dict) or not isinstance(value.get("text"), str):
+            raise StageError("stage_failed", f"stage {stage.label()}: input must be a record with a text field "
+                             "'text'", path)
+        await run.emit(StageOutput(run.run_id, node_path=path, text=value["text"]))
+        return None
 
     def limits_for(self, options: RunOptions) -> Any:
         from noether_nix.sandbox.policy import Limits
@@ -513,7 +627,8 @@ class Engine:
                                       f"stage {stage.label()}")
 
     async def run_program(self, program_id: str, language: str, code: str, effects: Any, value: Any, path: str,
-                          run: _Run, usage: dict[str, Any], label: str) -> Any:
+                          run: _Run, usage: dict[str, Any], label: str, *, env: dict[str, str] | None = None,
+                          clear_env: bool = False) -> Any:
         """Build (once) and run a program in a sandbox whose walls ``effects`` derive."""
         from noether_nix.nix.programs import build_stage_program_async
         from noether_nix.sandbox.policy import policy_from_effects
@@ -526,9 +641,11 @@ class Engine:
             usage["build_ms"] = program.build_ms
         profile = load_profile(self.config.sandbox_profile)
         policy = policy_from_effects(effects, profile=profile)
+        if clear_env:  # env_get sees exactly the run's variables, none of the daemon's
+            policy = msgspec.structs.replace(policy, env_allowlist=[])
         result = await run_sandboxed(program.argv, policy=policy, limits=self.limits_for(run.options),
                                      stdin=serde_compact(value), isolation=Isolation(run.isolation),  # type: ignore[arg-type]
-                                     profile=profile)
+                                     profile=profile, env=env)
         usage.update(status=result.status.value, cpu_ms=result.cpu_ms, max_rss_kb=result.max_rss_kb,
                      isolation=result.isolation)
         if result.ok:

@@ -51,6 +51,13 @@ class StageFinished(_Ev, frozen=True, tag="stage_finished"):
     message: str | None = None
 
 
+class StageOutput(_Ev, frozen=True, tag="stage_output"):
+    """Text a stage wrote to the run's output stream (stdout_write)."""
+
+    node_path: str
+    text: str
+
+
 class RunWarning(_Ev, frozen=True, tag="warning"):
     code: str
     message: str
@@ -65,4 +72,4 @@ class RunFinished(_Ev, frozen=True, tag="run_finished"):
     error: dict[str, Any] | None = None
 
 
-Event = Union[RunAccepted, StageStarted, StageFinished, RunWarning, RunFinished]
+Event = Union[RunAccepted, StageStarted, StageFinished, StageOutput, RunWarning, RunFinished]

@@ -53,16 +53,17 @@ def is_stdlib(stage: Stage) -> bool:
 def needs_sandbox(stage: Stage) -> bool:
     """Whether running this stage needs an isolation backend.
 
-    Only stdlib stages without effects beyond Pure/Fallible/Cost run
-    in-process, plus the stdlib stages the engine answers from its own
-    state; every stage with code runs in a sandbox, whatever it declares.
+    Stdlib stages go by how the engine runs them (``stdlib.registry.CATEGORY``),
+    not by their effects: upstream's ``write_file`` declares only Fallible
+    although it writes files. Every stage with code runs in a sandbox,
+    whatever it declares.
     """
     if stage.implementation_code is not None:
         return True
     if is_stdlib(stage):
-        if stage.name in ENGINE_STAGES:
-            return False
-        return not all(k in _IN_PROCESS_OK for k in stage.effects.kinds())
+        from noether_nix.stdlib.registry import CATEGORY
+
+        return CATEGORY.get(stage.name or "") == "sandboxed"
     return True
 
 
@@ -155,21 +156,81 @@ def validate_options(opts: PolicyOptions) -> None:
                            exit_code=2)
 
 
+def check_stage_policy(
+    stage: Stage,
+    path: str,
+    opts: PolicyOptions,
+    *,
+    allowed: set[EffectKind] | None = None,
+    caps: set[str] | None = None,
+    verified: set[str] | None = None,
+    isolation: bool = True,
+) -> None:
+    """One stage against the policy: effects, capabilities, signature and
+    (with ``isolation``) whether it can be sandboxed here. Used for every
+    stage of a graph before it runs, and by the engine for the stages a
+    higher-order stage (map, retry, race, …) names at run time."""
+    if allowed is None and opts.allow_effects is not None:
+        allowed = parse_effect_tokens(opts.allow_effects)
+    if caps is None and opts.allow_capabilities is not None:
+        caps = parse_capability_tokens(opts.allow_capabilities)
+    if allowed is not None:
+        for k in stage.effects.kinds():
+            if k not in allowed:
+                raise NoetherError(
+                    "effect_not_allowed",
+                    f"stage {stage.label()} declares effect {k}; grant it with --allow-effects {k}",
+                    path=path,
+                    exit_code=2,
+                )
+    if caps is not None:
+        for c in stage.capabilities:
+            if c not in caps:
+                raise NoetherError(
+                    "capability_not_granted",
+                    f"stage {stage.label()} requires capability {c} which is not granted "
+                    f"(--allow-capabilities {c.lower()})",
+                    path=path,
+                    exit_code=2,
+                )
+    if not opts.allow_unsigned and (verified is None or stage.id not in verified):
+        if verified is not None:
+            verified.add(stage.id)
+        status = verify_id(stage.id, stage.ed25519_signature, stage.signer_public_key)
+        if status is not SignatureStatus.VALID:
+            text = {
+                SignatureStatus.UNSIGNED: "is not signed",
+                SignatureStatus.BAD_SIGNATURE: "has a signature that does not verify",
+                SignatureStatus.MALFORMED: "has a malformed signature",
+            }[status]
+            raise NoetherError(
+                f"signature_{status.value}",
+                f"stage {stage.label()} {text}",
+                path=path,
+                hint="re-add it with `noether stage add`, or pass --allow-unsigned",
+                exit_code=2,
+            )
+    if isolation and not opts.isolation_available and needs_sandbox(stage):
+        raise NoetherError(
+            "isolation_required",
+            f"stage {stage.label()} needs a sandbox (effects: {', '.join(stage.effects.display())}) but no "
+            "isolation backend is available",
+            path=path,
+            hint="install bubblewrap (see `noether doctor`); --isolate none runs it unconfined and is not recommended",
+            exit_code=2,
+        )
+
+
 def run_preflight(nodes: Nodes, res: Resolution, opts: PolicyOptions) -> None:
     """Effect policy, capability policy, signatures, static budget, isolation;
     the first failure is raised, each kind with its own code (exit 2)."""
     occurrences = stage_occurrences(nodes, res)
-    if opts.allow_effects is not None:
-        allowed = parse_effect_tokens(opts.allow_effects)
-        for path, stage in occurrences:
-            for k in stage.effects.kinds():
-                if k not in allowed:
-                    raise NoetherError(
-                        "effect_not_allowed",
-                        f"stage {stage.label()} declares effect {k}; grant it with --allow-effects {k}",
-                        path=path,
-                        exit_code=2,
-                    )
+    allowed = parse_effect_tokens(opts.allow_effects) if opts.allow_effects is not None else None
+    caps = parse_capability_tokens(opts.allow_capabilities) if opts.allow_capabilities is not None else None
+    verified: set[str] = set()  # Ed25519 verification is the costly part: once per stage
+    for path, stage in occurrences:
+        check_stage_policy(stage, path, opts, allowed=allowed, caps=caps, verified=verified, isolation=False)
+    if allowed is not None:
         for path, node in nodes:
             if isinstance(node, RemoteStageNode):
                 for k in REMOTE_EFFECTS.kinds():
@@ -180,38 +241,6 @@ def run_preflight(nodes: Nodes, res: Resolution, opts: PolicyOptions) -> None:
                             path=path,
                             exit_code=2,
                         )
-    if opts.allow_capabilities is not None:
-        caps = parse_capability_tokens(opts.allow_capabilities)
-        for path, stage in occurrences:
-            for c in stage.capabilities:
-                if c not in caps:
-                    raise NoetherError(
-                        "capability_not_granted",
-                        f"stage {stage.label()} requires capability {c} which is not granted "
-                        f"(--allow-capabilities {c.lower()})",
-                        path=path,
-                        exit_code=2,
-                    )
-    if not opts.allow_unsigned:
-        verified: set[str] = set()  # Ed25519 verification is the costly part: once per stage
-        for path, stage in occurrences:
-            if stage.id in verified:
-                continue
-            verified.add(stage.id)
-            status = verify_id(stage.id, stage.ed25519_signature, stage.signer_public_key)
-            if status is not SignatureStatus.VALID:
-                text = {
-                    SignatureStatus.UNSIGNED: "is not signed",
-                    SignatureStatus.BAD_SIGNATURE: "has a signature that does not verify",
-                    SignatureStatus.MALFORMED: "has a malformed signature",
-                }[status]
-                raise NoetherError(
-                    f"signature_{status.value}",
-                    f"stage {stage.label()} {text}",
-                    path=path,
-                    hint="re-add it with `noether stage add`, or pass --allow-unsigned",
-                    exit_code=2,
-                )
     if opts.budget_cents is not None:
         total = static_cost(nodes, res)
         if total > opts.budget_cents:

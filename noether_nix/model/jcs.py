@@ -156,6 +156,8 @@ def serde_compact(value: Any, *, sort_keys: bool = True) -> bytes:
     ``False`` keeps dict insertion order, for Rust structs whose field
     order the caller has reproduced.
     """
+    if type(value) is str:  # the commonest stage value, hashed twice per stage call
+        return _quote(value).encode("utf-8")
     out: list[str] = []
     _encode(value, out, ryu_number, _plain_key if sort_keys else None)
     return "".join(out).encode("utf-8")

@@ -12,10 +12,13 @@
   ``sandboxed``     touches the world (files, network, processes, clock,
                     environment) or declares NonDeterministic: runs in a
                     sandbox from ``sandboxed_source(name)``
+  ``stream``        stdin_read / stdout_write: the run's own streams (text the
+                    client sent with the run; text streamed back to it)
+  ``process``       spawn/wait/signal/kill_process: refused (see ``PROCESS``)
   ``kv``            the engine's key-value table
   ``store``         the engine's stage store / traces / type checker
   ``llm``           needs an LLM provider
-  ``arrow``         Apache Arrow IPC; not implemented (no Arrow dependency)
+  ``arrow``         Apache Arrow IPC: needs the optional ``arrow`` extra
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ from typing import Final, Literal
 from noether_nix.stdlib import collections, control, data, generic, io, scalar, text, ui, validation
 from noether_nix.stdlib._shapes import Impl, StageFailure
 
-__all__ = ["CATEGORY", "HIGHER_ORDER", "PURE", "SANDBOXED", "Category", "Impl", "StageFailure", "sandboxed_source"]
+__all__ = ["CATEGORY", "HIGHER_ORDER", "PROCESS", "PURE", "SANDBOXED", "STREAM", "Category", "Impl", "StageFailure", "sandboxed_source"]
 
-Category = Literal["pure", "higher_order", "sandboxed", "kv", "store", "llm", "arrow"]
+Category = Literal["pure", "higher_order", "sandboxed", "stream", "process", "kv", "store", "llm", "arrow"]
 
 PURE: Final[dict[str, Impl]] = {
     **scalar.IMPLS,
@@ -62,17 +65,20 @@ SANDBOXED: Final[tuple[str, ...]] = (
     "http_get",
     "http_post",
     "http_put",
-    "stdin_read",
-    "stdout_write",
     "env_get",
     "text_hash",
     "verify_stage_content_hash",
     "verify_stage_ed25519",
-    "spawn_process",
-    "wait_process",
-    "signal_process",
-    "kill_process",
 )
+
+#: Stages that read or write the run's own streams, answered by the engine.
+STREAM: Final[tuple[str, ...]] = ("stdin_read", "stdout_write")
+
+#: Upstream's process stages. Every stage here runs in its own sandbox, whose
+#: processes die with it, so a process spawned by one stage can never be
+#: waited for, signalled or killed by another: the engine refuses them with
+#: ``process_stages_unsupported`` rather than return pids that mean nothing.
+PROCESS: Final[tuple[str, ...]] = ("spawn_process", "wait_process", "signal_process", "kill_process")
 
 _KV = ("kv_set", "kv_get", "kv_delete", "kv_exists", "kv_list")
 _STORE = ("store_search", "store_add", "composition_verify", "trace_read", "stage_describe", "type_check")
@@ -86,6 +92,8 @@ def _categories() -> dict[str, Category]:
         ("pure", tuple(PURE)),
         ("higher_order", tuple(HIGHER_ORDER)),
         ("sandboxed", SANDBOXED),
+        ("stream", STREAM),
+        ("process", PROCESS),
         ("kv", _KV),
         ("store", _STORE),
         ("llm", _LLM),

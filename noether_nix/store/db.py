@@ -8,6 +8,7 @@ plus a busy timeout gives readers that never block and serialised writers.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,10 @@ from pathlib import Path
 from noether_nix.errors import NoetherError
 
 BUSY_TIMEOUT_MS = 10_000
+# One connection is shared by the trio thread and the worker threads that
+# build programs; SQLite refuses a BEGIN inside another thread's open
+# transaction on it, so write transactions in this process take turns.
+_WRITE_LOCK = threading.RLock()
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -36,11 +41,12 @@ def connect(path: Path) -> sqlite3.Connection:
 @contextmanager
 def write_txn(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """An IMMEDIATE transaction: take the write lock up front, roll back on error."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    else:
-        conn.execute("COMMIT")
+    with _WRITE_LOCK:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")

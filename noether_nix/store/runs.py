@@ -8,6 +8,8 @@ import sqlite3
 import time
 from typing import Any
 
+import msgspec
+
 from noether_nix.store.db import write_txn
 
 SCHEMA = """
@@ -47,8 +49,9 @@ class RunStore:
             c.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, trace = ?, events = ?, spent_cents = ?"
                 " WHERE run_id = ?",
-                (status, time.time(), json.dumps(trace, ensure_ascii=False),
-                 json.dumps(events, ensure_ascii=False), spent_cents, run_id),
+                # msgspec: a 100,000-item map's trace encodes in a fraction of json.dumps' time.
+                (status, time.time(), msgspec.json.encode(trace).decode(),
+                 msgspec.json.encode(events).decode(), spent_cents, run_id),
             )
 
     def _row(self, row: tuple[Any, ...] | None) -> dict[str, Any] | None:

@@ -3,12 +3,9 @@ files in tmp dirs, env vars set by the test, HTTP against a server on 127.0.0.1 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import subprocess
 import threading
-import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -108,13 +105,6 @@ def test_env_get_examples(monkeypatch: pytest.MonkeyPatch) -> None:
         assert same(env_get(ex["input"]), ex["output"])
     with pytest.raises(Exception, match="not a valid environment variable name"):
         env_get({"name": "A=B"})
-
-
-def test_stdout_write_writes_the_text_unchanged(capsys: pytest.CaptureFixture[str]) -> None:
-    stdout_write = program("stdout_write")
-    for ex in examples("stdout_write"):
-        assert stdout_write(ex["input"]) is None
-    assert capsys.readouterr().out == "".join(ex["input"]["text"] for ex in examples("stdout_write"))
 
 
 # ------------------------------------------------------------ text / hash
@@ -238,46 +228,6 @@ def test_http_refuses_other_schemes_and_reports_unreachable_hosts() -> None:
         http_get({"url": "file:///etc/passwd", "headers": None})
     with pytest.raises(Exception, match=r"GET http://127\.0\.0\.1:9/ failed"):
         http_get({"url": "http://127.0.0.1:9/", "headers": None})  # discard port: nothing listens
-
-
-# -------------------------------------------------------------- processes
-
-
-def test_spawn_wait_signal_kill_a_real_process() -> None:
-    spawn, wait = program("spawn_process"), program("wait_process")
-    signal_process, kill = program("signal_process"), program("kill_process")
-    before = int(time.time())
-    started = spawn({"cmd": "sleep", "args": ["30"], "cwd": None, "env": {"X": "1"}})
-    pid = started["pid"]
-    assert started["started_at"] >= before
-    try:
-        assert wait({"pid": pid, "timeout_ms": 100}) == {"exited": False, "timed_out": True}
-        assert signal_process({"pid": pid, "signal": "TERM"}) == {"sent": True}
-        assert wait({"pid": pid, "timeout_ms": 5000}) == {"exited": True, "timed_out": False}
-        assert signal_process({"pid": pid, "signal": None}) == {"sent": False}
-        assert kill({"pid": pid}) == {"killed": False}
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, 9)
-
-
-def test_spawned_process_gets_env_and_cwd(tmp_path: Path) -> None:
-    spawn, wait = program("spawn_process"), program("wait_process")
-    pid = spawn({"cmd": "sh", "args": ["-c", 'printf %s "$GREETING" > out.txt'], "cwd": str(tmp_path),
-                 "env": {"GREETING": "hi"}})["pid"]
-    assert wait({"pid": pid, "timeout_ms": 5000})["exited"] is True
-    assert (tmp_path / "out.txt").read_text() == "hi"
-
-
-def test_process_stages_refuse_group_pids_and_unknown_signals() -> None:
-    for name in ("signal_process", "kill_process", "wait_process"):
-        for pid in (0, -1, 1.5, "1"):
-            with pytest.raises(Exception, match="positive whole number 'pid'"):
-                program(name)({"pid": pid, "signal": None, "timeout_ms": 0})
-    with pytest.raises(Exception, match="'TREM' is not a signal name"):
-        program("signal_process")({"pid": 1, "signal": "TREM"})
-    with pytest.raises(Exception, match="cannot spawn no-such-program-xyz: no such program"):
-        program("spawn_process")({"cmd": "no-such-program-xyz", "args": None, "cwd": None, "env": None})
 
 
 def test_a_sandboxed_program_runs_as_a_separate_python_with_only_the_standard_library(tmp_path: Path) -> None:

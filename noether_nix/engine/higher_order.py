@@ -1,0 +1,212 @@
+"""Higher-order stdlib stages: map, filter, reduce, retry, fallback, timeout,
+race, parallel.
+
+Their stage arguments are stage references (ID, ID prefix, legacy v0 ID or
+name) known only at run time, so each named stage passes the same policy
+check a graph's own stages pass before the run (effects, capabilities,
+signature, isolation), and is then run through the engine like any other:
+sandboxed if it needs to be, traced, cached, charged to the run's budget.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from noether_nix.errors import NoetherError
+from noether_nix.graph.preflight import check_stage_policy, needs_sandbox
+from noether_nix.model.stage import Stage
+from noether_nix.model.types import display
+from noether_nix.model.values import conforms
+
+if TYPE_CHECKING:
+    from noether_nix.engine.engine import _Run
+
+
+class HigherOrderError(NoetherError):
+    def __init__(self, code: str, message: str, path: str, **kw: Any) -> None:
+        super().__init__(code, message, path=path, exit_code=3, **kw)
+
+
+def _field(value: Any, name: str, path: str, label: str) -> Any:
+    if not isinstance(value, dict) or name not in value:
+        raise HigherOrderError("stage_failed", f"stage {label}: input must be a record with a field '{name}'", path)
+    return value[name]
+
+
+def _list(value: Any, name: str, path: str, label: str) -> list[Any]:
+    got = _field(value, name, path, label)
+    if not isinstance(got, list):
+        raise HigherOrderError("stage_failed", f"stage {label}: field '{name}' must be a list", path)
+    return got
+
+
+def _count(value: Any, name: str, path: str, label: str, *, default: float | None = None) -> float:
+    got = value.get(name) if isinstance(value, dict) else None
+    if got is None and default is not None:
+        return default
+    if isinstance(got, bool) or not isinstance(got, (int, float)) or not math.isfinite(got) or got < 0:
+        raise HigherOrderError("stage_failed", f"stage {label}: field '{name}' must be a number ≥ 0", path)
+    return float(got)
+
+
+class HigherOrder:
+    """Runs one higher-order stage of a run; ``run.call_stage`` does the rest."""
+
+    def __init__(self, run: _Run, stage: Stage, path: str) -> None:
+        self.run = run
+        self.stage = stage
+        self.path = path
+        self.label = stage.label()
+
+    # -------------------------------------------------------- references
+
+    def resolve(self, ref: Any, where: str) -> Stage:
+        if not isinstance(ref, str) or not ref:
+            raise HigherOrderError("stage_failed", f"stage {self.label}: {where} must be a stage reference (text)",
+                                   self.path)
+        cache = self.run.resolved_refs
+        stage = cache.get(ref)
+        if stage is None:
+            try:
+                stage = self.run.engine.store.resolve(ref)
+            except NoetherError as e:
+                raise HigherOrderError("stage_not_found", f"stage {self.label}: {where} {ref!r}: {e.message}",
+                                       self.path) from None
+            check_stage_policy(stage, f"{self.path} ({where} {ref})", self.run.policy)
+            cache[ref] = stage
+        return stage
+
+    async def call(self, stage: Stage, value: Any, path: str) -> Any:
+        why = conforms(value, stage.input, "input")
+        if why:
+            raise HigherOrderError("stage_input_mismatch", f"stage {stage.label()} (called by {self.label}) expects "
+                                   f"{display(stage.input)}: {why}", path)
+        return await self.run.run_stage(stage, value, path)
+
+    async def each(self, stage: Stage, values: list[Any], paths: list[str]) -> list[Any]:
+        """``stage`` on every value: in order in-process, concurrently (bounded
+        by the run's limiter) when each call is a sandbox."""
+        if not needs_sandbox(stage):
+            out = []
+            for i, (v, p) in enumerate(zip(values, paths, strict=True)):
+                if i % 1024 == 1023:
+                    await trio.lowlevel.checkpoint()  # stay cancellable on long lists
+                out.append(await self.call(stage, v, p))
+            return out
+        return await self.run.gather([(stage, v, p) for v, p in zip(values, paths, strict=True)], self.call)
+
+    # -------------------------------------------------------- the stages
+
+    async def map(self, value: Any) -> Any:
+        items = _list(value, "items", self.path, self.label)
+        inner = self.resolve(_field(value, "stage_id", self.path, self.label), "stage_id")
+        return await self.each(inner, items, [f"{self.path}.items[{i}]" for i in range(len(items))])
+
+    async def filter(self, value: Any) -> Any:
+        items = _list(value, "items", self.path, self.label)
+        inner = self.resolve(_field(value, "stage_id", self.path, self.label), "stage_id")
+        keep = await self.each(inner, items, [f"{self.path}.items[{i}]" for i in range(len(items))])
+        for i, k in enumerate(keep):
+            if not isinstance(k, bool):
+                raise HigherOrderError("stage_failed", f"stage {self.label}: predicate {inner.label()} returned "
+                                       f"{type(k).__name__} for item {i}, not a boolean", f"{self.path}.items[{i}]")
+        return [item for item, k in zip(items, keep, strict=True) if k]
+
+    async def reduce(self, value: Any) -> Any:
+        items = _list(value, "items", self.path, self.label)
+        inner = self.resolve(_field(value, "stage_id", self.path, self.label), "stage_id")
+        acc = _field(value, "initial", self.path, self.label)
+        for i, item in enumerate(items):
+            acc = await self.call(inner, {"accumulator": acc, "item": item}, f"{self.path}.items[{i}]")
+        return acc
+
+    async def retry(self, value: Any) -> Any:
+        inner = self.resolve(_field(value, "stage_id", self.path, self.label), "stage_id")
+        attempts = int(_count(value, "max_attempts", self.path, self.label))
+        delay_ms = _count(value, "delay_ms", self.path, self.label, default=0.0)
+        arg = _field(value, "input", self.path, self.label)
+        last: NoetherError | None = None
+        for attempt in range(1, max(attempts, 1) + 1):
+            try:
+                return await self.call(inner, arg, f"{self.path}.attempts[{attempt}]")
+            except NoetherError as e:
+                from noether_nix.engine.engine import NOT_RETRYABLE
+
+                if e.code in NOT_RETRYABLE:
+                    raise
+                last = e
+                if attempt < attempts and delay_ms:
+                    await trio.sleep(delay_ms / 1000)
+        assert last is not None
+        raise HigherOrderError("retry_exhausted", f"stage {self.label}: {inner.label()} failed {attempts} times; "
+                               f"last: {last.message}", self.path, details={"last_error": last.to_dict()})
+
+    async def fallback(self, value: Any) -> Any:
+        refs = _list(value, "stages", self.path, self.label)
+        arg = _field(value, "input", self.path, self.label)
+        stages = [self.resolve(r, f"stages[{i}]") for i, r in enumerate(refs)]
+        errors: list[dict[str, Any]] = []
+        for i, inner in enumerate(stages):
+            try:
+                return await self.call(inner, arg, f"{self.path}.stages[{i}]")
+            except NoetherError as e:
+                errors.append(e.to_dict())
+        raise HigherOrderError("all_failed", f"stage {self.label}: all {len(stages)} stages failed",
+                               self.path, details={"errors": errors})
+
+    async def timeout(self, value: Any) -> Any:
+        inner = self.resolve(_field(value, "stage_id", self.path, self.label), "stage_id")
+        limit_ms = _count(value, "timeout_ms", self.path, self.label)
+        arg = _field(value, "input", self.path, self.label)
+        with trio.move_on_after(limit_ms / 1000):
+            return await self.call(inner, arg, f"{self.path}.stage")
+        raise HigherOrderError("stage_timed_out", f"stage {self.label}: {inner.label()} did not finish within "
+                               f"{limit_ms:g} ms (it was stopped)", self.path)
+
+    async def race(self, value: Any) -> Any:
+        refs = _list(value, "stages", self.path, self.label)
+        arg = _field(value, "input", self.path, self.label)
+        stages = [self.resolve(r, f"stages[{i}]") for i, r in enumerate(refs)]
+        if not stages:
+            raise HigherOrderError("stage_failed", f"stage {self.label}: 'stages' is empty", self.path)
+        winner: list[Any] = []
+        errors: list[dict[str, Any]] = []
+
+        async def one(i: int, inner: Stage, cancel: trio.CancelScope) -> None:
+            try:
+                out = await self.call(inner, arg, f"{self.path}.stages[{i}]")
+            except NoetherError as e:
+                errors.append(e.to_dict())
+                return
+            if not winner:
+                winner.append(out)
+                cancel.cancel()  # the losers' sandboxes are killed
+
+        async with trio.open_nursery() as nursery:
+            for i, inner in enumerate(stages):
+                nursery.start_soon(one, i, inner, nursery.cancel_scope)
+        if winner:
+            return winner[0]
+        raise HigherOrderError("all_failed", f"stage {self.label}: all {len(stages)} stages failed",
+                               self.path, details={"errors": errors})
+
+    async def parallel(self, value: Any) -> Any:
+        refs = _list(value, "stages", self.path, self.label)
+        inputs = _list(value, "inputs", self.path, self.label)
+        if len(refs) != len(inputs):
+            raise HigherOrderError("stage_failed", f"stage {self.label}: {len(refs)} stages but {len(inputs)} inputs",
+                                   self.path)
+        stages = [self.resolve(r, f"stages[{i}]") for i, r in enumerate(refs)]
+        jobs = [(s, v, f"{self.path}.stages[{i}]") for i, (s, v) in enumerate(zip(stages, inputs, strict=True))]
+        return await self.run.gather(jobs, self.call)
+
+
+async def run_higher_order(run: _Run, stage: Stage, value: Any, path: str) -> Any:
+    ho = HigherOrder(run, stage, path)
+    method = getattr(ho, stage.name or "", None)
+    if method is None:
+        raise HigherOrderError("no_implementation", f"stage {stage.label()} is not a higher-order stage", path)
+    return await method(value)

@@ -1,0 +1,234 @@
+"""Stdlib stages through the engine: each runs where its category says
+(in-process, in a sandbox with the walls its input is granted, or through
+the engine for higher-order stages), never from an example's output."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from noether_nix.engine.engine import Engine, RunOptions, RunResult
+from noether_nix.engine.events import Event, StageOutput
+from noether_nix.errors import NoetherError
+from tests.engine.conftest import AddStage, graph
+
+
+def stage(name: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    node: dict[str, Any] = {"op": "Stage", "id": name}
+    if config:
+        node["config"] = config
+    return node
+
+
+async def run(engine: Engine, name: str, value: Any, **opts: Any) -> RunResult:
+    return await engine.run(graph(stage(name)), value, RunOptions(**opts))
+
+
+def ok(res: RunResult) -> Any:
+    assert res.status == "ok", res.error
+    return res.output
+
+
+def failed(res: RunResult, code: str) -> dict[str, Any]:
+    assert res.status == "failed", res.output
+    assert res.error is not None
+    assert res.error["code"] == code, res.error
+    return res.error
+
+
+# ------------------------------------------------------------ higher-order
+
+
+async def test_map_runs_the_named_stage_on_every_item_and_traces_each(engine: Engine) -> None:
+    res = await run(engine, "map", {"items": ["a", "bc"], "stage_id": "text_upper"})
+    assert ok(res) == ["A", "BC"]
+    inner = [e for e in res.trace["stages"] if e["name"] == "text_upper"]
+    assert [e["node_path"] for e in inner] == ["root.items[0]", "root.items[1]"]
+
+
+async def test_filter_and_reduce_run_sandboxed_user_stages(engine: Engine, add: AddStage) -> None:
+    add("is_even", "def execute(x):\n    return x % 2 == 0\n", input="Number", output="Bool")
+    add("add_up", "def execute(r):\n    return r['accumulator'] + r['item']\n", output="Number")
+    assert ok(await run(engine, "filter", {"items": [1, 2, 3, 4], "stage_id": "is_even"})) == [2, 4]
+    res = await run(engine, "reduce", {"items": [1, 2, 3], "stage_id": "add_up", "initial": 10})
+    assert ok(res) == 16
+    assert {e["isolation"] for e in res.trace["stages"] if e["name"] == "add_up"} == {"bwrap"}
+
+
+async def test_map_refuses_an_item_of_the_wrong_type_naming_it(engine: Engine) -> None:
+    err = failed(await run(engine, "map", {"items": ["a", 3], "stage_id": "text_upper"}), "stage_input_mismatch")
+    assert err["path"] == "root.items[1]"
+
+
+async def test_inner_stages_pass_the_runs_policy(engine: Engine, add: AddStage) -> None:
+    add("fetcher", "def execute(x):\n    return x\n", effects=[{"effect": "Network"}])
+    res = await run(engine, "map", {"items": [1], "stage_id": "fetcher"}, allow_effects=["fallible"])
+    assert "--allow-effects network" in failed(res, "effect_not_allowed")["message"]
+    assert "no stage matches" in failed(await run(engine, "map", {"items": [1], "stage_id": "no_such_stage"}),
+                                 "stage_not_found")["message"]
+
+
+async def test_inner_stage_costs_are_charged_to_the_budget(engine: Engine, add: AddStage) -> None:
+    add("paid", "def execute(x):\n    return x\n", effects=[{"effect": "Cost", "cents": 5}])
+    res = await run(engine, "map", {"items": [1, 2, 3], "stage_id": "paid"}, budget_cents=12)
+    failed(res, "budget_exceeded")
+    assert res.spent_cents == 10
+
+
+async def test_retry_fallback_parallel(engine: Engine, add: AddStage) -> None:
+    add("boom", "def execute(x):\n    raise ValueError('no')\n")
+    res = await run(engine, "retry", {"stage_id": "boom", "input": 1, "max_attempts": 3, "delay_ms": None})
+    assert failed(res, "retry_exhausted")["message"].count("3 times") == 1
+    assert len([e for e in res.trace["stages"] if e["name"] == "boom"]) == 3
+    assert ok(await run(engine, "fallback", {"stages": ["boom", "text_upper"], "input": "x"})) == "X"
+    failed(await run(engine, "fallback", {"stages": ["boom", "boom"], "input": "x"}), "all_failed")
+    out = await run(engine, "parallel", {"stages": ["text_upper", "text_lower"], "inputs": ["a", "B"]})
+    assert ok(out) == ["A", "b"]
+
+
+def _sleepers() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if "slept_for_the_test" in " ".join(p.info["cmdline"] or [])]
+
+
+async def test_timeout_and_race_stop_the_slow_sandbox(engine: Engine, add: AddStage) -> None:
+    add("slow", "import time\ndef execute(x):\n    slept_for_the_test = time.sleep(60)\n    return x\n")
+    await run(engine, "text_upper", "warm")
+    started = time.monotonic()
+    res = await run(engine, "timeout", {"stage_id": "slow", "input": 1, "timeout_ms": 1500})
+    assert "1500 ms" in failed(res, "stage_timed_out")["message"]
+    res = await run(engine, "race", {"stages": ["slow", "text_upper"], "input": "x"})
+    assert ok(res) == "X"
+    assert time.monotonic() - started < 30
+    assert not [p for p in psutil.process_iter(["cmdline"]) if "slow" in " ".join(p.info["cmdline"] or [])
+                and "noether" in " ".join(p.info["cmdline"] or []) and p.pid != os.getpid()]
+
+
+# ------------------------------------------------------------ files
+
+
+async def test_read_file_sees_only_what_the_run_grants(engine: Engine, tmp_path: Path) -> None:
+    granted = tmp_path / "granted"
+    granted.mkdir()
+    (granted / "a.txt").write_text("héllo")
+    (tmp_path / "secret.txt").write_text("no")
+    (granted / "escape").symlink_to(tmp_path / "secret.txt")
+    out = ok(await run(engine, "read_file", {"path": str(granted / "a.txt")}, allow_read=[str(granted)]))
+    assert out == {"content": "héllo", "size_bytes": 6}
+    res = await run(engine, "read_file", {"path": str(tmp_path / "secret.txt")}, allow_read=[str(granted)])
+    assert "--allow-read" in failed(res, "path_not_granted")["message"]
+    # A symlink inside the grant cannot reach outside it: the sandbox has no such file.
+    res = await run(engine, "read_file", {"path": str(granted / "escape")}, allow_read=[str(granted)])
+    assert res.status == "failed" and "no" != res.output
+    failed(await run(engine, "read_file", {"path": str(granted / ".." / "secret.txt")}, allow_read=[str(granted)]),
+           "path_not_granted")
+
+
+async def test_write_file_writes_only_under_a_write_grant(engine: Engine, tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    failed(await run(engine, "write_file", {"path": str(target), "content": "x"}, allow_read=[str(tmp_path)]),
+           "path_not_granted")
+    assert not target.exists()
+    out = ok(await run(engine, "write_file", {"path": str(target), "content": "ünï"}, allow_write=[str(tmp_path)]))
+    assert out == {"path": str(target), "bytes_written": 5}
+    assert target.read_text() == "ünï"
+
+
+# ------------------------------------------------------------ environment, streams
+
+
+async def test_env_get_sees_the_runs_variables_and_none_of_the_daemons(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOETHER_TEST_SECRET", "daemon-only")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    assert ok(await run(engine, "env_get", {"name": "GREETING"}, env={"GREETING": "hi"})) == "hi"
+    assert ok(await run(engine, "env_get", {"name": "NOETHER_TEST_SECRET"})) is None
+    assert ok(await run(engine, "env_get", {"name": "LANG"})) is None
+
+
+async def test_stdin_read_and_stdout_write_use_the_runs_streams(engine: Engine) -> None:
+    assert ok(await run(engine, "stdin_read", None, stdin="line 1\nline 2")) == "line 1\nline 2"
+    assert "--stdin" in failed(await run(engine, "stdin_read", None), "stage_failed")["message"]
+    seen: list[Event] = []
+
+    async def watch(ev: Event) -> None:
+        seen.append(ev)
+
+    res = await engine.run(graph(stage("stdout_write")), {"text": "printed"}, RunOptions(), emit=watch)
+    assert ok(res) is None
+    assert [e.text for e in seen if isinstance(e, StageOutput)] == ["printed"]
+
+
+# ------------------------------------------------------------ sandboxed, network
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = f"you asked for {self.path}".encode()
+        self.send_response(200)
+        self.send_header("content-type", "text/plain")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def http_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+async def test_http_get_runs_in_a_networked_sandbox(engine: Engine, http_url: str) -> None:
+    res = await run(engine, "http_get", {"url": f"{http_url}/x?y=1", "headers": None})
+    out = ok(res)
+    assert out["status"] == 200 and out["body"] == "you asked for /x?y=1"
+    assert res.trace["stages"][0]["isolation"] == "bwrap"
+    with pytest.raises(NoetherError) as refused:  # refused before the run starts
+        await run(engine, "http_get", {"url": http_url, "headers": None}, allow_effects=["fallible"])
+    assert refused.value.code == "effect_not_allowed"
+
+
+async def test_text_hash_runs_in_a_sandbox(engine: Engine) -> None:
+    res = await run(engine, "text_hash", {"text": "abc", "algorithm": None})
+    assert ok(res)["hash"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert res.trace["stages"][0]["isolation"] == "bwrap"
+
+
+# ------------------------------------------------------------ refused, store
+
+
+async def test_stages_that_cannot_run_here_say_why(engine: Engine) -> None:
+    err = failed(await run(engine, "llm_complete", {"prompt": "hi", "model": None, "system": None,
+                                                   "max_tokens": None, "temperature": None}), "no_llm_provider")
+    assert "[llm]" in err["message"]
+    failed(await run(engine, "arrow_from_records", [{"a": 1}]), "arrow_unavailable")
+    failed(await run(engine, "spawn_process", {"cmd": "true", "args": None, "cwd": None, "env": None}),
+           "process_stages_unsupported")
+
+
+async def test_store_add_adds_an_unsigned_draft_and_composition_verify_checks_edges(engine: Engine) -> None:
+    spec = {"name": "twice", "input": "Number", "output": "Number",
+            "implementation": {"language": "python", "code": "def execute(x):\n    return 2 * x\n"}}
+    out = ok(await run(engine, "store_add", {"spec": spec}))
+    assert out["lifecycle"] == "draft"
+    added = engine.store.get(out["id"])
+    assert added is not None and added.ed25519_signature is None
+    good = ok(await run(engine, "composition_verify", {"stages": ["text_upper", "text_length"],
+                                                       "operators": ["sequential"]}))
+    assert good == {"valid": True, "errors": [], "warnings": []}
+    bad = ok(await run(engine, "composition_verify", {"stages": ["text_length", "text_upper"],
+                                                      "operators": ["sequential"]}))
+    assert bad["valid"] is False and "text_length->text_upper" in bad["errors"][0]
