@@ -126,7 +126,7 @@ async def test_read_file_sees_only_what_the_run_grants(engine: Engine, tmp_path:
     assert "--allow-read" in failed(res, "path_not_granted")["message"]
     # A symlink inside the grant cannot reach outside it: the sandbox has no such file.
     res = await run(engine, "read_file", {"path": str(granted / "escape")}, allow_read=[str(granted)])
-    assert res.status == "failed" and res.error is not None and "No such file" in res.error["message"]
+    assert res.status == "failed" and res.error is not None and "no such file" in res.error["message"]
     failed(await run(engine, "read_file", {"path": str(granted / ".." / "secret.txt")}, allow_read=[str(granted)]),
            "path_not_granted")
 
