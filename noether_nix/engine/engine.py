@@ -349,9 +349,12 @@ def _fs_grant(stage: Stage, value: Any, options: RunOptions, path: str) -> FsRea
 
     writes = stage.name == "write_file"
     want = value.get("path") if isinstance(value, dict) else None
-    if not isinstance(want, str) or not os.path.isabs(want):
-        raise StageError("stage_failed", f"stage {stage.label()}: 'path' must be an absolute path, got {want!r}",
-                         path)
+    if not isinstance(want, str):
+        raise StageError("stage_failed", f"stage {stage.label()}: 'path' must be text, got {want!r}", path)
+    if not os.path.isabs(want):
+        # The sandbox has no working directory of the client's to resolve it against.
+        raise StageError("path_not_granted", f"stage {stage.label()}: relative path {want!r} cannot be granted; "
+                         "give an absolute path", path)
     target = os.path.normpath(want)
     grants = (options.allow_write or []) if writes else [*(options.allow_read or []), *(options.allow_write or [])]
     for grant in grants:
@@ -476,12 +479,15 @@ class Engine:
         return check_report(self.prepare(graph, input, options))
 
     async def run(self, graph: Any, input: Any, options: RunOptions, *, emit: Emit | None = None,
-                  run_id: str | None = None) -> RunResult:
+                  run_id: str | None = None, record: bool = True) -> RunResult:
+        """Run a graph; ``record=False`` keeps it out of the run history
+        (``stage test`` runs every example as a graph of its own)."""
         prepared = self.prepare(graph, input, options)
         run = _Run(self, prepared, options, run_id or uuid.uuid4().hex, emit)
         started_wall = datetime.now(UTC)
         started = time.monotonic()
-        self.runs.start(run.run_id, prepared.composition_id)
+        if record:
+            self.runs.start(run.run_id, prepared.composition_id)
         if run.isolation == "none":
             log.warning("run_without_isolation", run_id=run.run_id)
         await run.emit(RunAccepted(run.run_id, composition_id=prepared.composition_id,
@@ -499,12 +505,12 @@ class Engine:
             if _is_cancellation(e):
                 status, error = "cancelled", {"code": "cancelled", "message": "the run was cancelled"}
                 with trio.CancelScope(shield=True):
-                    self._finish(run, prepared, started, started_wall, status, output, error)
+                    self._finish(run, prepared, started, started_wall, status, output, error, record)
             raise
-        return self._finish(run, prepared, started, started_wall, status, output, error)
+        return self._finish(run, prepared, started, started_wall, status, output, error, record)
 
     def _finish(self, run: _Run, p: PreparedGraph, started: float, started_wall: datetime, status: str,
-                output: Any, error: dict[str, Any] | None) -> RunResult:
+                output: Any, error: dict[str, Any] | None, record: bool = True) -> RunResult:
         duration = int((time.monotonic() - started) * 1000)
         trace = {
             "composition_id": p.composition_id,
@@ -523,7 +529,8 @@ class Engine:
         finished = RunFinished(run.run_id, status=status, duration_ms=duration,  # type: ignore[arg-type]
                                spent_cents=run.budget.spent_cents, output=output, error=error)
         run.events.append(msgspec.to_builtins(finished))
-        self.runs.finish(run.run_id, status, trace, run.events, run.budget.spent_cents)
+        if record:
+            self.runs.finish(run.run_id, status, trace, run.events, run.budget.spent_cents)
         return RunResult(run_id=run.run_id, composition_id=p.composition_id, status=status, output=output,
                          error=error, spent_cents=run.budget.spent_cents, trace=trace,
                          warnings=[w.message for w in p.warnings], effects=p.effects.display(),
