@@ -232,3 +232,10 @@ async def test_store_add_adds_an_unsigned_draft_and_composition_verify_checks_ed
     bad = ok(await run(engine, "composition_verify", {"stages": ["text_length", "text_upper"],
                                                       "operators": ["sequential"]}))
     assert bad["valid"] is False and "text_length->text_upper" in bad["errors"][0]
+
+
+async def test_a_graph_written_against_upstreams_legacy_ids_runs(engine: Engine) -> None:
+    # b4dfc6b0: text_template's v0 ID, as old upstream graphs spell it.
+    res = await run(engine, "b4dfc6b0", {"template": "Hello, {{name}}!", "variables": {"name": "Alice"}})
+    assert ok(res) == "Hello, Alice!"
+    assert "legacy" in " ".join(res.warnings)
