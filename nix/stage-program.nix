@@ -41,6 +41,15 @@ if env.get("wheels"):
     for wheel in env["wheels"].split():
         zipfile.ZipFile(wheel).extractall(out + "/site")
     site = "import sys as _noether_site\n_noether_site.path.insert(0, %r)\n" % (out + "/site")
+    # Wheels' extension modules look up system libraries (libstdc++, libdl…)
+    # by soname; the sandbox has no /lib. Loading the runtime's copies first,
+    # globally, makes those lookups find them.
+    site += ("import ctypes as _noether_ct, os as _noether_os\n"
+             "for _n in ('libgcc_s.so.1', 'libstdc++.so.6', 'libm.so.6', 'libdl.so.2', 'librt.so.1', "
+             "'libpthread.so.0', 'libutil.so.1', 'libresolv.so.2', 'libz.so.1'):\n"
+             "    _p = _noether_os.path.join(%r, _n)\n"
+             "    if _noether_os.path.exists(_p):\n"
+             "        _noether_ct.CDLL(_p, mode=_noether_ct.RTLD_GLOBAL)\n") % (env["runtime"] + "/lib")
 with open(launcher, "w") as f:
     f.write("#!" + env["interpreter"] + "\n" + future + site + program)
 os.chmod(launcher, 0o555)

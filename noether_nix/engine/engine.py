@@ -342,6 +342,16 @@ class _Run:
         return out
 
 
+def pyarrow_version() -> str | None:
+    """The pyarrow the ``arrow`` extra installed next to the daemon, if any."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pyarrow")
+    except PackageNotFoundError:
+        return None
+
+
 def _fs_grant(stage: Stage, value: Any, options: RunOptions, path: str) -> FsRead | FsWrite:
     """The wall read_file / write_file gets: the granted path (``allow_read`` /
     ``allow_write``) that holds the file the input names, or a refusal."""
@@ -595,9 +605,15 @@ class Engine:
                              "none; configure one under [llm] (provider, model, api_key_file) in the daemon "
                              "configuration", path)
         if category == "arrow":
-            raise StageError("arrow_unavailable", f"stage {stage.label()} needs Apache Arrow, which this "
-                             "noether-nix does not implement yet (planned behind `pip install noether-nix[arrow]`)",
-                             path)
+            version = pyarrow_version()
+            if version is None:
+                raise StageError("arrow_unavailable", f"stage {stage.label()} needs Apache Arrow: install the "
+                                 "extra with `pip install 'noether-nix[arrow]'` where the daemon runs", path)
+            # The sandbox gets the same pyarrow as a pinned wheel; IPC bytes are
+            # never parsed in the daemon's process.
+            code = f"# requires: pyarrow=={version}\n" + sandboxed_source(name)
+            return await self.run_program(f"{stage.id}-{value_hash(code)[:16]}", "python", code, stage.effects,
+                                          value, path, run, usage, f"stage {stage.label()}")
         if category == "process":
             raise StageError("process_stages_unsupported", f"stage {stage.label()} is not run: every stage runs in "
                              "its own sandbox and its processes die with it, so a process spawned by one stage "

@@ -104,11 +104,23 @@ def ensure_wheels(pins: list[str], interpreter: str, conn: sqlite3.Connection) -
     return wheels
 
 
+def _platform_args() -> list[str]:
+    """manylinux tags up to this machine's glibc (the host-imported runtime
+    links against it); many current wheels (pyarrow) are manylinux_2_28 only."""
+    import platform
+
+    arch = platform.machine()
+    glibc = os.confstr("CS_GNU_LIBC_VERSION") or "glibc 2.17"
+    minor = int(glibc.split()[-1].split(".")[1])
+    tags = ["manylinux2014_" + arch, *(f"manylinux_2_{m}_{arch}" for m in range(17, minor + 1)), "any"]
+    return [arg for t in tags for arg in ("--platform", t)]
+
+
 def _fetch(pins: list[str], tag: str) -> list[Wheel]:
     with tempfile.TemporaryDirectory(prefix="noether-wheels-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-cache-dir",
                "--only-binary=:all:", "--python-version", tag[0] + "." + tag[1:], "--implementation", "cp",
-               "--abi", f"cp{tag}", "--platform", "manylinux2014_x86_64", "--platform", "any", "-d", tmp, *pins]
+               "--abi", f"cp{tag}", *_platform_args(), "-d", tmp, *pins]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         except subprocess.TimeoutExpired:

@@ -32,7 +32,7 @@ from noether_nix.errors import NoetherError
 from noether_nix.nix.build import nix_build, nix_expr
 from noether_nix.paths import noether_home
 
-RELOCATE_VERSION = "4"
+RELOCATE_VERSION = "5"  # 5: manylinux system libraries in the python runtime
 # Everyday tools a bash stage can call, imported with the bash runtime when the host has them.
 BASH_TOOLS = ("cat", "tr", "sed", "grep", "cut", "sort", "uniq", "head", "tail", "wc", "tee", "date",
               "sleep", "env", "basename", "dirname", "seq", "jq", "awk", "mawk", "expr", "printf")
@@ -133,6 +133,23 @@ def ldd_closure(files: list[Path]) -> set[Path]:
     return libs
 
 
+# The system libraries a manylinux wheel may link against (PEP 600's list,
+# without X11/GL): `# requires:` wheels such as pyarrow need them at run time.
+MANYLINUX_LIBS = ("libgcc_s.so.1", "libstdc++.so.6", "libm.so.6", "libdl.so.2", "librt.so.1", "libc.so.6",
+                  "libnsl.so.1", "libutil.so.1", "libpthread.so.0", "libresolv.so.2", "libz.so.1")
+
+
+def _manylinux_libs() -> set[Path]:
+    found: set[Path] = set()
+    for name in MANYLINUX_LIBS:
+        for d in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64"):
+            if (Path(d) / name).exists():
+                found.add(Path(d) / name)
+                found |= ldd_closure([Path(d) / name])
+                break
+    return found
+
+
 def _copy_libs(libs: set[Path], dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for lib in libs:
@@ -188,7 +205,10 @@ def stage_host_runtime(language: str, staging: Path) -> None:
         shutil.copytree(stdlib, staging / "lib" / host_ver, symlinks=False,
                         ignore=lambda d, names: [n for n in names if n in _PY_SKIP])
         elf_files += sorted((staging / "lib" / host_ver / "lib-dynload").glob("*.so"))
-    _copy_libs(ldd_closure(elf_files), staging / "lib")
+    libs = ldd_closure(elf_files)
+    if language == "python":
+        libs |= _manylinux_libs()
+    _copy_libs(libs, staging / "lib")
     patchelf = shutil.which("patchelf")
     if patchelf is None:
         raise NoetherError("patchelf_missing", "patchelf is needed to import a runtime offline",

@@ -18,7 +18,8 @@
   ``kv``            the engine's key-value table
   ``store``         the engine's stage store / traces / type checker
   ``llm``           needs an LLM provider
-  ``arrow``         Apache Arrow IPC: needs the optional ``arrow`` extra
+  ``arrow``         Apache Arrow IPC, in a sandbox with pyarrow pinned to the
+                    version the optional ``arrow`` extra installed
 """
 
 from __future__ import annotations
@@ -112,6 +113,6 @@ CATEGORY: Final[dict[str, Category]] = _categories()
 
 def sandboxed_source(name: str) -> str:
     """The Python source (``def execute(input)``, standard library only) of a sandboxed stage."""
-    if name not in SANDBOXED:
+    if name not in SANDBOXED and name not in _ARROW:
         raise KeyError(f"{name} is not a sandboxed stdlib stage")
     return resources.files("noether_nix.stdlib.sandboxed").joinpath(f"{name}.py").read_text("utf-8")

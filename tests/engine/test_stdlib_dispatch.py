@@ -214,7 +214,6 @@ async def test_stages_that_cannot_run_here_say_why(engine: Engine) -> None:
     err = failed(await run(engine, "llm_complete", {"prompt": "hi", "model": None, "system": None,
                                                    "max_tokens": None, "temperature": None}), "no_llm_provider")
     assert "[llm]" in err["message"]
-    failed(await run(engine, "arrow_from_records", [{"a": 1}]), "arrow_unavailable")
     failed(await run(engine, "spawn_process", {"cmd": "true", "args": None, "cwd": None, "env": None}),
            "process_stages_unsupported")
 
@@ -239,3 +238,26 @@ async def test_a_graph_written_against_upstreams_legacy_ids_runs(engine: Engine)
     res = await run(engine, "b4dfc6b0", {"template": "Hello, {{name}}!", "variables": {"name": "Alice"}})
     assert ok(res) == "Hello, Alice!"
     assert "legacy" in " ".join(res.warnings)
+
+
+async def test_arrow_round_trip_runs_in_a_sandbox_with_pinned_pyarrow(engine: Engine) -> None:
+    records = [{"a": 1, "b": "x"}, {"a": 2, "b": None}]
+    res = await run(engine, "arrow_from_records", records, timeout_secs=120)
+    encoded = ok(res)
+    assert res.trace["stages"][0]["isolation"] == "bwrap"
+    import base64
+
+    import pyarrow as pa  # the test checks the bytes with the host's own pyarrow
+
+    assert pa.ipc.open_stream(base64.b64decode(encoded)).read_all().to_pylist() == records
+    assert ok(await run(engine, "records_to_arrow", encoded, timeout_secs=120)) == records
+    assert "not valid base64" in failed(await run(engine, "records_to_arrow", "%%%"), "stage_error")["message"]
+
+
+async def test_arrow_without_the_extra_says_how_to_install_it(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    import noether_nix.engine.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "pyarrow_version", lambda: None)
+    err = failed(await run(engine, "arrow_from_records", [{"a": 1}]), "arrow_unavailable")
+    assert "noether-nix[arrow]" in err["message"]
