@@ -342,16 +342,6 @@ class _Run:
         return out
 
 
-def pyarrow_version() -> str | None:
-    """The pyarrow the ``arrow`` extra installed next to the daemon, if any."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("pyarrow")
-    except PackageNotFoundError:
-        return None
-
-
 def _fs_grant(stage: Stage, value: Any, options: RunOptions, path: str) -> FsRead | FsWrite:
     """The wall read_file / write_file gets: the granted path (``allow_read`` /
     ``allow_write``) that holds the file the input names, or a refusal."""
@@ -567,7 +557,13 @@ class Engine:
     async def _dispatch_stdlib(self, stage: Stage, value: Any, path: str, run: _Run, usage: dict[str, Any]) -> Any:
         """By how the stage runs (``stdlib.registry.CATEGORY``), not by its
         declared effects: upstream's write_file declares only Fallible."""
-        from noether_nix.stdlib.registry import CATEGORY, PURE, StageFailure, sandboxed_source
+        from noether_nix.stdlib.registry import (
+            CATEGORY,
+            PURE,
+            ArrowUnavailable,
+            StageFailure,
+            stdlib_program,
+        )
 
         name = stage.name or ""
         category = CATEGORY.get(name)
@@ -590,30 +586,25 @@ class Engine:
             from noether_nix.engine.higher_order import run_higher_order
 
             return await run_higher_order(run, stage, value, path)
-        if category == "sandboxed":
+        if category in ("sandboxed", "arrow"):
+            try:
+                program = stdlib_program(stage.id, name)
+            except ArrowUnavailable:
+                raise StageError("arrow_unavailable", f"stage {stage.label()} needs Apache Arrow: install the "
+                                 "extra with `pip install 'noether-nix[arrow]'` where the daemon runs", path) from None
+            assert program is not None
             effects, env = stage.effects, None
             if name in ("read_file", "write_file"):
                 effects = EffectSet.of([*stage.effects.effects, _fs_grant(stage, value, run.options, path)])
             elif name == "env_get":
                 env = dict(run.options.env or {})
-            code = sandboxed_source(name)
-            return await self.run_program(f"{stage.id}-{value_hash(code)[:16]}", "python", code, effects, value,
-                                          path, run, usage, f"stage {stage.label()}", env=env,
-                                          clear_env=name == "env_get")
+            # Arrow IPC bytes, like everything here, are parsed in the sandbox, never in the daemon.
+            return await self.run_program(program[0], "python", program[1], effects, value, path, run, usage,
+                                          f"stage {stage.label()}", env=env, clear_env=name == "env_get")
         if category == "llm":
             raise StageError("no_llm_provider", f"stage {stage.label()} needs an LLM provider and noether-nix ships "
                              "none; configure one under [llm] (provider, model, api_key_file) in the daemon "
                              "configuration", path)
-        if category == "arrow":
-            version = pyarrow_version()
-            if version is None:
-                raise StageError("arrow_unavailable", f"stage {stage.label()} needs Apache Arrow: install the "
-                                 "extra with `pip install 'noether-nix[arrow]'` where the daemon runs", path)
-            # The sandbox gets the same pyarrow as a pinned wheel; IPC bytes are
-            # never parsed in the daemon's process.
-            code = f"# requires: pyarrow=={version}\n" + sandboxed_source(name)
-            return await self.run_program(f"{stage.id}-{value_hash(code)[:16]}", "python", code, stage.effects,
-                                          value, path, run, usage, f"stage {stage.label()}")
         if category == "process":
             raise StageError("process_stages_unsupported", f"stage {stage.label()} is not run: every stage runs in "
                              "its own sandbox and its processes die with it, so a process spawned by one stage "

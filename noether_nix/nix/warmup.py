@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import trio
 
 from noether_nix.errors import NoetherError
@@ -24,6 +25,24 @@ from noether_nix.nix.runtime import ensure_runtime, normalise_language
 Progress = Callable[[dict[str, Any]], None]
 
 
+def _with_program(stage: Stage) -> Stage:
+    """A stdlib stage that runs as a sandboxed program, as the engine builds it
+    (its program ID and code); any other stage as it is."""
+    from noether_nix.model.signing import public_key_hex, stdlib_key
+    from noether_nix.stdlib.registry import ArrowUnavailable, stdlib_program
+
+    if stage.implementation_code is not None or stage.signer_public_key != public_key_hex(stdlib_key()):
+        return stage
+    try:
+        program = stdlib_program(stage.id, stage.name or "")
+    except ArrowUnavailable:
+        return stage  # nothing to build: running it says how to install the extra
+    if program is None:
+        return stage
+    return msgspec.structs.replace(stage, id=program[0], implementation_code=program[1],
+                                   implementation_language="python")
+
+
 async def warmup(stages: list[Stage], registry: ProgramRegistry, *, concurrency: int = 2,
                  progress: Progress | None = None) -> dict[str, Any]:
     """Build what ``stages`` need; returns (and reports after every step) the counts.
@@ -32,7 +51,8 @@ async def warmup(stages: list[Stage], registry: ProgramRegistry, *, concurrency:
     ``built`` / ``cached`` / ``failed`` (a list of ``{stage_id, error}``),
     ``runtimes`` (language → store path) and ``build_ms`` summed over builds.
     """
-    todo = [s for s in stages if s.implementation_code and s.implementation_language]
+    todo = [_with_program(s) for s in stages]
+    todo = [s for s in todo if s.implementation_code and s.implementation_language]
     report: dict[str, Any] = {"total": len(todo), "done": 0, "built": 0, "cached": 0, "failed": [],
                               "runtimes": {}, "build_ms": 0}
 

@@ -116,3 +116,38 @@ def sandboxed_source(name: str) -> str:
     if name not in SANDBOXED and name not in _ARROW:
         raise KeyError(f"{name} is not a sandboxed stdlib stage")
     return resources.files("noether_nix.stdlib.sandboxed").joinpath(f"{name}.py").read_text("utf-8")
+
+
+class ArrowUnavailable(Exception):
+    """The ``arrow`` extra (pyarrow) is not installed next to the daemon."""
+
+
+def pyarrow_version() -> str | None:
+    """The pyarrow the ``arrow`` extra installed next to the daemon, if any."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pyarrow")
+    except PackageNotFoundError:
+        return None
+
+
+def stdlib_program(stage_id: str, name: str) -> tuple[str, str] | None:
+    """``(program_id, python code)`` of a stdlib stage that runs as a sandboxed
+    program, or None. The program ID carries the code's hash, so a changed
+    program in a new noether-nix version is a new build, never a stale one.
+    Raises ``ArrowUnavailable`` for the arrow stages without the extra."""
+    from noether_nix.model.jcs import value_hash
+
+    category = CATEGORY.get(name)
+    if category == "sandboxed":
+        code = sandboxed_source(name)
+    elif category == "arrow":
+        version = pyarrow_version()
+        if version is None:
+            raise ArrowUnavailable(name)
+        # The sandbox gets the same pyarrow as a pinned wheel.
+        code = f"# requires: pyarrow=={version}\n" + sandboxed_source(name)
+    else:
+        return None
+    return f"{stage_id}-{value_hash(code)[:16]}", code

@@ -256,8 +256,8 @@ async def test_arrow_round_trip_runs_in_a_sandbox_with_pinned_pyarrow(engine: En
 
 async def test_arrow_without_the_extra_says_how_to_install_it(
         engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    import noether_nix.engine.engine as engine_module
+    import noether_nix.stdlib.registry as registry
 
-    monkeypatch.setattr(engine_module, "pyarrow_version", lambda: None)
+    monkeypatch.setattr(registry, "pyarrow_version", lambda: None)
     err = failed(await run(engine, "arrow_from_records", [{"a": 1}]), "arrow_unavailable")
     assert "noether-nix[arrow]" in err["message"]

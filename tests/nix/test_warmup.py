@@ -66,3 +66,19 @@ async def test_every_warmed_program_survives_garbage_collection() -> None:
                              timeout=30)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout) == [salt, 1]
+
+
+async def test_warmup_prepares_the_stdlib_programs_the_engine_runs(monkeypatch: Any) -> None:
+    # The sandboxed stdlib stages (read_file, http_get, …) are built ahead of
+    # time too, under the program IDs the engine looks up, so a first
+    # read_file in a run costs no build.
+    import noether_nix.stdlib.registry as registry
+    from noether_nix.engine.engine import Engine, RunOptions
+
+    monkeypatch.setattr(registry, "pyarrow_version", lambda: None)  # no 55 MB wheel in this test
+    engine = Engine()
+    report = await warmup([s for s in engine.store.all() if s.state == "Active"], engine.programs, concurrency=2)
+    assert report["total"] == len(registry.SANDBOXED) and not report["failed"], report["failed"]
+    res = await engine.run({"description": "t", "version": "1", "root": {"op": "Stage", "id": "text_hash"}},
+                           {"text": "abc", "algorithm": None}, RunOptions())
+    assert res.status == "ok" and "build_ms" not in res.trace["stages"][0], res.trace
