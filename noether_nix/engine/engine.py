@@ -155,6 +155,9 @@ class _Run:
                                     allow_unsigned=options.allow_unsigned,
                                     isolation_available=self.isolation == "none" or engine.isolation_available(options))
         self.resolved_refs: dict[str, Stage] = {}  # higher-order stage references, resolved once per run
+        # The sandbox that owns the processes of this run's process stages, opened on first use.
+        self.process_host: Any = None
+        self.process_host_lock = trio.Lock()
 
     async def emit(self, ev: Event) -> None:
         self.events.append(msgspec.to_builtins(ev))
@@ -496,7 +499,11 @@ class Engine:
             await run.emit(RunWarning(run.run_id, code=w.code, message=w.message, node_path=w.node_path))
         status, output, error = "ok", None, None
         try:
-            output = await run.exec(prepared.root, input, "root")
+            try:
+                output = await run.exec(prepared.root, input, "root")
+            finally:
+                if run.process_host is not None:  # the run's spawned processes end with it
+                    await run.process_host.aclose()
         except NoetherError as e:
             status, error = "failed", e.to_dict()
             if e.code == "budget_exceeded":
@@ -606,12 +613,51 @@ class Engine:
                              "none; configure one under [llm] (provider, model, api_key_file) in the daemon "
                              "configuration", path)
         if category == "process":
-            raise StageError("process_stages_unsupported", f"stage {stage.label()} is not run: every stage runs in "
-                             "its own sandbox and its processes die with it, so a process spawned by one stage "
-                             "can never be waited for, signalled or killed by another. Write a stage with the "
-                             "Process effect whose code starts the command and waits for it.", path)
+            return await self._process_stage(stage, name, value, path, run, usage)
         raise StageError("no_implementation", f"stdlib stage {stage.label()} has no implementation in this "
                          "version of noether-nix; it will not be faked", path)
+
+    async def _process_stage(self, stage: Stage, name: str, value: Any, path: str, run: _Run,
+                             usage: dict[str, Any]) -> Any:
+        """spawn/wait/signal/kill_process, answered by the run's process host:
+        one sandbox (walls from the Process effect: the Nix store and nothing
+        else) that lives as long as the run, so a pid one stage returns means
+        something to the next. Its processes die when the run ends."""
+        limits = self.limits_for(run.options)
+        if name == "wait_process" and isinstance(value, dict):
+            wait_ms = value.get("timeout_ms")
+            if isinstance(wait_ms, (int, float)) and not isinstance(wait_ms, bool) and wait_ms / 1000 >= limits.timeout_s:
+                raise StageError("stage_failed", f"stage {stage.label()}: timeout_ms {wait_ms:g} is not under this "
+                                 f"run's per-stage timeout of {limits.timeout_s:g} s", path)
+        async with run.process_host_lock:
+            if run.process_host is None:
+                run.process_host = await self._open_process_host(stage, limits, run)
+        host = run.process_host
+        usage["isolation"] = host.isolation
+        answer = await host.request({"op": name, "input": value}, timeout_s=limits.timeout_s)
+        if not isinstance(answer, dict) or ("ok" not in answer and "error" not in answer):
+            raise StageError("stage_protocol_error", f"stage {stage.label()}: the process host answered {answer!r}",
+                             path)
+        if "error" in answer:
+            raise StageError("stage_failed", f"stage {stage.label()} failed: {answer['error']}", path)
+        return answer["ok"]
+
+    async def _open_process_host(self, stage: Stage, limits: Any, run: _Run) -> Any:
+        from noether_nix.nix.runtime import ensure_runtime
+        from noether_nix.sandbox.policy import policy_from_effects
+        from noether_nix.sandbox.profile import load_profile
+        from noether_nix.sandbox.session import open_session
+        from noether_nix.sandbox.supervisor import Isolation
+        from noether_nix.stdlib.registry import process_host_source
+
+        python = await trio.to_thread.run_sync(ensure_runtime, "python")
+        bash = await trio.to_thread.run_sync(ensure_runtime, "bash")  # everyday tools for spawned commands
+        profile = load_profile(self.config.sandbox_profile)
+        policy = policy_from_effects(stage.effects, profile=profile)
+        env = {"PATH": f"{bash.store_path}/bin:{python.store_path}/bin"}
+        return await open_session([python.interpreter, "-I", "-S", "-c", process_host_source()], policy=policy,
+                                  limits=limits, isolation=Isolation(run.isolation), profile=profile,  # type: ignore[arg-type]
+                                  env=env)
 
     async def _stream(self, stage: Stage, value: Any, path: str, run: _Run) -> Any:
         """stdin_read / stdout_write on the run's streams: the text the client

@@ -14,7 +14,8 @@
                     sandbox from ``sandboxed_source(name)``
   ``stream``        stdin_read / stdout_write: the run's own streams (text the
                     client sent with the run; text streamed back to it)
-  ``process``       spawn/wait/signal/kill_process: refused (see ``PROCESS``)
+  ``process``       spawn/wait/signal/kill_process: the run's process host, one
+                    sandbox per run that owns the processes it spawned
   ``kv``            the engine's key-value table
   ``store``         the engine's stage store / traces / type checker
   ``llm``           needs an LLM provider
@@ -75,10 +76,8 @@ SANDBOXED: Final[tuple[str, ...]] = (
 #: Stages that read or write the run's own streams, answered by the engine.
 STREAM: Final[tuple[str, ...]] = ("stdin_read", "stdout_write")
 
-#: Upstream's process stages. Every stage here runs in its own sandbox, whose
-#: processes die with it, so a process spawned by one stage can never be
-#: waited for, signalled or killed by another: the engine refuses them with
-#: ``process_stages_unsupported`` rather than return pids that mean nothing.
+#: Upstream's process stages. A stage's own sandbox dies with it, so these are
+#: answered by one sandbox per run that owns the processes (``process_host``).
 PROCESS: Final[tuple[str, ...]] = ("spawn_process", "wait_process", "signal_process", "kill_process")
 
 _KV = ("kv_set", "kv_get", "kv_delete", "kv_exists", "kv_list")
@@ -151,3 +150,8 @@ def stdlib_program(stage_id: str, name: str) -> tuple[str, str] | None:
     else:
         return None
     return f"{stage_id}-{value_hash(code)[:16]}", code
+
+
+def process_host_source() -> str:
+    """The program of the per-run sandbox that answers the process stages."""
+    return resources.files("noether_nix.stdlib.sandboxed").joinpath("process_host.py").read_text("utf-8")

@@ -214,8 +214,6 @@ async def test_stages_that_cannot_run_here_say_why(engine: Engine) -> None:
     err = failed(await run(engine, "llm_complete", {"prompt": "hi", "model": None, "system": None,
                                                    "max_tokens": None, "temperature": None}), "no_llm_provider")
     assert "[llm]" in err["message"]
-    failed(await run(engine, "spawn_process", {"cmd": "true", "args": None, "cwd": None, "env": None}),
-           "process_stages_unsupported")
 
 
 async def test_store_add_adds_an_unsigned_draft_and_composition_verify_checks_edges(engine: Engine) -> None:
@@ -261,3 +259,43 @@ async def test_arrow_without_the_extra_says_how_to_install_it(
     monkeypatch.setattr(registry, "pyarrow_version", lambda: None)
     err = failed(await run(engine, "arrow_from_records", [{"a": 1}]), "arrow_unavailable")
     assert "noether-nix[arrow]" in err["message"]
+
+
+# ------------------------------------------------------------ processes
+
+
+def process_graph(*steps: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    """A Sequential of process stages; each step's config is merged into the previous output."""
+    return graph({"op": "Sequential", "stages": [stage(name, config) for name, config in steps]})
+
+
+async def test_process_stages_share_one_sandbox_per_run(engine: Engine) -> None:
+    # spawn → wait (times out) → signal → wait (exits): the pid means the same
+    # process across stages, because the run's process host owns it.
+    res = await engine.run(process_graph(
+        ("spawn_process", {"cmd": "sleep", "args": ["60"], "cwd": None, "env": None}),
+        ("wait_process", {"timeout_ms": 300}),
+    ), {}, RunOptions())
+    assert ok(res) == {"exited": False, "timed_out": True}
+    assert {e["isolation"] for e in res.trace["stages"]} == {"bwrap"}
+    res = await engine.run(process_graph(
+        ("spawn_process", {"cmd": "sleep", "args": ["60"], "cwd": None, "env": None}),
+        ("signal_process", {"signal": "TERM"}),
+    ), {}, RunOptions())
+    assert ok(res) == {"sent": True}
+    res = await engine.run(process_graph(
+        ("spawn_process", {"cmd": "bash", "args": ["-c", "exit 0"], "cwd": None, "env": None}),
+        ("wait_process", {"timeout_ms": 5000}),
+    ), {}, RunOptions())
+    assert ok(res) == {"exited": True, "timed_out": False}
+    # Nothing a run spawned outlives it.
+    assert not [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[:2] == ["sleep", "60"]]
+
+
+async def test_process_stages_reach_only_their_own_processes(engine: Engine) -> None:
+    res = await run(engine, "kill_process", {"pid": 1})
+    assert "not spawned by this run" in failed(res, "stage_failed")["message"]
+    res = await run(engine, "spawn_process", {"cmd": "/etc/no-such", "args": None, "cwd": None, "env": None})
+    assert "no such program in the sandbox" in failed(res, "stage_failed")["message"]
+    res = await run(engine, "wait_process", {"pid": 5, "timeout_ms": 120_000})
+    assert "per-stage timeout" in failed(res, "stage_failed")["message"]

@@ -1,0 +1,150 @@
+"""A sandboxed program kept running across several requests (JSON lines).
+
+``run_sandboxed`` runs one program for one answer. A session is the same
+sandbox (bwrap argv, seccomp filter, cgroup, rlimits) kept open: one JSON
+request per line on its stdin, one JSON answer per line on its stdout, each
+bounded in time and size. It holds no nursery, so any task may open it and
+any task may close it: stderr goes to a temporary file instead of a pipe
+that a background task would have to drain. Closing it (or any failed
+request) kills the whole tree and removes its cgroup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import tempfile
+from typing import Any
+
+import trio
+
+from noether_nix.errors import NoetherError
+from noether_nix.sandbox.bwrap import build_argv
+from noether_nix.sandbox.cgroups import RunCgroup
+from noether_nix.sandbox.policy import IsolationPolicy, Limits
+from noether_nix.sandbox.profile import Profile
+from noether_nix.sandbox.seccomp import filter_fd
+from noether_nix.sandbox.supervisor import (
+    Isolation,
+    _preexec,
+    _sandbox_env,
+    _seccomp_program,
+    require_bwrap,
+)
+
+
+class SessionError(NoetherError):
+    def __init__(self, message: str) -> None:
+        super().__init__("sandbox_session_failed", message, exit_code=3)
+
+
+class SandboxSession:
+    def __init__(self, proc: trio.Process, cgroup: RunCgroup | None, stderr: Any, limits: Limits,
+                 isolation: str) -> None:
+        self._proc = proc
+        self._cgroup = cgroup
+        self._stderr = stderr
+        self._limits = limits
+        self._buffer = bytearray()
+        self._lock = trio.Lock()
+        self._broken: str | None = None
+        self.isolation = isolation
+
+    def _stderr_tail(self) -> str:
+        with contextlib.suppress(OSError):
+            self._stderr.seek(max(0, os.fstat(self._stderr.fileno()).st_size - 2000))
+            lines = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
+            return lines[-1] if lines else ""
+        return ""
+
+    async def request(self, message: Any, *, timeout_s: float | None = None) -> Any:
+        """Send one request and return its answer; requests take turns."""
+        async with self._lock:
+            if self._broken:
+                raise SessionError(self._broken)
+            limit = timeout_s if timeout_s is not None else self._limits.timeout_s
+            try:
+                with trio.fail_after(limit):
+                    await self._proc.stdin.send_all(json.dumps(message).encode() + b"\n")  # type: ignore[union-attr]
+                    line = await self._read_line()
+            except trio.TooSlowError:
+                await self._fail(f"no answer within {limit:g}s; the sandbox was killed")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._fail("the sandboxed program is gone")
+            try:
+                return json.loads(line)
+            except ValueError:
+                await self._fail(f"the sandboxed program answered something that is not JSON: {line[:200]!r}")
+
+    async def _read_line(self) -> bytes:
+        while b"\n" not in self._buffer:
+            chunk = await self._proc.stdout.receive_some(65536)  # type: ignore[union-attr]
+            if not chunk:
+                tail = self._stderr_tail()
+                await self._fail("the sandboxed program exited" + (f": {tail}" if tail else ""))
+            self._buffer.extend(chunk)
+            if len(self._buffer) > self._limits.max_output_bytes:
+                await self._fail(f"an answer passed the {self._limits.max_output_bytes}-byte cap")
+        line, _, rest = bytes(self._buffer).partition(b"\n")
+        self._buffer = bytearray(rest)
+        return line
+
+    async def _fail(self, why: str) -> Any:
+        self._broken = why
+        with trio.CancelScope(shield=True):
+            await self.aclose()
+        raise SessionError(why)
+
+    async def aclose(self) -> None:
+        """Close stdin (the program's cue to clean up), then kill the tree."""
+        proc = self._proc
+        with trio.CancelScope(shield=True):
+            with contextlib.suppress(Exception):
+                await proc.stdin.aclose()  # type: ignore[union-attr]
+            with trio.move_on_after(1):
+                await proc.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            if self._cgroup is not None:
+                self._cgroup.kill()
+            with trio.move_on_after(5):
+                await proc.wait()
+            with contextlib.suppress(Exception):
+                await proc.stdout.aclose()  # type: ignore[union-attr]
+            if self._cgroup is not None:
+                self._cgroup.remove()
+            self._stderr.close()
+
+
+async def open_session(argv: list[str], *, policy: IsolationPolicy, limits: Limits, isolation: Isolation,
+                       profile: Profile, env: dict[str, str] | None = None) -> SandboxSession:
+    """Start ``argv`` in a sandbox built like ``run_sandboxed``'s; the caller closes it."""
+    seccomp_fd: int | None = None
+    if isolation.mode == "bwrap":
+        seccomp_fd = filter_fd(_seccomp_program(profile))
+        full_argv = build_argv(require_bwrap(), argv, policy=policy, limits=limits, profile=profile,
+                               env=_sandbox_env(profile, policy, env), seccomp_fd=seccomp_fd)
+        child_env: dict[str, str] | None = {}
+    else:
+        full_argv, child_env = list(argv), _sandbox_env(profile, policy, env)
+    cgroup = RunCgroup.create(limits.memory_bytes, limits.max_pids)
+    stderr = tempfile.TemporaryFile(prefix="noether-session-")  # noqa: SIM115 (the session closes it)
+    try:
+        proc = await trio.lowlevel.open_process(
+            full_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=child_env,
+            pass_fds=(seccomp_fd,) if seccomp_fd is not None else (), start_new_session=True,
+            preexec_fn=_preexec(limits, cgroup), cwd="/")
+    except OSError as e:
+        stderr.close()
+        if cgroup is not None:
+            cgroup.remove()
+        raise SessionError(f"cannot start {full_argv[0]}: {e.strerror}") from None
+    finally:
+        if seccomp_fd is not None:
+            os.close(seccomp_fd)
+    return SandboxSession(proc, cgroup, stderr, limits, isolation.mode)
