@@ -643,6 +643,7 @@ class Engine:
         return answer["ok"]
 
     async def _open_process_host(self, stage: Stage, limits: Any, run: _Run) -> Any:
+        from noether_nix.nix.programs import store_closure
         from noether_nix.nix.runtime import ensure_runtime
         from noether_nix.sandbox.policy import policy_from_effects
         from noether_nix.sandbox.profile import load_profile
@@ -653,7 +654,9 @@ class Engine:
         python = await trio.to_thread.run_sync(ensure_runtime, "python")
         bash = await trio.to_thread.run_sync(ensure_runtime, "bash")  # everyday tools for spawned commands
         profile = load_profile(self.config.sandbox_profile)
-        policy = policy_from_effects(stage.effects, profile=profile)
+        closure = await trio.to_thread.run_sync(
+            lambda: sorted({*store_closure(python.store_path), *store_closure(bash.store_path)}))
+        policy = policy_from_effects(stage.effects, profile=profile, store_paths=closure)
         env = {"PATH": f"{bash.store_path}/bin:{python.store_path}/bin"}
         return await open_session([python.interpreter, "-I", "-S", "-c", process_host_source()], policy=policy,
                                   limits=limits, isolation=Isolation(run.isolation), profile=profile,  # type: ignore[arg-type]
@@ -690,7 +693,7 @@ class Engine:
                           run: _Run, usage: dict[str, Any], label: str, *, env: dict[str, str] | None = None,
                           clear_env: bool = False) -> Any:
         """Build (once) and run a program in a sandbox whose walls ``effects`` derive."""
-        from noether_nix.nix.programs import build_stage_program_async
+        from noether_nix.nix.programs import build_stage_program_async, store_closure
         from noether_nix.sandbox.policy import policy_from_effects
         from noether_nix.sandbox.profile import load_profile
         from noether_nix.sandbox.supervisor import Isolation, run_sandboxed
@@ -700,7 +703,8 @@ class Engine:
         if program.built:
             usage["build_ms"] = program.build_ms
         profile = load_profile(self.config.sandbox_profile)
-        policy = policy_from_effects(effects, profile=profile)
+        closure = program.closure or await trio.to_thread.run_sync(store_closure, program.store_path)
+        policy = policy_from_effects(effects, profile=profile, store_paths=closure)
         if clear_env:  # env_get sees exactly the run's variables, none of the daemon's
             policy = msgspec.structs.replace(policy, env_allowlist=[])
         result = await run_sandboxed(program.argv, policy=policy, limits=self.limits_for(run.options),

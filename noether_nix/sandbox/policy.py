@@ -85,10 +85,17 @@ def validate(policy: IsolationPolicy) -> IsolationPolicy:
     return policy
 
 
-def policy_from_effects(effects: EffectSet, *, profile: Profile, extra_ro: list[str] | None = None) -> IsolationPolicy:
+def policy_from_effects(effects: EffectSet, *, profile: Profile, extra_ro: list[str] | None = None,
+                        store_paths: list[str] | None = None) -> IsolationPolicy:
     """The walls a stage's effects grant: FsRead → ro bind, FsWrite → rw bind,
-    Network → the host network; everything else adds nothing."""
-    ro = [Bind(b["host"], b["sandbox"]) for b in profile.ro_binds]
+    Network → the host network; everything else adds nothing.
+
+    ``store_paths`` (a program's closure) replaces the profile's bind of the
+    whole ``/nix/store``: the stage then sees its own runtime and code, not
+    every other stage's program in the store."""
+    ro = [Bind(b["host"], b["sandbox"]) for b in profile.ro_binds
+          if store_paths is None or b["host"].rstrip("/") != "/nix/store"]
+    ro += [Bind(p, p) for p in (store_paths or [])]
     ro += [Bind(p, p) for p in (extra_ro or [])]
     rw: list[Bind] = []
     network = False

@@ -299,3 +299,14 @@ async def test_process_stages_reach_only_their_own_processes(engine: Engine) -> 
     assert "no such program in the sandbox" in failed(res, "stage_failed")["message"]
     res = await run(engine, "wait_process", {"pid": 5, "timeout_ms": 120_000})
     assert "per-stage timeout" in failed(res, "stage_failed")["message"]
+
+
+async def test_a_sandbox_sees_its_own_closure_of_the_store_not_other_stages(engine: Engine, add: AddStage) -> None:
+    add("lister", "import os\ndef execute(x):\n    return sorted(os.listdir('/nix/store'))\n")
+    other = add("other", "def execute(x):\n    return 'other'\n")
+    assert ok(await run(engine, "other", 1)) == "other"
+    seen = ok(await run(engine, "lister", 1))
+    program = next(p for sid, _rt, p in engine.programs.programs() if sid == other.id)
+    assert os.path.basename(program) not in seen  # another stage's program is not there
+    assert any("python" in name for name in seen), seen  # its own runtime is
+    assert len(seen) < len(os.listdir("/nix/store"))
