@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 from collections.abc import Iterator
 from typing import Any
 
+from noether_nix.errors import NoetherError
+from noether_nix.paths import default_socket
+
 
 class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 300) -> None:
+    def __init__(self, path: str, timeout: float | None = 300) -> None:
         super().__init__("localhost", timeout=timeout)
         self.unix_path = path
 
@@ -22,7 +26,7 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class Client:
-    def __init__(self, socket_path: str, timeout: float = 300) -> None:
+    def __init__(self, socket_path: str, timeout: float | None = 300) -> None:
         self.path = socket_path
         self.timeout = timeout
 
@@ -38,6 +42,17 @@ class Client:
         finally:
             conn.close()
 
+    def call(self, method: str, target: str, body: Any = None) -> Any:
+        """The ``data`` of the daemon's envelope; its error is raised as the ``NoetherError`` it was."""
+        try:
+            status, doc = self.request(method, target, body)
+        except (OSError, http.client.HTTPException) as e:
+            raise NoetherError("daemon_unreachable", f"lost the daemon during {method} {target}: {e}",
+                               path=self.path) from None
+        if isinstance(doc, dict) and doc.get("ok") is True:
+            return doc.get("data")
+        raise _envelope_error(status, doc, self.path)
+
     def run(self, graph: Any, input: Any = None, options: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         """Stream the run's NDJSON events; the last one is ``{"event": "result", …}``."""
         conn = _UnixConnection(self.path, self.timeout)
@@ -46,18 +61,26 @@ class Client:
             conn.request("POST", "/v1/runs", body=body, headers={"content-type": "application/json"})
             resp = conn.getresponse()
             if resp.status != 200:
-                raise RuntimeError(f"daemon answered {resp.status}: {resp.read().decode()}")
+                raw = resp.read()
+                try:
+                    doc = json.loads(raw)
+                except ValueError:
+                    doc = raw.decode(errors="replace")
+                raise _envelope_error(resp.status, doc, self.path)
             while line := resp.readline():
                 yield json.loads(line)
         finally:
             conn.close()
 
 
+def _envelope_error(status: int, doc: Any, path: str) -> NoetherError:
+    if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+        return NoetherError.from_dict(doc["error"])
+    return NoetherError("daemon_error", f"the daemon answered {status} without an envelope", path=path)
+
+
 def daemon_socket_if_live(explicit: str | None = None) -> str | None:
-    import os
-
-    from noether_nix.server.daemon import default_socket
-
+    """``explicit``, else $NOETHER_SOCKET, else the default socket, if a daemon accepts on it."""
     path = explicit or os.environ.get("NOETHER_SOCKET") or default_socket()
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -51,3 +51,14 @@ class NoetherError(Exception):
         if self.details:
             out["details"] = self.details
         return out
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> NoetherError:
+        """The inverse of ``to_dict`` (plus an optional ``exit_code``), for errors that crossed a socket."""
+        path = doc.get("path")
+        message = str(doc.get("message", ""))
+        if path and message.startswith(f"{path}: "):
+            message = message[len(path) + 2:]
+        exit_code = doc.get("exit_code")
+        return cls(str(doc.get("code", "daemon_error")), message, path=path, hint=doc.get("hint"),
+                   exit_code=exit_code if isinstance(exit_code, int) else 1, details=doc.get("details"))

@@ -13,3 +13,11 @@ def noether_home() -> Path:
 
 def db_path() -> Path:
     return noether_home() / "noether.db"
+
+
+def default_socket() -> str:
+    """The daemon's socket when none is named: per user, or the system one for root."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if os.getuid() == 0 and not runtime:
+        return "/run/noether/noether.sock"
+    return os.path.join(runtime or "/tmp", "noether.sock")

@@ -11,5 +11,7 @@ import pytest
 def noether_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path_factory.mktemp("noether-home")
     monkeypatch.setenv("NOETHER_HOME", str(home))
+    # No daemon unless a test starts one: CLI commands use a live default socket.
     monkeypatch.delenv("NOETHER_SOCKET", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(home))
     return home

@@ -1,15 +1,29 @@
-"""``noether check`` and ``noether run``."""
+"""``noether check``, ``run``, ``trace``, ``runs`` and ``warmup``.
+
+Each asks the live daemon, or runs embedded with the same functions
+(``noether_nix.service.graph``). The graph file, the spec files it lists
+and the input are read here in both modes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from noether_nix.cli import remote
 from noether_nix.cli.common import open_store, parse_json_arg, read_json_file
+from noether_nix.cli.envelope import CommandResult
+from noether_nix.client import Client
 from noether_nix.errors import NoetherError
-from noether_nix.model.stage import stage_from_spec
+from noether_nix.model.stage import Stage, stage_from_spec, stage_to_json
+from noether_nix.service import graph as svc
+from noether_nix.store.signing import sign_for_store
 from noether_nix.store.stages import StageStore
 
 
@@ -36,6 +50,14 @@ def register(sub: Any) -> None:
     p.add_argument("--isolate", choices=["auto", "bwrap", "none"], help="isolation backend (none is unsafe)")
     p.add_argument("--no-cache", action="store_true", help="do not use the pure-stage cache")
     p.add_argument("--json", action="store_true", help="no live progress; print only the envelope")
+    p.add_argument("--allow-read", action="append", default=[], metavar="PATH",
+                   help="a file or directory read_file may read (repeatable)")
+    p.add_argument("--allow-write", action="append", default=[], metavar="PATH",
+                   help="a file or directory write_file may write (repeatable)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="a variable env_get may see: NAME copies yours, NAME=VALUE sets it (repeatable)")
+    p.add_argument("--stdin", action="store_true",
+                   help="pass your standard input to stdin_read stages (the input then comes from --input)")
     p.set_defaults(handler=cmd_run, command="run")
 
 
@@ -49,7 +71,7 @@ def read_input(args: argparse.Namespace) -> Any:
             return parse_json_arg(args.input, what="--input")
         except NoetherError:
             return args.input  # upstream: a non-JSON --input is a raw string
-    if not sys.stdin.isatty():
+    if not getattr(args, "stdin", False) and not sys.stdin.isatty():
         text = sys.stdin.read().strip()
         if text:
             try:
@@ -59,153 +81,142 @@ def read_input(args: argparse.Namespace) -> Any:
     return None
 
 
-def add_listed_specs(raw: Any, graph_path: str, store: StageStore) -> list[str]:
-    """Add the spec files a graph lists under ``stages`` (our extension)."""
-    from noether_nix.cli.stage_cmds import sign_for_store
+def run_options(args: argparse.Namespace) -> Any:
+    """The run options of `run` (and the subset `check` has) from the command line."""
+    from noether_nix.engine.engine import RunOptions
 
+    return RunOptions(
+        budget_cents=args.budget_cents,
+        allow_effects=_tokens(args.allow_effects),
+        allow_capabilities=_tokens(args.allow_capabilities),
+        timeout_secs=getattr(args, "timeout_secs", None),
+        max_output_bytes=getattr(args, "max_output_bytes", None),
+        isolate=getattr(args, "isolate", None),
+        optimize=not args.no_optimize,
+        cache=not getattr(args, "no_cache", False),
+        allow_unsigned=args.allow_unsigned,
+        # Paths are the caller's: made absolute here, where the working directory means something.
+        allow_read=[os.path.abspath(p) for p in getattr(args, "allow_read", [])] or None,
+        allow_write=[os.path.abspath(p) for p in getattr(args, "allow_write", [])] or None,
+        env=_env_option(getattr(args, "env", [])),
+        stdin=sys.stdin.read() if getattr(args, "stdin", False) else None,
+    )
+
+
+def _env_option(entries: list[str]) -> dict[str, str] | None:
+    env: dict[str, str] = {}
+    for entry in entries:
+        name, eq, value = entry.partition("=")
+        if not name:
+            raise NoetherError("usage", f"--env {entry!r}: give NAME or NAME=VALUE", path="--env", exit_code=2)
+        if eq:
+            env[name] = value
+        elif name in os.environ:
+            env[name] = os.environ[name]
+    return env or None
+
+
+def listed_stages(raw: Any, graph_path: str) -> list[Stage]:
+    """The stages of the spec files a graph lists under ``stages`` (our extension), signed."""
     listed = raw.get("stages", []) if isinstance(raw, dict) else []
     if not isinstance(listed, list):
         raise NoetherError("invalid_graph", "must be an array of spec file paths", path="stages")
     base = Path(graph_path).parent
-    added = []
+    out = []
     for i, rel in enumerate(listed):
         if not isinstance(rel, str):
             raise NoetherError("invalid_graph", "must be a spec file path", path=f"stages[{i}]")
         spec_path = str(base / rel)
-        stage = sign_for_store(stage_from_spec(read_json_file(spec_path, what="spec file"), path=spec_path))
-        store.add(stage, activate=True)
-        added.append(stage.id)
-    return added
+        out.append(sign_for_store(stage_from_spec(read_json_file(spec_path, what="spec file"), path=spec_path)))
+    return out
 
 
-def check_options(args: argparse.Namespace) -> Any:
-    from noether_nix.engine.engine import sandbox_usable
-    from noether_nix.graph.check import CheckOptions
+def add_listed(stages: list[Stage], client: Client | None, store: StageStore | None) -> None:
+    from noether_nix.service.stages import store_stage
 
-    return CheckOptions(
-        isolation_available=getattr(args, "isolate", None) == "none" or sandbox_usable(),
-        allow_effects=_tokens(args.allow_effects),
-        allow_capabilities=_tokens(args.allow_capabilities),
-        budget_cents=args.budget_cents,
-        allow_unsigned=args.allow_unsigned,
-        optimize=not args.no_optimize,
-    )
+    for stage in stages:
+        if client is not None:
+            client.call("POST", "/v1/stages", {"spec": stage_to_json(stage), "build": False})
+        else:
+            assert store is not None
+            store_stage(store, stage)
 
 
 def cmd_check(args: argparse.Namespace) -> Any:
-    from noether_nix.graph.check import check_report, prepare
-
     raw = read_json_file(args.graph, what="graph file")
+    stages = listed_stages(raw, args.graph)
+    graph_input, check_input = read_input(args), args.input is not None
+    options = run_options(args)
+    client = remote.daemon()
+    if client is not None:
+        add_listed(stages, client, None)
+        return client.call("POST", "/v1/check", {"graph": raw, "input": graph_input, "check_input": check_input,
+                                                 "options": msgspec.to_builtins(options)})
+    from noether_nix.engine.engine import Engine
+
     store = open_store()
-    add_listed_specs(raw, args.graph, store)
-    prepared = prepare(raw, store=store, options=check_options(args), input=read_input(args),
-                       check_input=args.input is not None)
-    return check_report(prepared)
+    add_listed(stages, None, store)
+    return svc.check_graph(Engine(store=store), raw, graph_input, options, check_input=check_input)
 
 
-def live_daemon() -> str | None:
-    """The daemon to talk to, unless --local: --socket, $NOETHER_SOCKET, or the default socket if live."""
-    import os
+def _progress(ev: Any, live: bool) -> None:
+    """Live progress on a terminal; what stdout_write stages write, always, on
+    stderr (stdout carries the envelope)."""
+    from noether_nix.cli.human import render_event
+    from noether_nix.engine.events import StageOutput
 
-    if os.environ.get("NOETHER_LOCAL"):
-        return None
-    from noether_nix.client import daemon_socket_if_live
-
-    return daemon_socket_if_live(os.environ.get("NOETHER_SOCKET"))
-
-
-def _inline_specs(raw: Any, graph_path: str) -> list[Any]:
-    listed = raw.get("stages", []) if isinstance(raw, dict) else []
-    base = Path(graph_path).parent
-    return [read_json_file(str(base / rel), what="spec file") for rel in listed if isinstance(rel, str)]
+    if isinstance(ev, StageOutput):
+        sys.stderr.write(ev.text)
+        sys.stderr.flush()
+        return
+    line = render_event(ev) if live else None
+    if line:
+        print(line, file=sys.stderr, flush=True)
 
 
-def _run_via_daemon(sock: str, args: argparse.Namespace, options: dict[str, Any]) -> Any:
-    from noether_nix.cli.envelope import CommandResult
-    from noether_nix.client import Client
+def _run_via_daemon(client: Client, raw: Any, graph_input: Any, options: Any, live: bool) -> dict[str, Any]:
+    from noether_nix.engine.events import Event
 
-    raw = read_json_file(args.graph, what="graph file")
-    client = Client(sock)
-    for spec in _inline_specs(raw, args.graph):
-        status, body = client.request("POST", "/v1/stages", {"spec": spec})
-        if status != 200:
-            err = body.get("error", {}) if isinstance(body, dict) else {}
-            raise NoetherError(err.get("code", "daemon_error"), err.get("message", str(body)), exit_code=1)
     final: dict[str, Any] | None = None
-    for ev in client.run(raw, read_input(args), {k: v for k, v in options.items() if v is not None}):
+    for ev in client.run(raw, graph_input, msgspec.to_builtins(options)):
         if ev.get("event") == "result":
             final = ev
-        elif sys.stderr.isatty() and not args.json:
-            print(f"  {ev.get('event')} {ev.get('node_path', '')} {ev.get('status', '')}", file=sys.stderr)
+        else:
+            with contextlib.suppress(msgspec.ValidationError):  # an event kind this client does not know
+                _progress(msgspec.convert(ev, Event), live)
     if final is None:
-        raise NoetherError("daemon_error", "the daemon closed the stream without a result", path=sock, exit_code=3)
-    data = {k: final[k] for k in ("composition_id", "run_id", "status", "output", "effects", "trace", "warnings",
-                                  "spent_cents", "cache")}
-    if final.get("error"):
-        code = 2 if final["error"].get("code") == "budget_exceeded" else 3
-        return CommandResult(data, NoetherError(final["error"]["code"],
-                                                f"execution failed: {final['error']['message']}",
-                                                path=final["error"].get("path"), exit_code=code))
-    return data
+        raise NoetherError("daemon_error", "the daemon closed the stream without a result", path=client.path,
+                           exit_code=3)
+    return final
 
 
 def cmd_run(args: argparse.Namespace) -> Any:
     if args.dry_run:
         return cmd_check(args)
-    sock = live_daemon()
-    if sock is not None:
-        return _run_via_daemon(sock, args, {
-            "budget_cents": args.budget_cents, "allow_effects": _tokens(args.allow_effects),
-            "allow_capabilities": _tokens(args.allow_capabilities), "timeout_secs": args.timeout_secs,
-            "max_output_bytes": args.max_output_bytes, "isolate": args.isolate, "optimize": not args.no_optimize,
-            "cache": not args.no_cache, "allow_unsigned": args.allow_unsigned})
-    import trio
-
-    from noether_nix.cli.envelope import CommandResult
-    from noether_nix.engine.engine import Engine, RunOptions
-    from noether_nix.engine.events import Event
-
     raw = read_json_file(args.graph, what="graph file")
-    store = open_store()
-    add_listed_specs(raw, args.graph, store)
-    engine = Engine(store=store)
-    options = RunOptions(
-        budget_cents=args.budget_cents,
-        allow_effects=_tokens(args.allow_effects),
-        allow_capabilities=_tokens(args.allow_capabilities),
-        timeout_secs=args.timeout_secs,
-        max_output_bytes=args.max_output_bytes,
-        isolate=args.isolate,
-        optimize=not args.no_optimize,
-        cache=not args.no_cache,
-        allow_unsigned=args.allow_unsigned,
-    )
+    stages = listed_stages(raw, args.graph)
+    graph_input = read_input(args)
+    options = run_options(args)
     live = sys.stderr.isatty() and not args.json
+    client = remote.daemon(timeout=None)  # a run may take as long as its stages do
+    if client is not None:
+        add_listed(stages, client, None)
+        result = _run_via_daemon(client, raw, graph_input, options, live)
+    else:
+        import trio
 
-    async def progress(ev: Event) -> None:
-        from noether_nix.cli.human import render_event
+        from noether_nix.engine.engine import Engine
 
-        line = render_event(ev)
-        if line:
-            print(line, file=sys.stderr, flush=True)
+        store = open_store()
+        add_listed(stages, None, store)
+        engine = Engine(store=store)
 
-    result = trio.run(lambda: engine.run(raw, read_input(args), options, emit=progress if live else None))
-    data = {
-        "composition_id": result.composition_id,
-        "run_id": result.run_id,
-        "status": result.status,
-        "output": result.output,
-        "effects": result.effects,
-        "trace": result.trace,
-        "warnings": result.warnings,
-        "spent_cents": result.spent_cents,
-        "cache": result.cache,
-    }
-    if result.error is not None:
-        code = 2 if result.error.get("code") == "budget_exceeded" else 3
-        return CommandResult(data, NoetherError(result.error["code"], f"execution failed: {result.error['message']}",
-                                                path=result.error.get("path"), exit_code=code))
-    return data
+        async def progress(ev: Any) -> None:
+            _progress(ev, live)
+
+        result = msgspec.to_builtins(trio.run(lambda: engine.run(raw, graph_input, options, emit=progress)))
+    data, err = svc.run_report(result)
+    return data if err is None else CommandResult(data, err)
 
 
 def register_more(sub: Any) -> None:
@@ -221,29 +232,32 @@ def register_more(sub: Any) -> None:
 
 
 def cmd_trace(args: argparse.Namespace) -> Any:
+    client = remote.daemon()
+    if client is not None:
+        return client.call("GET", f"/v1/runs/{remote.seg(args.ref)}")
     from noether_nix.store.runs import RunStore
 
-    runs = RunStore(open_store().conn)
-    run = runs.get(args.ref) or runs.latest(args.ref)
-    if run is None:
-        raise NoetherError("trace_not_found", f"no run or composition {args.ref!r}", path=args.ref)
-    return run
+    return svc.find_run(RunStore(open_store().conn), args.ref)
 
 
 def cmd_runs(args: argparse.Namespace) -> Any:
+    client = remote.daemon()
+    if client is not None:
+        return client.call("GET", f"/v1/runs?limit={args.limit}")
     from noether_nix.store.runs import RunStore
 
-    return {"runs": RunStore(open_store().conn).recent(args.limit)}
+    return svc.recent_runs(RunStore(open_store().conn), args.limit)
 
 
 def cmd_warmup(args: argparse.Namespace) -> Any:
+    client = remote.daemon(timeout=None)  # builds take their time
+    if client is not None:
+        return client.call("POST", "/v1/warmup", {"refs": args.refs})
     import trio
 
     from noether_nix.nix.registry import ProgramRegistry
-    from noether_nix.nix.warmup import warmup
 
     store = open_store()
-    stages = [store.resolve(r) for r in args.refs] if args.refs else [s for s in store.all() if s.state == "Active"]
     live = sys.stderr.isatty()
 
     def progress(p: dict[str, Any]) -> None:
@@ -251,4 +265,4 @@ def cmd_warmup(args: argparse.Namespace) -> Any:
             n = p["built"] + p["cached"] + len(p["failed"])
             print(f"\r  warmup {n}/{p['total']}", end="", file=sys.stderr, flush=True)
 
-    return trio.run(lambda: warmup(stages, ProgramRegistry(store.conn), progress=progress))
+    return trio.run(lambda: svc.warmup_stages(store, ProgramRegistry(store.conn), args.refs, progress=progress))

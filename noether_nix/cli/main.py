@@ -8,12 +8,12 @@ stderr, with upstream's exit codes (1 input/reference, 2 check/policy,
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from noether_nix import __version__
+from noether_nix.cli import remote
 from noether_nix.cli.envelope import CommandResult, Invocation, dump, error_envelope, ok_envelope
 from noether_nix.errors import NoetherError
 
@@ -45,22 +45,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _take_socket(argv: list[str]) -> tuple[list[str], str | None]:
+    """Remove ``--socket PATH`` / ``--socket=PATH`` from argv; "" when the path is missing."""
+    for i, a in enumerate(argv):
+        if a == "--socket":
+            return argv[:i] + argv[i + 2:], argv[i + 1] if i + 1 < len(argv) else ""
+        if a.startswith("--socket="):
+            return argv[:i] + argv[i + 1:], a.split("=", 1)[1]
+    return argv, None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # --human is accepted anywhere on the line.
     human = "--human" in argv
     argv = [a for a in argv if a != "--human"]
-    # --local forces embedded mode; --socket PATH names a daemon to talk to.
-    if "--local" in argv:
-        argv = [a for a in argv if a != "--local"]
-        os.environ["NOETHER_LOCAL"] = "1"
-    if "--socket" in argv and argv[0] != "daemon":
-        i = argv.index("--socket")
-        if i + 1 < len(argv):
-            os.environ["NOETHER_SOCKET"] = argv[i + 1]
-            del argv[i : i + 2]
+    # --local forces embedded mode; --socket PATH names a daemon to talk to
+    # (`noether daemon --socket` is the daemon's own option).
+    local = "--local" in argv
+    argv = [a for a in argv if a != "--local"]
+    sock: str | None = None
+    if argv and argv[0] != "daemon":
+        argv, sock = _take_socket(argv)
+    remote.configure(local=local, socket=sock)
     inv = Invocation("noether")
     try:
+        if sock == "":
+            raise NoetherError("usage", "--socket needs a path", exit_code=2)
         parser = build_parser()
         args = parser.parse_args(argv)
         inv.command = getattr(args, "command", args.cmd)

@@ -1,4 +1,8 @@
-"""``noether store …``: import / export upstream's store.json, stats."""
+"""``noether store …``: import / export upstream's store.json, stats.
+
+The CLI reads and writes the files; the live daemon (or the embedded
+store) computes the data (``noether_nix.service.store``).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from noether_nix.cli import remote
 from noether_nix.cli.common import open_store, read_json_file
-from noether_nix.errors import NoetherError
-from noether_nix.model.signing import SignatureStatus, verify_id
-from noether_nix.model.stage import Stage, check_identity, stage_from_json
+from noether_nix.service import store as svc
 
 
 def register(sub: Any) -> None:
@@ -27,48 +30,23 @@ def register(sub: Any) -> None:
 
 def cmd_import(args: argparse.Namespace) -> Any:
     doc = read_json_file(args.file, what="store file")
-    if not isinstance(doc, dict) or not isinstance(doc.get("stages"), list):
-        raise NoetherError("invalid_store_file", 'expected {"stages": [...]}', path=args.file)
-    # Validate everything first: a bad entry leaves the store unchanged.
-    stages: list[Stage] = []
-    errors: list[dict[str, Any]] = []
-    for i, raw in enumerate(doc["stages"]):
-        where = f"{args.file}: stages[{i}]"
-        try:
-            stage = stage_from_json(raw, path=f"stages[{i}]")
-            check_identity(stage, path=f"stages[{i}]")
-            status = verify_id(stage.id, stage.ed25519_signature, stage.signer_public_key)
-            if status in (SignatureStatus.BAD_SIGNATURE, SignatureStatus.MALFORMED):
-                raise NoetherError(f"signature_{status.value}", f"signature {status.value}", path=f"stages[{i}]")
-            stages.append(stage)
-        except NoetherError as e:
-            errors.append({"index": i, "error": e.to_dict(), "where": where})
-    if errors:
-        raise NoetherError(
-            "import_failed",
-            f"{len(errors)} of {len(doc['stages'])} stage(s) are invalid; nothing was imported",
-            path=args.file,
-            details={"failed": errors},
-        )
-    store = open_store()
-    imported: list[str] = []
-    skipped: list[str] = []
-    # Successors first so Deprecated stages never point at a missing stage.
-    order = sorted(stages, key=lambda s: s.state == "Deprecated")
-    for s in order:
-        res = store.add(s)
-        (imported if res.created else skipped).append(s.id)
-    return {"imported": imported, "skipped": skipped, "counts": {"imported": len(imported), "skipped": len(skipped)}}
+    client = remote.daemon()
+    if client is not None:
+        return client.call("POST", "/v1/store/import", {"doc": doc, "source": args.file})
+    return svc.import_stages(open_store(), doc, source=args.file)
 
 
 def cmd_export(args: argparse.Namespace) -> Any:
-    doc = open_store().export()
-    if args.output:
-        Path(args.output).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-        return {"path": args.output, "count": len(doc["stages"])}
-    return doc
+    client = remote.daemon()
+    doc = client.call("GET", "/v1/store/export") if client is not None else svc.export_store(open_store())
+    if not args.output:
+        return doc
+    Path(args.output).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    return svc.export_written(doc, args.output)
 
 
 def cmd_stats(args: argparse.Namespace) -> Any:
-    counts = open_store().count()
-    return {"total": sum(counts.values()), "by_lifecycle": counts}
+    client = remote.daemon()
+    if client is not None:
+        return client.call("GET", "/v1/store/stats")
+    return svc.store_stats(open_store())

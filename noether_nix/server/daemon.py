@@ -16,7 +16,8 @@ import stat
 import struct
 import time
 import uuid
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import h11
 import msgspec
@@ -27,6 +28,7 @@ from noether_nix.engine.config import EngineConfig
 from noether_nix.engine.engine import Engine, RunOptions
 from noether_nix.engine.events import Event
 from noether_nix.errors import NoetherError
+from noether_nix.paths import default_socket
 from noether_nix.server import systemd
 from noether_nix.server.protocol import (
     ProtocolError,
@@ -38,11 +40,46 @@ from noether_nix.server.protocol import (
 )
 
 log = structlog.get_logger("noether.daemon")
+T = TypeVar("T")
 
 _STATUS = {1: 400, 2: 422, 3: 500}
 _CODE_STATUS = {"stage_not_found": 404, "trace_not_found": 404, "run_not_found": 404, "not_found": 404,
                 "forbidden": 403, "busy": 503, "body_too_large": 413, "invalid_json": 400, "usage": 400,
                 "method_not_allowed": 405, "ambiguous_reference": 409, "invalid_transition": 409}
+
+
+# Request bodies. The CLI reads client files and sends their content; the daemon never reads client paths.
+class CheckBody(msgspec.Struct):
+    graph: Any = None
+    input: Any = None
+    check_input: bool = False
+    options: dict[str, Any] | None = None
+
+
+class RunBody(msgspec.Struct):
+    graph: Any
+    input: Any = None
+    options: dict[str, Any] | None = None
+
+
+class StageBody(msgspec.Struct):
+    spec: Any = None  # a spec or full Stage JSON; a body without "spec" is taken as the spec itself
+    draft: bool = False
+    build: bool = False
+
+
+class LifecycleBody(msgspec.Struct):
+    lifecycle: str
+    successor: str | None = None
+
+
+class WarmupBody(msgspec.Struct):
+    refs: list[str] = msgspec.field(default_factory=list)
+
+
+class ImportBody(msgspec.Struct):
+    doc: Any
+    source: str = "store.json"  # how errors name the document (the client's file)
 
 
 class DaemonConfig(msgspec.Struct, kw_only=True):
@@ -58,13 +95,6 @@ class DaemonConfig(msgspec.Struct, kw_only=True):
     max_queued_runs: int = 64
     grace_s: float = 30.0
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
-
-
-def default_socket() -> str:
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if os.getuid() == 0 and not runtime:
-        return "/run/noether/noether.sock"
-    return os.path.join(runtime or "/tmp", "noether.sock")
 
 
 def peer_credentials(sock: Any) -> tuple[int, int, int]:
@@ -129,9 +159,18 @@ class Daemon:
                     nursery.start_soon(trio.serve_listeners, self.handle, [listener])
                 nursery.start_soon(self._warmup)
                 systemd.notify("READY=1\nSTATUS=serving")
+                interval = systemd.watchdog_interval()
+                if interval is not None:
+                    nursery.start_soon(self._watchdog, interval)
                 log.info("daemon_ready", pid=os.getpid())
                 task_status.started()
                 await trio.sleep_forever()
+
+    async def _watchdog(self, interval: float) -> None:
+        """Ping systemd's watchdog from the event loop: a stuck loop stops the pings."""
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await trio.sleep(interval)
 
     async def _warmup(self) -> None:
         """Build the programs of all Active stages in the background, bounded."""
@@ -242,8 +281,10 @@ class Daemon:
 
     async def _respond(self, stream: trio.SocketStream, conn: h11.Connection, req: Request, uid: int,
                        gid: int) -> bool:
-        path = req.target.split("?", 1)[0].rstrip("/")
-        parts = path.split("/")[1:]
+        target = urlsplit(req.target)
+        path = target.path.rstrip("/")
+        parts = [unquote(p) for p in path.split("/")[1:]]
+        query = parse_qs(target.query)
         command = f"{req.method} {path}"
         if uid not in self.allowed and gid not in self.config.allowed_gids:
             self.counters["forbidden"] += 1
@@ -256,33 +297,60 @@ class Daemon:
             if req.method == "POST" and parts == ["v1", "runs"]:
                 await self._run(stream, conn, req, uid)
                 return False
-            data = await self._route(req, parts, uid)
+            data = await self._route(req, parts, query, uid)
         except NoetherError as e:
             status = _CODE_STATUS.get(e.code, _STATUS.get(e.exit_code, 500))
-            await self._send(stream, conn, status, command, error=e.to_dict())
+            # exit_code: what the CLI exits with when it prints this error.
+            await self._send(stream, conn, status, command, error={**e.to_dict(), "exit_code": e.exit_code})
             return True
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise
+        except Exception as e:  # one bad request must never take the daemon down
+            log.exception("request_failed", method=req.method, target=req.target)
+            await self._send(stream, conn, 500, command, error={"code": "internal_error",
+                             "message": f"internal error: {type(e).__name__}: {e}", "exit_code": 3})
+            return False
         if isinstance(data, bytes):
             await self._send(stream, conn, 200, command, raw=data, content_type="text/plain; version=0.0.4")
         else:
             await self._send(stream, conn, 200, command, data=data)
         return True
 
-    def _body(self, req: Request) -> Any:
-        if not req.body:
-            return {}
+    def _body(self, req: Request, kind: type[T]) -> T:
+        """The request body as ``kind`` (an empty body is ``{}``)."""
         try:
-            return msgspec.json.decode(req.body)
+            return msgspec.json.decode(req.body or b"{}", type=kind)
+        except msgspec.ValidationError as e:
+            raise NoetherError("usage", f"invalid request body: {e}") from None
         except msgspec.DecodeError as e:
             raise NoetherError("invalid_json", f"request body is not JSON: {e}") from None
+
+    @staticmethod
+    def _options(raw: dict[str, Any] | None) -> RunOptions:
+        opts = dict(raw or {})
+        if opts.pop("detached", False):  # accepted spelling of `detach`
+            opts["detach"] = True
+        try:
+            return msgspec.convert(opts, RunOptions)
+        except msgspec.ValidationError as err:
+            raise NoetherError("usage", f"invalid options: {err}") from None
+
+    @staticmethod
+    def _query_int(query: dict[str, list[str]], key: str, default: int) -> int:
+        try:
+            return int(query[key][-1]) if key in query else default
+        except ValueError:
+            raise NoetherError("usage", f"{key} must be an integer", path=key) from None
 
     def _need_write(self, uid: int) -> None:
         if uid not in self.writers:
             self.counters["forbidden"] += 1
             raise NoetherError("forbidden", f"uid {uid} may run graphs but not change the store")
 
-    async def _route(self, req: Request, parts: list[str], uid: int) -> Any:
-        from noether_nix.cli.stage_cmds import sign_for_store
-        from noether_nix.model.stage import stage_from_spec, stage_to_json
+    async def _route(self, req: Request, parts: list[str], query: dict[str, list[str]], uid: int) -> Any:
+        from noether_nix.model.stage import stage_from_spec
+        from noether_nix.service import graph, stage_test, stages, store
+        from noether_nix.store.signing import sign_for_store
 
         m, e = req.method, self.engine
         match parts:
@@ -291,14 +359,11 @@ class Daemon:
             case ["metrics"] if m == "GET":
                 return self.metrics()
             case ["v1", "check"] if m == "POST":
-                body = self._body(req)
-                opts = msgspec.convert(body.get("options") or {}, RunOptions)
-                return e.check(body.get("graph"), body.get("input"), opts)
-            case ["v1", "runs", run_id] if m == "GET":
-                run = e.get_run(run_id)
-                if run is None:
-                    raise NoetherError("run_not_found", f"no run {run_id}", path=run_id)
-                return run
+                check = self._body(req, CheckBody)
+                return graph.check_graph(e, check.graph, check.input, self._options(check.options),
+                                         check_input=check.check_input)
+            case ["v1", "runs", ref] if m == "GET":
+                return graph.find_run(e.runs, ref)
             case ["v1", "runs", run_id] if m == "DELETE":
                 scope = self.runs.get(run_id)
                 if scope is None:
@@ -306,47 +371,69 @@ class Daemon:
                 scope.cancel()
                 return {"run_id": run_id, "cancelled": True}
             case ["v1", "runs"] if m == "GET":
-                return {"runs": e.runs.recent(50)}
+                return graph.recent_runs(e.runs, self._query_int(query, "limit", 50))
             case ["v1", "traces", cid] if m == "GET":
                 trace = e.latest_trace(cid)
                 if trace is None:
                     raise NoetherError("trace_not_found", f"no trace for {cid}", path=cid)
                 return trace
             case ["v1", "stages"] if m == "GET":
-                return {"stages": [{"id": s.id, "name": s.name, "lifecycle": s.state} for s in e.store.all()]}
+                return stages.list_stages(e.store, lifecycle=query.get("lifecycle", ["all"])[-1],
+                                          tags=query.get("tag", []),
+                                          full_ids=query.get("full_ids", ["1"])[-1] not in ("0", "false"))
             case ["v1", "stages"] if m == "POST":
                 self._need_write(uid)
-                stage = sign_for_store(stage_from_spec(self._body(req).get("spec", self._body(req))))
-                res = e.store.add(stage, activate=True)
-                return {"id": res.id, "lifecycle": res.lifecycle.lower(), "created": res.created}
+                add = self._body(req, StageBody)
+                spec = add.spec if add.spec is not None else self._body(req, dict)
+                stage = sign_for_store(stage_from_spec(spec))
+                return await stages.add_stage(e.store, stage, draft=add.draft, build=add.build, registry=e.programs,
+                                              concurrency=self.config.engine.build_concurrency)
             case ["v1", "stages", ref] if m == "GET":
-                return stage_to_json(e.store.resolve(ref))
+                return stages.get_stage(e.store, ref)
             case ["v1", "stages", ref, "lifecycle"] if m == "PATCH":
                 self._need_write(uid)
-                body = self._body(req)
-                stage = e.store.resolve(ref)
-                to = str(body.get("lifecycle", "")).capitalize()
-                succ = e.store.resolve(body["successor"]).id if body.get("successor") else None
-                e.store.transition(stage.id, to, successor_id=succ)  # type: ignore[arg-type]
-                return {"id": stage.id, "lifecycle": to.lower()}
+                change = self._body(req, LifecycleBody)
+                return stages.change_lifecycle(e.store, ref, change.lifecycle, successor=change.successor,
+                                               registry=e.programs)
+            case ["v1", "stages", ref, "verify"] if m == "GET":
+                return stages.verify_stages(e.store, ref)
+            case ["v1", "verify"] if m == "GET":
+                return stages.verify_stages(e.store)
+            case ["v1", "stages", ref, "test"] if m == "POST":
+                return await stage_test.run_stage_tests(e, ref)
+            case ["v1", "test"] if m == "POST":
+                return await stage_test.run_stage_tests(e)
             case ["v1", "warmup"] if m == "POST":
                 self._need_write(uid)
-                from noether_nix.nix.warmup import warmup
-
-                active = [s for s in e.store.all() if s.state == "Active"]
-                return await warmup(active, e.programs)
+                refs = self._body(req, WarmupBody).refs
+                return await graph.warmup_stages(e.store, e.programs, refs or None,
+                                                 concurrency=self.config.engine.build_concurrency)
+            case ["v1", "store", "stats"] if m == "GET":
+                return store.store_stats(e.store)
+            case ["v1", "store", "export"] if m == "GET":
+                return store.export_store(e.store)
+            case ["v1", "store", "import"] if m == "POST":
+                self._need_write(uid)
+                doc = self._body(req, ImportBody)
+                return store.import_stages(e.store, doc.doc, source=doc.source)
         raise NoetherError("not_found", f"no endpoint {req.method} {req.target}")
 
     # ---------------------------------------------------------------- runs
 
     async def _run(self, stream: trio.SocketStream, conn: h11.Connection, req: Request, uid: int) -> None:
-        body = self._body(req)
-        if not isinstance(body, dict) or "graph" not in body:
-            raise NoetherError("usage", 'body must be {"graph": …, "input": …, "options": {…}}')
         try:
-            options = msgspec.convert(body.get("options") or {}, RunOptions)
-        except msgspec.ValidationError as err:
-            raise NoetherError("usage", f"invalid options: {err}") from None
+            body = self._body(req, RunBody)
+        except NoetherError as err:
+            if err.code != "usage":
+                raise
+            raise NoetherError("usage", 'body must be {"graph": …, "input": …, "options": {…}}') from None
+        options = self._options(body.options)
+        if (options.allow_read or options.allow_write) and uid not in self.writers:
+            # A file grant reads or writes as the daemon's user, not the peer's:
+            # only peers trusted to change the store may give one.
+            self.counters["forbidden"] += 1
+            raise NoetherError("forbidden", f"uid {uid} may run graphs but not grant file access "
+                               "(allow_read / allow_write)")
         if self.stopping:
             raise NoetherError("busy", "the daemon is stopping")
         if self.waiting >= self.config.max_queued_runs:
@@ -362,37 +449,53 @@ class Daemon:
         self.counters["runs_started"] += 1
         log.info("run_started", run_id=run_id, peer_uid=uid)
         head_sent = False
+        gone = False  # the client went away: a detached run goes on without it, others are cancelled
+
+        def client_gone() -> None:
+            nonlocal gone
+            gone = True
+            if not options.detach:
+                scope.cancel()
+
         try:
             async def emit(ev: Event) -> None:
                 nonlocal head_sent
-                if not head_sent:
-                    await stream.send_all(conn.send(response_head(200, "application/x-ndjson")) or b"")
-                    head_sent = True
-                await stream.send_all(conn.send(h11.Data(data=ndjson(msgspec.to_builtins(ev)))) or b"")
+                if gone:
+                    return
+                try:
+                    if not head_sent:
+                        await stream.send_all(conn.send(response_head(200, "application/x-ndjson")) or b"")
+                        head_sent = True
+                    await stream.send_all(conn.send(h11.Data(data=ndjson(msgspec.to_builtins(ev)))) or b"")
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    client_gone()
 
             async def watch_client() -> None:
                 # Any byte or EOF from the client during a stream means it is gone.
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await stream.receive_some(1)
-                if not options.detach:
-                    scope.cancel()
+                client_gone()
 
             result = None
+            failure: NoetherError | None = None
             with scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(watch_client)
                     try:
-                        result = await self.engine.run(body["graph"], body.get("input"), options,
-                                                       emit=emit, run_id=run_id)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        scope.cancel()
+                        result = await self.engine.run(body.graph, body.input, options, emit=emit, run_id=run_id)
+                    except NoetherError as err:  # caught here, not wrapped in the nursery's ExceptionGroup
+                        failure = err
                     nursery.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
             if result is None:
                 self.counters["runs_cancelled"] += 1
                 log.info("run_cancelled", run_id=run_id, peer_uid=uid)
                 return
             self.counters["runs_ok" if result.status == "ok" else "runs_failed"] += 1
             log.info("run_finished", run_id=run_id, status=result.status, peer_uid=uid)
+            if gone:
+                return
             final = {"event": "result", **msgspec.to_builtins(result)}
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 if not head_sent:
@@ -410,7 +513,7 @@ class Daemon:
     # ---------------------------------------------------------------- status
 
     def health(self) -> dict[str, Any]:
-        from noether_nix.cli.doctor import describe_nix, describe_sandbox
+        from noether_nix.service.doctor import describe_nix, describe_sandbox
 
         return {"status": "stopping" if self.stopping else "ok", "pid": os.getpid(),
                 "uptime_s": int(time.time() - self.started), "runs_in_flight": len(self.runs),
@@ -425,7 +528,8 @@ class Daemon:
 
 def run_daemon(config: DaemonConfig) -> int:
     structlog.configure(processors=[structlog.processors.TimeStamper(fmt="iso"),
-                                    structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+                                    structlog.processors.add_log_level, structlog.processors.format_exc_info,
+                                    structlog.processors.JSONRenderer()],
                         logger_factory=structlog.PrintLoggerFactory(file=__import__("sys").stderr))
     listeners = systemd.listen_fds()
     path = None

@@ -39,3 +39,15 @@ def notify(state: str) -> bool:
         except OSError:
             return False
     return True
+
+
+def watchdog_interval() -> float | None:
+    """Seconds between ``WATCHDOG=1`` pings (half of $WATCHDOG_USEC), or None when no watchdog is set."""
+    pid = os.environ.get("WATCHDOG_PID")
+    if pid and pid != str(os.getpid()):
+        return None
+    try:
+        usec = int(os.environ.get("WATCHDOG_USEC", "0"))
+    except ValueError:
+        return None
+    return usec / 2 / 1_000_000 if usec > 0 else None

@@ -22,11 +22,18 @@ BUSY_TIMEOUT_MS = 10_000
 _WRITE_LOCK = threading.RLock()
 
 
+class _Connection(sqlite3.Connection):
+    def executescript(self, sql_script: str, /) -> sqlite3.Cursor:
+        # executescript COMMITs any open transaction first: it must not end another thread's.
+        with _WRITE_LOCK:
+            return super().executescript(sql_script)
+
+
 def connect(path: Path) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                               check_same_thread=False)
+                               check_same_thread=False, factory=_Connection)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")

@@ -3,6 +3,7 @@ client, by curl, through systemd-socket-activate, and by hostile clients."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -272,3 +273,84 @@ async def test_trio_client_streams_events(daemon: tuple[subprocess.Popen[bytes],
     assert status == 200 and health["data"]["status"] == "ok"
     events = [ev async for ev in c.run(HELLO, "trio")]
     assert events[0]["event"] == "run_accepted" and events[-1]["output"] == "TRIO"
+
+
+@pytest.mark.parametrize("flag", ["detach", "detached"])
+def test_a_detached_run_outlives_its_client(daemon: tuple[subprocess.Popen[bytes], Path], flag: str) -> None:
+    _, sock = daemon
+    c = Client(str(sock))
+    spec = {"name": "slow_echo", "input": "Any", "output": "Any", "effects": ["NonDeterministic"],
+            "implementation": "import time\ndef execute(x):\n    time.sleep(1)\n    return x\n"}
+    assert c.request("POST", "/v1/stages", {"spec": spec})[0] == 200
+    graph = {"description": "d", "version": "1", "root": {"op": "Stage", "id": "slow_echo"}}
+    events = c.run(graph, "still here", {flag: True})
+    run_id = next(events)["run_id"]  # run_accepted
+    events.close()  # the client goes away at once
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status, run = c.request("GET", f"/v1/runs/{run_id}")
+        if status == 200 and run["data"]["status"] != "running":
+            break
+        time.sleep(0.2)
+    assert run["data"]["status"] == "ok", run
+    assert run["data"]["events"][-1]["output"] == "still here"
+
+
+def test_watchdog_pings_at_half_the_interval(tmp_path: Path) -> None:
+    notify = tmp_path / "notify.sock"
+    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ns.bind(str(notify))
+    ns.settimeout(10)
+    sock = tmp_path / "noether.sock"
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "400000"}  # ping every 0.2 s
+    proc = subprocess.Popen([sys.executable, "-m", "noether_nix.cli.main", "daemon", "--socket", str(sock)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for_socket(sock, proc)
+        messages = [ns.recv(4096).decode() for _ in range(6)]
+        started = time.monotonic()
+        while sum("WATCHDOG=1" in m for m in messages) < 8:
+            messages.append(ns.recv(4096).decode())
+        # Eight pings, the last six within about 1.2 s: the loop pings at half WATCHDOG_USEC.
+        assert any("READY=1" in m for m in messages)
+        assert time.monotonic() - started < 5
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        ns.close()
+
+
+def test_no_watchdog_pings_without_watchdog_usec(tmp_path: Path) -> None:
+    notify = tmp_path / "notify.sock"
+    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ns.bind(str(notify))
+    sock = tmp_path / "noether.sock"
+    env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_USEC", "WATCHDOG_PID")}
+    proc = subprocess.Popen([sys.executable, "-m", "noether_nix.cli.main", "daemon", "--socket", str(sock)],
+                            env={**env, "NOTIFY_SOCKET": str(notify)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        wait_for_socket(sock, proc)
+        time.sleep(0.5)
+        ns.settimeout(0.5)
+        messages = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                messages.append(ns.recv(4096).decode())
+        assert any("READY=1" in m for m in messages)
+        assert not any("WATCHDOG=1" in m for m in messages)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        ns.close()
+
+
+def test_a_run_the_daemon_refuses_leaves_it_serving(daemon: tuple[subprocess.Popen[bytes], Path]) -> None:
+    _, sock = daemon
+    c = Client(str(sock))
+    status, body = c.request("POST", "/v1/runs", {"graph": {"description": "d", "version": "1",
+                                                            "root": {"op": "Nope"}}})
+    assert status == 400 and body["error"]["code"] == "invalid_graph" and body["error"]["exit_code"] == 1
+    status, body = c.request("POST", "/v1/stages", [1, 2])
+    assert status == 400 and body["error"]["code"] == "usage"
+    assert list(c.run(HELLO, "ok"))[-1]["output"] == "OK"

@@ -1,0 +1,179 @@
+"""``noether stage …``: add, get, list, lifecycle changes, verify."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from noether_nix.errors import NoetherError
+from noether_nix.model.signing import SignatureStatus, verify_id
+from noether_nix.model.stage import Stage, stage_to_json
+from noether_nix.model.types import display
+from noether_nix.store.stages import StageStore
+
+if TYPE_CHECKING:
+    from noether_nix.nix.registry import ProgramRegistry
+
+LIST_LIFECYCLES = ("draft", "active", "deprecated", "tombstone", "all")
+# The lifecycle a stage may be moved to, by the command's own name.
+TRANSITIONS = {"activate": "Active", "deprecate": "Deprecated", "tombstone": "Tombstone"}
+
+
+def store_stage(store: StageStore, stage: Stage, *, draft: bool = False) -> dict[str, Any]:
+    """Store a parsed, signed stage, activating it unless ``draft``."""
+    existing = store.get(stage.id)
+    if existing is not None:
+        return {"id": stage.id, "lifecycle": existing.state.lower(), "note": "already exists"}
+    res = store.add(stage, activate=not draft and stage.state in ("Draft", "Active"))
+    out: dict[str, Any] = {"id": res.id, "lifecycle": res.lifecycle.lower()}
+    if res.supersedes:
+        out["supersedes"] = res.supersedes
+    return out
+
+
+async def add_stage(store: StageStore, stage: Stage, *, draft: bool = False, build: bool = True,
+                    registry: ProgramRegistry | None = None, concurrency: int = 2) -> dict[str, Any]:
+    """``stage add``: store the stage, then build its program unless ``build`` is false."""
+    from noether_nix.nix.registry import ProgramRegistry
+
+    out = store_stage(store, stage, draft=draft)
+    if "note" not in out and stage.implementation_code and stage.implementation_language and build:
+        out["program"] = await _build_now(registry or ProgramRegistry(store.conn), stage, concurrency)
+    return out
+
+
+async def _build_now(registry: ProgramRegistry, stage: Stage, concurrency: int) -> dict[str, Any]:
+    """Build the new stage's program right away, so its first run does not wait.
+
+    A build failure does not undo the add: the stage is stored, and the
+    failure is reported here and again, with its cause, on first use.
+    """
+    from noether_nix.nix.programs import build_stage_program_async
+
+    try:
+        prog = await build_stage_program_async(stage.id, stage.implementation_language or "",
+                                               stage.implementation_code or "", registry=registry,
+                                               concurrency=concurrency)
+    except NoetherError as e:
+        return {"built": False, "error": e.to_dict()}
+    return {"built": True, "store_path": prog.store_path, "build_ms": prog.build_ms}
+
+
+def get_stage(store: StageStore, ref: str) -> dict[str, Any]:
+    return stage_to_json(store.resolve(ref))
+
+
+def signature_text(stage: Stage) -> str:
+    return f"{display(stage.input)} → {display(stage.output)}"
+
+
+def list_stages(store: StageStore, *, lifecycle: str = "active", tags: Iterable[str] = (),
+                full_ids: bool = False) -> dict[str, Any]:
+    if lifecycle not in LIST_LIFECYCLES:
+        raise NoetherError("usage", f"unknown lifecycle {lifecycle!r} (use one of {', '.join(LIST_LIFECYCLES)})",
+                           path="lifecycle", exit_code=2)
+    stages = store.all()
+    if lifecycle != "all":
+        stages = [s for s in stages if s.state.lower() == lifecycle]
+    for tag in tags:
+        stages = [s for s in stages if tag in s.tags]
+    stages.sort(key=lambda s: (s.description, s.id))
+    rows = []
+    for s in stages:
+        row: dict[str, Any] = {
+            "id": s.id if full_ids else s.id[:8],
+            "name": s.name,
+            "description": s.description,
+            "signature": signature_text(s),
+            "effects": s.effects.display(),
+            "lifecycle": s.state,
+        }
+        if s.tags:
+            row["tags"] = s.tags
+        rows.append(row)
+    return {"stages": rows, "count": len(rows)}
+
+
+def change_lifecycle(store: StageStore, ref: str, to: str, *, successor: str | None = None,
+                     registry: ProgramRegistry | None = None) -> dict[str, Any]:
+    """Move a stage to ``to`` (Active, Deprecated with a successor, Tombstone)."""
+    target = to.capitalize()
+    if target not in TRANSITIONS.values():
+        raise NoetherError("usage", f"cannot move a stage to {to!r} (use active, deprecated or tombstone)",
+                           path="lifecycle", exit_code=2)
+    stage = store.resolve(ref)
+    succ = store.resolve(successor).id if target == "Deprecated" and successor else None
+    deprecated = store.transition(stage.id, target, successor_id=succ)  # type: ignore[arg-type]
+    out: dict[str, Any] = {"id": stage.id, "lifecycle": target.lower()}
+    if succ:
+        out["successor_id"] = succ
+    if deprecated:
+        out["supersedes"] = deprecated
+    if target == "Tombstone":
+        from noether_nix.nix.registry import ProgramRegistry
+
+        # A tombstoned stage's Nix program may be garbage-collected.
+        (registry or ProgramRegistry(store.conn)).release(stage.id)
+    return out
+
+
+def verify_stage(stage: Stage) -> dict[str, Any]:
+    from noether_nix.model.properties import check_property
+    from noether_nix.model.stage import check_identity
+    from noether_nix.model.values import conforms
+
+    problems: list[str] = []
+    try:
+        check_identity(stage)
+        hash_ok = True
+    except NoetherError as e:
+        hash_ok = False
+        problems.append(e.message)
+    sig = verify_id(stage.id, stage.ed25519_signature, stage.signer_public_key)
+    if sig is not SignatureStatus.VALID:
+        problems.append(f"signature: {sig.value}")
+    example_errors = 0
+    for i, ex in enumerate(stage.examples):
+        for side, value, t in (("input", ex.input, stage.input), ("output", ex.output, stage.output)):
+            err = conforms(value, t)
+            if err:
+                example_errors += 1
+                problems.append(f"example {i} {side}: {err}")
+    violations = 0
+    if stage.properties and not stage.examples:
+        problems.append("properties are declared but there are no examples to check them on")
+    for prop in stage.properties:
+        for i, ex in enumerate(stage.examples):
+            why = check_property(prop, ex.input, ex.output)
+            if why:
+                violations += 1
+                problems.append(f"property {prop.__struct_config__.tag} on example {i}: {why}")
+    return {
+        "id": stage.id,
+        "name": stage.name,
+        "status": "passed" if not problems else "failed",
+        "details": {
+            "hash": "ok" if hash_ok else "mismatch",
+            "signature": sig.value,
+            "examples": len(stage.examples),
+            "example_type_errors": example_errors,
+            "properties": len(stage.properties),
+            "property_violations": violations,
+            "problems": problems,
+        },
+    }
+
+
+def verify_stages(store: StageStore, ref: str | None = None) -> dict[str, Any]:
+    """Verify one stage or all; a failure is in the data (see ``verification_error``)."""
+    stages = [store.resolve(ref)] if ref else store.all()
+    results = [verify_stage(s) for s in stages]
+    failed = sum(1 for r in results if r["status"] == "failed")
+    return {"total": len(results), "passed": len(results) - failed, "failed": failed, "stages": results}
+
+
+def verification_error(data: dict[str, Any]) -> NoetherError | None:
+    """The error `stage verify` reports alongside its data when a stage failed."""
+    if not data["failed"]:
+        return None
+    return NoetherError("verification_failed", f"{data['failed']} of {data['total']} stage(s) failed verification")

@@ -1,0 +1,58 @@
+"""``noether store …``: import / export upstream's store.json, stats."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from noether_nix.errors import NoetherError
+from noether_nix.model.signing import SignatureStatus, verify_id
+from noether_nix.model.stage import Stage, check_identity, stage_from_json
+from noether_nix.store.stages import StageStore
+
+
+def import_stages(store: StageStore, doc: Any, *, source: str) -> dict[str, Any]:
+    """Import a ``{"stages": [...]}`` document; ``source`` names it in errors (the client's file)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("stages"), list):
+        raise NoetherError("invalid_store_file", 'expected {"stages": [...]}', path=source)
+    # Validate everything first: a bad entry leaves the store unchanged.
+    stages: list[Stage] = []
+    errors: list[dict[str, Any]] = []
+    for i, raw in enumerate(doc["stages"]):
+        try:
+            stage = stage_from_json(raw, path=f"stages[{i}]")
+            check_identity(stage, path=f"stages[{i}]")
+            status = verify_id(stage.id, stage.ed25519_signature, stage.signer_public_key)
+            if status in (SignatureStatus.BAD_SIGNATURE, SignatureStatus.MALFORMED):
+                raise NoetherError(f"signature_{status.value}", f"signature {status.value}", path=f"stages[{i}]")
+            stages.append(stage)
+        except NoetherError as e:
+            errors.append({"index": i, "error": e.to_dict(), "where": f"{source}: stages[{i}]"})
+    if errors:
+        raise NoetherError(
+            "import_failed",
+            f"{len(errors)} of {len(doc['stages'])} stage(s) are invalid; nothing was imported",
+            path=source,
+            details={"failed": errors},
+        )
+    imported: list[str] = []
+    skipped: list[str] = []
+    # Successors first so Deprecated stages never point at a missing stage.
+    for s in sorted(stages, key=lambda s: s.state == "Deprecated"):
+        res = store.add(s)
+        (imported if res.created else skipped).append(s.id)
+    return {"imported": imported, "skipped": skipped, "counts": {"imported": len(imported), "skipped": len(skipped)}}
+
+
+def export_store(store: StageStore) -> dict[str, Any]:
+    """Upstream's store.json document."""
+    return store.export()
+
+
+def export_written(doc: dict[str, Any], path: str) -> dict[str, Any]:
+    """The data of ``store export -o PATH`` once the client has written ``doc`` there."""
+    return {"path": path, "count": len(doc["stages"])}
+
+
+def store_stats(store: StageStore) -> dict[str, Any]:
+    counts = store.count()
+    return {"total": sum(counts.values()), "by_lifecycle": counts}

@@ -1,0 +1,58 @@
+"""`noether run` gives the stdlib's io stages what they may touch: file
+grants, environment variables, the caller's stdin and stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def graph_file(tmp_path: Path, stage: str) -> Path:
+    p = tmp_path / f"{stage}.graph.json"
+    p.write_text(json.dumps({"description": stage, "version": "1", "root": {"op": "Stage", "id": stage}}))
+    return p
+
+
+def run(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> tuple[int, Any, str]:
+    import os
+
+    proc = subprocess.run([sys.executable, "-m", "noether_nix.cli.main", "run", "--json", *args], input=stdin,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else None, proc.stderr
+
+
+def test_read_and_write_only_what_the_command_line_grants(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "in.txt").write_text("hello")
+    read = graph_file(tmp_path, "read_file")
+    rc, out, _ = run(str(read), "--input", json.dumps({"path": str(tmp_path / "data" / "in.txt")}),
+                     "--allow-read", "data")  # relative to where the command runs
+    assert rc == 0, out
+    assert out["data"]["output"] == {"content": "hello", "size_bytes": 5}
+    rc, out, err = run(str(read), "--input", json.dumps({"path": str(tmp_path / "data" / "in.txt")}))
+    assert rc == 3 and "--allow-read" in json.dumps(err if out is None else out)
+    write = graph_file(tmp_path, "write_file")
+    rc, out, _ = run(str(write), "--input", json.dumps({"path": str(tmp_path / "data" / "out.txt"),
+                                                         "content": "written"}), "--allow-write", "data")
+    assert rc == 0, out
+    assert (tmp_path / "data" / "out.txt").read_text() == "written"
+
+
+def test_env_stdin_and_stdout_stages(tmp_path: Path) -> None:
+    rc, out, _ = run(str(graph_file(tmp_path, "env_get")), "--input", '{"name": "GREETING"}', "--env", "GREETING",
+                     env={"GREETING": "hi from the caller"})
+    assert rc == 0 and out["data"]["output"] == "hi from the caller"
+    rc, out, _ = run(str(graph_file(tmp_path, "env_get")), "--input", '{"name": "GREETING"}',
+                     env={"GREETING": "not passed"})
+    assert rc == 0 and out["data"]["output"] is None
+    rc, out, _ = run(str(graph_file(tmp_path, "stdin_read")), "--stdin", stdin="piped\ntext")
+    assert rc == 0 and out["data"]["output"] == "piped\ntext"
+    rc, out, err = run(str(graph_file(tmp_path, "stdout_write")), "--input", '{"text": "to the terminal"}')
+    assert rc == 0 and out["data"]["output"] is None
+    assert err == "to the terminal"
