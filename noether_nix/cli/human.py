@@ -11,6 +11,18 @@ def render(command: str, data: Any) -> str:
         lines = [f"{s['id']}  {s['lifecycle']:<10} {s['name'] or '':<24} {s['signature']}" for s in data["stages"]]
         lines.append(f"({data['count']} stages)")
         return "\n".join(lines)
+    if command in ("stage test", "stage verify") and isinstance(data, dict):
+        marks = {"passed": "✓", "failed": "✗", "skipped": "-"}
+        lines = []
+        for s in data["stages"]:
+            details = s["details"]
+            if isinstance(details, dict):  # verify: its problems, or nothing to say
+                details = "; ".join(details.get("problems", []))
+            lines.append(f"{marks.get(s['status'], '?')} {s['id'][:8]}  {s.get('name') or s.get('description', '')}"
+                         + (f"  {details}" if details else ""))
+        counts = ", ".join(f"{data[k]} {k}" for k in ("passed", "failed", "skipped") if k in data)
+        lines.append(f"({data['total']} stages: {counts})")
+        return "\n".join(lines)
     if isinstance(data, dict) and all(not isinstance(v, (dict, list)) for v in data.values()):
         width = max((len(k) for k in data), default=0)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in data.items())

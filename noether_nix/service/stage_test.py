@@ -74,7 +74,7 @@ async def run_examples(engine: Engine, stage: Stage) -> dict[str, Any]:
         if error.get("code") in UNRUNNABLE_EXAMPLE:
             # Not the stage's fault: the example names a stage no store has
             # (upstream's map/filter/reduce examples), or a path no test grants.
-            skipped.append(f"example {i}: {UNRUNNABLE_EXAMPLE[error['code']]}: {error.get('message', '')}")
+            skipped.append(f"example {i}: {UNRUNNABLE_EXAMPLE[error['code']]}")
         elif result.status != "ok":
             failures.append(f"example {i}: failed: {error.get('message', result.status)}")
         elif jcs(result.output) != jcs(example.output):
