@@ -138,8 +138,12 @@ def store_impls(stages: StageStore, runs: RunStore) -> dict[str, BuiltinImpl]:
         from noether_nix.model.stage import lifecycle_name, stage_from_spec
 
         r = _record(v, "spec")
+        spec = r["spec"]
+        if not isinstance(spec, dict) or not ({"name", "implementation"} <= spec.keys() or "id" in spec):
+            raise StageFailed("`spec` must be a stage spec (name, input, output, implementation) or a full stage "
+                              "JSON (with id); a signature alone cannot be run, so it is not added")
         try:
-            stage = stage_from_spec(r["spec"], path="spec")
+            stage = stage_from_spec(spec, path="spec")
             stage = msgspec.structs.replace(stage, lifecycle="Draft", ed25519_signature=None,
                                             signer_public_key=None)
             added = stages.add(stage, activate=False)
