@@ -609,9 +609,10 @@ class Engine:
             return await self.run_program(program[0], "python", program[1], effects, value, path, run, usage,
                                           f"stage {stage.label()}", env=env, clear_env=name == "env_get")
         if category == "llm":
-            raise StageError("no_llm_provider", f"stage {stage.label()} needs an LLM provider and noether-nix ships "
-                             "none; configure one under [llm] (provider, model, api_key_file) in the daemon "
-                             "configuration", path)
+            raise StageError("no_llm_provider", f"stage {stage.label()} needs an LLM provider, and this "
+                             "noether-nix ships none: it would need an \"llm\" entry in the daemon configuration "
+                             "({\"provider\", \"model\", \"api_key_file\"}) and a provider behind it, which this "
+                             "version does not have", path)
         if category == "process":
             return await self._process_stage(stage, name, value, path, run, usage)
         raise StageError("no_implementation", f"stdlib stage {stage.label()} has no implementation in this "

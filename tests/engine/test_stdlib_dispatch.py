@@ -213,7 +213,7 @@ async def test_text_hash_runs_in_a_sandbox(engine: Engine) -> None:
 async def test_stages_that_cannot_run_here_say_why(engine: Engine) -> None:
     err = failed(await run(engine, "llm_complete", {"prompt": "hi", "model": None, "system": None,
                                                    "max_tokens": None, "temperature": None}), "no_llm_provider")
-    assert "[llm]" in err["message"]
+    assert '"llm" entry in the daemon configuration' in err["message"]
 
 
 async def test_store_add_adds_an_unsigned_draft_and_composition_verify_checks_edges(engine: Engine) -> None:
