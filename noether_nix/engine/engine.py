@@ -119,6 +119,31 @@ class RunResult(msgspec.Struct):
     cache: dict[str, int]
 
 
+class RetriesExhausted(Exception):
+    def __init__(self, last: NoetherError) -> None:
+        super().__init__(last.message)
+        self.last = last
+
+
+async def with_retries(attempt: Callable[[int], Awaitable[Any]], attempts: int, delay_ms: float | None) -> Any:
+    """``attempt(1)``, ``attempt(2)``, … until one succeeds; a failure the run's
+    own rules caused (``NOT_RETRYABLE``) is raised at once, and after the last
+    attempt ``RetriesExhausted`` carries the last failure. Used by the Retry
+    operator and the stdlib ``retry`` stage alike."""
+    last: NoetherError | None = None
+    for n in range(1, max(attempts, 1) + 1):
+        try:
+            return await attempt(n)
+        except NoetherError as e:
+            if e.code in NOT_RETRYABLE:
+                raise
+            last = e
+            if n < attempts and delay_ms:
+                await trio.sleep(delay_ms / 1000)
+    assert last is not None
+    raise RetriesExhausted(last)
+
+
 class StageFacts(msgspec.Struct, frozen=True):
     """What the engine needs to know about a stage on every call, computed once."""
 
@@ -232,19 +257,14 @@ class _Run:
         return results
 
     async def retry(self, node: Node, value: Any, path: str, attempts: int, delay_ms: int | None) -> Any:
-        last: NoetherError | None = None
-        for attempt in range(1, attempts + 1):
-            try:
-                return await self.exec(node, value, path)
-            except NoetherError as e:
-                if e.code in NOT_RETRYABLE:
-                    raise
-                last = e
-                if attempt < attempts and delay_ms:
-                    await trio.sleep(delay_ms / 1000)
-        assert last is not None
-        raise StageError("retry_exhausted", f"retry exhausted after {attempts} attempts: {last.message}",
-                         path, details={"last_error": last.to_dict()})
+        async def attempt(_n: int) -> Any:
+            return await self.exec(node, value, path)
+
+        try:
+            return await with_retries(attempt, attempts, delay_ms)
+        except RetriesExhausted as e:
+            raise StageError("retry_exhausted", f"retry exhausted after {attempts} attempts: {e.last.message}",
+                             path, details={"last_error": e.last.to_dict()}) from None
 
     async def remote(self, node: RemoteStageNode, value: Any, path: str) -> Any:
         """POST ``{"input": value}`` to the node's URL from a sandbox with the

@@ -128,21 +128,17 @@ class HigherOrder:
         attempts = int(_count(value, "max_attempts", self.path, self.label))
         delay_ms = _count(value, "delay_ms", self.path, self.label, default=0.0)
         arg = _field(value, "input", self.path, self.label)
-        last: NoetherError | None = None
-        for attempt in range(1, max(attempts, 1) + 1):
-            try:
-                return await self.call(inner, arg, f"{self.path}.attempts[{attempt}]")
-            except NoetherError as e:
-                from noether_nix.engine.engine import NOT_RETRYABLE
+        from noether_nix.engine.engine import RetriesExhausted, with_retries
 
-                if e.code in NOT_RETRYABLE:
-                    raise
-                last = e
-                if attempt < attempts and delay_ms:
-                    await trio.sleep(delay_ms / 1000)
-        assert last is not None
-        raise HigherOrderError("retry_exhausted", f"stage {self.label}: {inner.label()} failed {attempts} times; "
-                               f"last: {last.message}", self.path, details={"last_error": last.to_dict()})
+        async def attempt(n: int) -> Any:
+            return await self.call(inner, arg, f"{self.path}.attempts[{n}]")
+
+        try:
+            return await with_retries(attempt, attempts, delay_ms)
+        except RetriesExhausted as e:
+            raise HigherOrderError("retry_exhausted", f"stage {self.label}: {inner.label()} failed {attempts} "
+                                   f"times; last: {e.last.message}", self.path,
+                                   details={"last_error": e.last.to_dict()}) from None
 
     async def fallback(self, value: Any) -> Any:
         refs = _list(value, "stages", self.path, self.label)

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from noether_nix.model.jcs import jcs
+from noether_nix.model.values import json_type_name
 from noether_nix.stdlib._shapes import (
     Impl,
     StageFailure,
@@ -172,24 +173,10 @@ def json_path(value: Any) -> Any:
 _JSON_TYPES = ("null", "boolean", "integer", "number", "string", "array", "object")
 
 
-def _json_type(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if is_number(v):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    return "object"
-
-
 def _has_type(v: Any, t: str) -> bool:
     if t == "integer":
         return is_number(v) and float(v).is_integer()
-    return _json_type(v) == t
+    return json_type_name(v) == t
 
 
 def _check(data: Any, schema: Any, at: str, errors: list[str]) -> None:
@@ -214,7 +201,7 @@ def _check(data: Any, schema: Any, at: str, errors: list[str]) -> None:
             if t not in _JSON_TYPES:
                 raise StageFailure(f"schema type {t!r} is not a JSON Schema type ({', '.join(_JSON_TYPES)})")
         if not any(_has_type(data, t) for t in allowed):
-            fail(f"expected {' or '.join(allowed)}, got {_json_type(data)}")
+            fail(f"expected {' or '.join(allowed)}, got {json_type_name(data)}")
             return
     if "enum" in schema:
         options = schema["enum"]

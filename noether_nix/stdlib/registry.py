@@ -80,6 +80,7 @@ STREAM: Final[tuple[str, ...]] = ("stdin_read", "stdout_write")
 #: answered by one sandbox per run that owns the processes (``process_host``).
 PROCESS: Final[tuple[str, ...]] = ("spawn_process", "wait_process", "signal_process", "kill_process")
 
+_HTTP = {"http_get": "GET", "http_post": "POST", "http_put": "PUT"}
 _KV = ("kv_set", "kv_get", "kv_delete", "kv_exists", "kv_list")
 _STORE = ("store_search", "store_add", "composition_verify", "trace_read", "stage_describe", "type_check")
 _LLM = ("llm_complete", "llm_embed", "llm_classify", "llm_extract")
@@ -114,7 +115,10 @@ def sandboxed_source(name: str) -> str:
     """The Python source (``def execute(input)``, standard library only) of a sandboxed stage."""
     if name not in SANDBOXED and name not in _ARROW:
         raise KeyError(f"{name} is not a sandboxed stdlib stage")
-    return resources.files("noether_nix.stdlib.sandboxed").joinpath(f"{name}.py").read_text("utf-8")
+    programs = resources.files("noether_nix.stdlib.sandboxed")
+    if name in _HTTP:  # one program, three methods
+        return programs.joinpath("http.py").read_text("utf-8") + f'\nMETHOD = "{_HTTP[name]}"\n'
+    return programs.joinpath(f"{name}.py").read_text("utf-8")
 
 
 class ArrowUnavailable(Exception):

@@ -1,14 +1,20 @@
-"""http_get: {url, headers?} -> {status, headers, body}.
+"""http_get / http_post / http_put: one program, the method appended as
+``METHOD = "GET"`` (etc.) by ``stdlib.registry.sandboxed_source``.
 
-Any HTTP status is a response, not a failure (a 404 comes back as
-status 404); failing to get a response at all is a failure.
+http_get: {url, headers?} -> {status, headers, body}.
+http_post / http_put: {url, body, content_type?, headers?} -> {status, headers, body};
+content_type defaults to application/json (as upstream), a Content-Type in
+headers wins over it.
+
+Any HTTP status is a response, not a failure (a 404 comes back as status
+404); failing to get a response at all is a failure.
 """
 
 import urllib.error
 import urllib.request
 from typing import Any
 
-METHOD = "GET"
+METHOD = "GET"  # sandboxed_source appends the stage's own: METHOD = "POST" for http_post…
 TIMEOUT_S = 30  # reqwest's default, as upstream
 
 
@@ -54,4 +60,13 @@ def _request(input: Any, method: str, body: bytes | None, default_content_type: 
 
 
 def execute(input: Any) -> Any:
-    return _request(input, METHOD, None, None)
+    if METHOD == "GET":
+        return _request(input, METHOD, None, None)
+    if not isinstance(input, dict) or not isinstance(input.get("body"), str):
+        raise StageError("input must be a record with text fields 'url' and 'body'")
+    content_type = input.get("content_type")
+    if content_type is None:
+        content_type = "application/json"
+    if not isinstance(content_type, str):
+        raise StageError("field 'content_type' must be text or null")
+    return _request(input, METHOD, input["body"].encode("utf-8"), content_type)
