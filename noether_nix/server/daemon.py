@@ -94,6 +94,9 @@ class DaemonConfig(msgspec.Struct, kw_only=True):
     max_runs: int = 16
     max_queued_runs: int = 64
     grace_s: float = 30.0
+    #: Whether a client may ask for `isolate: "none"`: unconfined stages run as
+    #: the daemon's user (often root), so by default the daemon refuses.
+    allow_unsandboxed_runs: bool = False
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
 
 
@@ -428,6 +431,10 @@ class Daemon:
                 raise
             raise NoetherError("usage", 'body must be {"graph": …, "input": …, "options": {…}}') from None
         options = self._options(body.options)
+        if options.isolate == "none" and not self.config.allow_unsandboxed_runs:
+            self.counters["forbidden"] += 1
+            raise NoetherError("forbidden", "this daemon does not run stages without a sandbox "
+                               "(isolate: none); its configuration would need allow_unsandboxed_runs: true")
         if (options.allow_read or options.allow_write) and uid not in self.writers:
             # A file grant reads or writes as the daemon's user, not the peer's:
             # only peers trusted to change the store may give one.

@@ -303,3 +303,10 @@ def test_only_trusted_peers_may_grant_file_access(tmp_path: Path) -> None:
         assert json.loads(done.stderr)["error"]["code"] == "forbidden"
     finally:
         stop(proc)
+
+
+def test_the_daemon_refuses_unsandboxed_runs_unless_configured(setup: Setup) -> None:
+    done = setup.via("run", "--json", str(EXAMPLES / "hello.json"), "--isolate", "none")
+    assert done.returncode != 0
+    err = json.loads(done.stderr)["error"]
+    assert err["code"] == "forbidden" and "allow_unsandboxed_runs" in err["message"]
