@@ -10,6 +10,7 @@ sandboxed if it needs to be, traced, cached, charged to the run's budget.
 
 from __future__ import annotations
 
+import contextvars
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -200,9 +201,24 @@ class HigherOrder:
         return await self.run.gather(jobs, self.call)
 
 
+# How many higher-order stages may run inside one another (map of map of …).
+# Each level is a few stack frames; an input nested a thousand levels deep
+# must be an error, not a RecursionError in the daemon.
+MAX_NESTING = 32
+_nesting: contextvars.ContextVar[int] = contextvars.ContextVar("noether_higher_order_nesting", default=0)
+
+
 async def run_higher_order(run: _Run, stage: Stage, value: Any, path: str) -> Any:
     ho = HigherOrder(run, stage, path)
     method = getattr(ho, stage.name or "", None)
     if method is None:
         raise HigherOrderError("no_implementation", f"stage {stage.label()} is not a higher-order stage", path)
-    return await method(value)
+    depth = _nesting.get() + 1
+    if depth > MAX_NESTING:
+        raise HigherOrderError("nesting_too_deep", f"stage {stage.label()}: higher-order stages nested more than "
+                               f"{MAX_NESTING} deep", path)
+    token = _nesting.set(depth)
+    try:
+        return await method(value)
+    finally:
+        _nesting.reset(token)

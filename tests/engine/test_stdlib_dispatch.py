@@ -310,3 +310,15 @@ async def test_a_sandbox_sees_its_own_closure_of_the_store_not_other_stages(engi
     assert os.path.basename(program) not in seen  # another stage's program is not there
     assert any("python" in name for name in seen), seen  # its own runtime is
     assert len(seen) < len(os.listdir("/nix/store"))
+
+
+async def test_higher_order_nesting_is_bounded(engine: Engine) -> None:
+    value: Any = {"items": ["x"], "stage_id": "text_upper"}
+    for _ in range(40):  # map of map of … of text_upper
+        value = {"items": [value], "stage_id": "map"}
+    res = await run(engine, "map", value)
+    assert "nested more than 32 deep" in failed(res, "nesting_too_deep")["message"]
+    shallow: Any = {"items": ["x"], "stage_id": "text_upper"}
+    for _ in range(3):
+        shallow = {"items": [shallow], "stage_id": "map"}
+    assert ok(await run(engine, "map", shallow)) == [[[["X"]]]]
