@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import tempfile
 from typing import Any
@@ -27,6 +26,7 @@ from noether_nix.sandbox.cgroups import RunCgroup
 from noether_nix.sandbox.policy import IsolationPolicy, Limits
 from noether_nix.sandbox.profile import Profile
 from noether_nix.sandbox.seccomp import filter_fd
+from noether_nix.sandbox.spawn import Child, spawn
 from noether_nix.sandbox.supervisor import (
     Isolation,
     _preexec,
@@ -42,7 +42,7 @@ class SessionError(NoetherError):
 
 
 class SandboxSession:
-    def __init__(self, proc: trio.Process, cgroup: RunCgroup | None, stderr: Any, limits: Limits,
+    def __init__(self, proc: Child, cgroup: RunCgroup | None, stderr: Any, limits: Limits,
                  isolation: str) -> None:
         self._proc = proc
         self._cgroup = cgroup
@@ -51,6 +51,8 @@ class SandboxSession:
         self._buffer = bytearray()
         self._lock = trio.Lock()
         self._broken: str | None = None
+        self._next_id = 0
+        self._closed = False
         self.isolation = isolation
 
     def _stderr_tail(self) -> str:
@@ -60,24 +62,39 @@ class SandboxSession:
             return lines[-1] if lines else ""
         return ""
 
-    async def request(self, message: Any, *, timeout_s: float | None = None) -> Any:
-        """Send one request and return its answer; requests take turns."""
+    async def request(self, message: dict[str, Any], *, timeout_s: float | None = None) -> Any:
+        """Send one request and return its answer; requests take turns.
+
+        Each request carries an ``id`` the program echoes: a request cancelled
+        while its answer was still on the way (a ``race`` loser, a
+        ``timeout``) leaves that answer to be read and dropped by the next
+        request, never taken for its own."""
         async with self._lock:
             if self._broken:
                 raise SessionError(self._broken)
             limit = timeout_s if timeout_s is not None else self._limits.timeout_s
+            self._next_id += 1
+            want = self._next_id
             try:
                 with trio.fail_after(limit):
-                    await self._proc.stdin.send_all(json.dumps(message).encode() + b"\n")  # type: ignore[union-attr]
-                    line = await self._read_line()
+                    await self._proc.stdin.send_all(  # type: ignore[union-attr]
+                        json.dumps({**message, "id": want}).encode() + b"\n")
+                    while True:
+                        line = await self._read_line()
+                        try:
+                            answer = json.loads(line)
+                        except ValueError:
+                            await self._fail("the sandboxed program answered something that is not JSON: "
+                                             f"{line[:200]!r}")
+                        if not isinstance(answer, dict) or not isinstance(answer.get("id"), int):
+                            await self._fail(f"the sandboxed program answered without an id: {line[:200]!r}")
+                        if answer["id"] == want:
+                            return answer
+                        # an answer to an earlier, cancelled request: drop it
             except trio.TooSlowError:
                 await self._fail(f"no answer within {limit:g}s; the sandbox was killed")
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._fail("the sandboxed program is gone")
-            try:
-                return json.loads(line)
-            except ValueError:
-                await self._fail(f"the sandboxed program answered something that is not JSON: {line[:200]!r}")
 
     async def _read_line(self) -> bytes:
         while b"\n" not in self._buffer:
@@ -99,23 +116,23 @@ class SandboxSession:
         raise SessionError(why)
 
     async def aclose(self) -> None:
-        """Close stdin (the program's cue to clean up), then kill the tree."""
+        """Close stdin (the program's cue to clean up), then kill the tree. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         proc = self._proc
         with trio.CancelScope(shield=True):
             with contextlib.suppress(Exception):
                 await proc.stdin.aclose()  # type: ignore[union-attr]
             with trio.move_on_after(1):
                 await proc.wait()
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            proc.kill_group()  # no-ops once reaped: a reused pid is never signalled
+            proc.kill()
             if self._cgroup is not None:
                 self._cgroup.kill()
             with trio.move_on_after(5):
                 await proc.wait()
-            with contextlib.suppress(Exception):
-                await proc.stdout.aclose()  # type: ignore[union-attr]
+            await proc.aclose()
             if self._cgroup is not None:
                 self._cgroup.remove()
             self._stderr.close()
@@ -135,15 +152,15 @@ async def open_session(argv: list[str], *, policy: IsolationPolicy, limits: Limi
     cgroup = RunCgroup.create(limits.memory_bytes, limits.max_pids)
     stderr = tempfile.TemporaryFile(prefix="noether-session-")  # noqa: SIM115 (the session closes it)
     try:
-        proc = await trio.lowlevel.open_process(
+        proc = await spawn(
             full_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=child_env,
             pass_fds=(seccomp_fd,) if seccomp_fd is not None else (), start_new_session=True,
             preexec_fn=_preexec(limits, cgroup), cwd="/")
-    except OSError as e:
+    except (OSError, subprocess.SubprocessError) as e:  # a failing preexec_fn is a SubprocessError
         stderr.close()
         if cgroup is not None:
             cgroup.remove()
-        raise SessionError(f"cannot start {full_argv[0]}: {e.strerror}") from None
+        raise SessionError(f"cannot start {full_argv[0]}: {getattr(e, 'strerror', None) or e}") from None
     finally:
         if seccomp_fd is not None:
             os.close(seccomp_fd)

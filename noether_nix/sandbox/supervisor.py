@@ -30,6 +30,7 @@ from noether_nix.sandbox.cgroups import RunCgroup
 from noether_nix.sandbox.policy import IsolationPolicy, Limits
 from noether_nix.sandbox.profile import Profile, load_profile
 from noether_nix.sandbox.seccomp import compile_filter, filter_fd
+from noether_nix.sandbox.spawn import spawn
 
 log = structlog.get_logger("noether.sandbox")
 
@@ -176,7 +177,7 @@ async def _supervise(
         return int((time.monotonic() - started) * 1000)
 
     try:
-        proc = await trio.lowlevel.open_process(
+        proc = await spawn(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -196,10 +197,8 @@ async def _supervise(
     verdict: Status | None = None
 
     def kill_tree() -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+        proc.kill_group()
+        proc.kill()
         if cgroup is not None:
             cgroup.kill()
 
@@ -243,9 +242,7 @@ async def _supervise(
         with trio.CancelScope(shield=True):
             with trio.move_on_after(5):
                 await proc.wait()
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                with contextlib.suppress(Exception):
-                    await stream.aclose()
+            await proc.aclose()
     rc = proc.returncode
     tail = stderr_tail.decode("utf-8", "replace")
     usage: dict[str, Any] = {

@@ -182,3 +182,13 @@ async def test_refinements_are_checked_and_switchable(engine: Engine, add: AddSt
     assert "input refinement violation (Range(0..=10)): value 50 above maximum 10" in res.error["message"]
     off = await engine.run(g, 50, RunOptions(refinement_checks=False))
     assert off.status == "ok" and off.output == 50
+
+
+async def test_a_stage_longer_than_ten_seconds_is_not_killed_on_an_idle_engine(engine: Engine, add: AddStage) -> None:
+    # bwrap's --die-with-parent follows the forking *thread*; trio retires idle
+    # worker threads after ~10 s. Sandboxes are forked from a thread that lives
+    # as long as the engine, so a 12 s stage finishes.
+    add("twelve", "import time\ndef execute(x):\n    time.sleep(12)\n    return x\n")
+    res = await engine.run(graph({"op": "Stage", "id": "twelve"}), 7, RunOptions(timeout_secs=25))
+    assert res.status == "ok", res.error
+    assert res.output == 7

@@ -3,8 +3,9 @@ spawn_process / wait_process / signal_process / kill_process stages handle.
 
 Every stage runs in its own sandbox whose processes die with it, so the
 process stages of a run share this long-lived one instead. It reads one JSON
-request per line on stdin, ``{"op": <stage name>, "input": <stage input>}``,
-and answers one JSON line, ``{"ok": <output>}`` or ``{"error": <sentence>}``.
+request per line on stdin, ``{"op": <stage name>, "input": <stage input>, "id": n}``,
+and answers one JSON line, ``{"ok": <output>}`` or ``{"error": <sentence>}``,
+with the request's ``id``.
 Only pids it spawned can be waited for or signalled: the sandbox's own
 processes (bwrap's init, this host) are out of reach. When stdin closes (the
 run ended), every process it spawned is killed; the PID namespace dies with
@@ -122,6 +123,7 @@ OPS = {f.__name__: f for f in (spawn_process, wait_process, signal_process, kill
 
 def main() -> None:
     for line in sys.stdin:
+        request: Any = None
         try:
             request = json.loads(line)
             answer = {"ok": OPS[request["op"]](request["input"])}
@@ -129,6 +131,7 @@ def main() -> None:
             answer = {"error": str(e)}
         except Exception as e:  # a bug here must not end the run's other process stages
             answer = {"error": f"{type(e).__name__}: {e}"}
+        answer["id"] = request.get("id") if isinstance(request, dict) else None
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
     for child in children.values():
