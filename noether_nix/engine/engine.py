@@ -183,6 +183,8 @@ class _Run:
         # The sandbox that owns the processes of this run's process stages, opened on first use.
         self.process_host: Any = None
         self.process_host_lock = trio.Lock()
+        self.run_as: Any = None  # sandbox.supervisor.RunAs, set by Engine.run
+        self.store_writes = True
 
     async def emit(self, ev: Event) -> None:
         self.events.append(msgspec.to_builtins(ev))
@@ -365,6 +367,26 @@ class _Run:
         return out
 
 
+def check_grants(options: RunOptions) -> None:
+    """Refuse, before anything runs, a file grant no sandbox may get."""
+    import os
+
+    from noether_nix.sandbox.policy import bind_refusal
+
+    for flag, grants, writable in (("--allow-read", options.allow_read, False),
+                                   ("--allow-write", options.allow_write, True)):
+        for grant in grants or []:
+            if not os.path.isabs(grant):
+                raise NoetherError("invalid_grant", f"{grant!r} must be an absolute path", path=flag, exit_code=2)
+            root = os.path.normpath(grant)
+            if not os.path.exists(root):
+                raise NoetherError("invalid_grant", f"{root} does not exist (a grant binds an existing path)",
+                                   path=flag, exit_code=2)
+            why = bind_refusal(root, writable=writable)
+            if why is not None:
+                raise NoetherError("invalid_grant", f"cannot grant {root}: {why}", path=flag, exit_code=2)
+
+
 def _fs_grant(stage: Stage, value: Any, options: RunOptions, path: str) -> FsRead | FsWrite:
     """The wall read_file / write_file gets: the granted path (``allow_read`` /
     ``allow_write``) that holds the file the input names, or a refusal."""
@@ -493,6 +515,7 @@ class Engine:
     # ------------------------------------------------------------ API
 
     def prepare(self, graph: Any, input: Any, options: RunOptions, *, check_input: bool = False) -> PreparedGraph:
+        check_grants(options)
         return prepare(graph, store=self.store, input=input, check_input=check_input, options=CheckOptions(
             allow_effects=options.allow_effects, allow_capabilities=options.allow_capabilities,
             budget_cents=options.budget_cents, allow_unsigned=options.allow_unsigned,
@@ -502,11 +525,17 @@ class Engine:
         return check_report(self.prepare(graph, input, options))
 
     async def run(self, graph: Any, input: Any, options: RunOptions, *, emit: Emit | None = None,
-                  run_id: str | None = None, record: bool = True) -> RunResult:
+                  run_id: str | None = None, record: bool = True, run_as: Any = None,
+                  store_writes: bool = True) -> RunResult:
         """Run a graph; ``record=False`` keeps it out of the run history
-        (``stage test`` runs every example as a graph of its own)."""
+        (``stage test`` runs every example as a graph of its own).
+
+        The daemon passes who asked: ``run_as`` (a ``sandbox.supervisor.RunAs``)
+        is the host user its sandboxes run as, ``store_writes=False`` refuses
+        the stages that change the store (``store_add``)."""
         prepared = self.prepare(graph, input, options)
         run = _Run(self, prepared, options, run_id or uuid.uuid4().hex, emit)
+        run.run_as, run.store_writes = run_as, store_writes
         started_wall = datetime.now(UTC)
         started = time.monotonic()
         if record:
@@ -600,6 +629,9 @@ class Engine:
             if category == "pure":
                 return PURE[name](value)
             if category in ("kv", "store"):
+                if name == "store_add" and not run.store_writes:
+                    raise StageError("forbidden", f"stage {stage.label()}: whoever started this run may not add "
+                                     "stages to the store", path)
                 return self.builtins[name](value)
             if category == "stream":
                 return await self._stream(stage, value, path, run)
@@ -681,7 +713,7 @@ class Engine:
         env = {"PATH": f"{bash.store_path}/bin:{python.store_path}/bin"}
         return await open_session([python.interpreter, "-I", "-S", "-c", process_host_source()], policy=policy,
                                   limits=limits, isolation=Isolation(run.isolation), profile=profile,  # type: ignore[arg-type]
-                                  env=env)
+                                  env=env, run_as=run.run_as)
 
     async def _stream(self, stage: Stage, value: Any, path: str, run: _Run) -> Any:
         """stdin_read / stdout_write on the run's streams: the text the client
@@ -730,7 +762,7 @@ class Engine:
             policy = msgspec.structs.replace(policy, env_allowlist=[])
         result = await run_sandboxed(program.argv, policy=policy, limits=self.limits_for(run.options),
                                      stdin=serde_compact(value), isolation=Isolation(run.isolation),  # type: ignore[arg-type]
-                                     profile=profile, env=env)
+                                     profile=profile, env=env, run_as=run.run_as)
         usage.update(status=result.status.value, cpu_ms=result.cpu_ms, max_rss_kb=result.max_rss_kb,
                      isolation=result.isolation)
         if result.ok:

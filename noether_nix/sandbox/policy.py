@@ -56,6 +56,12 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
         return Limits(**values)
 
 
+def _check_bind(path: str, *, writable: bool) -> None:
+    why = bind_refusal(path, writable=writable)
+    if why is not None:
+        raise NoetherError("invalid_policy_path", f"cannot bind {path}: {why}", path=path, exit_code=2)
+
+
 def _check_path(p: str, what: str) -> str:
     if not p.startswith("/"):
         raise NoetherError("invalid_policy_path", f"{what} path {p!r} must be absolute", path=p, exit_code=2)
@@ -70,12 +76,41 @@ def _check_path(p: str, what: str) -> str:
     return norm
 
 
+# Host paths no effect or grant may bind: the sandbox has its own /proc,
+# /dev and /work, /sys and the whole root are the host's, and the Nix store
+# (bound read-only from the program's closure) must never be written.
+_NEVER_BIND = ("/proc", "/sys", "/dev", "/work")
+_NEVER_WRITE = (*_NEVER_BIND, "/nix")
+
+
+def _under(path: str, roots: tuple[str, ...]) -> str | None:
+    return next((r for r in roots if path == r or path.startswith(r + "/")), None)
+
+
+def bind_refusal(path: str, *, writable: bool) -> str | None:
+    """Why ``path`` (absolute, normalised) must not become a bind, or None.
+
+    bwrap follows symlinks, so a writable path that goes through one could
+    be swapped for another target between this check and the bind: only
+    real paths are bound writable. (Read-only binds of usr-merged /bin,
+    /lib… stay possible.)"""
+    if path == "/":
+        return "the whole host file system cannot be bound"
+    root = _under(path, _NEVER_WRITE if writable else _NEVER_BIND)
+    if root is not None:
+        return f"{root} cannot be bound {'writable' if writable else 'into a sandbox'}"
+    real = os.path.realpath(path)
+    if writable and real != path:
+        return f"it goes through a symlink (it is really {real}); name the real path"
+    return None
+
+
 def validate(policy: IsolationPolicy) -> IsolationPolicy:
-    """Refuse relative, '..' and missing paths before anything runs."""
+    """Refuse relative, '..', missing, symlinked and forbidden paths before anything runs."""
     for b in policy.ro_binds:
-        _check_path(b.host, "read-only bind")
+        _check_bind(_check_path(b.host, "read-only bind"), writable=False)
     for b in policy.rw_binds:
-        _check_path(b.host, "writable bind")
+        _check_bind(_check_path(b.host, "writable bind"), writable=True)
     if policy.work_host is not None:
         _check_path(policy.work_host, "work dir")
     for b in (*policy.ro_binds, *policy.rw_binds):

@@ -8,10 +8,16 @@ default for architectures not in the filter.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import stat
 
 from noether_nix.errors import NoetherError
+
+# Syscalls that take a file mode, and which argument it is.
+SET_ID_MODE_ARG = {"chmod": 1, "fchmod": 1, "fchmodat": 2, "fchmodat2": 2, "open": 2, "openat": 3, "creat": 1,
+                   "mknod": 1, "mknodat": 2}
 
 
 def compile_filter(deny: list[str]) -> bytes:
@@ -27,6 +33,19 @@ def compile_filter(deny: list[str]) -> bytes:
         except (RuntimeError, ValueError, OSError):
             # Unknown to this libseccomp/kernel: nothing to deny.
             continue
+    # No setuid / setgid files: whatever uid the sandbox runs as on the host,
+    # a file it leaves in a writable bind must never run with that uid's
+    # rights for someone else. (Mode argument index per syscall.)
+    for name, mode_arg in SET_ID_MODE_ARG.items():
+        for bit in (stat.S_ISUID, stat.S_ISGID):
+            try:
+                f.add_rule(seccomp.ERRNO(errno.EPERM), name, seccomp.Arg(mode_arg, seccomp.MASKED_EQ, bit, bit))
+            except (RuntimeError, ValueError, OSError):
+                continue
+    # openat2 passes its mode inside a struct no filter can read: "not
+    # implemented" makes libc and runtimes fall back to openat, filtered above.
+    with contextlib.suppress(RuntimeError, ValueError, OSError):
+        f.add_rule(seccomp.ERRNO(errno.ENOSYS), "openat2")
     r, w = os.pipe()
     try:
         with os.fdopen(w, "wb") as wf:

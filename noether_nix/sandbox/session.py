@@ -29,6 +29,7 @@ from noether_nix.sandbox.seccomp import filter_fd
 from noether_nix.sandbox.spawn import Child, spawn
 from noether_nix.sandbox.supervisor import (
     Isolation,
+    RunAs,
     _preexec,
     _sandbox_env,
     _seccomp_program,
@@ -139,7 +140,8 @@ class SandboxSession:
 
 
 async def open_session(argv: list[str], *, policy: IsolationPolicy, limits: Limits, isolation: Isolation,
-                       profile: Profile, env: dict[str, str] | None = None) -> SandboxSession:
+                       profile: Profile, env: dict[str, str] | None = None,
+                       run_as: RunAs | None = None) -> SandboxSession:
     """Start ``argv`` in a sandbox built like ``run_sandboxed``'s; the caller closes it."""
     seccomp_fd: int | None = None
     if isolation.mode == "bwrap":
@@ -155,7 +157,7 @@ async def open_session(argv: list[str], *, policy: IsolationPolicy, limits: Limi
         proc = await spawn(
             full_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=child_env,
             pass_fds=(seccomp_fd,) if seccomp_fd is not None else (), start_new_session=True,
-            preexec_fn=_preexec(limits, cgroup), cwd="/")
+            preexec_fn=_preexec(limits, cgroup, run_as), cwd="/")
     except (OSError, subprocess.SubprocessError) as e:  # a failing preexec_fn is a SubprocessError
         stderr.close()
         if cgroup is not None:

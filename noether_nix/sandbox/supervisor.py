@@ -103,7 +103,16 @@ def _seccomp_program(profile: Profile) -> bytes:
     return _seccomp_cache[key]
 
 
-def _preexec(limits: Limits, cgroup: RunCgroup | None) -> Callable[[], None]:
+class RunAs(msgspec.Struct, frozen=True):
+    """The host user a sandbox runs as, when not the caller's own: the daemon
+    (often root) runs a peer's stages as that peer, so a writable bind, a
+    granted file or a network peer sees the peer's uid, never root's."""
+
+    uid: int
+    gid: int
+
+
+def _preexec(limits: Limits, cgroup: RunCgroup | None, run_as: RunAs | None = None) -> Callable[[], None]:
     procs = cgroup.procs_files() if cgroup else []
 
     def setup() -> None:
@@ -119,6 +128,10 @@ def _preexec(limits: Limits, cgroup: RunCgroup | None) -> Callable[[], None]:
         # Address space is a coarse ceiling over the cgroup's memory cap.
         as_cap = max(limits.memory_bytes * 2, 256 * 1024 * 1024)
         resource.setrlimit(resource.RLIMIT_AS, (as_cap, as_cap))
+        if run_as is not None:  # last: the cgroup files above are root's to write
+            os.setgroups([])
+            os.setgid(run_as.gid)
+            os.setuid(run_as.uid)
 
     return setup
 
@@ -140,6 +153,7 @@ async def run_sandboxed(
     expect_json: bool = True,
     profile: Profile | None = None,
     env: dict[str, str] | None = None,
+    run_as: RunAs | None = None,
 ) -> Result:
     profile = profile or load_profile("default")
     mode = isolation.mode
@@ -158,7 +172,7 @@ async def run_sandboxed(
     started = time.monotonic()
     try:
         return await _supervise(full_argv, child_env, stdin, limits, cgroup, seccomp_fd, mode,
-                                expect_json, started)
+                                expect_json, started, run_as)
     finally:
         if seccomp_fd is not None:
             os.close(seccomp_fd)
@@ -170,6 +184,7 @@ async def run_sandboxed(
 async def _supervise(
     argv: list[str], env: dict[str, str] | None, stdin: bytes, limits: Limits, cgroup: RunCgroup | None,
     seccomp_fd: int | None, mode: Literal["bwrap", "none"], expect_json: bool, started: float,
+    run_as: RunAs | None = None,
 ) -> Result:
     import subprocess
 
@@ -185,12 +200,12 @@ async def _supervise(
             env=env,
             pass_fds=(seccomp_fd,) if seccomp_fd is not None else (),
             start_new_session=True,
-            preexec_fn=_preexec(limits, cgroup),
+            preexec_fn=_preexec(limits, cgroup, run_as),
             cwd="/",
         )
-    except OSError as e:
-        return Result(status=Status.SPAWN_FAILED, message=f"cannot start {argv[0]}: {e.strerror}",
-                      isolation=mode, exit_code=127)
+    except (OSError, subprocess.SubprocessError) as e:  # a failing preexec_fn is a SubprocessError
+        return Result(status=Status.SPAWN_FAILED, isolation=mode, exit_code=127,
+                      message=f"cannot start {argv[0]}: {getattr(e, 'strerror', None) or e}")
     assert proc.stdin and proc.stdout and proc.stderr
     stdout = bytearray()
     stderr_tail = bytearray()

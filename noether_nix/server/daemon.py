@@ -29,6 +29,7 @@ from noether_nix.engine.engine import Engine, RunOptions
 from noether_nix.engine.events import Event
 from noether_nix.errors import NoetherError
 from noether_nix.paths import default_socket
+from noether_nix.sandbox.supervisor import RunAs
 from noether_nix.server import systemd
 from noether_nix.server.protocol import (
     ProtocolError,
@@ -298,7 +299,7 @@ class Daemon:
         log.info("request", method=req.method, target=req.target, peer_uid=uid)
         try:
             if req.method == "POST" and parts == ["v1", "runs"]:
-                await self._run(stream, conn, req, uid)
+                await self._run(stream, conn, req, uid, gid)
                 return False
             data = await self._route(req, parts, query, uid)
         except NoetherError as e:
@@ -344,6 +345,15 @@ class Daemon:
             return int(query[key][-1]) if key in query else default
         except ValueError:
             raise NoetherError("usage", f"{key} must be an integer", path=key) from None
+
+    @staticmethod
+    def _run_as(uid: int, gid: int) -> RunAs | None:
+        """A root daemon runs a peer's sandboxes as that peer: what a stage
+        writes, reads under a grant or connects to happens with the peer's
+        rights. A peer that is the daemon's own user (or root) needs no switch."""
+        if os.geteuid() != 0 or uid in (0, os.geteuid()):
+            return None
+        return RunAs(uid=uid, gid=gid)
 
     def _need_write(self, uid: int) -> None:
         if uid not in self.writers:
@@ -423,7 +433,8 @@ class Daemon:
 
     # ---------------------------------------------------------------- runs
 
-    async def _run(self, stream: trio.SocketStream, conn: h11.Connection, req: Request, uid: int) -> None:
+    async def _run(self, stream: trio.SocketStream, conn: h11.Connection, req: Request, uid: int,
+                   gid: int) -> None:
         try:
             body = self._body(req, RunBody)
         except NoetherError as err:
@@ -435,6 +446,11 @@ class Daemon:
             self.counters["forbidden"] += 1
             raise NoetherError("forbidden", "this daemon does not run stages without a sandbox "
                                "(isolate: none); its configuration would need allow_unsandboxed_runs: true")
+        if options.allow_unsigned and uid not in self.writers:
+            # Unsigned stages are ones nobody trusted vouched for (store_add
+            # makes them): only peers trusted to change the store may run them.
+            self.counters["forbidden"] += 1
+            raise NoetherError("forbidden", f"uid {uid} may run graphs but not unsigned stages (allow_unsigned)")
         if (options.allow_read or options.allow_write) and uid not in self.writers:
             # A file grant reads or writes as the daemon's user, not the peer's:
             # only peers trusted to change the store may give one.
@@ -489,7 +505,9 @@ class Daemon:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(watch_client)
                     try:
-                        result = await self.engine.run(body.graph, body.input, options, emit=emit, run_id=run_id)
+                        result = await self.engine.run(body.graph, body.input, options, emit=emit, run_id=run_id,
+                                                       run_as=self._run_as(uid, gid),
+                                                       store_writes=uid in self.writers)
                     except NoetherError as err:  # caught here, not wrapped in the nursery's ExceptionGroup
                         failure = err
                     nursery.cancel_scope.cancel()

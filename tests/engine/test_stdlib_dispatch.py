@@ -322,3 +322,29 @@ async def test_higher_order_nesting_is_bounded(engine: Engine) -> None:
     for _ in range(3):
         shallow = {"items": [shallow], "stage_id": "map"}
     assert ok(await run(engine, "map", shallow)) == [[[["X"]]]]
+
+
+@pytest.mark.parametrize(("option", "grant", "why"), [
+    ("allow_read", "/", "whole host"),
+    ("allow_read", "/proc", "/proc cannot be bound"),
+    ("allow_write", "/nix/store", "/nix cannot be bound writable"),
+    ("allow_write", "relative/dir", "absolute"),
+    ("allow_read", "/no/such/dir", "does not exist"),
+])
+async def test_grants_no_sandbox_may_get_are_refused_before_the_run(engine: Engine, option: str, grant: str,
+                                                                     why: str) -> None:
+    with pytest.raises(NoetherError) as refused:
+        await run(engine, "read_file", {"path": "/etc/hostname"}, **{option: [grant]})
+    assert refused.value.code == "invalid_grant" and why in refused.value.message
+
+
+async def test_a_write_grant_through_a_symlink_is_refused(engine: Engine, tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(NoetherError) as refused:
+        await run(engine, "write_file", {"path": str(tmp_path / "link" / "f"), "content": "x"},
+                  allow_write=[str(tmp_path / "link")])
+    assert "goes through a symlink" in refused.value.message
+    out = ok(await run(engine, "write_file", {"path": str(tmp_path / "real" / "f"), "content": "x"},
+                       allow_write=[str(tmp_path / "real")]))
+    assert out["bytes_written"] == 1

@@ -45,6 +45,32 @@ print(json.dumps(out))"""
     assert "allowed" not in r.output.values()
 
 
+async def test_no_setuid_or_setgid_files_can_be_made(probe: Probe) -> None:
+    # Whatever host uid the sandbox maps to, a file it leaves behind must not
+    # carry that uid's rights to whoever runs it.
+    code = J + """
+import stat
+out = {}
+open("/work/f", "w").close()
+for name, fn in (
+    ("chmod_suid", lambda: os.chmod("/work/f", 0o4755)),
+    ("chmod_sgid", lambda: os.chmod("/work/f", 0o2755)),
+    ("fchmod_suid", lambda: os.fchmod(os.open("/work/f", os.O_RDONLY), 0o4755)),
+    ("create_suid", lambda: os.close(os.open("/work/g", os.O_CREAT | os.O_WRONLY, 0o4755))),
+    ("mknod_suid", lambda: os.mknod("/work/h", 0o4755 | stat.S_IFREG)),
+):
+    try:
+        fn(); out[name] = "allowed"
+    except OSError as e:
+        out[name] = e.errno
+os.chmod("/work/f", 0o755)  # an ordinary mode still works
+out["plain"] = oct(os.stat("/work/f").st_mode & 0o7777)
+print(json.dumps(out))"""
+    r = await probe(code)
+    assert r.output == {"chmod_suid": 1, "chmod_sgid": 1, "fchmod_suid": 1, "create_suid": 1, "mknod_suid": 1,
+                        "plain": "0o755"}, r.output
+
+
 async def test_home_and_user_are_sandbox_values(probe: Probe) -> None:
     r = await probe(J + "print(json.dumps([os.environ.get('HOME'), os.environ.get('USER'), os.getcwd()]))")
     assert r.output == ["/work", "nobody", "/work"]

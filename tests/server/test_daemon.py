@@ -354,3 +354,39 @@ def test_a_run_the_daemon_refuses_leaves_it_serving(daemon: tuple[subprocess.Pop
     status, body = c.request("POST", "/v1/stages", [1, 2])
     assert status == 400 and body["error"]["code"] == "usage"
     assert list(c.run(HELLO, "ok"))[-1]["output"] == "OK"
+
+
+def test_a_root_daemon_runs_a_peers_sandboxes_as_that_peer(tmp_path: Path) -> None:
+    # What a stage writes through its FsWrite effect belongs to the peer who
+    # ran it, not to root: the sandbox runs as the peer on the host.
+    import tempfile
+
+    open_dir = Path(tempfile.mkdtemp(prefix="noether-sock-", dir="/tmp"))
+    open_dir.chmod(0o755)
+    out_dir = Path(tempfile.mkdtemp(prefix="noether-out-", dir="/tmp"))
+    out_dir.chmod(0o777)
+    proc, sock = start(tmp_path, {"socket_mode": 0o666, "allowed_uids": [0, 65534], "write_uids": [0]},
+                       sock_dir=open_dir)
+    try:
+        spec = {"name": "leave_a_file", "input": "Text", "output": "Text",
+                "effects": [{"effect": "FsWrite", "path": str(out_dir)}],
+                "implementation": {"language": "python", "code":
+                                   f"def execute(name):\n    open({str(out_dir)!r} + '/' + name, 'w').write('x')\n"
+                                   "    return name\n"}}
+        added = Client(str(sock), timeout=120).call("POST", "/v1/stages", {"spec": spec, "build": True})
+        graph = {"description": "t", "version": "1", "root": {"op": "Stage", "id": added["id"]}}
+        code = ("import json,socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+                "b=json.dumps({'graph': json.loads(sys.argv[2]), 'input': 'by-peer'}).encode(); "
+                "s.sendall(b'POST /v1/runs HTTP/1.1\\r\\nHost: x\\r\\nContent-Type: application/json\\r\\n"
+                "Content-Length: ' + str(len(b)).encode() + b'\\r\\nConnection: close\\r\\n\\r\\n' + b); "
+                "out=b''\nwhile True:\n    c=s.recv(65536)\n    if not c: break\n    out+=c\nprint(out.decode())")
+        run = subprocess.run(["/usr/bin/python3", "-c", code, str(sock), json.dumps(graph)], capture_output=True,
+                             text=True, user=65534, timeout=120)
+        assert '"output":"by-peer"' in run.stdout.replace(" ", ""), (run.stdout, run.stderr)
+        assert (out_dir / "by-peer").stat().st_uid == 65534
+        # Root's own run writes as root, as root asked.
+        assert list(Client(str(sock), timeout=60).run(graph, "by-root"))[-1]["output"] == "by-root"
+        assert (out_dir / "by-root").stat().st_uid == 0
+    finally:
+        proc.terminate()
+        proc.wait(15)

@@ -301,6 +301,16 @@ def test_only_trusted_peers_may_grant_file_access(tmp_path: Path) -> None:
                    json.dumps({"path": "/etc/hostname"}), "--allow-read", "/etc")
         assert done.returncode != 0
         assert json.loads(done.stderr)["error"]["code"] == "forbidden"
+        # Nor may such a peer run unsigned stages, or add stages from inside a graph.
+        add = tmp_path / "add.graph.json"
+        add.write_text(json.dumps({"description": "a", "version": "1", "root": {"op": "Stage", "id": "store_add"}}))
+        done = cli(client, "--socket", str(sock), "run", "--json", str(add), "--input", "{}", "--allow-unsigned")
+        err = json.loads(done.stderr)["error"]
+        assert err["code"] == "forbidden" and "unsigned" in err["message"]
+        spec = {"name": "sneaky", "input": "Any", "output": "Any", "implementation": "def execute(x):\n    return x\n"}
+        done = cli(client, "--socket", str(sock), "run", "--json", str(add), "--input", json.dumps({"spec": spec}))
+        err = json.loads(done.stderr)["error"]
+        assert err["code"] == "forbidden" and "may not add stages" in err["message"]
     finally:
         stop(proc)
 
