@@ -119,6 +119,11 @@ class RunResult(msgspec.Struct):
     cache: dict[str, int]
 
 
+# Upper bound on a Retry's attempts (the operator or the retry stage): each
+# attempt is a traced stage run.
+MAX_ATTEMPTS = 1000
+
+
 class RetriesExhausted(Exception):
     def __init__(self, last: NoetherError) -> None:
         super().__init__(last.message)
@@ -130,8 +135,13 @@ async def with_retries(attempt: Callable[[int], Awaitable[Any]], attempts: int, 
     own rules caused (``NOT_RETRYABLE``) is raised at once, and after the last
     attempt ``RetriesExhausted`` carries the last failure. Used by the Retry
     operator and the stdlib ``retry`` stage alike."""
+    if attempts > MAX_ATTEMPTS:
+        raise NoetherError("too_many_attempts", f"at most {MAX_ATTEMPTS} attempts, not {attempts}", exit_code=3)
     last: NoetherError | None = None
     for n in range(1, max(attempts, 1) + 1):
+        # Every attempt lets trio run: a retry of a cheap in-process stage
+        # stays cancellable and never starves the daemon's other work.
+        await trio.lowlevel.checkpoint()
         try:
             return await attempt(n)
         except NoetherError as e:
@@ -678,6 +688,9 @@ class Engine:
         something to the next. Its processes die when the run ends."""
         limits = self.limits_for(run.options)
         if name == "wait_process" and isinstance(value, dict):
+            if value.get("timeout_ms") is None:
+                # Upstream's default wait is 30 s; it must end before the stage's own timeout.
+                value = {**value, "timeout_ms": min(30_000, max(0, int(limits.timeout_s * 1000) - 1000))}
             wait_ms = value.get("timeout_ms")
             if isinstance(wait_ms, (int, float)) and not isinstance(wait_ms, bool) and wait_ms / 1000 >= limits.timeout_s:
                 raise StageError("stage_failed", f"stage {stage.label()}: timeout_ms {wait_ms:g} is not under this "

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from noether_nix.engine.events import RunWarning
 from noether_nix.errors import NoetherError
 from noether_nix.graph.preflight import check_stage_policy, needs_sandbox
+from noether_nix.graph.resolve import Warning_, resolve_ref
 from noether_nix.model.stage import Stage
 from noether_nix.model.types import display
 from noether_nix.model.values import conforms
@@ -64,19 +66,26 @@ class HigherOrder:
 
     # -------------------------------------------------------- references
 
-    def resolve(self, ref: Any, where: str) -> Stage:
+    async def resolve(self, ref: Any, where: str) -> Stage:
+        """A stage reference, resolved as a graph's own are (lifecycle rules:
+        a Tombstoned stage is refused, a Deprecated one followed to its
+        successor with a warning), then checked against the run's policy."""
         if not isinstance(ref, str) or not ref:
             raise HigherOrderError("stage_failed", f"stage {self.label}: {where} must be a stage reference (text)",
                                    self.path)
         cache = self.run.resolved_refs
         stage = cache.get(ref)
         if stage is None:
+            where_path = f"{self.path} ({where} {ref})"
+            warnings: list[Warning_] = []
             try:
-                stage = self.run.engine.store.resolve(ref)
+                stage = resolve_ref(self.run.engine.store, ref, "signature", where_path, warnings)
             except NoetherError as e:
-                raise HigherOrderError("stage_not_found", f"stage {self.label}: {where} {ref!r}: {e.message}",
+                raise HigherOrderError(e.code, f"stage {self.label}: {where} {ref!r}: {e.message}",
                                        self.path) from None
-            check_stage_policy(stage, f"{self.path} ({where} {ref})", self.run.policy)
+            for w in warnings:
+                await self.run.emit(RunWarning(self.run.run_id, code=w.code, message=w.message, node_path=self.path))
+            check_stage_policy(stage, where_path, self.run.policy)
             cache[ref] = stage
         return stage
 
@@ -103,12 +112,12 @@ class HigherOrder:
 
     async def map(self, value: Any) -> Any:
         items = _list(value, "items", self.path, self.label)
-        inner = self.resolve(_field(value, "stage_id", self.path, self.label), "stage_id")
+        inner = await self.resolve(_field(value, "stage_id", self.path, self.label), "stage_id")
         return await self.each(inner, items, [f"{self.path}.items[{i}]" for i in range(len(items))])
 
     async def filter(self, value: Any) -> Any:
         items = _list(value, "items", self.path, self.label)
-        inner = self.resolve(_field(value, "stage_id", self.path, self.label), "stage_id")
+        inner = await self.resolve(_field(value, "stage_id", self.path, self.label), "stage_id")
         keep = await self.each(inner, items, [f"{self.path}.items[{i}]" for i in range(len(items))])
         for i, k in enumerate(keep):
             if not isinstance(k, bool):
@@ -118,14 +127,16 @@ class HigherOrder:
 
     async def reduce(self, value: Any) -> Any:
         items = _list(value, "items", self.path, self.label)
-        inner = self.resolve(_field(value, "stage_id", self.path, self.label), "stage_id")
+        inner = await self.resolve(_field(value, "stage_id", self.path, self.label), "stage_id")
         acc = _field(value, "initial", self.path, self.label)
         for i, item in enumerate(items):
+            if i % 1024 == 1023:
+                await trio.lowlevel.checkpoint()  # stay cancellable on long lists
             acc = await self.call(inner, {"accumulator": acc, "item": item}, f"{self.path}.items[{i}]")
         return acc
 
     async def retry(self, value: Any) -> Any:
-        inner = self.resolve(_field(value, "stage_id", self.path, self.label), "stage_id")
+        inner = await self.resolve(_field(value, "stage_id", self.path, self.label), "stage_id")
         attempts = int(_count(value, "max_attempts", self.path, self.label))
         delay_ms = _count(value, "delay_ms", self.path, self.label, default=0.0)
         arg = _field(value, "input", self.path, self.label)
@@ -144,7 +155,7 @@ class HigherOrder:
     async def fallback(self, value: Any) -> Any:
         refs = _list(value, "stages", self.path, self.label)
         arg = _field(value, "input", self.path, self.label)
-        stages = [self.resolve(r, f"stages[{i}]") for i, r in enumerate(refs)]
+        stages = [await self.resolve(r, f"stages[{i}]") for i, r in enumerate(refs)]
         errors: list[dict[str, Any]] = []
         for i, inner in enumerate(stages):
             try:
@@ -155,7 +166,7 @@ class HigherOrder:
                                self.path, details={"errors": errors})
 
     async def timeout(self, value: Any) -> Any:
-        inner = self.resolve(_field(value, "stage_id", self.path, self.label), "stage_id")
+        inner = await self.resolve(_field(value, "stage_id", self.path, self.label), "stage_id")
         limit_ms = _count(value, "timeout_ms", self.path, self.label)
         arg = _field(value, "input", self.path, self.label)
         with trio.move_on_after(limit_ms / 1000):
@@ -166,7 +177,7 @@ class HigherOrder:
     async def race(self, value: Any) -> Any:
         refs = _list(value, "stages", self.path, self.label)
         arg = _field(value, "input", self.path, self.label)
-        stages = [self.resolve(r, f"stages[{i}]") for i, r in enumerate(refs)]
+        stages = [await self.resolve(r, f"stages[{i}]") for i, r in enumerate(refs)]
         if not stages:
             raise HigherOrderError("stage_failed", f"stage {self.label}: 'stages' is empty", self.path)
         winner: list[Any] = []
@@ -196,7 +207,7 @@ class HigherOrder:
         if len(refs) != len(inputs):
             raise HigherOrderError("stage_failed", f"stage {self.label}: {len(refs)} stages but {len(inputs)} inputs",
                                    self.path)
-        stages = [self.resolve(r, f"stages[{i}]") for i, r in enumerate(refs)]
+        stages = [await self.resolve(r, f"stages[{i}]") for i, r in enumerate(refs)]
         jobs = [(s, v, f"{self.path}.stages[{i}]") for i, (s, v) in enumerate(zip(stages, inputs, strict=True))]
         return await self.run.gather(jobs, self.call)
 

@@ -74,9 +74,11 @@ def build_argv(
     policy: IsolationPolicy,
     limits: Limits,
     profile: Profile,
-    env: dict[str, str],
     seccomp_fd: int | None,
 ) -> list[str]:
+    """bwrap's argv. The sandbox's environment is bwrap's own: start bwrap
+    with exactly the variables the stage may see (``env=``), so their values
+    never appear in argv, which any local user can read in /proc/PID/cmdline."""
     args = [
         bwrap,
         "--unshare-all",
@@ -90,7 +92,6 @@ def build_argv(
         "--proc", "/proc",
         "--dev", "/dev",
         "--size", str(limits.tmpfs_size_bytes), "--tmpfs", "/tmp",
-        "--clearenv",
     ]
     if policy.network:
         args.append("--share-net")
@@ -105,8 +106,6 @@ def build_argv(
     else:
         args += ["--size", str(limits.tmpfs_size_bytes), "--perms", "0700", "--tmpfs", "/work"]
     args += ["--chdir", "/work"]
-    for k, v in sorted(env.items()):
-        args += ["--setenv", k, v]
     if seccomp_fd is not None:
         args += ["--seccomp", str(seccomp_fd)]
     return [*args, "--", *argv]

@@ -147,8 +147,8 @@ async def open_session(argv: list[str], *, policy: IsolationPolicy, limits: Limi
     if isolation.mode == "bwrap":
         seccomp_fd = filter_fd(_seccomp_program(profile))
         full_argv = build_argv(require_bwrap(), argv, policy=policy, limits=limits, profile=profile,
-                               env=_sandbox_env(profile, policy, env), seccomp_fd=seccomp_fd)
-        child_env: dict[str, str] | None = {}
+                               seccomp_fd=seccomp_fd)
+        child_env: dict[str, str] | None = _sandbox_env(profile, policy, env)
     else:
         full_argv, child_env = list(argv), _sandbox_env(profile, policy, env)
     cgroup = RunCgroup.create(limits.memory_bytes, limits.max_pids)

@@ -162,8 +162,8 @@ async def run_sandboxed(
         bwrap = require_bwrap()
         seccomp_fd = filter_fd(_seccomp_program(profile))
         full_argv = build_argv(bwrap, argv, policy=policy, limits=limits, profile=profile,
-                               env=_sandbox_env(profile, policy, env), seccomp_fd=seccomp_fd)
-        child_env: dict[str, str] | None = {}
+                               seccomp_fd=seccomp_fd)
+        child_env: dict[str, str] | None = _sandbox_env(profile, policy, env)
     else:
         log.warning("unsandboxed_run", argv=argv[:1], why="isolation none was requested explicitly")
         full_argv = list(argv)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import trio
 import pytest
 
 from noether_nix.engine.engine import Engine, RunOptions, RunResult
@@ -278,6 +279,11 @@ async def test_process_stages_share_one_sandbox_per_run(engine: Engine) -> None:
     ), {}, RunOptions())
     assert ok(res) == {"exited": False, "timed_out": True}
     assert {e["isolation"] for e in res.trace["stages"]} == {"bwrap"}
+    res = await engine.run(process_graph(  # no timeout_ms: waits until just before the stage's own timeout
+        ("spawn_process", {"cmd": "sleep", "args": ["60"], "cwd": None, "env": None}),
+        ("wait_process", {"timeout_ms": None}),
+    ), {}, RunOptions(timeout_secs=3))
+    assert ok(res) == {"exited": False, "timed_out": True}
     res = await engine.run(process_graph(
         ("spawn_process", {"cmd": "sleep", "args": ["60"], "cwd": None, "env": None}),
         ("signal_process", {"signal": "TERM"}),
@@ -348,3 +354,33 @@ async def test_a_write_grant_through_a_symlink_is_refused(engine: Engine, tmp_pa
     out = ok(await run(engine, "write_file", {"path": str(tmp_path / "real" / "f"), "content": "x"},
                        allow_write=[str(tmp_path / "real")]))
     assert out["bytes_written"] == 1
+
+
+async def test_lifecycle_rules_hold_for_stages_a_higher_order_stage_names(engine: Engine, add: AddStage) -> None:
+    gone = add("gone", "def execute(x):\n    return 'ran'\n")
+    engine.store.transition(gone.id, "Tombstone")
+    res = await run(engine, "map", {"items": [1], "stage_id": gone.id})
+    assert "tombstoned" in failed(res, "stage_tombstoned")["message"]
+
+
+async def test_retry_attempts_are_bounded_and_cancellable(engine: Engine, add: AddStage) -> None:
+    res = await run(engine, "retry", {"stage_id": "parse_json", "input": "not json", "max_attempts": 10_000,
+                                      "delay_ms": None})
+    assert "at most 1000 attempts" in failed(res, "too_many_attempts")["message"]
+    # 1000 quick in-process attempts yield to trio between attempts: other
+    # tasks (the daemon's other clients, a cancellation) keep running.
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        res = await run(engine, "retry", {"stage_id": "parse_json", "input": "not json", "max_attempts": 1000,
+                                          "delay_ms": None})
+        nursery.cancel_scope.cancel()
+    failed(res, "retry_exhausted")
+    assert ticks >= 900
