@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import trio
 import pytest
+import trio
 
 from noether_nix.engine.engine import Engine, RunOptions, RunResult
 from noether_nix.engine.events import Event, StageOutput
