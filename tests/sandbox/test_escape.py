@@ -81,7 +81,8 @@ async def test_host_secrets_in_environment_do_not_leak(probe: Probe, monkeypatch
     monkeypatch.setenv("NOETHER_TEST_SECRET", "s3cret")
     r = await probe(J + "print(json.dumps(dict(os.environ)))")
     assert "hunter2" not in str(r.output) and "s3cret" not in str(r.output)
-    assert set(r.output) <= {"HOME", "USER", "PATH", "PWD", "TMPDIR", "LANG", "LC_ALL", "LC_CTYPE", "NOETHER_LOG_LEVEL"}
+    assert set(r.output) <= {"HOME", "USER", "PATH", "PWD", "TMPDIR", "LANG", "LC_ALL", "LC_CTYPE", "NOETHER_LOG_LEVEL",
+                             "SSL_CERT_FILE", "SSL_CERT_DIR"}
 
 
 async def test_work_is_private_empty_and_writable(probe: Probe) -> None:
@@ -183,6 +184,17 @@ print(json.dumps(s.recv(5).decode()))"""
         assert r.output == "hello"
     finally:
         srv.close()
+
+
+async def test_network_stages_trust_the_hosts_certificate_authorities(probe: Probe) -> None:
+    # The runtime's OpenSSL looks for CAs under its build-time prefix, which a
+    # sandbox does not have; the profile points it at the host's bundle,
+    # bound read-only with the Network effect. Without it every HTTPS call fails.
+    code = J + """
+import ssl
+print(json.dumps(ssl.create_default_context().cert_store_stats()["x509_ca"]))"""
+    r = await probe(code, effects=["Network"])
+    assert r.output > 10, r
 
 
 async def test_writes_only_inside_declared_fswrite(probe: Probe, tmp_path: Path) -> None:
