@@ -125,9 +125,9 @@ def store_impls(stages: StageStore, runs: RunStore) -> dict[str, BuiltinImpl]:
         reason = getattr(res, "reason", None)
         return {"compatible": reason is None, "reason": None if reason is None else str(reason)}
 
-    def trace_read(v: Any) -> Any:
+    def trace_read(v: Any, visible_to: int | None = None) -> Any:
         r = _record(v, "composition_id")
-        run = runs.latest(_text(r["composition_id"], "composition_id"))
+        run = runs.latest(_text(r["composition_id"], "composition_id"), visible_to=visible_to)
         if run is None:
             raise StageFailed(f"no trace for composition {r['composition_id']}")
         return {"trace": run["trace"]}

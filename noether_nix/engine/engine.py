@@ -195,6 +195,7 @@ class _Run:
         self.process_host_lock = trio.Lock()
         self.run_as: Any = None  # sandbox.supervisor.RunAs, set by Engine.run
         self.store_writes = True
+        self.requester_uid: int | None = None
 
     async def emit(self, ev: Event) -> None:
         self.events.append(msgspec.to_builtins(ev))
@@ -481,6 +482,7 @@ class Engine:
         self.runs = RunStore(conn)
         self.kv = KvStore(conn)
         self.builtins = {**kv_impls(self.kv), **store_impls(self.store, self.runs)}
+        self.read_trace: Any = self.builtins["trace_read"]  # takes visible_to=
         self._process_limiter: trio.CapacityLimiter | None = None
         self._programs: Any = None
         self._facts: dict[str, StageFacts] = {}  # by stage ID: content-addressed, so never stale
@@ -536,20 +538,22 @@ class Engine:
 
     async def run(self, graph: Any, input: Any, options: RunOptions, *, emit: Emit | None = None,
                   run_id: str | None = None, record: bool = True, run_as: Any = None,
-                  store_writes: bool = True) -> RunResult:
+                  store_writes: bool = True, requester_uid: int | None = None) -> RunResult:
         """Run a graph; ``record=False`` keeps it out of the run history
         (``stage test`` runs every example as a graph of its own).
 
         The daemon passes who asked: ``run_as`` (a ``sandbox.supervisor.RunAs``)
         is the host user its sandboxes run as, ``store_writes=False`` refuses
-        the stages that change the store (``store_add``)."""
+        the stages that change the store (``store_add``) and keeps
+        ``trace_read`` to the ``requester_uid``'s own runs, under whose name
+        the run is stored."""
         prepared = self.prepare(graph, input, options)
         run = _Run(self, prepared, options, run_id or uuid.uuid4().hex, emit)
-        run.run_as, run.store_writes = run_as, store_writes
+        run.run_as, run.store_writes, run.requester_uid = run_as, store_writes, requester_uid
         started_wall = datetime.now(UTC)
         started = time.monotonic()
         if record:
-            self.runs.start(run.run_id, prepared.composition_id)
+            self.runs.start(run.run_id, prepared.composition_id, requester_uid)
         if run.isolation == "none":
             log.warning("run_without_isolation", run_id=run.run_id)
         await run.emit(RunAccepted(run.run_id, composition_id=prepared.composition_id,
@@ -642,6 +646,8 @@ class Engine:
                 if name == "store_add" and not run.store_writes:
                     raise StageError("forbidden", f"stage {stage.label()}: whoever started this run may not add "
                                      "stages to the store", path)
+                if name == "trace_read" and not run.store_writes:  # only the requester's own traces
+                    return self.read_trace(value, visible_to=run.requester_uid)
                 return self.builtins[name](value)
             if category == "stream":
                 return await self._stream(stage, value, path, run)

@@ -141,6 +141,7 @@ class Daemon:
         self.allowed = set(config.allowed_uids if config.allowed_uids is not None else {me, 0})
         self.writers = set(config.write_uids) if config.write_uids is not None else self.allowed
         self.runs: dict[str, trio.CancelScope] = {}
+        self.run_owners: dict[str, int] = {}  # in-flight run → the peer uid that started it
         self.run_slots = trio.Semaphore(config.max_runs)
         self.waiting = 0
         self.connections = trio.CapacityLimiter(config.max_connections)
@@ -355,6 +356,10 @@ class Daemon:
             return None
         return RunAs(uid=uid, gid=gid)
 
+    def _visible_to(self, uid: int) -> int | None:
+        """Peers see (and cancel) their own runs; those trusted to change the store see all."""
+        return None if uid in self.writers else uid
+
     def _need_write(self, uid: int) -> None:
         if uid not in self.writers:
             self.counters["forbidden"] += 1
@@ -376,17 +381,19 @@ class Daemon:
                 return graph.check_graph(e, check.graph, check.input, self._options(check.options),
                                          check_input=check.check_input)
             case ["v1", "runs", ref] if m == "GET":
-                return graph.find_run(e.runs, ref)
+                return graph.find_run(e.runs, ref, visible_to=self._visible_to(uid))
             case ["v1", "runs", run_id] if m == "DELETE":
                 scope = self.runs.get(run_id)
-                if scope is None:
+                if scope is None or self._visible_to(uid) not in (None, self.run_owners.get(run_id)):
                     raise NoetherError("run_not_found", f"no run {run_id} in flight", path=run_id)
                 scope.cancel()
                 return {"run_id": run_id, "cancelled": True}
             case ["v1", "runs"] if m == "GET":
-                return graph.recent_runs(e.runs, self._query_int(query, "limit", 50))
+                return graph.recent_runs(e.runs, self._query_int(query, "limit", 50),
+                                         visible_to=self._visible_to(uid))
             case ["v1", "traces", cid] if m == "GET":
-                trace = e.latest_trace(cid)
+                latest = e.runs.latest(cid, visible_to=self._visible_to(uid))
+                trace = latest["trace"] if latest else None
                 if trace is None:
                     raise NoetherError("trace_not_found", f"no trace for {cid}", path=cid)
                 return trace
@@ -469,6 +476,7 @@ class Daemon:
         run_id = uuid.uuid4().hex
         scope = trio.CancelScope()
         self.runs[run_id] = scope
+        self.run_owners[run_id] = uid
         self.counters["runs_started"] += 1
         log.info("run_started", run_id=run_id, peer_uid=uid)
         head_sent = False
@@ -507,7 +515,7 @@ class Daemon:
                     try:
                         result = await self.engine.run(body.graph, body.input, options, emit=emit, run_id=run_id,
                                                        run_as=self._run_as(uid, gid),
-                                                       store_writes=uid in self.writers)
+                                                       store_writes=uid in self.writers, requester_uid=uid)
                     except NoetherError as err:  # caught here, not wrapped in the nursery's ExceptionGroup
                         failure = err
                     nursery.cancel_scope.cancel()
@@ -533,6 +541,7 @@ class Daemon:
             raise
         finally:
             self.runs.pop(run_id, None)
+            self.run_owners.pop(run_id, None)
             self.run_slots.release()
 
     # ---------------------------------------------------------------- status

@@ -22,16 +22,16 @@ def check_graph(engine: Engine, graph: Any, input: Any, options: RunOptions, *,
     return check_report(engine.prepare(graph, input, options, check_input=check_input))
 
 
-def find_run(runs: RunStore, ref: str) -> dict[str, Any]:
-    """A run by its id, else the latest run of a composition id."""
-    run = runs.get(ref) or runs.latest(ref)
+def find_run(runs: RunStore, ref: str, *, visible_to: int | None = None) -> dict[str, Any]:
+    """A run by its id, else the latest run of a composition id (of those ``visible_to`` may see)."""
+    run = runs.get(ref, visible_to=visible_to) or runs.latest(ref, visible_to=visible_to)
     if run is None:
         raise NoetherError("trace_not_found", f"no run or composition {ref!r}", path=ref)
     return run
 
 
-def recent_runs(runs: RunStore, limit: int = 20) -> dict[str, Any]:
-    return {"runs": runs.recent(limit)}
+def recent_runs(runs: RunStore, limit: int = 20, *, visible_to: int | None = None) -> dict[str, Any]:
+    return {"runs": runs.recent(limit, visible_to=visible_to)}
 
 
 async def warmup_stages(store: StageStore, registry: ProgramRegistry, refs: list[str] | None = None, *,

@@ -33,13 +33,18 @@ class RunStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+        if "requester_uid" not in columns:  # databases from before runs had an owner
+            with write_txn(conn) as c:
+                c.execute("ALTER TABLE runs ADD COLUMN requester_uid INTEGER")
 
-    def start(self, run_id: str, composition_id: str) -> None:
+    def start(self, run_id: str, composition_id: str, requester_uid: int | None = None) -> None:
+        """``requester_uid``: the daemon peer who started it (None: an embedded run)."""
         with write_txn(self.conn) as c:
             c.execute(
-                "INSERT INTO runs (run_id, composition_id, status, started_at, owner_pid)"
-                " VALUES (?, ?, 'running', ?, ?)",
-                (run_id, composition_id, time.time(), os.getpid()),
+                "INSERT INTO runs (run_id, composition_id, status, started_at, owner_pid, requester_uid)"
+                " VALUES (?, ?, 'running', ?, ?, ?)",
+                (run_id, composition_id, time.time(), os.getpid(), requester_uid),
             )
 
     def finish(
@@ -71,22 +76,31 @@ class RunStore:
 
     _COLS = "run_id, composition_id, status, started_at, finished_at, spent_cents, trace, events"
 
-    def get(self, run_id: str) -> dict[str, Any] | None:
-        return self._row(self.conn.execute(f"SELECT {self._COLS} FROM runs WHERE run_id = ?", (run_id,)).fetchone())
+    # ``visible_to``: a peer uid that may see only its own runs (None: all runs).
+    @staticmethod
+    def _mine(visible_to: int | None) -> tuple[str, tuple[Any, ...]]:
+        return ("", ()) if visible_to is None else (" AND requester_uid = ?", (visible_to,))
 
-    def latest(self, composition_id: str) -> dict[str, Any] | None:
+    def get(self, run_id: str, *, visible_to: int | None = None) -> dict[str, Any] | None:
+        mine, args = self._mine(visible_to)
+        return self._row(self.conn.execute(f"SELECT {self._COLS} FROM runs WHERE run_id = ?{mine}",
+                                           (run_id, *args)).fetchone())
+
+    def latest(self, composition_id: str, *, visible_to: int | None = None) -> dict[str, Any] | None:
+        mine, args = self._mine(visible_to)
         return self._row(
             self.conn.execute(
-                f"SELECT {self._COLS} FROM runs WHERE composition_id = ? ORDER BY started_at DESC LIMIT 1",
-                (composition_id,),
+                f"SELECT {self._COLS} FROM runs WHERE composition_id = ?{mine} ORDER BY started_at DESC LIMIT 1",
+                (composition_id, *args),
             ).fetchone()
         )
 
-    def recent(self, limit: int = 20) -> list[dict[str, Any]]:
+    def recent(self, limit: int = 20, *, visible_to: int | None = None) -> list[dict[str, Any]]:
+        mine, args = self._mine(visible_to)
         rows = self.conn.execute(
             "SELECT run_id, composition_id, status, started_at, finished_at, spent_cents FROM runs"
-            " ORDER BY started_at DESC LIMIT ?",
-            (limit,),
+            f" WHERE 1 = 1{mine} ORDER BY started_at DESC LIMIT ?",
+            (*args, limit),
         ).fetchall()
         return [
             {"run_id": r[0], "composition_id": r[1], "status": r[2], "started_at": r[3],

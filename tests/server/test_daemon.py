@@ -387,6 +387,15 @@ def test_a_root_daemon_runs_a_peers_sandboxes_as_that_peer(tmp_path: Path) -> No
         # Root's own run writes as root, as root asked.
         assert list(Client(str(sock), timeout=60).run(graph, "by-root"))[-1]["output"] == "by-root"
         assert (out_dir / "by-root").stat().st_uid == 0
+        # The peer sees its own run only; root (a writer) sees both.
+        get = ("import json,socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+               "s.sendall(b'GET /v1/runs HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n'); "
+               "out=b''\nwhile True:\n    c=s.recv(65536)\n    if not c: break\n    out+=c\n"
+               "print(json.dumps(json.loads(out.split(b'\\r\\n\\r\\n', 1)[1])))")
+        mine = subprocess.run(["/usr/bin/python3", "-c", get, str(sock)], capture_output=True, text=True,
+                              user=65534, timeout=60)
+        assert len(json.loads(mine.stdout)["data"]["runs"]) == 1, (mine.stdout, mine.stderr)
+        assert len(Client(str(sock)).call("GET", "/v1/runs")["runs"]) == 2
     finally:
         proc.terminate()
         proc.wait(15)
