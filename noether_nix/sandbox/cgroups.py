@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -152,9 +153,36 @@ class RunCgroup:
                     os.kill(pid, signal.SIGKILL)
 
     def remove(self) -> None:
+        # Right after a kill the cgroup may still count dying tasks (EBUSY): retry briefly.
         for d in self.dirs.values():
-            with contextlib.suppress(OSError):
-                d.rmdir()
+            for _ in range(20):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
+
+
+def sweep_empty() -> int:
+    """Remove empty ``noether-*`` cgroups left by a process that died before
+    removing them (a SIGKILLed daemon). A non-empty one is another live
+    process's run and is left alone (rmdir refuses it anyway). Run at
+    daemon start only: a cgroup another process created a moment before and
+    has not filled yet would go too, and that run would fail to start
+    (``spawn_failed``), never run unconfined."""
+    removed = 0
+    own = _own_paths()
+    bases = [ROOT / own[""].lstrip("/")] if "" in own and (ROOT / "cgroup.controllers").exists() else []
+    bases += [ROOT / c / own[c].lstrip("/") for c in ("memory", "pids", "cpuacct") if c in own]
+    for base in bases:
+        with contextlib.suppress(OSError):
+            for d in base.glob("noether-*"):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+                    removed += 1
+    return removed
 
 
 def mechanisms() -> dict[str, object]:

@@ -29,6 +29,7 @@ from noether_nix.engine.engine import Engine, RunOptions
 from noether_nix.engine.events import Event
 from noether_nix.errors import NoetherError
 from noether_nix.paths import default_socket
+from noether_nix.sandbox.cgroups import sweep_empty
 from noether_nix.sandbox.supervisor import RunAs
 from noether_nix.server import systemd
 from noether_nix.server.protocol import (
@@ -151,6 +152,10 @@ class Daemon:
         self.started = time.time()
         self.warmup: dict[str, Any] = {"state": "pending"}
         self.engine.runs.mark_interrupted()
+        # A daemon killed with -9 leaves its runs' (empty) cgroups behind.
+        swept = sweep_empty()
+        if swept:
+            log.info("stale_cgroups_removed", count=swept)
 
     # ---------------------------------------------------------------- serving
 

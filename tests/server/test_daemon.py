@@ -399,3 +399,20 @@ def test_a_root_daemon_runs_a_peers_sandboxes_as_that_peer(tmp_path: Path) -> No
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_a_starting_daemon_removes_cgroups_a_killed_one_left(tmp_path: Path) -> None:
+    # A SIGKILLed daemon cannot remove its runs' cgroups; the next one does
+    # (only empty ones: a live process's run is never touched).
+    from noether_nix.sandbox.cgroups import RunCgroup
+
+    stale = RunCgroup.create(64 * 1024 * 1024, 16)
+    if stale is None:
+        pytest.skip("no writable cgroup hierarchy here")
+    assert all(d.is_dir() for d in stale.dirs.values())
+    proc, _sock = start(tmp_path)
+    try:
+        assert not any(d.exists() for d in stale.dirs.values())
+    finally:
+        proc.terminate()
+        proc.wait(15)
