@@ -33,6 +33,7 @@ SKIP_EFFECTS = (
 # Errors that mean an example cannot run here, and the reason reported.
 UNRUNNABLE_EXAMPLE = {
     "stage_not_found": "NamesAMissingStage",
+    "ambiguous_reference": "NamesAMissingStage",  # a made-up name that is also a prefix of many real IDs
     "path_not_granted": "NeedsAPathGrant",
 }
 
