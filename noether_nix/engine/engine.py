@@ -119,6 +119,9 @@ class RunResult(msgspec.Struct):
     cache: dict[str, int]
 
 
+# What one run keeps for its stored trace and replay (events are all streamed).
+MAX_TRACE_ENTRIES = 200_000
+MAX_STORED_EVENTS = 400_000
 # Upper bound on a Retry's attempts (the operator or the retry stage): each
 # attempt is a traced stage run.
 MAX_ATTEMPTS = 1000
@@ -196,9 +199,23 @@ class _Run:
         self.run_as: Any = None  # sandbox.supervisor.RunAs, set by Engine.run
         self.store_writes = True
         self.requester_uid: int | None = None
+        self.dropped_entries = 0
+        self.dropped_events = 0
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """A trace entry; past ``MAX_TRACE_ENTRIES`` only counted (a map over
+        millions of items must not hold millions of entries in the daemon)."""
+        if len(self.entries) < MAX_TRACE_ENTRIES:
+            self.entries.append(entry)
+        else:
+            self.dropped_entries += 1
 
     async def emit(self, ev: Event) -> None:
-        self.events.append(msgspec.to_builtins(ev))
+        # Every event is streamed; the stored copy (for replay) is bounded.
+        if len(self.events) < MAX_STORED_EVENTS:
+            self.events.append(msgspec.to_builtins(ev))
+        else:
+            self.dropped_events += 1
         if self.emit_fn is not None:
             await self.emit_fn(ev)
 
@@ -332,7 +349,7 @@ class _Run:
                 await self.emit(StageFinished(self.run_id, node_path=path, stage_id=stage.id, name=stage.name,
                                               status="cached", cached=True, input_hash=in_hash,
                                               output_hash=value_hash(out)))
-                self.entries.append(_entry(stage, path, "Ok", 0, in_hash, value_hash(out), cached=True))
+                self.record(_entry(stage, path, "Ok", 0, in_hash, value_hash(out), cached=True))
                 return out
             self.misses += 1
         cost = facts.cost_cents
@@ -362,7 +379,7 @@ class _Run:
                                           status=usage.get("status", "error"), wall_ms=wall, spent_cents=cost,
                                           input_hash=in_hash, message=e.message,
                                           build_ms=usage.get("build_ms"), isolation=usage.get("isolation")))
-            self.entries.append(_entry(stage, path, {"Failed": {"code": e.code, "message": e.message}}, wall,
+            self.record(_entry(stage, path, {"Failed": {"code": e.code, "message": e.message}}, wall,
                                        in_hash, None, spent_cents=cost, **_extra(usage)))
             raise
         wall = int((time.monotonic() - started) * 1000)
@@ -374,7 +391,7 @@ class _Run:
                                       max_rss_kb=usage.get("max_rss_kb"), build_ms=usage.get("build_ms"),
                                       spent_cents=cost, input_hash=in_hash, output_hash=out_hash,
                                       isolation=usage.get("isolation")))
-        self.entries.append(_entry(stage, path, "Ok", wall, in_hash, out_hash, spent_cents=cost, **_extra(usage)))
+        self.record(_entry(stage, path, "Ok", wall, in_hash, out_hash, spent_cents=cost, **_extra(usage)))
         return out
 
 
@@ -571,6 +588,13 @@ class Engine:
             status, error = "failed", e.to_dict()
             if e.code == "budget_exceeded":
                 error["exit_code"] = 2
+        except RecursionError:
+            status, error = "failed", {"code": "value_too_deep", "path": "root",
+                                       "message": "a value is nested too deeply to process"}
+        except Exception as e:  # an engine bug: the run fails and says so, the daemon goes on
+            log.exception("run_internal_error", run_id=run.run_id)
+            status, error = "failed", {"code": "internal_error", "path": "root",
+                                       "message": f"internal error: {type(e).__name__}: {e}"}
         except BaseException as e:
             if _is_cancellation(e):
                 status, error = "cancelled", {"code": "cancelled", "message": "the run was cancelled"}
@@ -596,6 +620,8 @@ class Engine:
         }
         if error:
             trace["error"] = error
+        if run.dropped_entries or run.dropped_events:
+            trace["dropped"] = {"entries": run.dropped_entries, "events": run.dropped_events}
         finished = RunFinished(run.run_id, status=status, duration_ms=duration,  # type: ignore[arg-type]
                                spent_cents=run.budget.spent_cents, output=output, error=error)
         run.events.append(msgspec.to_builtins(finished))

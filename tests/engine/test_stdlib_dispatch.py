@@ -384,3 +384,22 @@ async def test_retry_attempts_are_bounded_and_cancellable(engine: Engine, add: A
         nursery.cancel_scope.cancel()
     failed(res, "retry_exhausted")
     assert ticks >= 900
+
+
+async def test_a_value_too_deep_to_process_fails_the_run_not_the_engine(engine: Engine) -> None:
+    deep: Any = "x"
+    for _ in range(5000):
+        deep = [deep]
+    err = failed(await run(engine, "to_json", deep), "value_too_deep")
+    assert "nested too deeply" in err["message"]
+    assert ok(await run(engine, "text_upper", "still serving")) == "STILL SERVING"
+
+
+async def test_a_huge_map_keeps_a_bounded_trace(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    import noether_nix.engine.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "MAX_TRACE_ENTRIES", 10)
+    res = await run(engine, "map", {"items": ["a"] * 20, "stage_id": "text_upper"})
+    assert ok(res) == ["A"] * 20
+    assert len(res.trace["stages"]) == 10
+    assert res.trace["dropped"]["entries"] == 11  # 20 inner calls and the map itself, 10 kept
