@@ -395,6 +395,13 @@ class _Run:
         return out
 
 
+def _abs_norm(path: str) -> str:
+    """An absolute path normalised, "//x" (which POSIX normpath keeps) as "/x"."""
+    import posixpath
+
+    return posixpath.normpath("/" + path.lstrip("/"))
+
+
 def check_grants(options: RunOptions) -> None:
     """Refuse, before anything runs, a file grant no sandbox may get."""
     import os
@@ -406,7 +413,7 @@ def check_grants(options: RunOptions) -> None:
         for grant in grants or []:
             if not os.path.isabs(grant):
                 raise NoetherError("invalid_grant", f"{grant!r} must be an absolute path", path=flag, exit_code=2)
-            root = os.path.normpath(grant)
+            root = _abs_norm(grant)
             if not os.path.exists(root):
                 raise NoetherError("invalid_grant", f"{root} does not exist (a grant binds an existing path)",
                                    path=flag, exit_code=2)
@@ -428,10 +435,10 @@ def _fs_grant(stage: Stage, value: Any, options: RunOptions, path: str) -> FsRea
         # The sandbox has no working directory of the client's to resolve it against.
         raise StageError("path_not_granted", f"stage {stage.label()}: relative path {want!r} cannot be granted; "
                          "give an absolute path", path)
-    target = os.path.normpath(want)
+    target = _abs_norm(want)
     grants = (options.allow_write or []) if writes else [*(options.allow_read or []), *(options.allow_write or [])]
     for grant in grants:
-        root = os.path.normpath(grant)
+        root = _abs_norm(grant)
         if os.path.isabs(root) and (target == root or target.startswith(root.rstrip("/") + "/")):
             if not os.path.exists(root):
                 # The wall is a bind of the granted path itself, which must exist.
