@@ -54,13 +54,21 @@ def bwrap_version(path: str) -> str:
 
 
 @functools.cache
-def bwrap_works(path: str) -> tuple[bool, str]:
-    """Can bwrap create every namespace we ask for on this host?"""
+def bwrap_works(path: str, *, as_uid: int | None = None) -> tuple[bool, str]:
+    """Can bwrap create every namespace we ask for on this host (started as
+    ``as_uid``: a root daemon starts its peers' sandboxes as the peer, which
+    needs unprivileged user namespaces)?"""
+    def drop() -> None:
+        if as_uid is not None:
+            os.setgroups([])
+            os.setgid(as_uid)
+            os.setuid(as_uid)
+
     try:
         proc = subprocess.run(
             [path, "--unshare-all", "--unshare-user", "--die-with-parent", "--ro-bind", "/", "/",
              "--proc", "/proc", "--dev", "/dev", "--", "/bin/true"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True, text=True, timeout=10, preexec_fn=drop if as_uid is not None else None,
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, str(e)

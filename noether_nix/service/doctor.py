@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
@@ -14,6 +15,10 @@ def describe_sandbox() -> dict[str, Any]:
     if path:
         ok, why = bwrap_works(path)
         out.update({"version": bwrap_version(path), "usable": ok, "error": None if ok else why})
+        if ok and os.geteuid() == 0:
+            # A root daemon runs other users' sandboxes as them (unprivileged user namespaces).
+            peer_ok, peer_why = bwrap_works(path, as_uid=65534)
+            out["peer_sandboxes"] = True if peer_ok else f"unavailable: {peer_why}"
     try:
         from noether_nix.sandbox.seccomp import compile_filter
 
