@@ -10,6 +10,7 @@ that cannot run is an error that says why — never an example's output.
 
 from __future__ import annotations
 
+import contextvars
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -122,6 +123,8 @@ class RunResult(msgspec.Struct):
 # What one run keeps for its stored trace and replay (events are all streamed).
 MAX_TRACE_ENTRIES = 200_000
 MAX_STORED_EVENTS = 400_000
+# Which attempt of the innermost enclosing Retry a stage runs in (1 outside any).
+ATTEMPT: contextvars.ContextVar[int] = contextvars.ContextVar("noether_attempt", default=1)
 # Upper bound on a Retry's attempts (the operator or the retry stage): each
 # attempt is a traced stage run.
 MAX_ATTEMPTS = 1000
@@ -145,6 +148,7 @@ async def with_retries(attempt: Callable[[int], Awaitable[Any]], attempts: int, 
         # Every attempt lets trio run: a retry of a cheap in-process stage
         # stays cancellable and never starves the daemon's other work.
         await trio.lowlevel.checkpoint()
+        token = ATTEMPT.set(n)  # numbers the attempt's stage events and trace entries
         try:
             return await attempt(n)
         except NoetherError as e:
@@ -153,6 +157,8 @@ async def with_retries(attempt: Callable[[int], Awaitable[Any]], attempts: int, 
             last = e
             if n < attempts and delay_ms:
                 await trio.sleep(delay_ms / 1000)
+        finally:
+            ATTEMPT.reset(token)
     assert last is not None
     raise RetriesExhausted(last)
 
@@ -304,7 +310,7 @@ class _Run:
 
         stage_id = "remote-call-" + value_hash(REMOTE_CALL_CODE)[:52]
         label = f"RemoteStage {node.url}"
-        await self.emit(StageStarted(self.run_id, node_path=path, stage_id=stage_id, name=label))
+        await self.emit(StageStarted(self.run_id, attempt=ATTEMPT.get(), node_path=path, stage_id=stage_id, name=label))
         started = time.monotonic()
         usage: dict[str, Any] = {}
         try:
@@ -317,12 +323,12 @@ class _Run:
                 raise StageError("remote_output_mismatch", f"{label} returned a value that is not "
                                  f"{display(node.output)}: {err}", path)
         except NoetherError as e:
-            await self.emit(StageFinished(self.run_id, node_path=path, stage_id=stage_id, name=label,
+            await self.emit(StageFinished(self.run_id, attempt=ATTEMPT.get(), node_path=path, stage_id=stage_id, name=label,
                                           status=usage.get("status", "error"), message=e.message,
                                           wall_ms=int((time.monotonic() - started) * 1000)))
             raise
         wall = int((time.monotonic() - started) * 1000)
-        await self.emit(StageFinished(self.run_id, node_path=path, stage_id=stage_id, name=label, status="ok",
+        await self.emit(StageFinished(self.run_id, attempt=ATTEMPT.get(), node_path=path, stage_id=stage_id, name=label, status="ok",
                                       wall_ms=wall, isolation=usage.get("isolation"),
                                       input_hash=value_hash(value), output_hash=value_hash(out)))
         return out
@@ -346,7 +352,7 @@ class _Run:
             hit, out = self.engine.cache.get(stage.id, in_hash)
             if hit:
                 self.hits += 1
-                await self.emit(StageFinished(self.run_id, node_path=path, stage_id=stage.id, name=stage.name,
+                await self.emit(StageFinished(self.run_id, attempt=ATTEMPT.get(), node_path=path, stage_id=stage.id, name=stage.name,
                                               status="cached", cached=True, input_hash=in_hash,
                                               output_hash=value_hash(out)))
                 self.record(_entry(stage, path, "Ok", 0, in_hash, value_hash(out), cached=True))
@@ -355,7 +361,7 @@ class _Run:
         cost = facts.cost_cents
         if cost:
             self.budget.reserve(cost, stage=stage.label(), node_path=path)
-        await self.emit(StageStarted(self.run_id, node_path=path, stage_id=stage.id, name=stage.name))
+        await self.emit(StageStarted(self.run_id, attempt=ATTEMPT.get(), node_path=path, stage_id=stage.id, name=stage.name))
         started = time.monotonic()
         usage: dict[str, Any] = {}
         try:
@@ -375,7 +381,7 @@ class _Run:
                                          f"({display_refinement(r)}): {why}", path)
         except NoetherError as e:
             wall = int((time.monotonic() - started) * 1000)
-            await self.emit(StageFinished(self.run_id, node_path=path, stage_id=stage.id, name=stage.name,
+            await self.emit(StageFinished(self.run_id, attempt=ATTEMPT.get(), node_path=path, stage_id=stage.id, name=stage.name,
                                           status=usage.get("status", "error"), wall_ms=wall, spent_cents=cost,
                                           input_hash=in_hash, message=e.message,
                                           build_ms=usage.get("build_ms"), isolation=usage.get("isolation")))
@@ -386,7 +392,7 @@ class _Run:
         out_hash = value_hash(out)
         if cacheable:
             self.engine.cache.put(stage.id, in_hash, out)
-        await self.emit(StageFinished(self.run_id, node_path=path, stage_id=stage.id, name=stage.name,
+        await self.emit(StageFinished(self.run_id, attempt=ATTEMPT.get(), node_path=path, stage_id=stage.id, name=stage.name,
                                       status="ok", wall_ms=wall, cpu_ms=usage.get("cpu_ms"),
                                       max_rss_kb=usage.get("max_rss_kb"), build_ms=usage.get("build_ms"),
                                       spent_cents=cost, input_hash=in_hash, output_hash=out_hash,
@@ -457,7 +463,7 @@ def _extra(usage: dict[str, Any]) -> dict[str, Any]:
 
 def _entry(stage: Stage, path: str, status: Any, wall: int, in_hash: str, out_hash: str | None,
            **extra: Any) -> dict[str, Any]:
-    return {"stage_id": stage.id, "node_path": path, "name": stage.name, "status": status,
+    return {"stage_id": stage.id, "node_path": path, "name": stage.name, "status": status, "attempt": ATTEMPT.get(),
             "duration_ms": wall, "input_hash": in_hash, "output_hash": out_hash, **extra}
 
 

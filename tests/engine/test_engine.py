@@ -192,3 +192,17 @@ async def test_a_stage_longer_than_ten_seconds_is_not_killed_on_an_idle_engine(e
     res = await engine.run(graph({"op": "Stage", "id": "twelve"}), 7, RunOptions(timeout_secs=25))
     assert res.status == "ok", res.error
     assert res.output == 7
+
+
+async def test_retry_attempts_are_numbered_in_events_and_trace(engine: Engine, add: AddStage) -> None:
+    add("always_fails", "def execute(x):\n    raise ValueError('no')\n")
+    seen: list[Event] = []
+
+    async def watch(ev: Event) -> None:
+        seen.append(ev)
+
+    root = {"op": "Retry", "stage": {"op": "Stage", "id": "always_fails"}, "max_attempts": 3}
+    res = await engine.run(graph(root), 1, RunOptions(), emit=watch)
+    assert res.status == "failed"
+    assert [e["attempt"] for e in res.trace["stages"]] == [1, 2, 3]
+    assert [ev.attempt for ev in seen if isinstance(ev, StageStarted)] == [1, 2, 3]
