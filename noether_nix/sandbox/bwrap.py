@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 
 import structlog
 
+from noether_nix.errors import NoetherError
 from noether_nix.sandbox.policy import IsolationPolicy, Limits
 from noether_nix.sandbox.profile import Profile
 
@@ -83,10 +85,15 @@ def build_argv(
     limits: Limits,
     profile: Profile,
     seccomp_fd: int | None,
+    bind_fds: dict[str, int] | None = None,
 ) -> list[str]:
     """bwrap's argv. The sandbox's environment is bwrap's own: start bwrap
     with exactly the variables the stage may see (``env=``), so their values
-    never appear in argv, which any local user can read in /proc/PID/cmdline."""
+    never appear in argv, which any local user can read in /proc/PID/cmdline.
+
+    ``bind_fds`` (host path → fd from ``open_bind_fds``, passed to bwrap)
+    binds those paths from the already-opened fd, not by name."""
+    fds = bind_fds or {}
     args = [
         bwrap,
         "--unshare-all",
@@ -106,9 +113,9 @@ def build_argv(
         for f in profile.network_ro_files:
             args += ["--ro-bind-try", f, f]
     for b in policy.ro_binds:
-        args += ["--ro-bind", b.host, b.sandbox]
+        args += ["--ro-bind-fd", str(fds[b.host]), b.sandbox] if b.host in fds else ["--ro-bind", b.host, b.sandbox]
     for b in policy.rw_binds:
-        args += ["--bind", b.host, b.sandbox]
+        args += ["--bind-fd", str(fds[b.host]), b.sandbox] if b.host in fds else ["--bind", b.host, b.sandbox]
     if policy.work_host:
         args += ["--bind", policy.work_host, "/work"]
     else:
@@ -117,3 +124,48 @@ def build_argv(
     if seccomp_fd is not None:
         args += ["--seccomp", str(seccomp_fd)]
     return [*args, "--", *argv]
+
+
+def open_no_follow(path: str) -> int:
+    """An ``O_PATH`` fd for an absolute path, opened one component at a time
+    without following any symlink: what it names cannot change afterwards."""
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        parts = [part for part in path.split("/") if part]
+        for i, part in enumerate(parts):
+            flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_DIRECTORY if i < len(parts) - 1 else 0)
+            nxt = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            raise OSError(errno.ELOOP, "is a symlink", path)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_bind_fds(policy: IsolationPolicy) -> dict[str, int]:
+    """Open every bind's source before bwrap starts (store paths aside: the
+    store is immutable), so a path swapped for a symlink between the policy
+    check and the mount cannot redirect it. Writable binds must open this
+    way; a read-only one that is itself a symlink (usr-merged /bin, /lib) is
+    left to bwrap by name. The caller passes the fds to bwrap and closes them."""
+    opened: dict[str, int] = {}
+    try:
+        for writable, binds in ((False, policy.ro_binds), (True, policy.rw_binds)):
+            for b in binds:
+                if b.host in opened or b.host == "/nix/store" or b.host.startswith("/nix/store/"):
+                    continue
+                try:
+                    opened[b.host] = open_no_follow(b.host)
+                except OSError as e:
+                    if writable:
+                        raise NoetherError("invalid_policy_path", f"cannot bind {b.host}: {e.strerror or e} "
+                                           "while opening it (a path changed under the sandbox?)",
+                                           path=b.host, exit_code=2) from None
+    except BaseException:
+        for fd in opened.values():
+            os.close(fd)
+        raise
+    return opened

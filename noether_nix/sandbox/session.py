@@ -21,19 +21,17 @@ from typing import Any
 import trio
 
 from noether_nix.errors import NoetherError
-from noether_nix.sandbox.bwrap import build_argv
 from noether_nix.sandbox.cgroups import RunCgroup
 from noether_nix.sandbox.policy import IsolationPolicy, Limits
 from noether_nix.sandbox.profile import Profile
-from noether_nix.sandbox.seccomp import filter_fd
 from noether_nix.sandbox.spawn import Child, spawn
 from noether_nix.sandbox.supervisor import (
     Isolation,
     RunAs,
     _preexec,
     _sandbox_env,
-    _seccomp_program,
-    require_bwrap,
+    bwrap_command,
+    close_all,
 )
 
 
@@ -143,20 +141,21 @@ async def open_session(argv: list[str], *, policy: IsolationPolicy, limits: Limi
                        profile: Profile, env: dict[str, str] | None = None,
                        run_as: RunAs | None = None) -> SandboxSession:
     """Start ``argv`` in a sandbox built like ``run_sandboxed``'s; the caller closes it."""
-    seccomp_fd: int | None = None
     if isolation.mode == "bwrap":
-        seccomp_fd = filter_fd(_seccomp_program(profile))
-        full_argv = build_argv(require_bwrap(), argv, policy=policy, limits=limits, profile=profile,
-                               seccomp_fd=seccomp_fd)
+        full_argv, fds = bwrap_command(argv, policy=policy, limits=limits, profile=profile, run_as=run_as)
         child_env: dict[str, str] | None = _sandbox_env(profile, policy, env)
     else:
-        full_argv, child_env = list(argv), _sandbox_env(profile, policy, env)
-    cgroup = RunCgroup.create(limits.memory_bytes, limits.max_pids)
+        full_argv, fds, child_env = list(argv), [], _sandbox_env(profile, policy, env)
+    try:
+        cgroup = RunCgroup.create(limits.memory_bytes, limits.max_pids)
+    except BaseException:
+        close_all(fds)
+        raise
     stderr = tempfile.TemporaryFile(prefix="noether-session-")  # noqa: SIM115 (the session closes it)
     try:
         proc = await spawn(
             full_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=child_env,
-            pass_fds=(seccomp_fd,) if seccomp_fd is not None else (), start_new_session=True,
+            pass_fds=tuple(fds), start_new_session=True,
             preexec_fn=_preexec(limits, cgroup, run_as), cwd="/")
     except (OSError, subprocess.SubprocessError) as e:  # a failing preexec_fn is a SubprocessError
         stderr.close()
@@ -164,6 +163,5 @@ async def open_session(argv: list[str], *, policy: IsolationPolicy, limits: Limi
             cgroup.remove()
         raise SessionError(f"cannot start {full_argv[0]}: {getattr(e, 'strerror', None) or e}") from None
     finally:
-        if seccomp_fd is not None:
-            os.close(seccomp_fd)
+        close_all(fds)
     return SandboxSession(proc, cgroup, stderr, limits, isolation.mode)

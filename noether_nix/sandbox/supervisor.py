@@ -25,7 +25,7 @@ import structlog
 import trio
 
 from noether_nix.errors import NoetherError
-from noether_nix.sandbox.bwrap import build_argv, bwrap_works, find_bwrap
+from noether_nix.sandbox.bwrap import build_argv, bwrap_works, find_bwrap, open_bind_fds
 from noether_nix.sandbox.cgroups import RunCgroup
 from noether_nix.sandbox.policy import IsolationPolicy, Limits
 from noether_nix.sandbox.profile import Profile, load_profile
@@ -136,6 +136,29 @@ def _preexec(limits: Limits, cgroup: RunCgroup | None, run_as: RunAs | None = No
     return setup
 
 
+def bwrap_command(argv: list[str], *, policy: IsolationPolicy, limits: Limits, profile: Profile,
+                  run_as: RunAs | None) -> tuple[list[str], list[int]]:
+    """bwrap's argv and the fds it must inherit (the seccomp program, and the
+    binds opened ahead, when bwrap runs as us: as a peer it binds by name
+    with the peer's own rights). The caller closes the fds once bwrap started."""
+    bwrap = require_bwrap()
+    seccomp_fd = filter_fd(_seccomp_program(profile))
+    try:
+        bind_fds = open_bind_fds(policy) if run_as is None else {}
+    except BaseException:
+        os.close(seccomp_fd)
+        raise
+    full = build_argv(bwrap, argv, policy=policy, limits=limits, profile=profile, seccomp_fd=seccomp_fd,
+                      bind_fds=bind_fds)
+    return full, [seccomp_fd, *bind_fds.values()]
+
+
+def close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 def _sandbox_env(profile: Profile, policy: IsolationPolicy, extra: dict[str, str] | None) -> dict[str, str]:
     env = {k: os.environ[k] for k in policy.env_allowlist if k in os.environ}
     env.update(profile.env_fixed)
@@ -157,25 +180,24 @@ async def run_sandboxed(
 ) -> Result:
     profile = profile or load_profile("default")
     mode = isolation.mode
-    seccomp_fd: int | None = None
     if mode == "bwrap":
-        bwrap = require_bwrap()
-        seccomp_fd = filter_fd(_seccomp_program(profile))
-        full_argv = build_argv(bwrap, argv, policy=policy, limits=limits, profile=profile,
-                               seccomp_fd=seccomp_fd)
+        full_argv, fds = bwrap_command(argv, policy=policy, limits=limits, profile=profile, run_as=run_as)
         child_env: dict[str, str] | None = _sandbox_env(profile, policy, env)
     else:
         log.warning("unsandboxed_run", argv=argv[:1], why="isolation none was requested explicitly")
-        full_argv = list(argv)
+        full_argv, fds = list(argv), []
         child_env = _sandbox_env(profile, policy, env)
-    cgroup = RunCgroup.create(limits.memory_bytes, limits.max_pids)
+    try:
+        cgroup = RunCgroup.create(limits.memory_bytes, limits.max_pids)
+    except BaseException:
+        close_all(fds)
+        raise
     started = time.monotonic()
     try:
-        return await _supervise(full_argv, child_env, stdin, limits, cgroup, seccomp_fd, mode,
+        return await _supervise(full_argv, child_env, stdin, limits, cgroup, tuple(fds), mode,
                                 expect_json, started, run_as)
     finally:
-        if seccomp_fd is not None:
-            os.close(seccomp_fd)
+        close_all(fds)
         if cgroup is not None:
             cgroup.kill()
             cgroup.remove()
@@ -183,7 +205,7 @@ async def run_sandboxed(
 
 async def _supervise(
     argv: list[str], env: dict[str, str] | None, stdin: bytes, limits: Limits, cgroup: RunCgroup | None,
-    seccomp_fd: int | None, mode: Literal["bwrap", "none"], expect_json: bool, started: float,
+    pass_fds: tuple[int, ...], mode: Literal["bwrap", "none"], expect_json: bool, started: float,
     run_as: RunAs | None = None,
 ) -> Result:
     import subprocess
@@ -198,7 +220,7 @@ async def _supervise(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
-            pass_fds=(seccomp_fd,) if seccomp_fd is not None else (),
+            pass_fds=pass_fds,
             start_new_session=True,
             preexec_fn=_preexec(limits, cgroup, run_as),
             cwd="/",
