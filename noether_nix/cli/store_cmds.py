@@ -13,6 +13,7 @@ from typing import Any
 
 from noether_nix.cli import remote
 from noether_nix.cli.common import open_store, read_json_file
+from noether_nix.errors import NoetherError
 from noether_nix.service import store as svc
 
 
@@ -41,7 +42,11 @@ def cmd_export(args: argparse.Namespace) -> Any:
     doc = client.call("GET", "/v1/store/export") if client is not None else svc.export_store(open_store())
     if not args.output:
         return doc
-    Path(args.output).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    try:
+        Path(args.output).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    except OSError as e:
+        raise NoetherError("write_failed", f"cannot write {args.output}: {e.strerror or e}", path=args.output,
+                           exit_code=1) from None
     return svc.export_written(doc, args.output)
 
 

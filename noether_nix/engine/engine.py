@@ -687,6 +687,14 @@ class Engine:
                                      "stages to the store", path)
                 if name == "trace_read" and not run.store_writes:  # only the requester's own traces
                     return self.read_trace(value, visible_to=run.requester_uid)
+                if category == "kv" and not run.store_writes and isinstance(value, dict):
+                    # A peer's kv keys live in its own namespace: it can neither read nor
+                    # overwrite another peer's (or the trusted users') values.
+                    ns = value.get("namespace")
+                    if ns is not None and not isinstance(ns, str):
+                        raise StageError("stage_failed", f"stage {stage.label()}: `namespace` must be text or null",
+                                         path)
+                    value = {**value, "namespace": f"peer-{run.requester_uid}/{ns or ''}"}
                 return self.builtins[name](value)
             if category == "stream":
                 return await self._stream(stage, value, path, run)

@@ -85,14 +85,15 @@ def build_argv(
     limits: Limits,
     profile: Profile,
     seccomp_fd: int | None,
-    bind_fds: dict[str, int] | None = None,
+    bind_fds: dict[tuple[str, int], int] | None = None,
 ) -> list[str]:
     """bwrap's argv. The sandbox's environment is bwrap's own: start bwrap
     with exactly the variables the stage may see (``env=``), so their values
     never appear in argv, which any local user can read in /proc/PID/cmdline.
 
-    ``bind_fds`` (host path → fd from ``open_bind_fds``, passed to bwrap)
-    binds those paths from the already-opened fd, not by name."""
+    ``bind_fds`` (``("ro"|"rw", index)`` → fd from ``open_bind_fds``, passed
+    to bwrap) binds those from the already-opened fd, not by name; bwrap
+    closes each fd after its bind, so every bind has its own."""
     fds = bind_fds or {}
     args = [
         bwrap,
@@ -112,10 +113,12 @@ def build_argv(
         args.append("--share-net")
         for f in profile.network_ro_files:
             args += ["--ro-bind-try", f, f]
-    for b in policy.ro_binds:
-        args += ["--ro-bind-fd", str(fds[b.host]), b.sandbox] if b.host in fds else ["--ro-bind", b.host, b.sandbox]
-    for b in policy.rw_binds:
-        args += ["--bind-fd", str(fds[b.host]), b.sandbox] if b.host in fds else ["--bind", b.host, b.sandbox]
+    for i, b in enumerate(policy.ro_binds):
+        fd = fds.get(("ro", i))
+        args += ["--ro-bind-fd", str(fd), b.sandbox] if fd is not None else ["--ro-bind", b.host, b.sandbox]
+    for i, b in enumerate(policy.rw_binds):
+        fd = fds.get(("rw", i))
+        args += ["--bind-fd", str(fd), b.sandbox] if fd is not None else ["--bind", b.host, b.sandbox]
     if policy.work_host:
         args += ["--bind", policy.work_host, "/work"]
     else:
@@ -145,20 +148,21 @@ def open_no_follow(path: str) -> int:
         raise
 
 
-def open_bind_fds(policy: IsolationPolicy) -> dict[str, int]:
+def open_bind_fds(policy: IsolationPolicy) -> dict[tuple[str, int], int]:
     """Open every bind's source before bwrap starts (store paths aside: the
     store is immutable), so a path swapped for a symlink between the policy
     check and the mount cannot redirect it. Writable binds must open this
     way; a read-only one that is itself a symlink (usr-merged /bin, /lib) is
     left to bwrap by name. The caller passes the fds to bwrap and closes them."""
-    opened: dict[str, int] = {}
+    opened: dict[tuple[str, int], int] = {}
     try:
-        for writable, binds in ((False, policy.ro_binds), (True, policy.rw_binds)):
-            for b in binds:
-                if b.host in opened or b.host == "/nix/store" or b.host.startswith("/nix/store/"):
+        for kind, binds in (("ro", policy.ro_binds), ("rw", policy.rw_binds)):
+            writable = kind == "rw"
+            for i, b in enumerate(binds):
+                if b.host == "/nix/store" or b.host.startswith("/nix/store/"):
                     continue
                 try:
-                    opened[b.host] = open_no_follow(b.host)
+                    opened[(kind, i)] = open_no_follow(b.host)
                 except OSError as e:
                     if writable:
                         raise NoetherError("invalid_policy_path", f"cannot bind {b.host}: {e.strerror or e} "

@@ -157,11 +157,13 @@ async def open_session(argv: list[str], *, policy: IsolationPolicy, limits: Limi
             full_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=child_env,
             pass_fds=tuple(fds), start_new_session=True,
             preexec_fn=_preexec(limits, cgroup, run_as), cwd="/")
-    except (OSError, subprocess.SubprocessError) as e:  # a failing preexec_fn is a SubprocessError
+    except BaseException as e:  # cancelled, or could not start (a failing preexec_fn is a SubprocessError)
         stderr.close()
         if cgroup is not None:
             cgroup.remove()
-        raise SessionError(f"cannot start {full_argv[0]}: {getattr(e, 'strerror', None) or e}") from None
+        if isinstance(e, (OSError, subprocess.SubprocessError)):
+            raise SessionError(f"cannot start {full_argv[0]}: {getattr(e, 'strerror', None) or e}") from None
+        raise
     finally:
         close_all(fds)
     return SandboxSession(proc, cgroup, stderr, limits, isolation.mode)

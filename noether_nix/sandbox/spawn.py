@@ -89,7 +89,12 @@ class Child:
 def _popen(argv: list[str], fds: tuple[int | None, int | None, int | None], options: dict[str, Any]
            ) -> tuple[subprocess.Popen[bytes], int]:
     popen = subprocess.Popen(argv, stdin=fds[0], stdout=fds[1], stderr=fds[2], **options)
-    return popen, os.pidfd_open(popen.pid)
+    try:
+        return popen, os.pidfd_open(popen.pid)
+    except OSError:  # no pidfd, no way to wait: it must not run unsupervised
+        popen.kill()
+        popen.wait()
+        raise
 
 
 async def spawn(argv: list[str], *, stdin: int | None = subprocess.PIPE, stdout: int | None = subprocess.PIPE,
@@ -123,10 +128,14 @@ async def spawn(argv: list[str], *, stdin: int | None = subprocess.PIPE, stdout:
     else:
         child_fds[2] = stderr
     try:
+        # Cancelled already? Then start nothing. Once submitted, the fork is
+        # waited for even if cancelled meanwhile: a started child must be
+        # recorded (and so killed), and its fds must outlive the fork.
+        await trio.lowlevel.checkpoint_if_cancelled()
         future = _SPAWNER.submit(_popen, argv, (child_fds[0], child_fds[1], child_fds[2]),
                                  {**options, "preexec_fn": preexec_fn})
-        # Not abandoned on cancel: a started child must not go unrecorded.
-        popen, pidfd = await trio.to_thread.run_sync(future.result)
+        with trio.CancelScope(shield=True):
+            popen, pidfd = await trio.to_thread.run_sync(future.result)
     except BaseException:
         for fd in ours:
             os.close(fd)

@@ -96,6 +96,7 @@ class DaemonConfig(msgspec.Struct, kw_only=True):
     max_runs: int = 16
     max_queued_runs: int = 64
     grace_s: float = 30.0
+    send_timeout_s: float = 30.0  # a streaming client that reads nothing this long is gone
     #: Whether a client may ask for `isolate: "none"`: unconfined stages run as
     #: the daemon's user (often root), so by default the daemon refuses.
     allow_unsandboxed_runs: bool = False
@@ -143,6 +144,8 @@ class Daemon:
         self.writers = set(config.write_uids) if config.write_uids is not None else self.allowed
         self.runs: dict[str, trio.CancelScope] = {}
         self.run_owners: dict[str, int] = {}  # in-flight run → the peer uid that started it
+        self._host_cache: tuple[float, dict[str, Any]] | None = None
+        self._host_lock = trio.Lock()
         self.run_slots = trio.Semaphore(config.max_runs)
         self.waiting = 0
         self.connections = trio.CapacityLimiter(config.max_connections)
@@ -352,6 +355,27 @@ class Daemon:
         except ValueError:
             raise NoetherError("usage", f"{key} must be an integer", path=key) from None
 
+    def _gate(self, options: RunOptions, uid: int) -> None:
+        """What only trusted peers may ask of a run (or of a check, which would
+        otherwise tell any peer whether a path exists)."""
+        if options.isolate == "none" and not self.config.allow_unsandboxed_runs:
+            self.counters["forbidden"] += 1
+            raise NoetherError("forbidden", "this daemon does not run stages without a sandbox "
+                               "(isolate: none); its configuration would need allow_unsandboxed_runs: true")
+        if uid in self.writers:
+            return
+        if options.allow_unsigned:
+            # Unsigned stages are ones nobody trusted vouched for (store_add
+            # makes them): only peers trusted to change the store may run them.
+            self.counters["forbidden"] += 1
+            raise NoetherError("forbidden", f"uid {uid} may run graphs but not unsigned stages (allow_unsigned)")
+        if options.allow_read or options.allow_write:
+            # A file grant reads or writes as the daemon's user, not the peer's:
+            # only peers trusted to change the store may give one.
+            self.counters["forbidden"] += 1
+            raise NoetherError("forbidden", f"uid {uid} may run graphs but not grant file access "
+                               "(allow_read / allow_write)")
+
     @staticmethod
     def _run_as(uid: int, gid: int) -> RunAs | None:
         """A root daemon runs a peer's sandboxes as that peer: what a stage
@@ -378,13 +402,14 @@ class Daemon:
         m, e = req.method, self.engine
         match parts:
             case ["v1", "health"] if m == "GET":
-                return self.health()
+                return await self.health()
             case ["metrics"] if m == "GET":
                 return self.metrics()
             case ["v1", "check"] if m == "POST":
                 check = self._body(req, CheckBody)
-                return graph.check_graph(e, check.graph, check.input, self._options(check.options),
-                                         check_input=check.check_input)
+                check_options = self._options(check.options)
+                self._gate(check_options, uid)
+                return graph.check_graph(e, check.graph, check.input, check_options, check_input=check.check_input)
             case ["v1", "runs", ref] if m == "GET":
                 return graph.find_run(e.runs, ref, visible_to=self._visible_to(uid))
             case ["v1", "runs", run_id] if m == "DELETE":
@@ -425,8 +450,11 @@ class Daemon:
             case ["v1", "verify"] if m == "GET":
                 return stages.verify_stages(e.store)
             case ["v1", "stages", ref, "test"] if m == "POST":
+                # It runs any stored stage, unsigned and Draft ones too: a writer's operation.
+                self._need_write(uid)
                 return await stage_test.run_stage_tests(e, ref)
             case ["v1", "test"] if m == "POST":
+                self._need_write(uid)
                 return await stage_test.run_stage_tests(e)
             case ["v1", "warmup"] if m == "POST":
                 self._need_write(uid)
@@ -454,21 +482,7 @@ class Daemon:
                 raise
             raise NoetherError("usage", 'body must be {"graph": …, "input": …, "options": {…}}') from None
         options = self._options(body.options)
-        if options.isolate == "none" and not self.config.allow_unsandboxed_runs:
-            self.counters["forbidden"] += 1
-            raise NoetherError("forbidden", "this daemon does not run stages without a sandbox "
-                               "(isolate: none); its configuration would need allow_unsandboxed_runs: true")
-        if options.allow_unsigned and uid not in self.writers:
-            # Unsigned stages are ones nobody trusted vouched for (store_add
-            # makes them): only peers trusted to change the store may run them.
-            self.counters["forbidden"] += 1
-            raise NoetherError("forbidden", f"uid {uid} may run graphs but not unsigned stages (allow_unsigned)")
-        if (options.allow_read or options.allow_write) and uid not in self.writers:
-            # A file grant reads or writes as the daemon's user, not the peer's:
-            # only peers trusted to change the store may give one.
-            self.counters["forbidden"] += 1
-            raise NoetherError("forbidden", f"uid {uid} may run graphs but not grant file access "
-                               "(allow_read / allow_write)")
+        self._gate(options, uid)
         if self.stopping:
             raise NoetherError("busy", "the daemon is stopping")
         if self.waiting >= self.config.max_queued_runs:
@@ -499,11 +513,14 @@ class Daemon:
                 if gone:
                     return
                 try:
-                    if not head_sent:
-                        await stream.send_all(conn.send(response_head(200, "application/x-ndjson")) or b"")
-                        head_sent = True
-                    await stream.send_all(conn.send(h11.Data(data=ndjson(msgspec.to_builtins(ev)))) or b"")
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    # A client that stops reading (a suspended `noether run`) must not
+                    # hold its run slot forever: past the timeout it counts as gone.
+                    with trio.fail_after(self.config.send_timeout_s):
+                        if not head_sent:
+                            await stream.send_all(conn.send(response_head(200, "application/x-ndjson")) or b"")
+                            head_sent = True
+                        await stream.send_all(conn.send(h11.Data(data=ndjson(msgspec.to_builtins(ev)))) or b"")
+                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
                     client_gone()
 
             async def watch_client() -> None:
@@ -551,13 +568,27 @@ class Daemon:
 
     # ---------------------------------------------------------------- status
 
-    def health(self) -> dict[str, Any]:
-        from noether_nix.service.doctor import describe_nix, describe_sandbox
-
+    async def health(self) -> dict[str, Any]:
+        host = await self._host_description()
         return {"status": "stopping" if self.stopping else "ok", "pid": os.getpid(),
                 "uptime_s": int(time.time() - self.started), "runs_in_flight": len(self.runs),
                 "runs_queued": self.waiting, "store": self.engine.store.count(), "warmup": self.warmup,
-                "sandbox": describe_sandbox(), "nix": describe_nix(), "counters": dict(self.counters)}
+                **host, "counters": dict(self.counters)}
+
+    async def _host_description(self) -> dict[str, Any]:
+        """Sandbox and Nix status: they start subprocesses (bwrap, nix-build), so
+        they run off the event loop, at most every 30 s."""
+        from noether_nix.service.doctor import describe_nix, describe_sandbox
+
+        cached = self._host_cache
+        if cached is None or time.monotonic() - cached[0] > 30:
+            async with self._host_lock:
+                cached = self._host_cache
+                if cached is None or time.monotonic() - cached[0] > 30:
+                    host = await trio.to_thread.run_sync(
+                        lambda: {"sandbox": describe_sandbox(), "nix": describe_nix()})
+                    cached = self._host_cache = (time.monotonic(), host)
+        return cached[1]
 
     def metrics(self) -> bytes:
         lines = [f"noether_{k}_total {v}" for k, v in sorted(self.counters.items())]

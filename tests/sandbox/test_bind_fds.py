@@ -33,11 +33,11 @@ def test_writable_binds_are_passed_to_bwrap_as_open_fds(tmp_path: Path) -> None:
                              rw_binds=[Bind(str(tmp_path / "out"), str(tmp_path / "out"))])
     fds = open_bind_fds(policy)
     try:
-        assert list(fds) == [str(tmp_path / "out")]  # the immutable store is bound by name
+        assert list(fds) == [("rw", 0)]  # the immutable store is bound by name
         argv = build_argv("bwrap", ["true"], policy=policy, limits=Limits(), profile=load_profile("default"),
                           seccomp_fd=None, bind_fds=fds)
         i = argv.index("--bind-fd")
-        assert argv[i + 1:i + 3] == [str(fds[str(tmp_path / "out")]), str(tmp_path / "out")]
+        assert argv[i + 1:i + 3] == [str(fds[("rw", 0)]), str(tmp_path / "out")]
         assert "--ro-bind" in argv and "/nix/store" in argv
     finally:
         for fd in fds.values():
@@ -47,3 +47,22 @@ def test_writable_binds_are_passed_to_bwrap_as_open_fds(tmp_path: Path) -> None:
     with pytest.raises(NoetherError) as refused:
         open_bind_fds(swapped)
     assert refused.value.code == "invalid_policy_path"
+
+
+async def test_one_path_bound_read_only_and_writable_works(tmp_path: Path) -> None:
+    # bwrap closes a bind fd once used: each bind gets its own.
+    import trio
+
+    from noether_nix.model.effects import EffectSet, FsRead, FsWrite
+    from noether_nix.nix.runtime import ensure_runtime
+    from noether_nix.sandbox.policy import policy_from_effects
+    from noether_nix.sandbox.supervisor import Isolation, run_sandboxed
+
+    python = await trio.to_thread.run_sync(ensure_runtime, "python")
+    d = str(tmp_path)
+    policy = policy_from_effects(EffectSet.of([FsRead(path=d), FsWrite(path=d)]), profile=load_profile("default"))
+    code = f"import json\nopen({d!r} + '/f', 'w').write('x')\nprint(json.dumps(open({d!r} + '/f').read()))"
+    res = await run_sandboxed([python.interpreter, "-I", "-S", "-c", code], policy=policy, limits=Limits(),
+                              stdin=b"", isolation=Isolation("bwrap"), profile=load_profile("default"))
+    assert res.ok, res
+    assert res.output == "x"

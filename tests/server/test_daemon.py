@@ -396,6 +396,16 @@ def test_a_root_daemon_runs_a_peers_sandboxes_as_that_peer(tmp_path: Path) -> No
                               user=65534, timeout=60)
         assert len(json.loads(mine.stdout)["data"]["runs"]) == 1, (mine.stdout, mine.stderr)
         assert len(Client(str(sock)).call("GET", "/v1/runs")["runs"]) == 2
+        # kv values are the peer's own: root's secret is not in the peer's namespace.
+        kv_set = {"description": "s", "version": "1", "root": {"op": "Stage", "id": "kv_set"}}
+        kv_get = {"description": "g", "version": "1", "root": {"op": "Stage", "id": "kv_get"}}
+        secret = {"key": "secret", "value": "root-only", "namespace": None}
+        assert list(Client(str(sock)).run(kv_set, secret))[-1]["status"] == "ok"
+        peek = subprocess.run(["/usr/bin/python3", "-c", code.replace("'input': 'by-peer'", "'input': json.loads(sys.argv[3])"),
+                               str(sock), json.dumps(kv_get), json.dumps({"key": "secret", "namespace": None})],
+                              capture_output=True, text=True, user=65534, timeout=60)
+        assert '"status":"ok"' in peek.stdout.replace(" ", "") and '"output":null' in peek.stdout.replace(" ", ""), \
+            peek.stdout
     finally:
         proc.terminate()
         proc.wait(15)

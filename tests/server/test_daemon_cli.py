@@ -311,6 +311,12 @@ def test_only_trusted_peers_may_grant_file_access(tmp_path: Path) -> None:
         done = cli(client, "--socket", str(sock), "run", "--json", str(add), "--input", json.dumps({"spec": spec}))
         err = json.loads(done.stderr)["error"]
         assert err["code"] == "forbidden" and "may not add stages" in err["message"]
+        # `stage test` runs any stored stage (unsigned ones too); a check would
+        # tell whether a path exists: both need the same trust.
+        done = cli(client, "--socket", str(sock), "stage", "test", "text_upper")
+        assert json.loads(done.stderr)["error"]["code"] == "forbidden"
+        done = cli(client, "--socket", str(sock), "check", str(read), "--allow-unsigned")
+        assert json.loads(done.stderr)["error"]["code"] == "forbidden"
     finally:
         stop(proc)
 
