@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -25,6 +26,13 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = s
 
 
+def _send(conn: http.client.HTTPConnection, method: str, target: str, body: bytes | None) -> None:
+    # The daemon may answer before reading the whole body (413 for a body over
+    # its cap) and close: that answer is still there for getresponse to read.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        conn.request(method, target, body=body, headers={"content-type": "application/json"})
+
+
 class Client:
     def __init__(self, socket_path: str, timeout: float | None = 300) -> None:
         self.path = socket_path
@@ -34,7 +42,7 @@ class Client:
         conn = _UnixConnection(self.path, self.timeout)
         try:
             payload = None if body is None else json.dumps(body).encode()
-            conn.request(method, target, body=payload, headers={"content-type": "application/json"})
+            _send(conn, method, target, payload)
             resp = conn.getresponse()
             raw = resp.read()
             ctype = resp.getheader("content-type", "")
@@ -58,7 +66,7 @@ class Client:
         conn = _UnixConnection(self.path, self.timeout)
         try:
             body = json.dumps({"graph": graph, "input": input, "options": options or {}}).encode()
-            conn.request("POST", "/v1/runs", body=body, headers={"content-type": "application/json"})
+            _send(conn, "POST", "/v1/runs", body)
             resp = conn.getresponse()
             if resp.status != 200:
                 raw = resp.read()

@@ -326,3 +326,19 @@ def test_the_daemon_refuses_unsandboxed_runs_unless_configured(setup: Setup) -> 
     assert done.returncode != 0
     err = json.loads(done.stderr)["error"]
     assert err["code"] == "forbidden" and "allow_unsandboxed_runs" in err["message"]
+
+
+def test_a_body_over_the_daemons_cap_is_its_error_not_a_lost_daemon(tmp_path: Path) -> None:
+    store, client = tmp_path / "store", tmp_path / "client"
+    client.mkdir()
+    sock = tmp_path / "noether.sock"
+    proc = start_daemon(store, sock, {"max_body_bytes": 64 * 1024})
+    try:
+        big = tmp_path / "big.json"
+        big.write_text(json.dumps({"stages": [], "padding": "x" * 5_000_000}))
+        done = cli(client, "--socket", str(sock), "store", "import", str(big))
+        err = json.loads(done.stderr)["error"]
+        assert err["code"] != "daemon_unreachable", err
+        assert "too large" in err["message"] or err["code"] == "body_too_large", err
+    finally:
+        stop(proc)
