@@ -494,10 +494,16 @@ class Daemon:
             self.waiting -= 1
         run_id = uuid.uuid4().hex
         scope = trio.CancelScope()
-        self.runs[run_id] = scope
-        self.run_owners[run_id] = uid
-        self.counters["runs_started"] += 1
-        log.info("run_started", run_id=run_id, peer_uid=uid)
+        try:
+            self.runs[run_id] = scope
+            self.run_owners[run_id] = uid
+            self.counters["runs_started"] += 1
+            log.info("run_started", run_id=run_id, peer_uid=uid)
+        except BaseException:
+            self.runs.pop(run_id, None)
+            self.run_owners.pop(run_id, None)
+            self.run_slots.release()
+            raise
         head_sent = False
         gone = False  # the client went away: a detached run goes on without it, others are cancelled
 
@@ -546,6 +552,20 @@ class Daemon:
             if result is None:
                 self.counters["runs_cancelled"] += 1
                 log.info("run_cancelled", run_id=run_id, peer_uid=uid)
+                if not gone:  # cancelled by DELETE or shutdown: the client still gets a last line
+                    stored = self.engine.runs.get(run_id) or {}
+                    trace = stored.get("trace") or {}
+                    final_cancel = {"event": "result", "run_id": run_id, "status": "cancelled", "output": None,
+                                    "composition_id": stored.get("composition_id"), "trace": trace,
+                                    "warnings": trace.get("warnings", []), "effects": [],
+                                    "spent_cents": stored.get("spent_cents", 0), "cache": {"hits": 0, "misses": 0},
+                                    "error": {"code": "cancelled", "message": "the run was cancelled"}}
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+                        with trio.fail_after(self.config.send_timeout_s):
+                            if not head_sent:
+                                await stream.send_all(conn.send(response_head(200, "application/x-ndjson")) or b"")
+                            await stream.send_all(conn.send(h11.Data(data=ndjson(final_cancel))) or b"")
+                            await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
                 return
             self.counters["runs_ok" if result.status == "ok" else "runs_failed"] += 1
             log.info("run_finished", run_id=run_id, status=result.status, peer_uid=uid)

@@ -426,3 +426,24 @@ def test_a_starting_daemon_removes_cgroups_a_killed_one_left(tmp_path: Path) -> 
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_a_run_cancelled_by_delete_ends_its_stream_with_a_cancelled_result(
+        daemon: tuple[subprocess.Popen[bytes], Path]) -> None:
+    _proc, sock = daemon
+    c = Client(str(sock))
+    spec = {"name": "napper", "input": "Any", "output": "Any", "effects": ["NonDeterministic"],
+            "implementation": "import time\ndef execute(x):\n    time.sleep(60)\n"}
+    assert c.request("POST", "/v1/stages", {"spec": spec})[0] == 200
+    events = c.run({"description": "d", "version": "1", "root": {"op": "Stage", "id": "napper"}}, None)
+    run_id = None
+    for ev in events:
+        if ev["event"] == "run_accepted":
+            run_id = ev["run_id"]
+        if ev["event"] == "stage_started":
+            break
+    assert run_id is not None
+    assert Client(str(sock)).call("DELETE", f"/v1/runs/{run_id}") == {"run_id": run_id, "cancelled": True}
+    last = list(events)[-1]
+    assert last["event"] == "result" and last["status"] == "cancelled"
+    assert last["error"]["code"] == "cancelled"
