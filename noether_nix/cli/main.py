@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         if raw_handler is not None:
             # Commands that speak through exit codes and the child's own output.
             return int(raw_handler(args))
+        refs = [getattr(args, "ref", None), *(getattr(args, "refs", None) or [])]
+        if "" in refs:
+            # Over the daemon "" would vanish from the URL and mean "all": refuse it in both modes.
+            raise NoetherError("usage", "a stage, run or composition reference cannot be empty", exit_code=2)
         handler: Handler = args.handler
         data = handler(args)
     except NoetherError as e:

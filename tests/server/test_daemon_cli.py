@@ -342,3 +342,8 @@ def test_a_body_over_the_daemons_cap_is_its_error_not_a_lost_daemon(tmp_path: Pa
         assert "too large" in err["message"] or err["code"] == "body_too_large", err
     finally:
         stop(proc)
+
+
+def test_an_empty_reference_is_refused_the_same_way_in_both_modes(setup: Setup) -> None:
+    for args in (("stage", "get", ""), ("trace", ""), ("stage", "test", "")):
+        assert setup.same(*args, rc=2)["error"]["code"] == "usage"
