@@ -227,6 +227,17 @@ class Daemon:
                 await stream.aclose()
                 return
             conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+            if uid not in self.allowed and gid not in self.config.allowed_gids:
+                # Refused after its request line and headers only, with a short
+                # timeout: a disallowed peer cannot hold connection slots for long.
+                self.counters["forbidden"] += 1
+                log.warning("forbidden", peer_uid=uid, peer_gid=gid)
+                with contextlib.suppress(Exception):
+                    req = await self._read_request(stream, conn, timeout_s=1.0, head_only=True)
+                    if req is not None:
+                        await self._send(stream, conn, 403, f"{req.method} {req.target}", error={
+                            "code": "forbidden", "message": f"uid {uid} may not use this daemon"})
+                return
             try:
                 while True:
                     req = await self._read_request(stream, conn)
@@ -247,10 +258,12 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     await stream.aclose()
 
-    async def _read_request(self, stream: trio.SocketStream, conn: h11.Connection) -> Request | None:
+    async def _read_request(self, stream: trio.SocketStream, conn: h11.Connection, *,
+                            timeout_s: float | None = None, head_only: bool = False) -> Request | None:
+        """The next request; ``head_only`` stops at its head (for a peer about to be refused)."""
         head: h11.Request | None = None
         body = bytearray()
-        with trio.move_on_after(self.config.header_timeout_s) as scope:
+        with trio.move_on_after(timeout_s if timeout_s is not None else self.config.header_timeout_s) as scope:
             while True:
                 try:
                     event = conn.next_event()
@@ -264,6 +277,8 @@ class Daemon:
                     continue
                 if isinstance(event, h11.Request):
                     head = event
+                    if head_only:
+                        return request_from(head, b"")
                     length = dict((k.lower(), v) for k, v in event.headers).get(b"content-length")
                     if length is not None and int(length) > self.config.max_body_bytes:
                         raise ProtocolError(413, "body_too_large",

@@ -447,3 +447,24 @@ def test_a_run_cancelled_by_delete_ends_its_stream_with_a_cancelled_result(
     last = list(events)[-1]
     assert last["event"] == "result" and last["status"] == "cancelled"
     assert last["error"]["code"] == "cancelled"
+
+
+def test_a_disallowed_peer_holds_no_slot_for_the_header_timeout(tmp_path: Path) -> None:
+    # It sends a request line and then nothing: refused within about a second,
+    # not after the 10 s header timeout allowed peers get.
+    import tempfile
+
+    open_dir = Path(tempfile.mkdtemp(prefix="noether-sock-", dir="/tmp"))
+    open_dir.chmod(0o755)
+    proc, sock = start(tmp_path, {"socket_mode": 0o666}, sock_dir=open_dir)
+    try:
+        code = ("import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); t=time.monotonic(); "
+                "s.sendall(b'GET /v1/health HTTP/1.1\\r\\nHost: x\\r\\n'); out=s.recv(200); "
+                "print(round(time.monotonic()-t, 1), out.decode()[:12])")
+        out = subprocess.run(["/usr/bin/python3", "-c", code, str(sock)], capture_output=True, text=True,
+                             user=65534, timeout=30)
+        waited = float(out.stdout.split()[0])
+        assert waited < 3, out.stdout
+    finally:
+        proc.terminate()
+        proc.wait(15)
