@@ -15,6 +15,7 @@ import msgspec
 
 from noether_nix.errors import NoetherError
 from noether_nix.model.types import display, parse_type
+from noether_nix.stdlib._shapes import StageFailure, need_record, need_text, optional_text
 from noether_nix.store.kv import KvStore
 from noether_nix.store.runs import RunStore
 from noether_nix.store.stages import StageStore
@@ -22,54 +23,27 @@ from noether_nix.store.stages import StageStore
 BuiltinImpl = Callable[[Any], Any]
 
 
-class StageFailed(NoetherError):
-    def __init__(self, message: str) -> None:
-        super().__init__("stage_failed", message, exit_code=3)
-
-
-def _record(value: Any, *required: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise StageFailed(f"expected a record with {', '.join(required)}, got {type(value).__name__}")
-    missing = [k for k in required if k not in value]
-    if missing:
-        raise StageFailed(f"missing field(s): {', '.join(missing)}")
-    return value
-
-
-def _text(value: Any, field: str) -> str:
-    if not isinstance(value, str):
-        raise StageFailed(f"`{field}` must be text")
-    return value
-
-
-def _namespace(rec: dict[str, Any]) -> str | None:
-    ns = rec.get("namespace")
-    if ns is not None and not isinstance(ns, str):
-        raise StageFailed("`namespace` must be text or null")
-    return ns
-
-
 def kv_impls(kv: KvStore) -> dict[str, BuiltinImpl]:
     def kv_set(v: Any) -> Any:
-        r = _record(v, "key", "value")
-        kv.set(_namespace(r), _text(r["key"], "key"), r["value"])
+        r = need_record(v, "key", "value")
+        kv.set(optional_text(r, "namespace"), need_text(r["key"], "field 'key'"), r["value"])
         return "ok"
 
     def kv_get(v: Any) -> Any:
-        r = _record(v, "key")
-        return kv.get(_namespace(r), _text(r["key"], "key"))
+        r = need_record(v, "key")
+        return kv.get(optional_text(r, "namespace"), need_text(r["key"], "field 'key'"))
 
     def kv_delete(v: Any) -> Any:
-        r = _record(v, "key")
-        return kv.delete(_namespace(r), _text(r["key"], "key"))
+        r = need_record(v, "key")
+        return kv.delete(optional_text(r, "namespace"), need_text(r["key"], "field 'key'"))
 
     def kv_exists(v: Any) -> Any:
-        r = _record(v, "key")
-        return kv.exists(_namespace(r), _text(r["key"], "key"))
+        r = need_record(v, "key")
+        return kv.exists(optional_text(r, "namespace"), need_text(r["key"], "field 'key'"))
 
     def kv_list(v: Any) -> Any:
-        r = _record(v, "prefix")
-        return kv.list(_namespace(r), _text(r["prefix"], "prefix"))
+        r = need_record(v, "prefix")
+        return kv.list(optional_text(r, "namespace"), need_text(r["prefix"], "field 'prefix'"))
 
     return {"kv_set": kv_set, "kv_get": kv_get, "kv_delete": kv_delete,
             "kv_exists": kv_exists, "kv_list": kv_list}
@@ -77,11 +51,11 @@ def kv_impls(kv: KvStore) -> dict[str, BuiltinImpl]:
 
 def store_impls(stages: StageStore, runs: RunStore) -> dict[str, BuiltinImpl]:
     def stage_describe(v: Any) -> Any:
-        r = _record(v, "id")
+        r = need_record(v, "id")
         try:
-            s = stages.resolve(_text(r["id"], "id"))
+            s = stages.resolve(need_text(r["id"], "field 'id'"))
         except NoetherError as e:
-            raise StageFailed(e.message) from None
+            raise StageFailure(e.message) from None
         return {
             "id": s.id,
             "description": s.description,
@@ -93,11 +67,11 @@ def store_impls(stages: StageStore, runs: RunStore) -> dict[str, BuiltinImpl]:
 
     def store_search(v: Any) -> Any:
         # Lexical scoring: share of query words found in name/description/tags.
-        r = _record(v, "query")
-        query = _text(r["query"], "query").lower().split()
+        r = need_record(v, "query")
+        query = need_text(r["query"], "field 'query'").lower().split()
         limit = r.get("limit") or 10
         if not isinstance(limit, (int, float)) or limit < 1:
-            raise StageFailed("`limit` must be a positive number")
+            raise StageFailure("`limit` must be a positive number")
         scored = []
         for s in stages.all():
             if s.state != "Active":
@@ -116,20 +90,20 @@ def store_impls(stages: StageStore, runs: RunStore) -> dict[str, BuiltinImpl]:
     def type_check(v: Any) -> Any:
         from noether_nix.model.subtyping import is_subtype_of
 
-        r = _record(v, "sub", "sup")
+        r = need_record(v, "sub", "sup")
         try:
             sub, sup = parse_type(r["sub"], path="sub"), parse_type(r["sup"], path="sup")
         except NoetherError as e:
-            raise StageFailed(str(e)) from None
+            raise StageFailure(str(e)) from None
         res = is_subtype_of(sub, sup)
         reason = getattr(res, "reason", None)
         return {"compatible": reason is None, "reason": None if reason is None else str(reason)}
 
     def trace_read(v: Any, visible_to: int | None = None) -> Any:
-        r = _record(v, "composition_id")
-        run = runs.latest(_text(r["composition_id"], "composition_id"), visible_to=visible_to)
+        r = need_record(v, "composition_id")
+        run = runs.latest(need_text(r["composition_id"], "field 'composition_id'"), visible_to=visible_to)
         if run is None:
-            raise StageFailed(f"no trace for composition {r['composition_id']}")
+            raise StageFailure(f"no trace for composition {r['composition_id']}")
         return {"trace": run["trace"]}
 
     def store_add(v: Any) -> Any:
@@ -137,10 +111,10 @@ def store_impls(stages: StageStore, runs: RunStore) -> dict[str, BuiltinImpl]:
         # be able to publish runnable stages; `noether stage add` signs.
         from noether_nix.model.stage import lifecycle_name, stage_from_spec
 
-        r = _record(v, "spec")
+        r = need_record(v, "spec")
         spec = r["spec"]
         if not isinstance(spec, dict) or not ({"name", "implementation"} <= spec.keys() or "id" in spec):
-            raise StageFailed("`spec` must be a stage spec (name, input, output, implementation) or a full stage "
+            raise StageFailure("`spec` must be a stage spec (name, input, output, implementation) or a full stage "
                               "JSON (with id); a signature alone cannot be run, so it is not added")
         try:
             stage = stage_from_spec(spec, path="spec")
@@ -148,7 +122,7 @@ def store_impls(stages: StageStore, runs: RunStore) -> dict[str, BuiltinImpl]:
                                             signer_public_key=None)
             added = stages.add(stage, activate=False)
         except NoetherError as e:
-            raise StageFailed(f"{e.message} (at {e.path})" if e.path else e.message) from None
+            raise StageFailure(f"{e.message} (at {e.path})" if e.path else e.message) from None
         return {"id": added.id, "lifecycle": lifecycle_name(stages.get(added.id).lifecycle).lower()}  # type: ignore[union-attr]
 
     def composition_verify(v: Any) -> Any:
@@ -156,12 +130,12 @@ def store_impls(stages: StageStore, runs: RunStore) -> dict[str, BuiltinImpl]:
         # and each output must be a subtype of the next input.
         from noether_nix.model.subtyping import is_subtype_of
 
-        r = _record(v, "stages", "operators")
+        r = need_record(v, "stages", "operators")
         refs, ops = r["stages"], r["operators"]
         if not isinstance(refs, list) or not all(isinstance(x, str) for x in refs):
-            raise StageFailed("`stages` must be a list of stage references")
+            raise StageFailure("`stages` must be a list of stage references")
         if not isinstance(ops, list) or not all(isinstance(x, str) for x in ops):
-            raise StageFailed("`operators` must be a list of operator names")
+            raise StageFailure("`operators` must be a list of operator names")
         errors: list[str] = []
         warnings: list[str] = []
         if not refs:

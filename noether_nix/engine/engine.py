@@ -54,6 +54,8 @@ from noether_nix.model.jcs import serde_compact, value_hash
 from noether_nix.model.stage import Stage
 from noether_nix.model.types import display, display_refinement
 from noether_nix.model.values import check_refinement, outer_refinements
+from noether_nix.stdlib._shapes import StageFailure, optional_text
+from noether_nix.stdlib.registry import CATEGORY, PURE, ArrowUnavailable, stdlib_program
 from noether_nix.store.cache import PureCache
 from noether_nix.store.kv import KvStore
 from noether_nix.store.runs import RunStore
@@ -197,7 +199,7 @@ class _Run:
         self.policy = PolicyOptions(allow_effects=options.allow_effects,
                                     allow_capabilities=options.allow_capabilities,
                                     allow_unsigned=options.allow_unsigned,
-                                    isolation_available=self.isolation == "none" or engine.isolation_available(options))
+                                    isolation_available=engine.isolation_available(options))
         self.resolved_refs: dict[str, Stage] = {}  # higher-order stage references, resolved once per run
         # The sandbox that owns the processes of this run's process stages, opened on first use.
         self.process_host: Any = None
@@ -666,14 +668,6 @@ class Engine:
     async def _dispatch_stdlib(self, stage: Stage, value: Any, path: str, run: _Run, usage: dict[str, Any]) -> Any:
         """By how the stage runs (``stdlib.registry.CATEGORY``), not by its
         declared effects: upstream's write_file declares only Fallible."""
-        from noether_nix.stdlib.registry import (
-            CATEGORY,
-            PURE,
-            ArrowUnavailable,
-            StageFailure,
-            stdlib_program,
-        )
-
         name = stage.name or ""
         category = CATEGORY.get(name)
         if category in ("pure", "kv", "store", "stream"):
@@ -690,10 +684,7 @@ class Engine:
                 if category == "kv" and not run.store_writes and isinstance(value, dict):
                     # A peer's kv keys live in its own namespace: it can neither read nor
                     # overwrite another peer's (or the trusted users') values.
-                    ns = value.get("namespace")
-                    if ns is not None and not isinstance(ns, str):
-                        raise StageError("stage_failed", f"stage {stage.label()}: `namespace` must be text or null",
-                                         path)
+                    ns = optional_text(value, "namespace")
                     value = {**value, "namespace": f"peer-{run.requester_uid}/{ns or ''}"}
                 return self.builtins[name](value)
             if category == "stream":

@@ -23,13 +23,6 @@ from noether_nix.model.stage import CAPABILITIES, Stage
 STDLIB_PUBLIC_KEY = public_key_hex(stdlib_key())
 # What a RemoteStage implies (spec §2.4).
 REMOTE_EFFECTS = EffectSet.of([Fallible(), Network()])
-# Effects that need no sandbox wall: nothing outside the process is touched.
-_IN_PROCESS_OK = {EffectKind.PURE, EffectKind.FALLIBLE, EffectKind.COST}
-# Stdlib stages the engine answers from its own state (key-value table, store, traces).
-ENGINE_STAGES = frozenset(
-    {"kv_set", "kv_get", "kv_delete", "kv_exists", "kv_list", "store_search", "stage_describe",
-     "type_check", "composition_verify", "trace_read", "store_add"}
-)
 
 
 class PolicyOptions(msgspec.Struct, kw_only=True):

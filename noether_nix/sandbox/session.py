@@ -29,9 +29,8 @@ from noether_nix.sandbox.supervisor import (
     Isolation,
     RunAs,
     _preexec,
-    _sandbox_env,
-    bwrap_command,
     close_all,
+    prepare_launch,
 )
 
 
@@ -141,16 +140,8 @@ async def open_session(argv: list[str], *, policy: IsolationPolicy, limits: Limi
                        profile: Profile, env: dict[str, str] | None = None,
                        run_as: RunAs | None = None) -> SandboxSession:
     """Start ``argv`` in a sandbox built like ``run_sandboxed``'s; the caller closes it."""
-    if isolation.mode == "bwrap":
-        full_argv, fds = bwrap_command(argv, policy=policy, limits=limits, profile=profile, run_as=run_as)
-        child_env: dict[str, str] | None = _sandbox_env(profile, policy, env)
-    else:
-        full_argv, fds, child_env = list(argv), [], _sandbox_env(profile, policy, env)
-    try:
-        cgroup = RunCgroup.create(limits.memory_bytes, limits.max_pids)
-    except BaseException:
-        close_all(fds)
-        raise
+    full_argv, child_env, fds, cgroup = prepare_launch(argv, policy=policy, limits=limits, isolation=isolation,
+                                                       profile=profile, env=env, run_as=run_as)
     stderr = tempfile.TemporaryFile(prefix="noether-session-")  # noqa: SIM115 (the session closes it)
     try:
         proc = await spawn(

@@ -153,6 +153,26 @@ def bwrap_command(argv: list[str], *, policy: IsolationPolicy, limits: Limits, p
     return full, [seccomp_fd, *bind_fds.values()]
 
 
+def prepare_launch(argv: list[str], *, policy: IsolationPolicy, limits: Limits, isolation: Isolation,
+                   profile: Profile, env: dict[str, str] | None, run_as: RunAs | None
+                   ) -> tuple[list[str], dict[str, str], list[int], RunCgroup | None]:
+    """What starting ``argv`` under ``isolation`` takes: the full argv, its
+    environment, the fds it inherits (the caller closes them once it started)
+    and its cgroup (the caller removes it)."""
+    child_env = _sandbox_env(profile, policy, env)
+    if isolation.mode == "bwrap":
+        full_argv, fds = bwrap_command(argv, policy=policy, limits=limits, profile=profile, run_as=run_as)
+    else:
+        log.warning("unsandboxed_run", argv=argv[:1], why="isolation none was requested explicitly")
+        full_argv, fds = list(argv), []
+    try:
+        cgroup = RunCgroup.create(limits.memory_bytes, limits.max_pids)
+    except BaseException:
+        close_all(fds)
+        raise
+    return full_argv, child_env, fds, cgroup
+
+
 def close_all(fds: list[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
@@ -180,18 +200,8 @@ async def run_sandboxed(
 ) -> Result:
     profile = profile or load_profile("default")
     mode = isolation.mode
-    if mode == "bwrap":
-        full_argv, fds = bwrap_command(argv, policy=policy, limits=limits, profile=profile, run_as=run_as)
-        child_env: dict[str, str] | None = _sandbox_env(profile, policy, env)
-    else:
-        log.warning("unsandboxed_run", argv=argv[:1], why="isolation none was requested explicitly")
-        full_argv, fds = list(argv), []
-        child_env = _sandbox_env(profile, policy, env)
-    try:
-        cgroup = RunCgroup.create(limits.memory_bytes, limits.max_pids)
-    except BaseException:
-        close_all(fds)
-        raise
+    full_argv, child_env, fds, cgroup = prepare_launch(argv, policy=policy, limits=limits, isolation=isolation,
+                                                       profile=profile, env=env, run_as=run_as)
     started = time.monotonic()
     try:
         return await _supervise(full_argv, child_env, stdin, limits, cgroup, tuple(fds), mode,

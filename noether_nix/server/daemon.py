@@ -314,12 +314,6 @@ class Daemon:
         parts = [unquote(p) for p in path.split("/")[1:]]
         query = parse_qs(target.query)
         command = f"{req.method} {path}"
-        if uid not in self.allowed and gid not in self.config.allowed_gids:
-            self.counters["forbidden"] += 1
-            log.warning("forbidden", peer_uid=uid, peer_gid=gid, target=req.target)
-            await self._send(stream, conn, 403, command, error={"code": "forbidden",
-                             "message": f"uid {uid} may not use this daemon"})
-            return False
         log.info("request", method=req.method, target=req.target, peer_uid=uid)
         try:
             if req.method == "POST" and parts == ["v1", "runs"]:
