@@ -23,6 +23,7 @@ from noether_nix.graph.resolve import Warning_, resolve_ref
 from noether_nix.model.stage import Stage
 from noether_nix.model.types import display
 from noether_nix.model.values import conforms
+from noether_nix.stdlib._shapes import StageFailure, need_list, need_record
 
 if TYPE_CHECKING:
     from noether_nix.engine.engine import _Run
@@ -33,30 +34,27 @@ class HigherOrderError(NoetherError):
         super().__init__(code, message, path=path, exit_code=3, **kw)
 
 
-def _field(value: Any, name: str, path: str, label: str) -> Any:
-    if not isinstance(value, dict) or name not in value:
-        raise HigherOrderError("stage_failed", f"stage {label}: input must be a record with a field '{name}'", path)
-    return value[name]
+# Input shapes, with the stdlib's own checks (a StageFailure becomes this
+# stage's stage_failed in run_higher_order).
+def _field(value: Any, name: str) -> Any:
+    return need_record(value, name)[name]
 
 
-def _list(value: Any, name: str, path: str, label: str) -> list[Any]:
-    got = _field(value, name, path, label)
-    if not isinstance(got, list):
-        raise HigherOrderError("stage_failed", f"stage {label}: field '{name}' must be a list", path)
-    return got
+def _list(value: Any, name: str) -> list[Any]:
+    return need_list(_field(value, name), f"field '{name}'")
 
 
-def _count(value: Any, name: str, path: str, label: str, *, default: float | None = None) -> float:
+def _count(value: Any, name: str, *, default: float | None = None) -> float:
     got = value.get(name) if isinstance(value, dict) else None
     if got is None and default is not None:
         return default
     if isinstance(got, bool) or not isinstance(got, (int, float)) or not math.isfinite(got) or got < 0:
-        raise HigherOrderError("stage_failed", f"stage {label}: field '{name}' must be a number ≥ 0", path)
+        raise StageFailure(f"field '{name}' must be a number ≥ 0")
     return float(got)
 
 
 class HigherOrder:
-    """Runs one higher-order stage of a run; ``run.call_stage`` does the rest."""
+    """Runs one higher-order stage of a run; each named stage runs through ``run.run_stage``."""
 
     def __init__(self, run: _Run, stage: Stage, path: str) -> None:
         self.run = run
@@ -111,13 +109,13 @@ class HigherOrder:
     # -------------------------------------------------------- the stages
 
     async def map(self, value: Any) -> Any:
-        items = _list(value, "items", self.path, self.label)
-        inner = await self.resolve(_field(value, "stage_id", self.path, self.label), "stage_id")
+        items = _list(value, "items")
+        inner = await self.resolve(_field(value, "stage_id"), "stage_id")
         return await self.each(inner, items, [f"{self.path}.items[{i}]" for i in range(len(items))])
 
     async def filter(self, value: Any) -> Any:
-        items = _list(value, "items", self.path, self.label)
-        inner = await self.resolve(_field(value, "stage_id", self.path, self.label), "stage_id")
+        items = _list(value, "items")
+        inner = await self.resolve(_field(value, "stage_id"), "stage_id")
         keep = await self.each(inner, items, [f"{self.path}.items[{i}]" for i in range(len(items))])
         for i, k in enumerate(keep):
             if not isinstance(k, bool):
@@ -126,9 +124,9 @@ class HigherOrder:
         return [item for item, k in zip(items, keep, strict=True) if k]
 
     async def reduce(self, value: Any) -> Any:
-        items = _list(value, "items", self.path, self.label)
-        inner = await self.resolve(_field(value, "stage_id", self.path, self.label), "stage_id")
-        acc = _field(value, "initial", self.path, self.label)
+        items = _list(value, "items")
+        inner = await self.resolve(_field(value, "stage_id"), "stage_id")
+        acc = _field(value, "initial")
         for i, item in enumerate(items):
             if i % 1024 == 1023:
                 await trio.lowlevel.checkpoint()  # stay cancellable on long lists
@@ -136,10 +134,10 @@ class HigherOrder:
         return acc
 
     async def retry(self, value: Any) -> Any:
-        inner = await self.resolve(_field(value, "stage_id", self.path, self.label), "stage_id")
-        attempts = int(_count(value, "max_attempts", self.path, self.label))
-        delay_ms = _count(value, "delay_ms", self.path, self.label, default=0.0)
-        arg = _field(value, "input", self.path, self.label)
+        inner = await self.resolve(_field(value, "stage_id"), "stage_id")
+        attempts = int(_count(value, "max_attempts"))
+        delay_ms = _count(value, "delay_ms", default=0.0)
+        arg = _field(value, "input")
         from noether_nix.engine.engine import RetriesExhausted, with_retries
 
         async def attempt(n: int) -> Any:
@@ -153,8 +151,8 @@ class HigherOrder:
                                    details={"last_error": e.last.to_dict()}) from None
 
     async def fallback(self, value: Any) -> Any:
-        refs = _list(value, "stages", self.path, self.label)
-        arg = _field(value, "input", self.path, self.label)
+        refs = _list(value, "stages")
+        arg = _field(value, "input")
         stages = [await self.resolve(r, f"stages[{i}]") for i, r in enumerate(refs)]
         errors: list[dict[str, Any]] = []
         for i, inner in enumerate(stages):
@@ -166,17 +164,17 @@ class HigherOrder:
                                self.path, details={"errors": errors})
 
     async def timeout(self, value: Any) -> Any:
-        inner = await self.resolve(_field(value, "stage_id", self.path, self.label), "stage_id")
-        limit_ms = _count(value, "timeout_ms", self.path, self.label)
-        arg = _field(value, "input", self.path, self.label)
+        inner = await self.resolve(_field(value, "stage_id"), "stage_id")
+        limit_ms = _count(value, "timeout_ms")
+        arg = _field(value, "input")
         with trio.move_on_after(limit_ms / 1000):
             return await self.call(inner, arg, f"{self.path}.stage")
         raise HigherOrderError("stage_timed_out", f"stage {self.label}: {inner.label()} did not finish within "
                                f"{limit_ms:g} ms (it was stopped)", self.path)
 
     async def race(self, value: Any) -> Any:
-        refs = _list(value, "stages", self.path, self.label)
-        arg = _field(value, "input", self.path, self.label)
+        refs = _list(value, "stages")
+        arg = _field(value, "input")
         stages = [await self.resolve(r, f"stages[{i}]") for i, r in enumerate(refs)]
         if not stages:
             raise HigherOrderError("stage_failed", f"stage {self.label}: 'stages' is empty", self.path)
@@ -202,8 +200,8 @@ class HigherOrder:
                                self.path, details={"errors": errors})
 
     async def parallel(self, value: Any) -> Any:
-        refs = _list(value, "stages", self.path, self.label)
-        inputs = _list(value, "inputs", self.path, self.label)
+        refs = _list(value, "stages")
+        inputs = _list(value, "inputs")
         if len(refs) != len(inputs):
             raise HigherOrderError("stage_failed", f"stage {self.label}: {len(refs)} stages but {len(inputs)} inputs",
                                    self.path)
@@ -231,5 +229,7 @@ async def run_higher_order(run: _Run, stage: Stage, value: Any, path: str) -> An
     token = _nesting.set(depth)
     try:
         return await method(value)
+    except StageFailure as e:
+        raise HigherOrderError("stage_failed", f"stage {stage.label()}: {e}", path) from None
     finally:
         _nesting.reset(token)
