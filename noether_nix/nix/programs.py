@@ -15,7 +15,7 @@ from noether_nix.nix.build import DEFAULT_TIMEOUT_S, nix_build, nix_expr, nix_to
 from noether_nix.nix.registry import ProgramRegistry
 from noether_nix.nix.requirements import ensure_wheels, parse_requirements
 from noether_nix.nix.runtime import Runtime, ensure_runtime, normalise_language
-from noether_nix.paths import noether_home
+from noether_nix.paths import noether_home, private_dir
 
 # Part of every program's derivation: bump it when a wrapper's behaviour changes.
 WRAPPER_VERSION = "4"
@@ -70,7 +70,7 @@ def _build(stage_id: str, lang: str, code: str, runtime: Runtime, registry: Prog
            timeout_s: float) -> Program:
     builder = runtime if lang == "python" and runtime.source == "host-import" else ensure_builder_runtime()
     started = time.monotonic()
-    root = noether_home() / "gcroots" / f"stage-{stage_id[:16]}-{runtime.store_path[11:19]}"
+    root = private_dir(noether_home() / "gcroots") / f"stage-{stage_id[:16]}-{runtime.store_path[11:19]}"
     try:
         wheels = ensure_wheels(parse_requirements(code), runtime.interpreter, registry.conn) if lang == "python" else []
         out = nix_build(
