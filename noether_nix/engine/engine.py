@@ -56,7 +56,7 @@ from noether_nix.model.types import display, display_refinement
 from noether_nix.model.values import check_refinement, outer_refinements
 from noether_nix.stdlib._shapes import StageFailure, optional_text
 from noether_nix.stdlib.registry import CATEGORY, PURE, ArrowUnavailable, stdlib_program
-from noether_nix.store.cache import PureCache
+from noether_nix.store.cache import PureCache, cache_namespace
 from noether_nix.store.kv import KvStore
 from noether_nix.store.runs import RunStore
 from noether_nix.store.stages import StageStore
@@ -351,7 +351,7 @@ class _Run:
         facts = self.engine.facts(stage)
         cacheable = opts.cache and self.engine.config.pure_cache and facts.cacheable
         if cacheable:
-            hit, out = self.engine.cache.get(stage.id, in_hash)
+            hit, out = self.engine.cache.get(stage.id, in_hash, namespace=cache_namespace(self.store_writes, self.requester_uid))
             if hit:
                 self.hits += 1
                 await self.emit(StageFinished(self.run_id, attempt=ATTEMPT.get(), node_path=path, stage_id=stage.id, name=stage.name,
@@ -393,7 +393,7 @@ class _Run:
         wall = int((time.monotonic() - started) * 1000)
         out_hash = value_hash(out)
         if cacheable:
-            self.engine.cache.put(stage.id, in_hash, out)
+            self.engine.cache.put(stage.id, in_hash, out, namespace=cache_namespace(self.store_writes, self.requester_uid))
         await self.emit(StageFinished(self.run_id, attempt=ATTEMPT.get(), node_path=path, stage_id=stage.id, name=stage.name,
                                       status="ok", wall_ms=wall, cpu_ms=usage.get("cpu_ms"),
                                       max_rss_kb=usage.get("max_rss_kb"), build_ms=usage.get("build_ms"),
