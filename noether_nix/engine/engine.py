@@ -53,7 +53,7 @@ from noether_nix.model.effects import EffectKind, EffectSet, FsRead, FsWrite
 from noether_nix.model.jcs import serde_compact, value_hash
 from noether_nix.model.stage import Stage
 from noether_nix.model.types import display, display_refinement
-from noether_nix.model.values import check_refinement, outer_refinements
+from noether_nix.model.values import check_refinement, check_value_size, outer_refinements
 from noether_nix.stdlib._shapes import StageFailure, optional_text
 from noether_nix.stdlib.registry import CATEGORY, PURE, ArrowUnavailable, stdlib_program
 from noether_nix.store.cache import PureCache, cache_namespace
@@ -340,6 +340,7 @@ class _Run:
     async def run_stage(self, stage: Stage, value: Any, path: str) -> Any:
         opts = self.options
         checks = opts.refinement_checks and self.engine.config.refinement_checks
+        check_value_size(value, self.engine.config.max_value_bytes, what=f"the input of stage {stage.label()}", path=path)
         in_hash = value_hash(value)
         if checks:
             for r in outer_refinements(stage.input):
@@ -374,6 +375,7 @@ class _Run:
             else:
                 async with self.limiter, self.engine.process_limiter:
                     out = await self.engine.dispatch(stage, value, path, self, usage)
+            check_value_size(out, self.engine.config.max_value_bytes, what=f"the output of stage {stage.label()}", path=path)
             if checks:
                 for r in outer_refinements(stage.output):
                     why = check_refinement(r, out)
@@ -511,7 +513,8 @@ class Engine:
         ensure_stdlib(self.store)
         conn = self.store.conn
         self.cache = PureCache(conn, max_entries=self.config.pure_cache_max_entries)
-        self.runs = RunStore(conn)
+        self.runs = RunStore(conn, keep_runs=self.config.max_stored_runs, keep_bytes=self.config.max_stored_runs_bytes,
+                             max_run_bytes=self.config.max_stored_run_bytes)
         self.kv = KvStore(conn)
         self.builtins = {**kv_impls(self.kv), **store_impls(self.store, self.runs)}
         self.read_trace: Any = self.builtins["trace_read"]  # takes visible_to=
