@@ -45,6 +45,7 @@ CATALOGUE: dict[str, Code] = {
     "invalid_requirement": _INPUT, "unpinned_requirement": _INPUT, "unsupported_language": _INPUT,
     "stage_code_invalid": Code(1, 422), "verification_failed": Code(1, 422), "stage_test_failed": Code(1, 422),
     "stage_not_found": _MISSING, "trace_not_found": _MISSING, "run_not_found": _MISSING,
+    "pinning_needs_stage_id": _INPUT, "successor_missing": _MISSING, "deprecation_cycle": _CONFLICT,
     "ambiguous_reference": _CONFLICT, "invalid_transition": _CONFLICT, "daemon_running": _CONFLICT,
     "socket_path_taken": _CONFLICT,
     # the type checker and pre-flight
@@ -71,7 +72,7 @@ CATALOGUE: dict[str, Code] = {
     "nix_query_failed": _HOST, "nix_expression_missing": _HOST, "nixpkgs_unavailable": _HOST,
     "patchelf_missing": _HOST, "runtime_unavailable": _HOST, "runtime_broken": _HOST,
     "requirements_fetch_failed": _HOST, "invalid_runtime_source": Code(1, 500), "seccomp_unavailable": _HOST,
-    "store_unavailable": _HOST, "bad_author_key": Code(1, 500), "invalid_profile": Code(1, 500),
+    "store_unavailable": _HOST, "bad_author_key": Code(1, 500), "author_key_unavailable": Code(1, 500), "invalid_profile": Code(1, 500),
     "profile_not_found": Code(1, 500), "daemon_unreachable": Code(1, 502), "daemon_error": Code(3, 502),
     "daemon_required": _INPUT, "internal_error": Code(3, 500),
 }

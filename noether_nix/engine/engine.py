@@ -77,7 +77,8 @@ class Engine:
         ensure_stdlib(self.store)
         conn = self.store.conn
         self.cache = PureCache(conn, max_entries=self.config.pure_cache_max_entries)
-        self.runs = RunStore(conn)
+        self.runs = RunStore(conn, keep_runs=self.config.max_stored_runs, keep_bytes=self.config.max_stored_runs_bytes,
+                             max_run_bytes=self.config.max_stored_run_bytes)
         self.kv = KvStore(conn)
         self.builtins: dict[str, Any] = {**kv_impls(self.kv), **store_impls(self.store, self.runs)}
         self._programs: ProgramRegistry | None = None

@@ -48,10 +48,11 @@ from noether_nix.graph.preflight import REMOTE_EFFECTS, PolicyOptions
 from noether_nix.model.jcs import value_hash
 from noether_nix.model.stage import Stage
 from noether_nix.model.types import display, display_refinement
-from noether_nix.model.values import check_refinement, conforms, outer_refinements
+from noether_nix.model.values import check_refinement, check_value_size, conforms, outer_refinements
 from noether_nix.sandbox.policy import Limits
 from noether_nix.sandbox.supervisor import RunAs
 from noether_nix.stdlib.registry import remote_call_program
+from noether_nix.store.cache import cache_namespace
 
 Emit = Callable[[Event], Awaitable[None]]
 CONFIG_INPUT_KEYS = ("items", "text", "data", "input", "records", "train", "document", "html", "csv", "json_str")
@@ -91,6 +92,8 @@ class Interpreter:
         self.dropped_entries = 0
         self.dropped_events = 0
         self.checks = options.refinement_checks and services.config.refinement_checks
+        #: The pure cache is shared by the daemon's writers; every other peer has its own.
+        self.cache_namespace = cache_namespace(store_writes, requester_uid)
 
     def record(self, entry: dict[str, Any]) -> None:
         """A trace entry; past ``MAX_TRACE_ENTRIES`` only counted (a map over
@@ -227,6 +230,8 @@ class Interpreter:
 
     async def run_stage(self, stage: Stage, value: Any, path: str) -> Any:
         services = self.services
+        max_bytes = services.config.max_value_bytes
+        check_value_size(value, max_bytes, what=f"the input of stage {stage.label()}", path=path)
         in_hash = value_hash(value)
         if self.checks:
             self._refinements(stage, "input", value, path)
@@ -234,7 +239,7 @@ class Interpreter:
         attempt = ATTEMPT.get()
         cacheable = self.options.cache and services.config.pure_cache and facts.cacheable
         if cacheable:
-            hit, out = services.cache.get(stage.id, in_hash)
+            hit, out = services.cache.get(stage.id, in_hash, namespace=self.cache_namespace)
             if hit:
                 self.hits += 1
                 out_hash = value_hash(out)
@@ -258,6 +263,7 @@ class Interpreter:
             else:
                 async with self.limiter, services.process_limiter:
                     out, usage = await self.dispatch(self, stage, value, path)
+            check_value_size(out, max_bytes, what=f"the output of stage {stage.label()}", path=path)
             if self.checks:
                 self._refinements(stage, "output", out, path)
         except NoetherError as e:
@@ -274,7 +280,7 @@ class Interpreter:
         wall = _ms_since(started)
         out_hash = value_hash(out)
         if cacheable:
-            services.cache.put(stage.id, in_hash, out)
+            services.cache.put(stage.id, in_hash, out, namespace=self.cache_namespace)
         await self.emit(StageFinished(self.run_id, attempt=attempt, node_path=path, stage_id=stage.id, name=stage.name,
                                       status="ok", wall_ms=wall, cpu_ms=usage.cpu_ms, max_rss_kb=usage.max_rss_kb,
                                       build_ms=usage.build_ms, spent_cents=cost, input_hash=in_hash,
