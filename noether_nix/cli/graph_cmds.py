@@ -136,6 +136,14 @@ def add_listed(stages: list[Stage], client: Client | None, store: StageStore | N
 
     for stage in stages:
         if client is not None:
+            # A stage the daemon already has needs no add: peers that may run
+            # graphs but not change the store can then run the graph.
+            try:
+                client.call("GET", f"/v1/stages/{remote.seg(stage.id)}")
+                continue
+            except NoetherError as e:
+                if e.code != "stage_not_found":
+                    raise
             client.call("POST", "/v1/stages", {"spec": stage_to_json(stage), "build": False})
         else:
             assert store is not None

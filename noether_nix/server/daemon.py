@@ -9,7 +9,9 @@ the daemon stops after its grace period.
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
+import pwd
 import signal
 import socket
 import stat
@@ -89,6 +91,8 @@ class DaemonConfig(msgspec.Struct, kw_only=True):
     socket_mode: int = 0o660
     allowed_uids: list[int] | None = None  # default: the daemon's uid and root
     allowed_gids: list[int] = msgspec.field(default_factory=list)
+    #: Groups by name, resolved at start; a peer is in one as its primary or a supplementary group.
+    allowed_groups: list[str] = msgspec.field(default_factory=list)
     write_uids: list[int] | None = None  # default: same as allowed
     max_body_bytes: int = 8 * 1024 * 1024
     header_timeout_s: float = 10.0
@@ -101,6 +105,16 @@ class DaemonConfig(msgspec.Struct, kw_only=True):
     #: the daemon's user (often root), so by default the daemon refuses.
     allow_unsandboxed_runs: bool = False
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+
+
+def _group_ids(names: list[str]) -> set[int]:
+    out = set()
+    for i, name in enumerate(names):
+        try:
+            out.add(grp.getgrnam(name).gr_gid)
+        except KeyError:
+            raise NoetherError("invalid_config", f"no group named {name!r}", path=f"allowed_groups[{i}]") from None
+    return out
 
 
 def peer_credentials(sock: Any) -> tuple[int, int, int]:
@@ -142,6 +156,7 @@ class Daemon:
         me = os.getuid()
         self.allowed = set(config.allowed_uids if config.allowed_uids is not None else {me, 0})
         self.writers = set(config.write_uids) if config.write_uids is not None else self.allowed
+        self.allowed_gids = set(config.allowed_gids) | _group_ids(config.allowed_groups)
         self.runs: dict[str, trio.CancelScope] = {}
         self.run_owners: dict[str, int] = {}  # in-flight run → the peer uid that started it
         self._host_cache: tuple[float, dict[str, Any]] | None = None
@@ -159,6 +174,19 @@ class Daemon:
         swept = sweep_empty()
         if swept:
             log.info("stale_cgroups_removed", count=swept)
+
+    def _group_allowed(self, uid: int, gid: int) -> bool:
+        """The peer's primary group, or one of its supplementary groups in the
+        user database (which the socket file's group permission admits too)."""
+        if gid in self.allowed_gids:
+            return True
+        if not self.allowed_gids:
+            return False
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return False
+        return not self.allowed_gids.isdisjoint(os.getgrouplist(name, gid))
 
     # ---------------------------------------------------------------- serving
 
@@ -227,7 +255,7 @@ class Daemon:
                 await stream.aclose()
                 return
             conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
-            if uid not in self.allowed and gid not in self.config.allowed_gids:
+            if uid not in self.allowed and not self._group_allowed(uid, gid):
                 # Refused after its request line and headers only, with a short
                 # timeout: a disallowed peer cannot hold connection slots for long.
                 self.counters["forbidden"] += 1
@@ -523,6 +551,8 @@ class Daemon:
                 scope.cancel()
 
         try:
+            send_lock = trio.Lock()  # concurrent stages (Parallel, Fanout) emit at once: one send at a time
+
             async def emit(ev: Event) -> None:
                 nonlocal head_sent
                 if gone:
@@ -530,11 +560,14 @@ class Daemon:
                 try:
                     # A client that stops reading (a suspended `noether run`) must not
                     # hold its run slot forever: past the timeout it counts as gone.
-                    with trio.fail_after(self.config.send_timeout_s):
-                        if not head_sent:
-                            await stream.send_all(conn.send(response_head(200, "application/x-ndjson")) or b"")
-                            head_sent = True
-                        await stream.send_all(conn.send(h11.Data(data=ndjson(msgspec.to_builtins(ev)))) or b"")
+                    async with send_lock:
+                        if gone:
+                            return
+                        with trio.fail_after(self.config.send_timeout_s):
+                            if not head_sent:
+                                await stream.send_all(conn.send(response_head(200, "application/x-ndjson")) or b"")
+                                head_sent = True
+                            await stream.send_all(conn.send(h11.Data(data=ndjson(msgspec.to_builtins(ev)))) or b"")
                 except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
                     client_gone()
 
@@ -630,6 +663,7 @@ def run_daemon(config: DaemonConfig) -> int:
                                     structlog.processors.add_log_level, structlog.processors.format_exc_info,
                                     structlog.processors.JSONRenderer()],
                         logger_factory=structlog.PrintLoggerFactory(file=__import__("sys").stderr))
+    _take_host()
     listeners = systemd.listen_fds()
     path = None
     if not listeners:
@@ -643,3 +677,19 @@ def run_daemon(config: DaemonConfig) -> int:
             with contextlib.suppress(OSError):
                 os.unlink(path)
     return 0
+
+
+def _take_host() -> None:
+    """Move into the delegated cgroup's leaf (v2), then refuse to start on a
+    host whose Nix store or limits are unusable (``server/preflight.py``)."""
+    from noether_nix.sandbox.delegation import claim_v2
+    from noether_nix.server.preflight import refuse_if_unusable
+
+    delegated = claim_v2()
+    if delegated is not None:
+        log.info("cgroup_delegated", cgroup=str(delegated))
+    try:
+        refuse_if_unusable()
+    except NoetherError as e:
+        systemd.notify(f"STATUS={e}")
+        raise
