@@ -26,7 +26,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from noether_nix.cli import daemon_cmds, doctor, graph_cmds, service_cmds, stage_cmds, store_cmds
+    from noether_nix.cli import (
+        daemon_cmds,
+        doctor,
+        graph_cmds,
+        service_cmds,
+        stage_cmds,
+        store_cmds,
+    )
     from noether_nix.sandbox import cli as sandbox_cli
 
     p = _Parser(prog="noether", description="Run Noether graphs in Nix-built sandboxes.")
