@@ -75,6 +75,12 @@ CATALOGUE: dict[str, Code] = {
     "store_unavailable": _HOST, "bad_author_key": Code(1, 500), "author_key_unavailable": Code(1, 500), "invalid_profile": Code(1, 500),
     "profile_not_found": Code(1, 500), "daemon_unreachable": Code(1, 502), "daemon_error": Code(3, 502),
     "daemon_required": _INPUT, "internal_error": Code(3, 500),
+    "nix_store_unusable": _HOST, "limits_unavailable": _HOST,
+    # noether service install / uninstall
+    "units_missing": Code(1, 500), "service_install_failed": Code(1, 500), "not_installed": _MISSING,
+    "invalid_manifest": Code(1, 500), "must_be_root": _INPUT,
+    # EX_CONFIG: the host, not the daemon, needs fixing (the unit does not restart on it)
+    "host_unusable": Code(78, 503),
 }
 #: Families of codes built from a status: ``signature_unsigned``, ``stage_timed_out``, …
 PREFIXES: dict[str, Code] = {"signature_": _POLICY, "stage_": _EXECUTION}

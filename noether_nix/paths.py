@@ -18,8 +18,10 @@ PRIVATE_FILE_MODE = 0o600
 
 
 def noether_home() -> Path:
-    env = os.environ.get("NOETHER_HOME")
-    return Path(env) if env else Path.home() / ".noether"
+    from noether_nix.settings import settings
+
+    home = settings().home
+    return Path(home) if home else Path.home() / ".noether"
 
 
 def db_path() -> Path:
@@ -81,7 +83,13 @@ def private_file(path: Path) -> Path:
 
 
 def default_socket() -> str:
-    """The daemon's socket when none is named: per user, or the system one for root."""
+    """The daemon's socket when none is named (settings ``socket``, ``$NOETHER_SOCKET``):
+    per user, or the system one for root."""
+    from noether_nix.settings import settings
+
+    named = settings().socket
+    if named:
+        return named
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if os.getuid() == 0 and not runtime:
         return "/run/noether/noether.sock"

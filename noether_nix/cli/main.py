@@ -42,7 +42,14 @@ def global_flags(suppress: bool) -> _Parser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from noether_nix.cli import daemon_cmds, doctor, graph_cmds, stage_cmds, store_cmds
+    from noether_nix.cli import (
+        daemon_cmds,
+        doctor,
+        graph_cmds,
+        service_cmds,
+        stage_cmds,
+        store_cmds,
+    )
     from noether_nix.sandbox import cli as sandbox_cli
 
     p = _Parser(prog="noether", description="Run Noether graphs in Nix-built sandboxes.",
@@ -59,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_cmds.register(sub, common)
     doctor.register(sub, common)
     daemon_cmds.register(sub)
+    service_cmds.register(sub, common)
     sandbox_cli.register(sub)
     return p
 

@@ -16,6 +16,9 @@ import uuid
 from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
+#: The leaf a daemon moves into inside its delegated v2 cgroup (delegation.claim_v2);
+#: per-run cgroups go beside it, in the delegated cgroup.
+LEAF = "daemon"
 
 
 def _own_paths() -> dict[str, str]:
@@ -35,6 +38,13 @@ def _writable_dir(p: Path) -> bool:
     return p.is_dir() and os.access(p, os.W_OK)
 
 
+def _v2_base(own: dict[str, str]) -> Path:
+    """Where per-run v2 cgroups go: this process's cgroup, or the delegated
+    cgroup above it when the daemon sits in its leaf."""
+    base = ROOT / own[""].lstrip("/")
+    return base.parent if base.name == LEAF else base
+
+
 class RunCgroup:
     """One cgroup (per controller on v1) for one sandboxed run."""
 
@@ -48,8 +58,7 @@ class RunCgroup:
         name = f"noether-{uuid.uuid4().hex[:12]}"
         v2 = ROOT / "cgroup.controllers"
         if v2.exists() and "" in own:
-            base = ROOT / own[""].lstrip("/")
-            d = base / name
+            d = _v2_base(own) / name
             try:
                 d.mkdir()
                 (d / "memory.max").write_text(str(memory_bytes))
@@ -62,10 +71,10 @@ class RunCgroup:
                     d.rmdir()
         dirs: dict[str, Path] = {}
         for ctl in ("memory", "pids", "cpuacct"):
-            mount = ROOT / ctl
-            if ctl not in own or not _writable_dir(mount):
+            # The own cgroup must be writable (root, or systemd's delegation handed to us).
+            if ctl not in own or not _writable_dir(ROOT / ctl / own[ctl].lstrip("/")):
                 continue
-            d = mount / own[ctl].lstrip("/") / name
+            d = ROOT / ctl / own[ctl].lstrip("/") / name
             try:
                 d.mkdir()
                 if ctl == "memory":
@@ -174,7 +183,7 @@ def sweep_empty() -> int:
     (``spawn_failed``), never run unconfined."""
     removed = 0
     own = _own_paths()
-    bases = [ROOT / own[""].lstrip("/")] if "" in own and (ROOT / "cgroup.controllers").exists() else []
+    bases = [_v2_base(own)] if "" in own and (ROOT / "cgroup.controllers").exists() else []
     bases += [ROOT / c / own[c].lstrip("/") for c in ("memory", "pids", "cpuacct") if c in own]
     for base in bases:
         with contextlib.suppress(OSError):

@@ -7,13 +7,13 @@ profile without touching code.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from noether_nix.errors import NoetherError
+from noether_nix.settings import settings
 
 _PACKAGED = Path(__file__).resolve().parent.parent.parent / "sandboxes"
 _SEARCH_ENV = "NOETHER_SANDBOX_PROFILES"
@@ -31,7 +31,7 @@ class Profile(msgspec.Struct, frozen=True):
 
 
 def _candidates(name: str) -> list[Path]:
-    dirs = [Path(d) for d in os.environ.get(_SEARCH_ENV, "").split(":") if d]
+    dirs = [Path(d) for d in settings().sandbox.profiles_path]
     dirs += [Path("/etc/noether/sandboxes"), _PACKAGED, Path(__file__).resolve().parent / "profiles"]
     return [d / f"{name}.json" for d in dirs]
 
