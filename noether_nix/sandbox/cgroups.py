@@ -2,8 +2,9 @@
 
 cgroup v2 (``memory.max``, ``pids.max``, ``cgroup.kill``) when this process
 sits in a writable (delegated) subtree; cgroup v1 memory/pids/cpuacct
-hierarchies when that is what the host has. Without either, rlimits remain
-and ``mechanisms()`` says so.
+hierarchies when that is what the host has. Without a memory and a
+process-count mechanism a sandboxed run is refused unless the operator
+allows it (``supervisor.check_limits``); ``mechanisms()`` says what is active.
 """
 
 from __future__ import annotations
@@ -43,12 +44,15 @@ class RunCgroup:
         self.version = version
 
     @classmethod
-    def create(cls, memory_bytes: int, max_pids: int) -> RunCgroup | None:
+    def create(cls, memory_bytes: int, max_pids: int, *, root: Path | None = None) -> RunCgroup | None:
+        """A cgroup under this process's own (``root``: where cgroupfs is
+        mounted), or None where no controller is writable."""
+        root = root or ROOT
         own = _own_paths()
         name = f"noether-{uuid.uuid4().hex[:12]}"
-        v2 = ROOT / "cgroup.controllers"
+        v2 = root / "cgroup.controllers"
         if v2.exists() and "" in own:
-            base = ROOT / own[""].lstrip("/")
+            base = root / own[""].lstrip("/")
             d = base / name
             try:
                 d.mkdir()
@@ -62,7 +66,7 @@ class RunCgroup:
                     d.rmdir()
         dirs: dict[str, Path] = {}
         for ctl in ("memory", "pids", "cpuacct"):
-            mount = ROOT / ctl
+            mount = root / ctl
             if ctl not in own or not _writable_dir(mount):
                 continue
             d = mount / own[ctl].lstrip("/") / name
@@ -84,6 +88,19 @@ class RunCgroup:
             with contextlib.suppress(OSError):
                 d.rmdir()
         return None
+
+    def has_memory(self) -> bool:
+        return "" in self.dirs or "memory" in self.dirs
+
+    def has_pids(self) -> bool:
+        return "" in self.dirs or "pids" in self.dirs
+
+    def describe(self) -> dict[str, str | None]:
+        """Which limit each of this cgroup's files enforces."""
+        if self.version == 2:
+            return {"memory": "cgroup v2 memory.max", "pids": "cgroup v2 pids.max"}
+        return {"memory": "cgroup v1 memory.limit_in_bytes" if self.has_memory() else None,
+                "pids": "cgroup v1 pids.max" if self.has_pids() else None}
 
     def procs_files(self) -> list[str]:
         return [str(d / "cgroup.procs") for d in self.dirs.values()]
@@ -185,15 +202,18 @@ def sweep_empty() -> int:
     return removed
 
 
-def mechanisms() -> dict[str, object]:
+def mechanisms(*, root: Path | None = None) -> dict[str, object]:
     """What per-run limit mechanisms this host offers (for doctor / health)."""
-    probe = RunCgroup.create(64 * 1024 * 1024, 16)
+    probe = RunCgroup.create(64 * 1024 * 1024, 16, root=root)
     if probe is not None:
         probe.remove()
+    found = probe.describe() if probe is not None else {"memory": None, "pids": None}
     return {
         "rlimits": ["RLIMIT_AS", "RLIMIT_NOFILE", "RLIMIT_FSIZE", "RLIMIT_CORE"],
         "cgroup": None if probe is None else f"v{probe.version}",
         "cgroup_controllers": [] if probe is None else sorted(c or "unified" for c in probe.dirs),
+        "memory": found["memory"],
+        "pids": found["pids"],
         "tree_kill": "cgroup.kill" if probe is not None and probe.version == 2 else
                      ("pid namespace + cgroup sweep" if probe is not None else "pid namespace"),
     }
