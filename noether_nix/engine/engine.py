@@ -414,8 +414,10 @@ def check_grants(options: RunOptions) -> None:
     """Refuse, before anything runs, a file grant no sandbox may get."""
     import os
 
+    from noether_nix.sandbox.env import check_env
     from noether_nix.sandbox.policy import bind_refusal
 
+    check_env(options.env, where="--env")
     for flag, grants, writable in (("--allow-read", options.allow_read, False),
                                    ("--allow-write", options.allow_write, True)):
         for grant in grants or []:
@@ -580,6 +582,11 @@ class Engine:
         ``trace_read`` to the ``requester_uid``'s own runs, under whose name
         the run is stored."""
         prepared = self.prepare(graph, input, options)
+        if self.isolation_mode(options) == "bwrap":  # root's sandboxes run as noether-sbx users: can they use the grants?
+            from noether_nix.sandbox.identity import check_grant_access
+
+            check_grant_access(options.allow_read or [], writable=False, run_as=run_as, flag="--allow-read")
+            check_grant_access(options.allow_write or [], writable=True, run_as=run_as, flag="--allow-write")
         run = _Run(self, prepared, options, run_id or uuid.uuid4().hex, emit)
         run.run_as, run.store_writes, run.requester_uid = run_as, store_writes, requester_uid
         started_wall = datetime.now(UTC)

@@ -49,7 +49,7 @@ class RunCgroup:
         mounted), or None where no controller is writable."""
         root = root or ROOT
         own = _own_paths()
-        name = f"noether-{uuid.uuid4().hex[:12]}"
+        name = f"noether-{os.getpid()}-{uuid.uuid4().hex[:12]}"  # its creator's pid: see sweep_empty
         v2 = root / "cgroup.controllers"
         if v2.exists() and "" in own:
             base = root / own[""].lstrip("/")
@@ -182,13 +182,25 @@ class RunCgroup:
                     time.sleep(0.01)
 
 
+def _creator_alive(name: str) -> bool:
+    """Is the process that created cgroup ``noether-<pid>-<id>`` still running?"""
+    parts = name.split("-")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False  # an older name without the creator: empty means abandoned
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def sweep_empty() -> int:
     """Remove empty ``noether-*`` cgroups left by a process that died before
-    removing them (a SIGKILLed daemon). A non-empty one is another live
-    process's run and is left alone (rmdir refuses it anyway). Run at
-    daemon start only: a cgroup another process created a moment before and
-    has not filled yet would go too, and that run would fail to start
-    (``spawn_failed``), never run unconfined."""
+    removing them (a SIGKILLed daemon). A non-empty one is a live run and
+    rmdir refuses it; an empty one whose creator still runs is a run about
+    to start (its cgroup is made before its process joins) and is left alone."""
     removed = 0
     own = _own_paths()
     bases = [ROOT / own[""].lstrip("/")] if "" in own and (ROOT / "cgroup.controllers").exists() else []
@@ -196,6 +208,8 @@ def sweep_empty() -> int:
     for base in bases:
         with contextlib.suppress(OSError):
             for d in base.glob("noether-*"):
+                if _creator_alive(d.name):
+                    continue
                 with contextlib.suppress(OSError):
                     d.rmdir()
                     removed += 1
