@@ -173,3 +173,16 @@ async def test_a_root_run_refuses_before_running_a_grant_its_sandbox_user_cannot
     assert done.status == "ok", done.error
     assert (out / "f.txt").read_text() == "x"
     assert (out / "f.txt").stat().st_uid in RANGE
+
+
+def test_the_sysusers_snippet_declares_exactly_the_profiles_range() -> None:
+    # systemd/noether.sysusers.conf (and ./dev setup, which reads it) must create what the profile names.
+    lines = (Path(__file__).resolve().parents[2] / "systemd" / "noether.sysusers.conf").read_text().splitlines()
+    config = load_profile().sandbox_uids
+    groups = [ln.split() for ln in lines if ln.startswith("g noether-sbx ")]
+    users = [ln.split()[1:3] for ln in lines if ln.startswith("u noether-sbx-")]
+    assert groups == [["g", "noether-sbx", str(config.base)]]
+    assert users == [[f"noether-sbx-{i}", f"{config.base + i}:noether-sbx"] for i in range(config.count)]
+    if os.geteuid() == 0:
+        gid, uids = identity.check_range(config)  # ./dev setup made them
+        assert uids == list(range(config.base, config.base + config.count)) and gid == config.base
