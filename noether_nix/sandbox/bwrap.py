@@ -67,15 +67,25 @@ def bwrap_works(path: str, *, as_uid: int | None = None, as_gid: int | None = No
             os.setgid(as_gid if as_gid is not None else as_uid)
             os.setuid(as_uid)
 
+    # The options every launch relies on, so a bwrap without them (--ro-bind-fd
+    # came with 0.10, and Debian's 0.8.0-2+deb12u1) fails here, not per run.
+    root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    args = os.memfd_create("noether-bwrap-probe", os.MFD_CLOEXEC)
     try:
+        os.write(args, b"--clearenv\0--setenv\0A\0B\0")
+        os.lseek(args, 0, os.SEEK_SET)
         proc = subprocess.run(
-            [path, "--unshare-all", "--unshare-user", "--die-with-parent", "--ro-bind", "/", "/",
-             "--proc", "/proc", "--dev", "/dev", "--", "/bin/true"],
-            capture_output=True, text=True, timeout=10, env={},
+            [path, "--args", str(args), "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+             "--hostname", HOSTNAME, "--ro-bind-fd", str(root), "/", "--proc", "/proc", "--dev", "/dev",
+             "--remount-ro", "/", "--", "/bin/true"],
+            capture_output=True, text=True, timeout=10, env={}, pass_fds=(root, args),
             preexec_fn=drop if as_uid is not None else None,
         )
     except (OSError, subprocess.TimeoutExpired, subprocess.SubprocessError) as e:
         return False, str(e)
+    finally:
+        os.close(root)
+        os.close(args)
     return proc.returncode == 0, proc.stderr.strip()
 
 
