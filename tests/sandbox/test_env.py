@@ -80,3 +80,17 @@ async def test_cve_2021_21261_a_runs_variable_reaches_the_program_never_bwrap(pr
 async def test_values_that_look_like_options_stay_values(probe: Probe) -> None:
     r = await probe("import json, os\nprint(json.dumps(os.environ['X']))", env={"X": "--ro-bind / /host"})
     assert r.output == "--ro-bind / /host"
+
+
+def test_noether_run_env_refuses_them_with_the_code(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    graph = tmp_path / "env.graph.json"
+    graph.write_text(json.dumps(ENV_GET))
+    done = subprocess.run([sys.executable, "-m", "noether_nix.cli.main", "run", "--json", str(graph), "--input",
+                           '{"name": "LD_AUDIT"}', "--env", "LD_AUDIT=/tmp/evil.so"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert json.loads(done.stderr)["error"]["code"] == "env_not_allowed"
