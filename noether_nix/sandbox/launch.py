@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Literal
 
 import msgspec
-import structlog
 
 from noether_nix.errors import NoetherError
+from noether_nix.logs import get_logger
 from noether_nix.sandbox import landlock
 from noether_nix.sandbox.bwrap import (
     BindFds,
@@ -47,7 +47,7 @@ from noether_nix.sandbox.policy import IsolationPolicy, Limits
 from noether_nix.sandbox.profile import Profile
 from noether_nix.sandbox.seccomp import compile_filter, filter_fd
 
-log = structlog.get_logger("noether.sandbox")
+log = get_logger("noether.sandbox")
 
 #: Set to 1 to run sandboxes where no memory / process-count limit exists (see Profile.allow_without_limits).
 WITHOUT_LIMITS_ENV = "NOETHER_SANDBOX_WITHOUT_LIMITS"

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-import structlog
 import trio
 
 from noether_nix.sandbox.identity import RunAs
@@ -29,8 +28,6 @@ from noether_nix.sandbox.profile import Profile, load_profile
 from noether_nix.sandbox.spawn import spawn
 
 __all__ = ["Isolation", "Result", "RunAs", "Status", "require_bwrap", "run_sandboxed"]
-
-log = structlog.get_logger("noether.sandbox")
 
 
 class Status(enum.StrEnum):

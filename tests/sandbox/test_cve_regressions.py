@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import trio
 
-from noether_nix.engine.engine import RunOptions, check_grants
+from noether_nix.engine.grants import check_grants
+from noether_nix.engine.options import RunOptions
 from noether_nix.errors import NoetherError
 from noether_nix.model.effects import EffectSet, FsRead, FsWrite
 from noether_nix.sandbox import landlock
