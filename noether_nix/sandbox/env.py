@@ -78,35 +78,31 @@ def check_env(env: dict[str, str] | None, *, where: str = "env") -> None:
     if not env:
         return
     if not isinstance(env, dict):
-        raise NoetherError("invalid_env", "the environment must map names to text values", path=where,
-                           exit_code=2)
+        raise NoetherError("invalid_env", "the environment must map names to text values", path=where)
     if len(env) > MAX_VARIABLES:
-        raise NoetherError("invalid_env", f"{len(env)} variables; at most {MAX_VARIABLES} may be given", path=where,
-                           exit_code=2)
+        raise NoetherError("invalid_env", f"{len(env)} variables; at most {MAX_VARIABLES} may be given", path=where)
     total = 0
     for name, value in env.items():
         if not isinstance(name, str) or not isinstance(value, str):
-            raise NoetherError("invalid_env", f"variable {name!r}: names and values must be text", path=where,
-                               exit_code=2)
+            raise NoetherError("invalid_env", f"variable {name!r}: names and values must be text", path=where)
         why = env_refusal(name)
         if why is not None:
-            raise NoetherError("env_not_allowed", f"variable {name!r} {why}", path=where, exit_code=2,
+            raise NoetherError("env_not_allowed", f"variable {name!r} {why}", path=where,
                                hint="give the stage its value under another name")
         try:
             size = len(value.encode("utf-8"))
         except UnicodeEncodeError:
             raise NoetherError("invalid_env", f"variable {name}: its value is not valid text (a lone surrogate?)",
-                               path=where, exit_code=2) from None
+                               path=where) from None
         if "\0" in value:
-            raise NoetherError("invalid_env", f"variable {name}: a value cannot contain a NUL character", path=where,
-                               exit_code=2)
+            raise NoetherError("invalid_env", f"variable {name}: a value cannot contain a NUL character", path=where)
         if size > MAX_VALUE_BYTES:
             raise NoetherError("invalid_env", f"variable {name}: its value is {size} bytes; at most "
-                               f"{MAX_VALUE_BYTES} are allowed", path=where, exit_code=2)
+                               f"{MAX_VALUE_BYTES} are allowed", path=where)
         total += size + len(name)
     if total > MAX_TOTAL_BYTES:
         raise NoetherError("invalid_env", f"the variables take {total} bytes; at most {MAX_TOTAL_BYTES} are allowed",
-                           path=where, exit_code=2)
+                           path=where)
 
 
 def setenv_args(env: dict[str, str]) -> list[str]:
@@ -115,7 +111,7 @@ def setenv_args(env: dict[str, str]) -> list[str]:
     for name, value in env.items():
         if "\0" in name or "\0" in value or "=" in name or not name:
             # Never reached for checked input; a NUL would split the --args file.
-            raise NoetherError("invalid_env", f"variable {name!r} cannot be passed", exit_code=2)
+            raise NoetherError("invalid_env", f"variable {name!r} cannot be passed")
         args += ["--setenv", name, value]
     return args
 

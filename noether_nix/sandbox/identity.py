@@ -93,10 +93,10 @@ def sandbox_gid() -> int:
     except KeyError:
         raise NoetherError("sandbox_users_missing", f"sandboxes started as root run as dedicated users, and group "
                            f"{SANDBOX_GROUP} does not exist on this host; the run was refused (a sandbox is never "
-                           "host root)", hint=SETUP_HINT, exit_code=2) from None
+                           "host root)", hint=SETUP_HINT) from None
     if gid == 0:
         raise NoetherError("sandbox_users_missing", f"group {SANDBOX_GROUP} has gid 0; sandboxes never run as root",
-                           hint=SETUP_HINT, exit_code=2)
+                           hint=SETUP_HINT)
     return gid
 
 
@@ -111,11 +111,11 @@ def check_user(config: SandboxUids, index: int, gid: int) -> int:
         raise NoetherError("sandbox_users_missing", f"sandboxes started as root run as dedicated users "
                            f"{USER_PREFIX}0…{config.count - 1} (uids {config.base}–{config.base + config.count - 1}); "
                            f"uid {uid} ({want}) does not exist, so the run was refused (a sandbox is never host root)",
-                           hint=SETUP_HINT, exit_code=2) from None
+                           hint=SETUP_HINT) from None
     if entry.pw_name != want or entry.pw_gid != gid or uid == 0:
         raise NoetherError("sandbox_users_missing", f"uid {uid} is {entry.pw_name!r} with group {entry.pw_gid}, not "
                            f"the sandbox user {want!r} of group {SANDBOX_GROUP}; no sandbox runs as another account",
-                           hint=SETUP_HINT, exit_code=2)
+                           hint=SETUP_HINT)
     return uid
 
 
@@ -123,7 +123,7 @@ def check_range(config: SandboxUids) -> tuple[int, list[int]]:
     """The sandbox gid and every uid of the range (raises when any is missing or wrong)."""
     if config.base <= 0 or config.count <= 0 or config.base + config.count > 2**31 - 1:
         raise NoetherError("invalid_profile", f"sandbox_uids: base {config.base} and count {config.count} must be "
-                           "positive and below 2^31", exit_code=2)
+                           "positive and below 2^31")
     gid = sandbox_gid()
     return gid, [check_user(config, i, gid) for i in range(config.count)]
 
@@ -133,27 +133,27 @@ def _lock_dir(path: str) -> int:
     symlink, not root's, or writable by anyone else."""
     unavailable = "sandbox_uids_unavailable"
     if not os.path.isabs(path):
-        raise NoetherError(unavailable, f"sandbox_uids.lock_dir {path!r} must be absolute", exit_code=2)
+        raise NoetherError(unavailable, f"sandbox_uids.lock_dir {path!r} must be absolute")
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
         pass
     except OSError as e:
         raise NoetherError(unavailable, f"cannot create the sandbox uid lock directory {path}: {e.strerror}",
-                           path=path, exit_code=3,
+                           path=path,
                            hint="it must be creatable by root (under systemd: ReadWritePaths= or RuntimeDirectory=)"
                            ) from None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
         raise NoetherError(unavailable, f"cannot open the sandbox uid lock directory {path}: {e.strerror}",
-                           path=path, exit_code=3) from None
+                           path=path) from None
     st = os.fstat(fd)
     if st.st_uid != os.geteuid() or st.st_mode & 0o077:
         os.close(fd)
         raise NoetherError(unavailable, f"the sandbox uid lock directory {path} must belong to uid {os.geteuid()} "
                            f"with mode 0700 (it has uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); refusing to "
-                           "trust it", path=path, exit_code=3)
+                           "trust it", path=path)
     return fd
 
 
@@ -170,7 +170,7 @@ def acquire(config: SandboxUids) -> UidLease:
     as possible."""
     global _cursor
     if config.count <= 0 or config.base <= 0:
-        raise NoetherError("invalid_profile", "sandbox_uids: base and count must be positive", exit_code=2)
+        raise NoetherError("invalid_profile", "sandbox_uids: base and count must be positive")
     gid = sandbox_gid()
     dfd = _lock_dir(config.lock_dir)
     try:
@@ -193,8 +193,7 @@ def acquire(config: SandboxUids) -> UidLease:
                 return UidLease(uid, gid, fd)
     finally:
         os.close(dfd)
-    raise NoetherError("sandbox_users_busy", f"all {config.count} sandbox users are running sandboxes right now",
-                       exit_code=3, hint="retry later, or raise sandbox_uids.count in the sandbox profile (and create "
+    raise NoetherError("sandbox_users_busy", f"all {config.count} sandbox users are running sandboxes right now", hint="retry later, or raise sandbox_uids.count in the sandbox profile (and create "
                        "the extra users)")
 
 
@@ -254,13 +253,13 @@ def check_grant_access(grants: list[str], *, writable: bool, run_as: RunAs | Non
         try:
             st = os.stat(path)
         except OSError as e:
-            raise NoetherError("invalid_grant", f"cannot grant {grant}: {e.strerror}", path=flag, exit_code=2) from None
+            raise NoetherError("invalid_grant", f"cannot grant {grant}: {e.strerror}", path=flag) from None
         why = access_refusal(st, writable=writable, gid=gid)
         if why is not None:
-            raise NoetherError("invalid_grant", f"cannot grant {grant}: {why}", path=flag, exit_code=2,
+            raise NoetherError("invalid_grant", f"cannot grant {grant}: {why}", path=flag,
                                hint=access_hint(path, writable=writable))
         blocked = reach_refusal(path, gid=gid)
         if blocked is not None:
-            raise NoetherError("invalid_grant", f"cannot grant {grant}: {blocked[1]}", path=flag, exit_code=2,
+            raise NoetherError("invalid_grant", f"cannot grant {grant}: {blocked[1]}", path=flag,
                                hint=f"chmod o+x {blocked[0]} (or chgrp {SANDBOX_GROUP} and chmod g+x), or grant a "
                                "path outside it")

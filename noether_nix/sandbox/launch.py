@@ -69,21 +69,20 @@ class Isolation(msgspec.Struct, frozen=True):
             return Isolation("bwrap")
         if value == "none":
             return Isolation("none")
-        raise NoetherError("unknown_isolation", f"unknown isolation backend {value!r} (use bwrap or none)",
-                           exit_code=2)
+        raise NoetherError("unknown_isolation", f"unknown isolation backend {value!r} (use bwrap or none)")
 
 
 def require_bwrap(*, as_uid: int | None = None, as_gid: int | None = None) -> str:
     path = find_bwrap()
     if path is None:
         raise NoetherError("isolation_unavailable", "bubblewrap (bwrap) is not installed; sandboxed stages "
-                           "are refused", hint="apt-get install bubblewrap (or run ./dev setup)", exit_code=2)
+                           "are refused", hint="apt-get install bubblewrap (or run ./dev setup)")
     ok, why = bwrap_works(path, as_uid=as_uid, as_gid=as_gid)
     if not ok:
         who = "" if as_uid is None else f" as the sandbox user (uid {as_uid})"
         raise NoetherError("isolation_unavailable", f"bwrap cannot create its namespaces{who} here: {why}",
                            hint="enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, "
-                           "user.max_user_namespaces > 0)", exit_code=2)
+                           "user.max_user_namespaces > 0)")
     return path
 
 
@@ -119,8 +118,7 @@ def check_limits(cgroup: RunCgroup | None, *, dedicated: bool, profile: Profile)
                        "cgroup with the memory and pids controllers), so the sandboxed run was refused",
                        hint="run the daemon in a delegated cgroup (systemd: Delegate=yes, as in "
                        "systemd/noether.service) or as root; to run without these limits anyway, set "
-                       f"\"allow_without_limits\": true in the sandbox profile or {WITHOUT_LIMITS_ENV}=1",
-                       exit_code=2)
+                       f"\"allow_without_limits\": true in the sandbox profile or {WITHOUT_LIMITS_ENV}=1")
 
 
 def close_all(fds: list[int]) -> None:
@@ -228,11 +226,11 @@ def _check_bind_access(policy: IsolationPolicy, fds: BindFds, gid: int) -> None:
             continue
         why = access_refusal(os.fstat(fd), writable=writable, gid=gid)
         if why is not None:
-            raise NoetherError("invalid_policy_path", f"cannot bind {host}: {why}", path=host, exit_code=2,
+            raise NoetherError("invalid_policy_path", f"cannot bind {host}: {why}", path=host,
                                hint=access_hint(host, writable=writable))
         blocked = reach_refusal(host, gid=gid)
         if blocked is not None:
-            raise NoetherError("invalid_policy_path", f"cannot bind {host}: {blocked[1]}", path=host, exit_code=2,
+            raise NoetherError("invalid_policy_path", f"cannot bind {host}: {blocked[1]}", path=host,
                                hint=f"chmod o+x {blocked[0]}, or use a path outside it")
 
 
