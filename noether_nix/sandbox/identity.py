@@ -27,6 +27,7 @@ import fcntl
 import grp
 import os
 import pwd
+import secrets
 import stat
 import threading
 
@@ -157,7 +158,9 @@ def _lock_dir(path: str) -> int:
     return fd
 
 
-_cursor = 0
+# Where this process starts looking: random, so processes started one after
+# another do not all reuse the first uid of the range.
+_cursor = secrets.randbelow(1 << 16)
 _cursor_lock = threading.Lock()
 
 

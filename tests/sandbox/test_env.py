@@ -93,4 +93,4 @@ def test_noether_run_env_refuses_them_with_the_code(tmp_path: Path) -> None:
                            '{"name": "LD_AUDIT"}', "--env", "LD_AUDIT=/tmp/evil.so"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2, (done.stdout, done.stderr)
-    assert json.loads(done.stderr)["error"]["code"] == "env_not_allowed"
+    assert json.loads(done.stdout)["error"]["code"] == "env_not_allowed"
