@@ -75,6 +75,9 @@ class NixSettings(_Section):
 
 
 class SandboxSettings(_Section):
+    allow_without_limits: Annotated[bool, _d(
+        "run sandboxes even where no memory or process-count limit can be enforced (no writable cgroup); "
+        "off, such runs are refused (limits_unavailable) and the daemon does not start")] = False
     profiles_path: Annotated[list[str], _d(
         "directories searched first for sandbox profiles (then /etc/noether/sandboxes, the package)")] = \
         msgspec.field(default_factory=list)
@@ -136,6 +139,7 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
     "NOETHER_BUILD_CONCURRENCY": ("nix", "build_concurrency"),
     "NOETHER_ALLOW_UNPINNED_PIP": ("nix", "allow_unpinned_pip"),
     "NOETHER_SANDBOX_PROFILES": ("sandbox", "profiles_path"),
+    "NOETHER_SANDBOX_WITHOUT_LIMITS": ("sandbox", "allow_without_limits"),
 }
 
 
@@ -171,7 +175,7 @@ def read_file(path: str) -> dict[str, Any]:
 def _env_value(name: str, raw: str) -> Any:
     if name == "NOETHER_SANDBOX_PROFILES":
         return [d for d in raw.split(":") if d]
-    if name in ("NOETHER_LOCAL", "NOETHER_ALLOW_UNPINNED_PIP"):
+    if name in ("NOETHER_LOCAL", "NOETHER_ALLOW_UNPINNED_PIP", "NOETHER_SANDBOX_WITHOUT_LIMITS"):
         return raw.strip().lower() in ("1", "true", "yes", "on")
     return raw
 

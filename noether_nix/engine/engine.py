@@ -35,6 +35,7 @@ from noether_nix.model.effects import EffectKind
 from noether_nix.model.stage import Stage
 from noether_nix.nix.registry import ProgramRegistry
 from noether_nix.sandbox.bwrap import bwrap_works, find_bwrap
+from noether_nix.sandbox.identity import check_grant_access
 from noether_nix.sandbox.policy import Limits
 from noether_nix.sandbox.profile import Profile, load_profile
 from noether_nix.sandbox.supervisor import RunAs
@@ -174,6 +175,9 @@ class Engine:
         when it is cancelled: that one is emitted, stored, and then the
         cancellation goes on."""
         prepared = self.prepare(graph, input, options)
+        if self.isolation_mode(options) == "bwrap":  # root's sandboxes run as noether-sbx users: can they use the grants?
+            check_grant_access(options.allow_read or [], writable=False, run_as=run_as, flag="--allow-read")
+            check_grant_access(options.allow_write or [], writable=True, run_as=run_as, flag="--allow-write")
         run = Interpreter(self, self._dispatch, prepared, options, run_id=run_id or uuid.uuid4().hex, emit=emit,
                           isolation=self.isolation_mode(options), limits=self.limits_for(options),
                           policy=PolicyOptions(allow_effects=options.allow_effects,

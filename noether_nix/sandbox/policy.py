@@ -119,18 +119,26 @@ def _under(path: str, roots: tuple[str, ...]) -> str | None:
 def bind_refusal(path: str, *, writable: bool) -> str | None:
     """Why ``path`` (absolute, normalised) must not become a bind, or None.
 
-    bwrap follows symlinks, so a writable path that goes through one could
-    be swapped for another target between this check and the bind: only
-    real paths are bound writable. (Read-only binds of usr-merged /bin,
-    /lib… stay possible.)"""
-    if path == "/":
-        return "the whole host file system cannot be bound"
-    root = _under(path, _NEVER_WRITE if writable else _NEVER_BIND)
-    if root is not None:
-        return f"{root} cannot be bound {'writable' if writable else 'into a sandbox'}"
+    A refused path stays refused whatever names it: the check applies to
+    the path and to where its symlinks lead (a read grant of a link to ``/``
+    or ``/proc`` is a grant of ``/`` or ``/proc``). bwrap would follow a
+    symlink, so a writable path that goes through one could be swapped for
+    another target between this check and the bind: only real paths are
+    bound writable. (Read-only binds are resolved once, deliberately, and
+    bound by fd: ``bwrap.open_bind_fds``.) A Nix store path must stay in
+    the store."""
     real = os.path.realpath(path)
+    for p in dict.fromkeys((path, real)):
+        via = "" if p == path else f" (it leads to {real})"
+        if p == "/":
+            return f"the whole host file system cannot be bound{via}"
+        root = _under(p, _NEVER_WRITE if writable else _NEVER_BIND)
+        if root is not None:
+            return f"{root} cannot be bound {'writable' if writable else 'into a sandbox'}{via}"
     if writable and real != path:
         return f"it goes through a symlink (it is really {real}); name the real path"
+    if _under(path, ("/nix/store",)) and not _under(real, ("/nix/store",)):
+        return f"it is a store path that leads out of the store (to {real})"
     return None
 
 

@@ -265,7 +265,7 @@ class Daemon:
 
 def run_daemon(config: Settings) -> int:
     setup(config.log_level)
-    _take_host()
+    _take_host(require_limits=not config.sandbox.allow_without_limits)
     listeners = systemd.listen_fds()
     path = None
     if not listeners:
@@ -281,7 +281,7 @@ def run_daemon(config: Settings) -> int:
     return 0
 
 
-def _take_host() -> None:
+def _take_host(*, require_limits: bool) -> None:
     """Move into the delegated cgroup's leaf (v2), then refuse to start on a
     host whose Nix store or limits are unusable (``server/preflight.py``)."""
     from noether_nix.sandbox.delegation import claim_v2
@@ -291,7 +291,7 @@ def _take_host() -> None:
     if delegated is not None:
         log.info("cgroup_delegated", cgroup=str(delegated))
     try:
-        refuse_if_unusable()
+        refuse_if_unusable(require_limits=require_limits)
     except NoetherError as e:
         systemd.notify(f"STATUS={e}")
         raise

@@ -20,6 +20,7 @@ from noether_nix.engine.engine import Engine, RunOptions, RunResult
 from noether_nix.engine.events import Event, StageOutput
 from noether_nix.errors import NoetherError
 from tests.engine.conftest import AddStage, graph
+from tests.sandbox_access import share_with_sandbox
 
 
 def stage(name: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -115,7 +116,8 @@ async def test_timeout_and_race_stop_the_slow_sandbox(engine: Engine, add: AddSt
 # ------------------------------------------------------------ files
 
 
-async def test_read_file_sees_only_what_the_run_grants(engine: Engine, tmp_path: Path) -> None:
+async def test_read_file_sees_only_what_the_run_grants(engine: Engine, shared_tmp: Path) -> None:
+    tmp_path = shared_tmp  # root's sandboxes run as noether-sbx users: grant what they can reach
     granted = tmp_path / "granted"
     granted.mkdir()
     (granted / "a.txt").write_text("héllo")
@@ -132,7 +134,8 @@ async def test_read_file_sees_only_what_the_run_grants(engine: Engine, tmp_path:
            "path_not_granted")
 
 
-async def test_write_file_writes_only_under_a_write_grant(engine: Engine, tmp_path: Path) -> None:
+async def test_write_file_writes_only_under_a_write_grant(engine: Engine, shared_tmp: Path) -> None:
+    tmp_path = shared_tmp  # group noether-sbx may write here
     target = tmp_path / "out.txt"
     failed(await run(engine, "write_file", {"path": str(target), "content": "x"}, allow_read=[str(tmp_path)]),
            "path_not_granted")
@@ -344,8 +347,10 @@ async def test_grants_no_sandbox_may_get_are_refused_before_the_run(engine: Engi
     assert refused.value.code == "invalid_grant" and why in refused.value.message
 
 
-async def test_a_write_grant_through_a_symlink_is_refused(engine: Engine, tmp_path: Path) -> None:
+async def test_a_write_grant_through_a_symlink_is_refused(engine: Engine, shared_tmp: Path) -> None:
+    tmp_path = shared_tmp
     (tmp_path / "real").mkdir()
+    share_with_sandbox(tmp_path / "real", writable=True)
     (tmp_path / "link").symlink_to(tmp_path / "real")
     with pytest.raises(NoetherError) as refused:
         await run(engine, "write_file", {"path": str(tmp_path / "link" / "f"), "content": "x"},

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests.sandbox_access import share_with_sandbox
 from tests.server.test_daemon_cli import start_daemon, stop
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -199,6 +200,7 @@ def test_every_example_runs_the_same(both: Both, local_server: str) -> None:
     base = Path("/var/tmp/noether-example")  # files.json's paths
     shutil.rmtree(base, ignore_errors=True)
     (base / "out").mkdir(parents=True)
+    share_with_sandbox(base / "out", writable=True)  # as the example's description says, for root
     (base / "in.txt").write_text("hello files\n")
     cases = example_cases(local_server)
     assert set(cases) == {p.name for p in EXAMPLES.glob("*.json")}, "a new example needs a parity case"
