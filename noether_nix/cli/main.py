@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from noether_nix import __version__
-from noether_nix.cli import remote
+from noether_nix.cli import registry_cmds, remote
 from noether_nix.cli.envelope import CommandResult, Invocation, dump, error_envelope, ok_envelope
 from noether_nix.errors import NoetherError
 
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.register(sub)
     daemon_cmds.register(sub)
     store_cmds.register(sub)
+    registry_cmds.register(sub)
     return p
 
 
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if sock == "":
             raise NoetherError("usage", "--socket needs a path", exit_code=2)
+        argv = registry_cmds.configure_from_argv(argv)  # --registry URL, anywhere on the line
         parser = build_parser()
         args = parser.parse_args(argv)
         inv.command = getattr(args, "command", args.cmd)

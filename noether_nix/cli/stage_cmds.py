@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from noether_nix.cli import remote
+from noether_nix.cli import registry_cmds, remote
 from noether_nix.cli.common import open_store, read_json_file
 from noether_nix.cli.envelope import CommandResult
 from noether_nix.model.stage import stage_from_spec, stage_to_json
@@ -52,6 +52,8 @@ def register(sub: Any) -> None:
     p = stage.add_parser("test", help="run stages on their own examples (all Active stages, or those REF names)")
     p.add_argument("ref", nargs="?")
     p.set_defaults(handler=cmd_test, command="stage test")
+
+    registry_cmds.extend_stage_commands(stage)  # search, sync; list/get/add/lifecycle merge a registry
 
 
 def cmd_add(args: argparse.Namespace) -> Any:
