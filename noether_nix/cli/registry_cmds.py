@@ -223,7 +223,6 @@ def _local_stages() -> list[Any]:
 
 
 def cmd_search(args: argparse.Namespace) -> Any:
-    from noether_nix.registry import search
     from noether_nix.registry.backend import memory_index
 
     if not args.query.strip():
@@ -242,16 +241,44 @@ def cmd_search(args: argparse.Namespace) -> Any:
                                                               "lifecycle": args.lifecycle})
     except NoetherError as e:
         error = e
-    rows: dict[str, dict[str, Any]] = {r["id"]: dict(r, origin="local") for r in local["results"]}
-    for r in remote.get("results", []):
-        if isinstance(r, dict) and isinstance(r.get("id"), str):
-            rows.setdefault(r["id"], dict(r, origin=reg.url))  # local shadows remote
-    fused = search.fuse([("text", [r["id"] for r in local["results"]]),
-                         ("text", [r["id"] for r in remote.get("results", []) if isinstance(r, dict)])])
-    results = [dict(rows[sid], score=round(score * 1000, 3)) for sid, score, _ in fused if sid in rows]
+    theirs = [dict(r, origin=reg.url) for r in remote.get("results", [])
+              if isinstance(r, dict) and isinstance(r.get("id"), str)]
+    results = merge_ranked([dict(r, origin="local") for r in local["results"]], theirs)
     data = {"query": args.query, "results": results[:args.limit], "count": min(len(results), args.limit),
             "registry": {"url": reg.url, "mode": remote.get("mode")}}
     return CommandResult(data, error) if error else data
+
+
+def merge_ranked(mine: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Merge two ranked result lists, keeping each one's order where they share stages
+    (the registry ranks stages the local store lacks against the ones it has), by
+    score otherwise; a local row shadows the remote row with the same id."""
+    pos_mine = {r["id"]: i for i, r in enumerate(mine)}
+    pos_theirs = {r["id"]: i for i, r in enumerate(theirs)}
+    out: list[dict[str, Any]] = []
+    done: set[str] = set()
+    i = j = 0
+    while True:
+        while i < len(mine) and mine[i]["id"] in done:
+            i += 1
+        while j < len(theirs) and theirs[j]["id"] in done:
+            j += 1
+        a = mine[i] if i < len(mine) else None
+        b = theirs[j] if j < len(theirs) else None
+        if a is None and b is None:
+            return out
+        if a is None or b is None:
+            pick = a or b
+        elif a["id"] == b["id"] or pos_mine.get(b["id"], -1) > i:
+            pick = a  # the same stage, or ours ranks it above their head
+        elif pos_theirs.get(a["id"], -1) > j:
+            pick = b  # they rank their head above ours
+        else:
+            pick = a if float(a.get("score", 0)) >= float(b.get("score", 0)) else b
+        assert pick is not None
+        row = mine[pos_mine[pick["id"]]] if pick["id"] in pos_mine else pick
+        out.append(row)
+        done.add(pick["id"])
 
 
 # ---------------------------------------------------------------- writing

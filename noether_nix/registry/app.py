@@ -217,6 +217,10 @@ class RegistryApp:
             return _fail(e), route
         except RecursionError:
             return _fail(NoetherError("validation_failed", "the request is nested too deeply")), route
+        except Exception:  # a bug must cost one request, never the server
+            log.exception("request_failed", method=method, route=route)
+            self.metrics.counters["internal_errors"] += 1
+            return _fail(NoetherError("internal_error", "internal error; the registry's log has the details")), route
 
     # ------------------------------------------------------------ routing
 

@@ -298,7 +298,9 @@ class Backend:
         for kind in ("text", "signature", "examples"):
             scored = [(cosine(qv, self._vectors[i][kind]), i) for i in ids if kind in self._vectors.get(i, {})]
             scored.sort(key=lambda p: (-p[0], p[1]))
-            out.append((f"{kind}:embedding", [i for _, i in scored[:search.PER_INDEX]]))
+            # Only the near neighbours: a list that ranked every stage would add noise to every result.
+            floor = max(0.0, scored[0][0] * search.EMBEDDING_FLOOR) if scored else 0.0
+            out.append((f"{kind}:embedding", [i for c, i in scored[:search.PER_INDEX] if c > floor]))
         return out
 
     # ------------------------------------------------------------ bulk

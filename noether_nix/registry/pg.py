@@ -53,7 +53,7 @@ class PgConnection:
                                path=redact(self.url)) from None
 
     def _live(self) -> psycopg.Connection[Any]:
-        if self._conn.closed and not self._in_txn:
+        if (self._conn.closed or self._conn.broken) and not self._in_txn:
             self._conn = self._connect()
         return self._conn
 

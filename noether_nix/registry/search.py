@@ -28,6 +28,8 @@ RRF_K = 60
 WEIGHTS = {"text": 0.5, "signature": 0.3, "examples": 0.2}
 #: How many results each index contributes to the fusion.
 PER_INDEX = 100
+#: An embedding ranking keeps the stages at least this similar, relative to its best.
+EMBEDDING_FLOOR = 0.5
 MAX_QUERY_TERMS = 16
 MAX_QUERY_CHARS = 512
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
