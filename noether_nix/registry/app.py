@@ -197,7 +197,7 @@ class RegistryApp:
         route = _route_name(parts)
         try:
             with trio.fail_after(self.config.request_timeout_s):
-                body = await self._read_body(scope, receive) if method in ("POST", "PUT", "PATCH", "DELETE") else b""
+                body = await self._read_body(scope, receive)
         except trio.TooSlowError:
             self.metrics.counters["timeouts"] += 1
             return _fail(NoetherError("request_timeout", "the request body was not sent in time")), route

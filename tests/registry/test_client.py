@@ -122,3 +122,28 @@ def test_search_pieces() -> None:
     exact = search.rerank_signature(search.parse_query("Text -> Number"),
                                     [("x", "record text", "number"), ("y", "text", "number"), ("z", "text", "list")])
     assert exact[0] == "y"
+
+
+def test_the_client_against_a_real_registry(registry: Any, tmp_path: Path) -> None:
+    from tests.registry.conftest import API_KEY
+
+    reader = RegistryClient(registry.url)
+    writer = RegistryClient(registry.url + "/", api_key=API_KEY)
+    assert reader.health()["store"]["total_stages"] > 50
+    everything = reader.list_stages("active")  # pages of 200 until the total
+    assert len(everything) == reader.health()["store"]["by_lifecycle"]["Active"]
+    stage = signed_stage_json(spec("client_made", "Published by the client"), tmp_path)
+    with pytest.raises(NoetherError) as e:
+        reader.publish(stage)
+    assert e.value.code == "registry_unauthorized"
+    assert writer.publish(stage)["is_new"] is True
+    got = reader.get_stage("client_made")
+    assert got is not None and got.id == stage["id"] and got.state == "Active"
+    assert reader.get_stage("no_such_stage") is None
+    assert reader.search("client")["results"][0]["id"] == stage["id"]
+    assert writer.change_lifecycle(stage["id"], "tombstone")["lifecycle"] == "tombstone"
+    assert [s.id for s in reader.list_stages("tombstone")] == [stage["id"]]
+    assert writer.delete(stage["id"])["deleted"] is True
+    with pytest.raises(NoetherError) as e:
+        writer.delete(stage["id"])
+    assert e.value.code == "registry_not_found"

@@ -60,3 +60,23 @@ def test_registry_only_stage_runs_then_runs_offline(start_registry: Any, tmp_pat
     missing = graph(tmp_path / "missing.json", "never_published")
     rc, _, err = noether("run", str(missing), "--input", "1", home=reader, env=env, check_rc=1)
     assert err["error"]["code"] == "registry_unreachable" and reg.url in err["error"]["message"]
+
+
+def test_a_daemon_resolves_from_its_registry(start_registry: Any, tmp_path: Path) -> None:
+    from tests.server.test_daemon_cli import start_daemon, stop
+
+    reg = start_registry({})
+    f = tmp_path / "negate.json"
+    f.write_text(json.dumps(spec("registry_negate", "Negate a number", "def execute(x):\n    return -x\n",
+                                 examples=[{"input": 2, "output": -2}])))
+    noether("stage", "add", str(f), home=tmp_path / "publisher",
+            env={"NOETHER_REGISTRY": reg.url, "NOETHER_API_KEY": API_KEY})
+    g = graph(tmp_path / "g.json", "registry_negate")
+    sock = tmp_path / "d.sock"
+    daemon = start_daemon(tmp_path / "daemon-home", sock, env={"NOETHER_REGISTRY": reg.url})
+    try:
+        # The CLI has no registry of its own: the daemon's configuration resolves the stage.
+        _, out, _ = noether("--socket", str(sock), "run", str(g), "--input", "7", "--json", home=tmp_path / "client")
+        assert out["data"]["output"] == -7
+    finally:
+        stop(daemon)
