@@ -143,7 +143,12 @@ class Backend:
             raise NoetherError("validation_failed", "; ".join(problems), path=stage.id,
                                details={"problems": problems})
         warnings: list[str] = []
-        if verify_id(stage.id, stage.ed25519_signature, stage.signer_public_key) is SignatureStatus.UNSIGNED:
+        signed = verify_id(stage.id, stage.ed25519_signature, stage.signer_public_key) is SignatureStatus.VALID
+        existing = self.store.get(stage.id)
+        if signed and existing is not None and verify_id(
+                existing.id, existing.ed25519_signature, existing.signer_public_key) is SignatureStatus.UNSIGNED:
+            return self._adopt_signature(existing, stage, draft=draft)
+        if not signed:
             if not self.allow_unsigned_active:
                 warnings.append("the stage is unsigned: stored as a Draft, and this registry does not "
                                 "activate unsigned stages")
@@ -155,6 +160,21 @@ class Backend:
         self.index(stage)
         return Submission(id=stage.id, is_new="note" not in out, lifecycle=out["lifecycle"],
                           supersedes=out.get("supersedes", []), warnings=warnings)
+
+    def _adopt_signature(self, existing: Stage, stage: Stage, *, draft: bool) -> Submission:
+        """The signed upload of a stage stored unsigned (a spec file posted with curl):
+        the stored copy takes the signature (not part of the id, so the content
+        address holds), and a Draft kept back for want of one is activated."""
+        content = stage_to_json(stage)
+        content.pop("lifecycle", None)
+        with write_txn(self.conn) as c:
+            c.execute("UPDATE stages SET content = ? WHERE id = ?",
+                      (json.dumps(content, ensure_ascii=False, separators=(",", ":")), stage.id))
+        out: dict[str, Any] = {"lifecycle": existing.state.lower()}
+        if existing.state == "Draft" and not draft:
+            out = svc.change_lifecycle(self.store, stage.id, "Active", registry=cast(Any, _NoPrograms()))
+        return Submission(id=stage.id, is_new=False, lifecycle=out["lifecycle"], supersedes=out.get("supersedes", []),
+                          warnings=["the stored copy was unsigned: it now carries this signature"])
 
     def change_lifecycle(self, ref: str, to: str, successor: str | None) -> dict[str, Any]:
         if to.lower() not in ("active", "deprecated", "tombstone"):

@@ -147,3 +147,25 @@ def test_the_client_against_a_real_registry(registry: Any, tmp_path: Path) -> No
     with pytest.raises(NoetherError) as e:
         writer.delete(stage["id"])
     assert e.value.code == "registry_not_found"
+
+
+def test_a_registry_stage_answers_what_local_stages_no_longer_do(hostile: Hostile, tmp_path: Path,
+                                                               no_source: None) -> None:
+    from noether_nix.model.stage import stage_from_json
+
+    mine = signed_stage_json(spec("retired", "Mine, tombstoned", "def execute(x):\n    return 2\n"), tmp_path)
+    theirs = signed_stage_json(spec("retired", "The registry's", "def execute(x):\n    return 3\n"), tmp_path)
+    local = StageStore(tmp_path / "local.db")
+    local.add(stage_from_json({**mine, "lifecycle": "Active"}))
+    local.transition(mine["id"], "Tombstone")
+    with pytest.raises(NoetherError) as e:
+        resolve_ref(local, "retired", "signature", "root", [])
+    assert e.value.code == "stage_not_found"
+    hostile.answer = {"ok": True, "result": {**theirs, "lifecycle": "Active"}}
+    set_remote_source(RegistrySource(RegistryClient(hostile.url), RegistryCache(hostile.url, tmp_path / "c.db")))
+    assert resolve_ref(local, "retired", "signature", "root", []).id == theirs["id"]
+    # The same id locally tombstoned stays tombstoned: the local copy shadows the registry's.
+    hostile.answer = {"ok": True, "result": {**mine, "lifecycle": "Active"}}
+    with pytest.raises(NoetherError) as e:
+        resolve_ref(local, mine["id"], "signature", "root", [])
+    assert e.value.code == "stage_tombstoned"

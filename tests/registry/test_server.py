@@ -87,7 +87,7 @@ def test_validation_failures_give_reasons(registry: Registry, tmp_path: Path) ->
     assert status == 400 and doc["error"]["code"] == "VALIDATION_FAILED"
 
 
-def test_unsigned_spec_files_stay_drafts(registry: Registry) -> None:
+def test_unsigned_spec_files_stay_drafts(registry: Registry, tmp_path: Path) -> None:
     # What the Building Custom Stages guide posts with curl: a spec file, unsigned.
     status, doc = publish(registry, spec("curl_posted", "Posted with curl"))
     assert status == 201 and doc["result"]["lifecycle"] == "draft" and doc["result"]["warnings"]
@@ -96,6 +96,13 @@ def test_unsigned_spec_files_stay_drafts(registry: Registry) -> None:
     assert status == 400 and "no valid signature" in doc["error"]["message"]
     listed = curl(f"{registry.url}/stages?lifecycle=draft")[1]["result"]
     assert [s["id"] for s in listed["stages"]] == [sid] and listed["total"] == 1
+    # The same stage uploaded signed (what `noether stage add` sends) takes the signature and is activated.
+    signed = signed_stage_json(spec("curl_posted", "Posted with curl"), tmp_path)
+    assert signed["id"] == sid
+    status, doc = publish(registry, signed)
+    assert status == 200 and doc["result"]["is_new"] is False and doc["result"]["lifecycle"] == "active"
+    got = curl(f"{registry.url}/stages/{sid}")[1]["result"]
+    assert got["ed25519_signature"] == signed["ed25519_signature"] and got["lifecycle"] == "Active"
 
 
 def test_auto_deprecation_and_lifecycle(registry: Registry, tmp_path: Path) -> None:
