@@ -159,7 +159,25 @@ async def serve(config: RegistryConfig, *, task_status: Any = trio.TASK_STATUS_I
         backend.close()
 
 
+def _leaves(e: BaseException) -> list[BaseException]:
+    if isinstance(e, BaseExceptionGroup):
+        return [leaf for sub in e.exceptions for leaf in _leaves(sub)]
+    return [e]
+
+
 def run_registry(config: RegistryConfig) -> int:
     configure_logging()
-    trio.run(serve, config)
+    try:
+        trio.run(serve, config)
+    except BaseExceptionGroup as group:
+        # Failures inside the server's nursery arrive grouped: say the one that matters.
+        leaves = _leaves(group)
+        for leaf in leaves:
+            if isinstance(leaf, NoetherError):
+                raise leaf from None
+        for leaf in leaves:
+            if isinstance(leaf, OSError):
+                raise NoetherError("bind_failed", f"cannot listen there: {leaf.strerror or leaf}",
+                                   path=config.bind, hint="choose another --bind / NOETHER_BIND") from None
+        raise
     return 0

@@ -50,8 +50,15 @@ class PgCluster:
                     break
         self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--locale=C", "-E", "UTF8",
                  "--no-sync")
+        self.start()
+
+    def start(self) -> None:
         opts = f"-k {self.dir} -c listen_addresses='' -c fsync=off -c full_page_writes=off -c max_connections=60"
         self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-o", opts, "-w", "-t", "60", "start")
+
+    def halt(self) -> None:
+        """Stop the server, keeping its data (``start`` brings it back)."""
+        self._pg("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "60", "stop")
 
     def _pg(self, tool: str, *args: str) -> None:
         cmd = [str(self.bin / tool), *args]
