@@ -35,6 +35,7 @@ Runner = Callable[[Any, Any, bool, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
 MAX_OFFSET = 10**9
+MAX_QUERY_FIELDS = 32
 SEARCH_DEFAULT, SEARCH_MAX = 20, 200
 # Wire codes (upstream's four, and the ones for what upstream's routes never say).
 _WIRE: dict[str, tuple[int, str]] = {
@@ -193,8 +194,11 @@ class RegistryApp:
         raw_path = scope.get("raw_path") or scope.get("path", "/").encode()
         path = raw_path.decode("latin-1").split("?", 1)[0]
         parts = [unquote(p, errors="replace") for p in path.strip("/").split("/") if p] if path != "/" else []
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), max_num_fields=32)
         route = _route_name(parts)
+        try:
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"), max_num_fields=MAX_QUERY_FIELDS)
+        except ValueError:
+            return _fail(NoetherError("validation_failed", f"more than {MAX_QUERY_FIELDS} query parameters")), route
         try:
             with trio.fail_after(self.config.request_timeout_s):
                 body = await self._read_body(scope, receive)
