@@ -48,13 +48,18 @@ def reader_store(config: RegistryConfig) -> Any:
 
 def load_stages_dir(backend: Backend, directory: str) -> dict[str, Any]:
     """Every ``*.json`` spec under ``directory``, through the same add path as POST /stages."""
-    from noether_nix.cli.common import read_json_file
+    import msgspec
+
     from noether_nix.model.stage import stage_from_spec
 
     added, present, failed = 0, 0, []
     for path in sorted(Path(directory).rglob("*.json")):
         try:
-            stage = stage_from_spec(read_json_file(str(path), what="spec file"), path=str(path))
+            try:
+                doc = msgspec.json.decode(path.read_bytes())
+            except (OSError, msgspec.DecodeError) as e:
+                raise NoetherError("invalid_json", f"cannot read the spec file: {e}", path=str(path)) from None
+            stage = stage_from_spec(doc, path=str(path))
             result = backend.add(stage)
         except NoetherError as e:
             failed.append({"file": str(path), "error": e.to_dict()})
