@@ -53,6 +53,7 @@ _WIRE: dict[str, tuple[int, str]] = {
     "store_unavailable": (503, "UNAVAILABLE"),
     "internal_error": (500, "INTERNAL_ERROR"),
 }
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _ALLOWED_RUN_OPTIONS = {"budget_cents", "allow_effects", "allow_capabilities", "timeout_secs",
                         "max_output_bytes", "optimize", "cache", "allow_unsigned", "refinement_checks"}
 
@@ -78,7 +79,8 @@ class Metrics:
         self.started = time.time()
 
     def observe(self, method: str, route: str, status: int, ms: float) -> None:
-        key = (method, route, status)
+        # Labels from a fixed set: a client inventing methods must not grow this table.
+        key = (method if method in _METHODS else "OTHER", route, status)
         self.requests[key] = self.requests.get(key, 0) + 1
         self.duration_ms[route] = self.duration_ms.get(route, 0.0) + ms
 

@@ -148,6 +148,14 @@ def test_malformed_http_and_the_server_lives_on(fuzz_registry: Registry) -> None
         if answer:
             assert not answer.startswith(b"HTTP/1.1 5"), (raw[:60], answer[:200])
     assert fuzz_registry.alive()
+    # Invented methods do not grow the metrics: they count as OTHER.
+    for i in range(3):
+        with socket.create_connection(("127.0.0.1", fuzz_registry.port), timeout=15) as s:
+            s.sendall(f"FOO{i} /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
+            while s.recv(65536):
+                pass
+    metrics = curl(f"{fuzz_registry.url}/metrics")[1]
+    assert "FOO" not in metrics and 'method="OTHER",route="/health",status="405"} 3' in metrics
     # Query strings the parser refuses (too many fields) are the client's error.
     status, doc = curl(f"{fuzz_registry.url}/stages?" + "&".join(["a=1"] * 40))
     assert status == 400 and doc["error"]["code"] == "VALIDATION_FAILED"
