@@ -268,7 +268,7 @@ class _CacheLayer:
     def get(self, stage_id: str) -> Stage | None:
         found = self.cache.get(stage_id)
         if found is None and _FULL_ID.match(stage_id):
-            fetched = self.source.client.get_stage(stage_id)
+            fetched = self.source._fetch(stage_id)
             if fetched is not None and fetched.id == stage_id:
                 found = self.source.cache.remember(fetched)
         return found
@@ -287,12 +287,31 @@ class _CacheLayer:
 
 
 class RegistrySource:
-    """Resolution's fallback to a registry (``store.remote.RemoteSource``)."""
+    """Resolution's fallback to a registry (``store.remote.RemoteSource``).
 
-    def __init__(self, client: RegistryClient, cache: RegistryCache | None = None) -> None:
+    A registry found unreachable is not asked again for ``retry_after_s``:
+    the references after the first go straight to the cache, so a graph (or
+    a daemon's runs) does not wait out a timeout per reference."""
+
+    def __init__(self, client: RegistryClient, cache: RegistryCache | None = None, *,
+                 retry_after_s: float = 30.0) -> None:
         self.client = client
         self.origin = client.url
         self.cache = cache or RegistryCache(client.url)
+        self.retry_after_s = retry_after_s
+        self._down: tuple[float, NoetherError] | None = None
+
+    def _fetch(self, ref: str) -> Stage | None:
+        if self._down is not None and time.monotonic() < self._down[0]:
+            raise self._down[1]
+        try:
+            found = self.client.get_stage(ref)
+        except NoetherError as e:
+            if e.code == "registry_unreachable":
+                self._down = (time.monotonic() + self.retry_after_s, e)
+            raise
+        self._down = None
+        return found
 
     def lookup(self, local: StageLookup, ref: str) -> tuple[StageLookup, list[tuple[str, str]]]:
         notes: list[tuple[str, str]] = []
@@ -300,7 +319,7 @@ class RegistrySource:
         if cached is None:
             # A name, prefix or signature id may mean a newer stage now: ask the registry first.
             try:
-                fetched = self.client.get_stage(ref)
+                fetched = self._fetch(ref)
             except NoetherError as e:
                 if e.code != "registry_unreachable":
                     raise

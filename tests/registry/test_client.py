@@ -169,3 +169,34 @@ def test_a_registry_stage_answers_what_local_stages_no_longer_do(hostile: Hostil
     with pytest.raises(NoetherError) as e:
         resolve_ref(local, mine["id"], "signature", "root", [])
     assert e.value.code == "stage_tombstoned"
+
+
+def test_an_unreachable_registry_is_not_asked_per_reference(tmp_path: Path, no_source: None) -> None:
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    client = RegistryClient(url)
+    calls = []
+    real = client.get_stage
+
+    def counting(ref: str) -> Any:
+        calls.append(ref)
+        return real(ref)
+
+    client.get_stage = counting  # type: ignore[method-assign]
+    source = RegistrySource(client, RegistryCache(url, tmp_path / "c.db"), retry_after_s=60)
+    set_remote_source(source)
+    local = StageStore(tmp_path / "local.db")
+    for ref in ("one", "two", "three"):
+        with pytest.raises(NoetherError) as e:
+            resolve_ref(local, ref, "signature", "root", [])
+        assert e.value.code == "registry_unreachable" and url in e.value.message
+    assert calls == ["one"]
+    assert source._down is not None
+    source._down = (time.monotonic() - 1, source._down[1])  # the minute has passed
+    with pytest.raises(NoetherError):
+        resolve_ref(local, "four", "signature", "root", [])
+    assert calls == ["one", "four"]
