@@ -83,6 +83,15 @@ class SandboxSettings(_Section):
         msgspec.field(default_factory=list)
 
 
+class RegistrySettings(_Section):
+    url: Annotated[str | None, _d(
+        "a stage registry merged with the local store: listed, searched, and resolved from when the store "
+        "lacks a stage (fetched stages are verified and cached); null: none")] = None
+    api_key: Annotated[str | None, _d(
+        "the registry key: with it, stage add / sync / lifecycle changes go to the registry")] = None
+    timeout_s: Annotated[float, _d("seconds one registry request may take")] = 30.0
+
+
 class Settings(_Section):
     # ---- where things are
     home: Annotated[str | None, _d(
@@ -126,6 +135,8 @@ class Settings(_Section):
         msgspec.field(default_factory=EngineSettings)
     nix: Annotated[NixSettings, _d("Nix: runtimes and builds")] = msgspec.field(default_factory=NixSettings)
     sandbox: Annotated[SandboxSettings, _d("sandbox profiles")] = msgspec.field(default_factory=SandboxSettings)
+    registry: Annotated[RegistrySettings, _d("a remote stage registry (noether registry serve)")] = \
+        msgspec.field(default_factory=RegistrySettings)
 
 
 #: Environment variables and the setting each one sets (a path into the tree).
@@ -140,6 +151,9 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
     "NOETHER_ALLOW_UNPINNED_PIP": ("nix", "allow_unpinned_pip"),
     "NOETHER_SANDBOX_PROFILES": ("sandbox", "profiles_path"),
     "NOETHER_SANDBOX_WITHOUT_LIMITS": ("sandbox", "allow_without_limits"),
+    "NOETHER_REGISTRY": ("registry", "url"),
+    "NOETHER_API_KEY": ("registry", "api_key"),
+    "NOETHER_REGISTRY_TIMEOUT_S": ("registry", "timeout_s"),
 }
 
 

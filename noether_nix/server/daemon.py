@@ -271,6 +271,12 @@ def run_daemon(config: Settings) -> int:
     if not listeners:
         path = config.socket or default_socket()
         listeners = [bind_socket(path, config.socket_mode)]
+    if config.registry.url:  # stages the store lacks resolve from the registry (verified, cached)
+        from noether_nix.registry.client import RegistryClient, RegistrySource
+        from noether_nix.store.remote import set_remote_source
+
+        set_remote_source(RegistrySource(RegistryClient(config.registry.url, config.registry.api_key,
+                                                        timeout=config.registry.timeout_s)))
     daemon = Daemon(config)
     try:
         trio.run(daemon.serve, listeners)

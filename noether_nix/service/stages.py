@@ -88,20 +88,23 @@ def stage_rows(store: StageStore, *, lifecycle: str = "active", tags: Iterable[s
     for tag in tags:
         stages = [s for s in stages if tag in s.tags]
     stages.sort(key=lambda s: (s.description, s.id))
-    rows = []
-    for s in stages:
-        row: dict[str, Any] = {
-            "id": s.id if full_ids else s.id[:8],
-            "name": s.name,
-            "description": s.description,
-            "signature": signature_text(s),
-            "effects": s.effects.display(),
-            "lifecycle": s.state,
-        }
-        if s.tags:
-            row["tags"] = s.tags
-        rows.append(row)
+    rows = [stage_row(s, full_ids=full_ids) for s in stages]
     return {"stages": rows, "count": len(rows)}
+
+
+def stage_row(s: Stage, *, full_ids: bool = False) -> dict[str, Any]:
+    """One row of `stage list`."""
+    row: dict[str, Any] = {
+        "id": s.id if full_ids else s.id[:8],
+        "name": s.name,
+        "description": s.description,
+        "signature": signature_text(s),
+        "effects": s.effects.display(),
+        "lifecycle": s.state,
+    }
+    if s.tags:
+        row["tags"] = s.tags
+    return row
 
 
 def change_lifecycle(ctx: Context, p: Lifecycle) -> dict[str, Any]:
