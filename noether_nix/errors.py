@@ -75,7 +75,7 @@ CATALOGUE: dict[str, Code] = {
     "patchelf_missing": _HOST, "runtime_unavailable": _HOST, "runtime_broken": _HOST,
     "requirements_fetch_failed": _HOST, "invalid_runtime_source": Code(1, 500), "seccomp_unavailable": _HOST,
     "sandbox_uids_unavailable": _HOST, "sandbox_users_busy": _BUSY,
-    "store_unavailable": _HOST, "bad_author_key": Code(1, 500), "author_key_unavailable": Code(1, 500), "invalid_profile": Code(1, 500),
+    "store_unavailable": Code(1, 503), "bad_author_key": Code(1, 500), "author_key_unavailable": Code(1, 500), "invalid_profile": Code(1, 500),
     "profile_not_found": Code(1, 500), "daemon_unreachable": Code(1, 502), "daemon_error": Code(3, 502),
     "daemon_required": _INPUT, "internal_error": Code(3, 500),
     "nix_store_unusable": _HOST,
