@@ -79,6 +79,12 @@ CATALOGUE: dict[str, Code] = {
     "profile_not_found": Code(1, 500), "daemon_unreachable": Code(1, 502), "daemon_error": Code(3, 502),
     "daemon_required": _INPUT, "internal_error": Code(3, 500),
     "nix_store_unusable": _HOST,
+    # the registry: its server, and the client that talks to one
+    "bind_failed": Code(1, 500), "conflict": _CONFLICT, "embedding_failed": _HOST, "timeout": Code(1, 504),
+    "unauthorized": Code(1, 401), "validation_failed": Code(1, 422), "already_exists": _CONFLICT,
+    "registry_unreachable": Code(1, 502), "registry_unauthorized": Code(1, 401), "registry_rejected": Code(1, 422),
+    "registry_not_found": _MISSING, "registry_bad_stage": Code(1, 502), "registry_error": Code(1, 502),
+    "not_a_directory": _INPUT, "sync_failed": Code(1, 422),
     # noether service install / uninstall
     "units_missing": Code(1, 500), "service_install_failed": Code(1, 500), "not_installed": _MISSING,
     "invalid_manifest": Code(1, 500), "must_be_root": _INPUT,
