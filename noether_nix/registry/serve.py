@@ -149,7 +149,7 @@ async def serve(config: RegistryConfig, *, task_status: Any = trio.TASK_STATUS_I
 
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(lambda task_status: hypercorn_serve(
-                app, hc, shutdown_trigger=until_signalled, task_status=task_status))
+                app, hc, shutdown_trigger=until_signalled, task_status=task_status))  # type: ignore[arg-type]
             if backend.embeddings is not None:
                 nursery.start_soon(_embed_in_background, app)
             where = redact(config.database_url) if config.database_url else config.store_path

@@ -178,6 +178,37 @@ class RunCgroup:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
 
+    async def drain(self, timeout_s: float = 10.0) -> bool:
+        """Kill everything in the cgroup and wait, on pidfds, until each process
+        has exited (no polling); True once the cgroup is empty. A process
+        forked meanwhile is found on the next pass. Shielded: a sandbox's
+        teardown completes even when its run is cancelled."""
+        import trio
+
+        with trio.CancelScope(shield=True), trio.move_on_after(timeout_s):
+            while pids := self.pids():
+                fds = []
+                for pid in pids:
+                    with contextlib.suppress(OSError):  # gone already, or not ours to see
+                        fds.append(os.pidfd_open(pid))
+                try:
+                    for fd in fds:
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            signal.pidfd_send_signal(fd, signal.SIGKILL)
+                    if self.version == 2:
+                        with contextlib.suppress(OSError):
+                            (self.dirs[""] / "cgroup.kill").write_text("1")
+                    for fd in fds:
+                        await trio.lowlevel.wait_readable(fd)  # readable once the process has exited
+                finally:
+                    for fd in fds:
+                        trio.lowlevel.notify_closing(fd)
+                        os.close(fd)
+                if not fds:  # listed but not openable: exiting this very moment
+                    await trio.sleep(0.01)
+            return True
+        return not self.pids()
+
     def remove(self) -> None:
         # Right after a kill the cgroup may still count dying tasks (EBUSY): retry briefly.
         for d in self.dirs.values():

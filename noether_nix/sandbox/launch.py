@@ -194,6 +194,14 @@ class Launch:
         close_all(self.fds)
         self.fds = []
 
+    async def aclose(self) -> None:
+        """Once the sandbox's own process is gone: kill what is left and wait until
+        it has exited, remove the cgroup, then give the uid back. A run ends
+        only when everything it started is gone."""
+        if self.cgroup is not None:
+            await self.cgroup.drain()
+        self.finish()
+
     def finish(self) -> None:
         """Once the sandbox is gone: kill what is left, remove the cgroup, then give the uid back."""
         self.close_fds()

@@ -126,7 +126,7 @@ class SandboxSession:
             with trio.move_on_after(5):
                 await proc.wait()
             await proc.aclose()
-            self._launch.finish()  # the cgroup goes, then the sandbox uid is given back
+            await self._launch.aclose()  # its processes are gone, the cgroup goes, then the uid is given back
             self._stderr.close()
 
 

@@ -86,7 +86,7 @@ async def run_sandboxed(
     try:
         return await _supervise(launch, stdin, limits, expect_json, started)
     finally:
-        launch.finish()
+        await launch.aclose()
 
 
 async def _supervise(launch: Launch, stdin: bytes, limits: Limits, expect_json: bool, started: float) -> Result:

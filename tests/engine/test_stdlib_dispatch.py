@@ -17,9 +17,10 @@ import pytest
 import trio
 
 from noether_nix.engine.engine import Engine, RunOptions, RunResult
-from noether_nix.engine.events import Event, StageOutput
+from noether_nix.engine.events import Event, StageFinished, StageOutput
 from noether_nix.errors import NoetherError
 from tests.engine.conftest import AddStage, graph
+from tests.processes import own_sandbox_cgroups, own_sandbox_pids, running
 from tests.sandbox_access import share_with_sandbox
 
 
@@ -297,8 +298,24 @@ async def test_process_stages_share_one_sandbox_per_run(engine: Engine) -> None:
         ("wait_process", {"timeout_ms": 5000}),
     ), {}, RunOptions())
     assert ok(res) == {"exited": True, "timed_out": False}
-    # Nothing a run spawned outlives it.
-    assert not [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[:2] == ["sleep", "60"]]
+    # Nothing a run spawned outlives it: the run ended once its process host's cgroup was empty.
+    assert own_sandbox_cgroups() == {}
+
+
+async def test_a_run_ends_only_when_its_spawned_processes_are_gone(engine: Engine) -> None:
+    spawned: set[int] = set()
+
+    async def watch(ev: Event) -> None:
+        if isinstance(ev, StageFinished) and ev.name == "spawn_process" and ev.status == "ok":
+            spawned.update(own_sandbox_pids())  # the process host and the sleep it spawned
+
+    res = await engine.run(process_graph(
+        ("spawn_process", {"cmd": "sleep", "args": ["60"], "cwd": None, "env": None}),
+    ), {}, RunOptions(), emit=watch)
+    assert isinstance(ok(res)["pid"], int)
+    assert len(spawned) >= 2, spawned  # found by cgroup while the run was going
+    assert own_sandbox_cgroups() == {}
+    assert not [pid for pid in spawned if running(pid)]
 
 
 async def test_process_stages_reach_only_their_own_processes(engine: Engine) -> None:
