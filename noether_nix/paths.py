@@ -13,13 +13,13 @@ import os
 import stat
 from pathlib import Path
 
+from noether_nix.settings import settings
+
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 
 
 def noether_home() -> Path:
-    from noether_nix.settings import settings
-
     home = settings().home
     return Path(home) if home else Path.home() / ".noether"
 
@@ -85,8 +85,6 @@ def private_file(path: Path) -> Path:
 def default_socket() -> str:
     """The daemon's socket when none is named (settings ``socket``, ``$NOETHER_SOCKET``):
     per user, or the system one for root."""
-    from noether_nix.settings import settings
-
     named = settings().socket
     if named:
         return named

@@ -17,12 +17,14 @@ import msgspec
 import trio
 
 from noether_nix.errors import NoetherError
+from noether_nix.model.signing import public_key_hex, stdlib_key
 from noether_nix.model.stage import Stage
 from noether_nix.nix.programs import build_stage_program_async
 from noether_nix.nix.registry import ProgramRegistry
 from noether_nix.nix.runtime import ensure_runtime, normalise_language
 from noether_nix.proc import run_sync_killable
 from noether_nix.settings import settings
+from noether_nix.stdlib.registry import ArrowUnavailable, stdlib_program
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -30,9 +32,6 @@ Progress = Callable[[dict[str, Any]], None]
 def _with_program(stage: Stage) -> Stage:
     """A stdlib stage that runs as a sandboxed program, as the engine builds it
     (its program ID and code); any other stage as it is."""
-    from noether_nix.model.signing import public_key_hex, stdlib_key
-    from noether_nix.stdlib.registry import ArrowUnavailable, stdlib_program
-
     if stage.implementation_code is not None or stage.signer_public_key != public_key_hex(stdlib_key()):
         return stage
     try:

@@ -22,6 +22,7 @@ import trio
 
 from noether_nix import __version__
 from noether_nix.errors import NoetherError
+from noether_nix.model.stage import stage_from_spec
 from noether_nix.registry.backend import LIFECYCLES, Backend
 from noether_nix.registry.config import RegistryConfig
 from noether_nix.registry.docs_page import DOCS_HTML
@@ -299,8 +300,6 @@ class RegistryApp:
         raise NoetherError("not_found", f"no route {method} /{'/'.join(parts)}")
 
     async def _publish(self, body: bytes, *, draft: bool) -> _Response:
-        from noether_nix.model.stage import stage_from_spec
-
         doc = _decode(body, Any)
         stage = stage_from_spec(doc, path="body")  # the parser `noether stage add` uses
         result = await self.call_db(self.backend.add, stage, draft=draft)

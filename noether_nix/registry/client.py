@@ -32,6 +32,8 @@ from noether_nix.model.signing import SignatureStatus, verify_id
 from noether_nix.model.stage import Stage, check_identity, stage_from_json
 from noether_nix.paths import noether_home
 from noether_nix.registry.layered import Layered
+from noether_nix.settings import settings
+from noether_nix.store.db import write_txn
 from noether_nix.store.remote import StageLookup
 from noether_nix.store.stages import StageStore
 
@@ -233,8 +235,6 @@ class RegistryCache:
 
     def remember(self, stage: Stage) -> Stage:
         """Cache a verified stage (its lifecycle as the registry reports it now)."""
-        from noether_nix.store.db import write_txn
-
         store = self.store
         if store.get(stage.id) is None:
             store.add(stage)
@@ -339,8 +339,6 @@ class RegistrySource:
 def client_from_env(url: str | None = None, *, timeout: float | None = None) -> RegistryClient | None:
     """A client for ``url`` or the settings' registry ($NOETHER_REGISTRY, with its key
     $NOETHER_API_KEY), or None when neither is set."""
-    from noether_nix.settings import settings
-
     configured = settings().registry
     url = url or configured.url
     if not url:

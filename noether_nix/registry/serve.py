@@ -16,8 +16,15 @@ import structlog
 import trio
 
 from noether_nix.errors import NoetherError
+from noether_nix.model.stage import stage_from_spec
+from noether_nix.registry.app import RegistryApp
 from noether_nix.registry.backend import Backend, PostgresBackend, SqliteBackend
+from noether_nix.registry.compose import CompositionRunner, DatabaseSource
 from noether_nix.registry.config import RegistryConfig
+from noether_nix.server import systemd
+from noether_nix.store.remote import set_remote_source
+from noether_nix.store.stages import StageStore
+from noether_nix.store.stdlib_seed import stdlib_stages
 
 log = structlog.get_logger("noether.registry")
 
@@ -37,8 +44,6 @@ def build_backend(config: RegistryConfig) -> Backend:
 
 def reader_store(config: RegistryConfig) -> Any:
     """A second connection to the registry's stage table (for runs' resolution)."""
-    from noether_nix.store.stages import StageStore
-
     if config.database_url:
         from noether_nix.registry.pg import PgConnection
 
@@ -50,7 +55,6 @@ def load_stages_dir(backend: Backend, directory: str) -> dict[str, Any]:
     """Every ``*.json`` spec under ``directory``, through the same add path as POST /stages."""
     import msgspec
 
-    from noether_nix.model.stage import stage_from_spec
 
     added, present, failed = 0, 0, []
     for path in sorted(Path(directory).rglob("*.json")):
@@ -78,8 +82,6 @@ def prepare(backend: Backend, config: RegistryConfig) -> None:
     """Seed the stdlib, load the stages directory, index what is not: idempotent, so
     every replica does it at start."""
     if config.seed_stdlib:
-        from noether_nix.store.stdlib_seed import stdlib_stages
-
         added = backend.seed(stdlib_stages())
         log.info("stdlib_seeded", added=added)
     if config.stages_dir:
@@ -108,11 +110,7 @@ async def serve(config: RegistryConfig, *, task_status: Any = trio.TASK_STATUS_I
     from hypercorn.config import Config as HypercornConfig
     from hypercorn.trio import serve as hypercorn_serve
 
-    from noether_nix.registry.app import RegistryApp
-    from noether_nix.registry.compose import CompositionRunner, DatabaseSource
     from noether_nix.registry.pg import redact
-    from noether_nix.server import systemd
-    from noether_nix.store.remote import set_remote_source
 
     backend = await trio.to_thread.run_sync(build_backend, config)
     try:

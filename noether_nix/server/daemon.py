@@ -28,10 +28,13 @@ import trio
 from noether_nix.engine.engine import Engine
 from noether_nix.errors import NoetherError
 from noether_nix.logs import get_logger, setup
+from noether_nix.nix.warmup import warmup
 from noether_nix.paths import default_socket
 from noether_nix.sandbox.cgroups import sweep_empty
+from noether_nix.sandbox.delegation import claim_v2
 from noether_nix.server import systemd
 from noether_nix.server.http import HttpConnection
+from noether_nix.server.preflight import refuse_if_unusable
 from noether_nix.server.protocol import ProtocolError, envelope
 from noether_nix.server.routes import Router
 from noether_nix.server.runs import RunManager
@@ -161,8 +164,6 @@ class Daemon:
 
     async def _warmup(self) -> None:
         """Build the programs of all Active stages in the background, bounded."""
-        from noether_nix.nix.warmup import warmup
-
         active = [s for s in self.engine.store.all() if s.state == "Active"]
         self.warmup = {"state": "running", "total": 0, "built": 0, "cached": 0, "failed": []}
 
@@ -290,9 +291,6 @@ def run_daemon(config: Settings) -> int:
 def _take_host(*, require_limits: bool) -> None:
     """Move into the delegated cgroup's leaf (v2), then refuse to start on a
     host whose Nix store or limits are unusable (``server/preflight.py``)."""
-    from noether_nix.sandbox.delegation import claim_v2
-    from noether_nix.server.preflight import refuse_if_unusable
-
     delegated = claim_v2()
     if delegated is not None:
         log.info("cgroup_delegated", cgroup=str(delegated))

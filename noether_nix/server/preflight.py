@@ -16,6 +16,7 @@ import shutil
 import socket
 
 from noether_nix.errors import NoetherError
+from noether_nix.sandbox.cgroups import ROOT, _own_paths, mechanisms
 
 #: EX_CONFIG: the host, not the daemon, needs fixing (noether.service has RestartPreventExitStatus=78).
 EXIT_HOST_UNUSABLE = 78
@@ -80,8 +81,6 @@ def check_nix_store() -> NoetherError | None:
 
 def check_limits() -> NoetherError | None:
     """Is there a writable cgroup for per-run memory and process caps?"""
-    from noether_nix.sandbox.cgroups import ROOT, _own_paths, mechanisms
-
     if mechanisms().get("cgroup") is not None:
         return None
     own = _own_paths()

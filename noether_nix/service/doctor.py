@@ -5,16 +5,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from noether_nix.errors import NoetherError
+from noether_nix.nix.doctor import describe
+from noether_nix.sandbox import landlock
+from noether_nix.sandbox.bwrap import bwrap_version, bwrap_works, find_bwrap
+from noether_nix.sandbox.cgroups import mechanisms
+from noether_nix.sandbox.identity import SANDBOX_GROUP, USER_PREFIX, check_range
+from noether_nix.sandbox.launch import limits_allowed_missing
+from noether_nix.sandbox.profile import load_profile
+from noether_nix.sandbox.seccomp import compile_filter
+
 
 def describe_sandbox() -> dict[str, Any]:
-    from noether_nix.errors import NoetherError
-    from noether_nix.sandbox import landlock
-    from noether_nix.sandbox.bwrap import bwrap_version, bwrap_works, find_bwrap
-    from noether_nix.sandbox.cgroups import mechanisms
-    from noether_nix.sandbox.identity import SANDBOX_GROUP, USER_PREFIX, check_range
-    from noether_nix.sandbox.launch import limits_allowed_missing
-    from noether_nix.sandbox.profile import load_profile
-
     profile = load_profile()
     path = find_bwrap()
     out: dict[str, Any] = {"bwrap": path, "usable": False}
@@ -26,8 +28,6 @@ def describe_sandbox() -> dict[str, Any]:
             peer_ok, peer_why = bwrap_works(path, as_uid=65534)
             out["peer_sandboxes"] = True if peer_ok else f"unavailable: {peer_why}"
     try:
-        from noether_nix.sandbox.seccomp import compile_filter
-
         compile_filter(["ptrace"])
         out["seccomp"] = True
     except Exception as e:  # report, don't crash: this is a diagnostic
@@ -56,6 +56,4 @@ def describe_sandbox() -> dict[str, Any]:
 
 
 def describe_nix() -> dict[str, Any]:
-    from noether_nix.nix.doctor import describe
-
     return describe()
