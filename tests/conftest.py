@@ -12,6 +12,22 @@ import pytest
 from tests.sandbox_access import share_with_sandbox
 
 
+#: The fast tier (`./dev test --fast`): tests that need no Nix build, no sandbox, no
+#: daemon and no database — the model, graphs, the store, the pure stdlib, settings,
+#: and the interpreter against the in-memory executor (tests/fakes.py).
+FAST = ("tests/unit/", "tests/model/", "tests/graph/", "tests/store/", "tests/stdlib/test_pure_examples.py",
+        "tests/stdlib/test_pure_behaviour.py", "tests/stdlib/test_definitions.py",
+        "tests/engine/test_interpreter_fast.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test ``fast`` or ``real`` (real bwrap, Nix, a daemon or a database)."""
+    root = Path(str(config.rootpath))
+    for item in items:
+        rel = str(Path(str(item.path)).relative_to(root))
+        item.add_marker(pytest.mark.fast if rel.startswith(FAST) else pytest.mark.real)
+
+
 @pytest.fixture(autouse=True)
 def noether_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path_factory.mktemp("noether-home")
