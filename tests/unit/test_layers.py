@@ -100,3 +100,9 @@ def test_no_import_cycle() -> None:
     for m in sorted(graph):
         if m not in state:
             visit(m)
+
+
+def test_the_readme_endpoint_table_is_the_endpoint_table() -> None:
+    from noether_nix.service.endpoints import markdown_table
+
+    assert markdown_table() in (PACKAGE.parent / "README.md").read_text()
