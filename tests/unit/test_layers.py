@@ -130,5 +130,5 @@ def test_the_docs_say_where_each_stdlib_stage_runs_as_the_registry_does() -> Non
             listed[n] = runs
     assert set(listed) == set(STDLIB)
     for name, runs in listed.items():
-        in_sandbox = "sandbox" in runs or "process host" in runs
+        in_sandbox = runs.strip().startswith(("a sandbox", "the run's **process host**"))
         assert in_sandbox == STDLIB[name].sandboxed, (name, runs)
