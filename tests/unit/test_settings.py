@@ -42,6 +42,8 @@ def test_toml_works_too(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("doc", "says"), [
     ({"max_run": 3}, "max_run"),  # unknown key: an error naming it
+    ({"max_runz": 3}, "unknown field `max_runz`; did you mean `max_runs`?"),
+    ({"engine": {"timeout_sec": 3}}, "unknown field `timeout_sec` - at `$.engine`; did you mean `timeout_secs`?"),
     ({"engine": {"isolation": "docker"}}, "use one of: auto, bwrap, none"),
     ({"nix": {"build_concurrency": "many"}}, "$.nix.build_concurrency"),
 ])
