@@ -221,20 +221,18 @@ def build(doc: dict[str, Any], environ: dict[str, str] | os._Environ[str] | None
 def _choices(error: str) -> str:
     """", use one of …" when the setting the error is about takes one of a few words;
     "; did you mean `x`?" for a misspelt key."""
+    kind: Any = msgspec.inspect.type_info(Settings)
     if error.startswith("Object contains unknown field `"):
-        key = error[len("Object contains unknown field `"):].partition("`")[0]
+        unknown = error[len("Object contains unknown field `"):].partition("`")[0]
         section = error.partition(" - at `$")[2].rstrip("`").strip(".")
-        kind: Any = msgspec.inspect.type_info(Settings)
         for part in [p for p in section.split(".") if p]:
             while isinstance(kind, msgspec.inspect.Metadata):
                 kind = kind.type
             kind = next((f.type for f in getattr(kind, "fields", ()) if f.encode_name == part), None)
         while isinstance(kind, msgspec.inspect.Metadata):
             kind = kind.type
-        names = [f.encode_name for f in getattr(kind, "fields", ())]
-        return did_you_mean(key, names)
+        return did_you_mean(unknown, [f.encode_name for f in getattr(kind, "fields", ())])
     where = error.rpartition("`$.")[2].rstrip("`").split(".")
-    kind: Any = msgspec.inspect.type_info(Settings)
     for key in where:
         while isinstance(kind, msgspec.inspect.Metadata):
             kind = kind.type

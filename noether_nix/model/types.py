@@ -13,8 +13,8 @@ from typing import Any, Union
 import msgspec
 
 from noether_nix.errors import NoetherError
-from noether_nix.suggest import did_you_mean
 from noether_nix.model.jcs import serde_compact
+from noether_nix.suggest import did_you_mean
 
 _TAG = "kind"
 
