@@ -51,7 +51,7 @@ CATALOGUE: dict[str, Code] = {
     # the type checker and pre-flight
     "type_mismatch": _POLICY, "unification_failed": _POLICY, "empty_node": _POLICY,
     "config_type_mismatch": _POLICY, "branch_predicate_not_bool": _POLICY, "input_type_mismatch": _POLICY,
-    "effect_not_allowed": _POLICY, "capability_not_granted": _POLICY, "budget_exceeded": _POLICY,
+    "effect_not_allowed": _POLICY, "language_not_runnable": _POLICY, "capability_not_granted": _POLICY, "budget_exceeded": _POLICY,
     "isolation_required": _POLICY, "isolation_unavailable": _POLICY, "invalid_grant": _POLICY,
     "unknown_capability": _BAD_FLAG, "unknown_isolation": _BAD_FLAG, "invalid_budget": _BAD_FLAG,
     "invalid_limit": _BAD_FLAG, "invalid_policy": _BAD_FLAG, "invalid_policy_path": _BAD_FLAG,
@@ -60,7 +60,7 @@ CATALOGUE: dict[str, Code] = {
     "limits_unavailable": _POLICY,
     # running stages (a stage's own failure is exit 3 whatever its code: StageError)
     "stage_failed": _EXECUTION, "stage_input_mismatch": _EXECUTION, "stage_protocol_error": _EXECUTION,
-    "stage_timed_out": _EXECUTION, "refinement_violation": _EXECUTION, "remote_output_mismatch": _EXECUTION,
+    "stage_timed_out": _EXECUTION, "refinement_violation": _EXECUTION, "output_type_mismatch": _EXECUTION, "remote_output_mismatch": _EXECUTION,
     "retry_exhausted": _EXECUTION, "too_many_attempts": _EXECUTION, "all_failed": _EXECUTION,
     "nesting_too_deep": _EXECUTION, "path_not_granted": _EXECUTION, "path_not_found": _EXECUTION,
     "no_implementation": _EXECUTION, "no_llm_provider": _EXECUTION, "arrow_unavailable": _EXECUTION,

@@ -57,6 +57,9 @@ class EngineSettings(_Section):
     pure_cache: Annotated[bool, _d("whether pure stages' results are cached")] = True
     pure_cache_max_entries: Annotated[int, _d("entries kept in the pure cache")] = 100_000
     refinement_checks: Annotated[bool, _d("whether refinement types are checked at run time")] = True
+    output_type_checks: Annotated[bool, _d(
+        "whether a stage's output must be of its declared output type (output_type_mismatch); off: "
+        "upstream's behaviour, which lets it through")] = True
 
 
 class NixSettings(_Section):

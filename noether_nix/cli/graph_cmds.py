@@ -39,6 +39,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--max-output-bytes", type=int, help="per-stage stdout cap (may only lower the default)")
     p.add_argument("--isolate", choices=["auto", "bwrap", "none"], help="isolation backend (none is unsafe)")
     p.add_argument("--no-cache", action="store_true", help="do not use the pure-stage cache")
+    p.add_argument("--no-output-type-checks", action="store_true",
+                   help="let a stage return a value of another type than it declares (upstream's behaviour)")
     p.add_argument("--allow-read", action="append", default=[], metavar="PATH",
                    help="a file or directory read_file may read (repeatable)")
     p.add_argument("--allow-write", action="append", default=[], metavar="PATH",
@@ -91,6 +93,7 @@ def run_options(args: argparse.Namespace) -> dict[str, Any]:
         "isolate": getattr(args, "isolate", None),
         "optimize": not args.no_optimize,
         "cache": not getattr(args, "no_cache", False),
+        "output_type_checks": False if getattr(args, "no_output_type_checks", False) else None,
         "allow_unsigned": args.allow_unsigned,
         # Paths are the caller's: made absolute here, where the working directory means something.
         "allow_read": [os.path.abspath(p) for p in getattr(args, "allow_read", [])] or None,

@@ -51,17 +51,24 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     registry_cmds.extend_stage_commands(stage, common)  # search, sync; list/get/add/lifecycle merge a registry
 
 
-def signed_stage_json(spec_path: str) -> dict[str, Any]:
+def signed_stage_json(spec_path: str, doc: Any = None) -> dict[str, Any]:
     """A spec file parsed and signed here, with the user's author key, in both modes."""
     from noether_nix.model.stage import stage_from_spec, stage_to_json
     from noether_nix.store.signing import sign_for_store
 
-    return stage_to_json(sign_for_store(stage_from_spec(read_json_file(spec_path, what="spec file"),
-                                                        path=spec_path)))
+    if doc is None:
+        doc = read_json_file(spec_path, what="spec file")
+    return stage_to_json(sign_for_store(stage_from_spec(doc, path=spec_path)))
 
 
 def cmd_add(args: argparse.Namespace) -> Any:
-    return backend(args).stage_add(signed_stage_json(args.spec), draft=args.draft, build=not args.no_build)
+    from noether_nix.model.stage import spec_lifecycle
+
+    doc = read_json_file(args.spec, what="spec file")
+    stage_json = signed_stage_json(args.spec, doc)
+    # The file's own "lifecycle": "Draft" is honoured (--draft says the same).
+    draft = args.draft or spec_lifecycle(doc, path=args.spec) == "Draft"
+    return backend(args).stage_add(stage_json, draft=draft, build=not args.no_build)
 
 
 def cmd_get(args: argparse.Namespace) -> Any:

@@ -132,7 +132,18 @@ class Engine:
         """The engine's limits (its profile's, with the settings' overrides), lowered by the run's options."""
         if self._limits is None:
             self._limits = engine_limits(self.config, load_profile(self.config.sandbox_profile))
-        return self._limits.lowered(timeout_s=options.timeout_secs, max_output_bytes=options.max_output_bytes)
+        base = self._limits
+        # Asking for more than the ceiling is an error, never a silent cap.
+        for asked, ceiling, flag, unit in ((options.timeout_secs, base.timeout_s, "timeout_secs", " s"),
+                                           (options.max_output_bytes, base.max_output_bytes, "max_output_bytes",
+                                            " bytes")):
+            if asked is not None and asked > ceiling:
+                raise NoetherError("invalid_limit", f"--{flag.replace('_', '-')} {asked:g} is over the {ceiling:g}{unit} "
+                                   "maximum here: a run may lower the per-stage limit, not raise it",
+                                   path=f"options.{flag}", exit_code=2,
+                                   hint=f"ask for at most {ceiling:g}, or raise engine.{flag} in the settings "
+                                        "(up to the sandbox profile's maximum)")
+        return base.lowered(timeout_s=options.timeout_secs, max_output_bytes=options.max_output_bytes)
 
     # ------------------------------------------------------------ isolation
 
@@ -150,6 +161,7 @@ class Engine:
 
     def prepare(self, graph: Any, input: Any, options: RunOptions, *, check_input: bool = False) -> PreparedGraph:
         check_grants(options)
+        self.limits_for(options)  # a limit over the ceiling is refused before any graph work
         return prepare(graph, store=self.store, input=input, check_input=check_input, options=CheckOptions(
             allow_effects=options.allow_effects, allow_capabilities=options.allow_capabilities,
             budget_cents=options.budget_cents, allow_unsigned=options.allow_unsigned,

@@ -11,6 +11,7 @@ in-memory one. Nothing above this module knows how a program is launched.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Protocol
 
 import msgspec
@@ -70,17 +71,59 @@ class Executor(Protocol):
     async def execute(self, call: StageCall) -> StageOutcome: ...
 
 
+#: How much of what a stage printed is kept with its trace entry and error (the tail, in characters).
+LOG_KEEP = 8192
+_TRACEBACK = "Traceback (most recent call last):"
+_STAGE_FRAME = re.compile(r'^  File "stage\.py", line (\d+), in (.+)$', re.M)
+
+
+def stage_log(text: str, keep: int = LOG_KEEP) -> str | None:
+    """What a stage printed (its stdout and stderr, in order), its last ``keep`` characters
+    from a line start; None when it printed nothing."""
+    if not text.strip():
+        return None
+    if len(text) <= keep:
+        return text
+    tail = text[-keep:]
+    cut = tail.find("\n")
+    return "…\n" + (tail[cut + 1:] if 0 <= cut < len(tail) - 1 else tail)
+
+
+def split_traceback(log: str) -> tuple[str, str | None]:
+    """A stage's output split into what it printed and the Python traceback it ended with (if any)."""
+    at = log.rfind(_TRACEBACK)
+    if at < 0:
+        return log, None
+    return log[:at], log[at:].rstrip("\n")
+
+
 def outcome_value(outcome: StageOutcome, label: str, node_path: str) -> Any:
-    """The output of a successful outcome; a failed one as the ``stage_<status>`` error users see."""
+    """The output of a successful outcome; a failed one as the ``stage_<status>`` error users see.
+
+    Its message ends with the stage's own last error line (a Python
+    exception with the line of the stage's code it was raised at); its
+    details keep what the stage printed and its traceback."""
     if outcome.ok:
         return outcome.output
     tail = outcome.stderr_tail.strip()
+    printed, traceback = split_traceback(tail)
     detail = tail.splitlines()[-1] if tail else ""
+    if traceback is not None:
+        frames = _STAGE_FRAME.findall(traceback)
+        if frames:
+            line, fn = frames[-1]
+            detail += f" (stage.py line {line}, in {fn})"
     message = outcome.message if outcome.status != "error" else f"exited with status {outcome.exit_code}"
-    if detail and detail not in message:
+    if outcome.status == "error" and traceback is not None:
+        message = detail  # the exception says more than the exit status
+    elif detail and detail not in message:
         message += f": {detail}"
-    raise StageError(f"stage_{outcome.status}", f"{label} failed: {message}", node_path,
-                     details={"status": outcome.status, "stderr_tail": outcome.stderr_tail[-2000:]})
+    details: dict[str, Any] = {"status": outcome.status, "stderr_tail": outcome.stderr_tail[-2000:]}
+    if traceback is not None:
+        details["traceback"] = stage_log(traceback)
+    if printed.strip():
+        details["printed"] = stage_log(printed)
+    raise StageError(f"stage_{outcome.status}", f"{label} failed: {message}", node_path, details=details)
 
 
 class LocalExecutor:

@@ -17,8 +17,9 @@ from typing import Any
 import msgspec
 import trio
 
+from noether_nix.engine.boundary import check_output
 from noether_nix.engine.budget import Budget
-from noether_nix.engine.events import Event, StageFinished, StageStarted
+from noether_nix.engine.events import Event, RunWarning, StageFinished, StageStarted
 from noether_nix.engine.executor import StageCall, outcome_value
 from noether_nix.engine.options import (
     ATTEMPT,
@@ -92,6 +93,7 @@ class Interpreter:
         self.dropped_entries = 0
         self.dropped_events = 0
         self.checks = options.refinement_checks and services.config.refinement_checks
+        self.output_checks = options.output_type_checks and services.config.output_type_checks
         #: The pure cache is shared by the daemon's writers; every other peer has its own.
         self.cache_namespace = cache_namespace(store_writes, requester_uid)
 
@@ -266,6 +268,8 @@ class Interpreter:
             check_value_size(out, max_bytes, what=f"the output of stage {stage.label()}", path=path)
             if self.checks:
                 self._refinements(stage, "output", out, path)
+            # The declared output type, enforced at the boundary (engine.boundary).
+            warning = check_output(stage, out, usage, path) if self.output_checks else None
         except NoetherError as e:
             if isinstance(e, StageError) and e.usage is not None:
                 usage = e.usage
@@ -285,6 +289,8 @@ class Interpreter:
                                       status="ok", wall_ms=wall, cpu_ms=usage.cpu_ms, max_rss_kb=usage.max_rss_kb,
                                       build_ms=usage.build_ms, spent_cents=cost, input_hash=in_hash,
                                       output_hash=out_hash, isolation=usage.isolation))
+        if warning is not None:
+            await self.emit(RunWarning(self.run_id, code="printed_not_returned", message=warning, node_path=path))
         self.record(_entry(stage, path, "Ok", wall, in_hash, out_hash, spent_cents=cost, **_extra(usage)))
         return out
 
@@ -295,7 +301,7 @@ def _ms_since(started: float) -> int:
 
 def _extra(usage: Usage) -> dict[str, Any]:
     return {k: v for k, v in msgspec.structs.asdict(usage).items()
-            if v is not None and k in ("cpu_ms", "max_rss_kb", "build_ms", "isolation")}
+            if v is not None and k in ("cpu_ms", "max_rss_kb", "build_ms", "isolation", "log")}
 
 
 def _entry(stage: Stage, path: str, status: Any, wall: int, in_hash: str, out_hash: str | None,

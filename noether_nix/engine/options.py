@@ -34,6 +34,8 @@ class RunOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cache: bool = True
     allow_unsigned: bool = False
     refinement_checks: bool = True
+    #: Whether a stage's output must be of its declared output type (off: upstream's behaviour).
+    output_type_checks: bool = True
     detach: bool = False
     #: Absolute paths (directories or files) read_file may read / write_file
     #: may write under; each stage sees only the granted path it needs.

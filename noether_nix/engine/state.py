@@ -16,7 +16,7 @@ import msgspec
 import trio
 
 from noether_nix.engine.events import Event
-from noether_nix.engine.executor import Executor, StageOutcome
+from noether_nix.engine.executor import Executor, StageOutcome, stage_log
 from noether_nix.engine.options import Isolation, RunOptions
 from noether_nix.graph.preflight import PolicyOptions
 from noether_nix.model.stage import Stage
@@ -37,11 +37,13 @@ class Usage(msgspec.Struct, kw_only=True, omit_defaults=True):
     cpu_ms: int | None = None
     max_rss_kb: int | None = None
     build_ms: int | None = None
+    #: What the stage printed (stdout and stderr, in order; a bounded tail), kept in its trace entry.
+    log: str | None = None
 
     @classmethod
     def of(cls, outcome: StageOutcome) -> Usage:
         return cls(isolation=outcome.isolation, status=outcome.status, cpu_ms=outcome.cpu_ms,
-                   max_rss_kb=outcome.max_rss_kb, build_ms=outcome.build_ms)
+                   max_rss_kb=outcome.max_rss_kb, build_ms=outcome.build_ms, log=stage_log(outcome.stderr_tail))
 
 
 IN_PROCESS = Usage(isolation="in-process")
