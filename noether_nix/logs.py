@@ -24,10 +24,20 @@ def setup(level: str = "info") -> None:
         processors=[structlog.processors.TimeStamper(fmt="iso"), structlog.processors.add_log_level,
                     structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     _configured = True
+
+
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written (not when logging was set up)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def get_logger(name: str) -> Any:

@@ -45,6 +45,7 @@ from noether_nix.store.kv import KvStore
 from noether_nix.store.runs import RunStore
 from noether_nix.store.stages import StageStore
 from noether_nix.store.stdlib_seed import ensure_stdlib
+from noether_nix.store.upstream import import_home_store
 
 __all__ = ["Engine", "Executor", "RunFinished", "RunOptions", "RunResult", "StageCall", "StageError",
            "StageOutcome", "sandbox_usable"]
@@ -84,6 +85,8 @@ class Engine:
         self.config = config if config is not None else settings().engine
         self.store = store or StageStore()
         ensure_stdlib(self.store)
+        if store is None:  # a store of this home's own: upstream's store.json there comes in once
+            import_home_store(self.store)
         conn = self.store.conn
         self.cache = PureCache(conn, max_entries=self.config.pure_cache_max_entries)
         self.runs = RunStore(conn, keep_runs=self.config.max_stored_runs, keep_bytes=self.config.max_stored_runs_bytes,

@@ -245,7 +245,7 @@ async def test_a_graph_written_against_upstreams_legacy_ids_runs(engine: Engine)
 
 async def test_arrow_round_trip_runs_in_a_sandbox_with_pinned_pyarrow(engine: Engine) -> None:
     records = [{"a": 1, "b": "x"}, {"a": 2, "b": None}]
-    res = await run(engine, "arrow_from_records", records, timeout_secs=120)
+    res = await run(engine, "arrow_from_records", records)  # the default 30 s per stage
     encoded = ok(res)
     assert res.trace["stages"][0]["isolation"] == "bwrap"
     import base64
@@ -253,7 +253,7 @@ async def test_arrow_round_trip_runs_in_a_sandbox_with_pinned_pyarrow(engine: En
     import pyarrow as pa  # the test checks the bytes with the host's own pyarrow
 
     assert pa.ipc.open_stream(base64.b64decode(encoded)).read_all().to_pylist() == records
-    assert ok(await run(engine, "records_to_arrow", encoded, timeout_secs=120)) == records
+    assert ok(await run(engine, "records_to_arrow", encoded)) == records
     assert "not valid base64" in failed(await run(engine, "records_to_arrow", "%%%"), "stage_error")["message"]
 
 
