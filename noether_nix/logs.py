@@ -17,17 +17,31 @@ import structlog
 _configured = False
 
 
-def setup(level: str = "info") -> None:
-    """Log JSON lines to stderr at ``level`` and above (idempotent; the last call wins)."""
+def setup(level: str = "info", *, human: bool = False) -> None:
+    """Log JSON lines to stderr at ``level`` and above (idempotent; the last call wins);
+    ``human``: one readable line each instead (the CLI's view on a terminal)."""
     global _configured
+    render: Any = _human_line if human else structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[structlog.processors.TimeStamper(fmt="iso"), structlog.processors.add_log_level,
-                    structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+                    structlog.processors.format_exc_info, render],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     _configured = True
+
+
+def _human_line(_logger: Any, _name: str, event: dict[str, Any]) -> str:
+    """``noether: warning: imported 2 stages from …`` (its message), or the event's name and fields."""
+    level = event.pop("level", "info")
+    name = str(event.pop("event", ""))
+    event.pop("timestamp", None)
+    message = event.pop("message", None)
+    if message is None:
+        fields = ", ".join(f"{k}={v}" for k, v in event.items())
+        message = name.replace("_", " ") + (f" ({fields})" if fields else "")
+    return f"noether: {level}: {message}"
 
 
 class _Stderr:

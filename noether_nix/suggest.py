@@ -22,16 +22,35 @@ SYNONYMS: dict[str, str] = {
 }
 
 
+def edit_distance(a: str, b: str) -> int:
+    """Insertions, deletions, substitutions and swaps of two neighbours that turn ``a`` into ``b``."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cost = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                cost = min(cost, prev2[j - 2] + 1)
+            cur.append(cost)
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
 def close_matches(word: str, choices: Iterable[str], *, n: int = 3) -> list[str]:
-    """The known names closest to ``word``, best first (case-insensitive; none when nothing is close)."""
+    """The known names closest to ``word``, best first (case-insensitive; none when nothing is close):
+    a typo or two (a swap counts as one), or a similar spelling."""
     options = sorted(set(choices))
     if word in SYNONYMS and SYNONYMS[word] in options:
         return [SYNONYMS[word]]
     lowered = {o.lower(): o for o in options}
-    if word.lower() in lowered:
-        return [lowered[word.lower()]]
-    found = difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=0.7)
-    return [lowered[f] for f in found]
+    w = word.lower()
+    if w in lowered:
+        return [lowered[w]]
+    typos = sorted((d, o) for o in lowered if (d := edit_distance(w, o)) <= max(1, min(2, len(w) // 4)))
+    found = [o for _, o in typos]
+    found += [o for o in difflib.get_close_matches(w, list(lowered), n=n, cutoff=0.7) if o not in found]
+    return [lowered[f] for f in found[:n]]
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

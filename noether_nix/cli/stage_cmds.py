@@ -68,7 +68,11 @@ def cmd_add(args: argparse.Namespace) -> Any:
     stage_json = signed_stage_json(args.spec, doc)
     # The file's own "lifecycle": "Draft" is honoured (--draft says the same).
     draft = args.draft or spec_lifecycle(doc, path=args.spec) == "Draft"
-    return backend(args).stage_add(stage_json, draft=draft, build=not args.no_build)
+    view = getattr(args, "view", None)
+    if view is None or args.no_build or not stage_json.get("implementation_code"):
+        return backend(args).stage_add(stage_json, draft=draft, build=not args.no_build)
+    with view.status(f"building the program of {stage_json.get('name') or stage_json['id'][:8]}…"):
+        return backend(args).stage_add(stage_json, draft=draft, build=True)
 
 
 def cmd_get(args: argparse.Namespace) -> Any:
@@ -93,5 +97,10 @@ def cmd_verify(args: argparse.Namespace) -> Any:
 def cmd_test(args: argparse.Namespace) -> Any:
     from noether_nix.service.stage_test import stage_test_error
 
-    data = backend(args).stage_test(args.ref)
+    view = getattr(args, "view", None)
+    if view is None:
+        data = backend(args).stage_test(args.ref)
+    else:
+        with view.status("running the stages on their examples…"):
+            data = backend(args).stage_test(args.ref)
     return CommandResult(data, stage_test_error(data))

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextvars
 import math
+import time
 from typing import Any
 
 import trio
 
-from noether_nix.engine.events import RunWarning
+from noether_nix.engine.events import RunWarning, StageProgress
 from noether_nix.engine.options import RetriesExhausted, with_retries
 from noether_nix.engine.state import RunState
 from noether_nix.errors import NoetherError
@@ -26,6 +27,9 @@ from noether_nix.model.stage import Stage
 from noether_nix.model.types import display
 from noether_nix.model.values import conforms
 from noether_nix.stdlib._shapes import StageFailure, need_list, need_record
+
+#: At most one progress event per map (filter, reduce) this often, between its first and its last.
+PROGRESS_EVERY_S = 0.25
 
 
 class HigherOrderError(NoetherError):
@@ -60,6 +64,7 @@ class HigherOrder:
         self.stage = stage
         self.path = path
         self.label = stage.label()
+        self.last_progress = 0.0
 
     # -------------------------------------------------------- references
 
@@ -93,17 +98,40 @@ class HigherOrder:
                                    f"{display(stage.input)}: {why}", path)
         return await self.run.run_stage(stage, value, path)
 
+    async def progress(self, done: int, total: int) -> None:
+        """A ``StageProgress`` event (the CLI's progress bar); between the first and the
+        last, at most one every ``PROGRESS_EVERY_S``."""
+        now = time.monotonic()
+        if 0 < done < total and now - self.last_progress < PROGRESS_EVERY_S:
+            return
+        self.last_progress = now
+        await self.run.emit(StageProgress(self.run.run_id, node_path=self.path, done=done, total=total))
+
     async def each(self, stage: Stage, values: list[Any], paths: list[str]) -> list[Any]:
         """``stage`` on every value: in order in-process, concurrently (bounded
         by the run's limiter) when each call is a sandbox."""
+        total = len(values)
+        await self.progress(0, total)
         if not needs_sandbox(stage):
             out = []
             for i, (v, p) in enumerate(zip(values, paths, strict=True)):
                 if i % 1024 == 1023:
                     await trio.lowlevel.checkpoint()  # stay cancellable on long lists
+                    await self.progress(i, total)
                 out.append(await self.call(stage, v, p))
-            return out
-        return await self.run.gather([(stage, v, p) for v, p in zip(values, paths, strict=True)], self.call)
+        else:
+            done = 0
+
+            async def counted(s: Stage, v: Any, p: str) -> Any:
+                nonlocal done
+                result = await self.call(s, v, p)
+                done += 1
+                await self.progress(done, total)
+                return result
+
+            out = await self.run.gather([(stage, v, p) for v, p in zip(values, paths, strict=True)], counted)
+        await self.progress(total, total)
+        return out
 
     # -------------------------------------------------------- the stages
 
@@ -126,10 +154,12 @@ class HigherOrder:
         items = _list(value, "items")
         inner = await self.resolve(_field(value, "stage_id"), "stage_id")
         acc = _field(value, "initial")
+        await self.progress(0, len(items))
         for i, item in enumerate(items):
             if i % 1024 == 1023:
                 await trio.lowlevel.checkpoint()  # stay cancellable on long lists
             acc = await self.call(inner, {"accumulator": acc, "item": item}, f"{self.path}.items[{i}]")
+            await self.progress(i + 1, len(items))
         return acc
 
     async def retry(self, value: Any) -> Any:
