@@ -12,8 +12,23 @@ import logging
 import sys
 from typing import Any
 
-import structlog
 
+def _import_structlog() -> Any:
+    """structlog, imported without rich: structlog loads rich (and pygments) whenever it is
+    installed, for pretty tracebacks these JSON lines never use. rich is the terminal view's
+    library (``cli.human``); a command that prints JSON must not pay for loading it."""
+    blocked = "rich" not in sys.modules
+    if blocked:
+        sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` raises ImportError
+    try:
+        import structlog as module
+    finally:
+        if blocked and sys.modules.get("rich", False) is None:
+            del sys.modules["rich"]
+    return module
+
+
+structlog = _import_structlog()
 _configured = False
 
 
@@ -26,7 +41,7 @@ def setup(level: str = "info", *, human: bool = False) -> None:
         processors=[structlog.processors.TimeStamper(fmt="iso"), structlog.processors.add_log_level,
                     structlog.processors.format_exc_info, render],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),
         cache_logger_on_first_use=False,
     )
     _configured = True

@@ -65,7 +65,8 @@ def check_output(stage: Stage, value: Any, usage: Usage, path: str) -> str | Non
                 hint=PRINTED_NOT_RETURNED if value is None and printed else
                 "fix the stage, or its declared output type; `--no-output-type-checks` runs it unchecked, "
                 "as upstream does",
-                details={"declared": display(stage.output), "problem": problem},
+                details={"declared": display(stage.output), "problem": problem,
+                         **({"printed": usage.log} if printed else {})},
             )
     if value is None and printed:
         return f"stage {stage.label()} returned null and printed output: did it print its result instead of " \

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pyte
 
-ROWS, COLUMNS = 300, 110
+ROWS, COLUMNS = 300, 200
 SGR_COLOUR = re.compile(rb"\x1b\[[0-9;]*(?:3[0-9]|9[0-7]|38;|4[0-9])[0-9;]*m")
 _DURATION = re.compile(r"\b\d+(?:\.\d)? (?:ms|s)\b")
 _HEX = re.compile(r"\b[0-9a-f]{8}\b")
