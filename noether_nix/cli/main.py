@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from noether_nix.cli import daemon_cmds, doctor, graph_cmds, stage_cmds, store_cmds
+    from noether_nix.cli import daemon_cmds, doctor, graph_cmds, stage_cmds, store_cmds, worker_cmds
     from noether_nix.sandbox import cli as sandbox_cli
 
     p = _Parser(prog="noether", description="Run Noether graphs in Nix-built sandboxes.")
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.register(sub)
     daemon_cmds.register(sub)
     store_cmds.register(sub)
+    worker_cmds.register(sub)
     return p
 
 
