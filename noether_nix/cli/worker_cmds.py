@@ -49,6 +49,9 @@ def _run_as(value: str | None) -> tuple[int | None, int | None]:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    import sys
+
+    import structlog
     import trio
 
     from noether_nix.remote.client import Endpoint
@@ -68,6 +71,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     endpoint.target()  # a bad URL is a usage error before anything starts
     settings = WorkerSettings(endpoint=endpoint, bot_id=args.bot_id, concurrency=args.concurrency, grants=grants,
                               runtimes=args.runtime)
+    # One JSON object a line on stderr, like the daemon's log.
+    structlog.configure(processors=[structlog.processors.TimeStamper(fmt="iso"),
+                                    structlog.processors.add_log_level, structlog.processors.format_exc_info,
+                                    structlog.processors.JSONRenderer()],
+                        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
     try:
         trio.run(run_worker, settings)
     except KeyboardInterrupt:

@@ -190,7 +190,8 @@ class Worker:
                 if lease.id in self.tasks:
                     self.tasks[lease.id].cancel()
                 self.leases.pop(lease.id, None)
-            elif lease.state == rw.PENDING and mine is None:
+            elif lease.state in (rw.PENDING, rw.ACTIVE) and mine is None:
+                # New work (BuildGrid hands a lease over already ACTIVE).
                 accepted = rw.Lease()
                 accepted.CopyFrom(lease)
                 accepted.state = rw.ACTIVE
