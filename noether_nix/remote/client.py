@@ -8,6 +8,7 @@ users can act on.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -23,6 +24,12 @@ from noether_nix.remote.bridge import AsyncioThread
 from noether_nix.remote.protos import noether_bytestream_pb2 as bs
 from noether_nix.remote.protos import noether_reapi_pb2 as re
 from noether_nix.remote.protos import noether_rwapi_pb2 as rw
+
+# gRPC's fork handlers crash a child forked while its threads run (measured:
+# sandboxes died of SIGSEGV in their first milliseconds when a worker ran
+# leases side by side). Our children exec at once and never touch gRPC, so
+# they need no fork support: off, before grpc is first imported.
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
 
 _V2 = "/build.bazel.remote.execution.v2."
 _BOTS = "/google.devtools.remoteworkers.v1test2.Bots/"

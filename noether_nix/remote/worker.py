@@ -217,8 +217,10 @@ class Worker:
     async def _run_lease(self, lease_id: str, payload: Any) -> None:
         with trio.CancelScope() as scope:
             self.tasks[lease_id] = scope
+            log.info("lease_started", lease=lease_id, bot=self.bot_id)
             try:
                 result = await self._execute(payload)
+                log.info("lease_done", lease=lease_id, bot=self.bot_id, exit_code=result.exit_code)
                 self._finish(lease_id, OK, "", result)
             except LeaseFailed as e:
                 log.warning("lease_failed", lease=lease_id, code=e.code, message=e.message)

@@ -199,15 +199,12 @@ class BuildGrid:
         self.start()
 
     def evict(self, digest_hash: str) -> bool:
-        """Delete a blob from the disk CAS (as an LRU eviction would)."""
-        gone = False
-        for p in self.cas.rglob(f"*{digest_hash[2:]}*"):
-            p.unlink()
-            gone = True
-        for p in self.cas.rglob(digest_hash):
-            p.unlink()
-            gone = True
-        return gone
+        """Delete a blob from the disk CAS, as an eviction would."""
+        path = self.cas / "cas" / "objects" / digest_hash[:2] / digest_hash[2:]
+        if path.exists():
+            path.unlink()
+            return True
+        return False
 
 
 class Worker:
