@@ -55,6 +55,8 @@ class Progress:
     def __init__(self, on_stage: Callable[[str], None] | None = None) -> None:
         self.operation: str | None = None
         self.stages: list[tuple[float, str]] = []
+        #: Times the stream broke and was followed again (WaitExecution) or re-executed.
+        self.reconnects = 0
         self.on_stage = on_stage
 
 

@@ -145,6 +145,8 @@ class RemoteExecutor:
                                f"{_code_name(status.code)}: {status.message or response.message}", exit_code=3)
         outcome = await self._outcome(client, enc, response.result, cached=response.cached_result, started=started,
                                       operation=progress.operation, stages=progress.stages)
+        if outcome is not None and outcome.remote is not None and progress.reconnects:
+            outcome.remote["reconnects"] = progress.reconnects
         if outcome is None:
             raise NoetherError("remote_failed", f"{call.label}: the worker's result.json is gone from the CAS",
                                exit_code=3)
@@ -191,12 +193,14 @@ class RemoteExecutor:
                                     "stage is not Pure, so it is not run again (it may have had its effect)",
                                     exit_code=3) from None
                             name = None
+                            progress.reconnects += 1
                             continue
                         if e.code in TRANSIENT:
                             now = time.monotonic()
                             reconnect_until = reconnect_until or now + s.reconnect_s
                             if now < reconnect_until:
-                                await trio.sleep(min(2.0, 0.2 * (1 + reuploads)))
+                                progress.reconnects += 1
+                                await trio.sleep(min(2.0, 0.1 * 2 ** min(progress.reconnects, 5)))
                                 continue
                         raise _rpc_error(e, "following the operation", s.url) from None
                     reconnect_until = None

@@ -176,7 +176,9 @@ class Worker:
                 scope.cancel()
             self.leases.clear()
             try:
-                return await client.create_bot_session(self.settings.endpoint.instance, self.session())
+                session = await client.create_bot_session(self.settings.endpoint.instance, self.session())
+                log.info("bot_session_recreated", bot=self.bot_id, session=session.name)
+                return session
             except RpcFailed as e2:
                 log.warning("bot_session_recreate_failed", code=e2.code)
         return session
@@ -197,8 +199,12 @@ class Worker:
                 accepted.state = rw.ACTIVE
                 self.leases[lease.id] = accepted
                 nursery.start_soon(self._run_lease, lease.id, lease.payload)
-        # Completed leases the server no longer lists were recorded: forget them.
-        for lease_id in [k for k, v in self.leases.items() if v.state == rw.COMPLETED and k not in seen]:
+        for lease_id in [k for k in self.leases if k not in seen]:
+            # Completed and no longer listed: recorded. Running and no longer
+            # listed: the server gave it to another bot (this one was presumed
+            # dead) or dropped it; stop it, its result would be ignored.
+            if lease_id in self.tasks:
+                self.tasks[lease_id].cancel()
             del self.leases[lease_id]
 
     def _finish(self, lease_id: str, code: int, message: str, result: Any | None) -> None:
