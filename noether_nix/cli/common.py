@@ -2,13 +2,47 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from noether_nix.errors import NoetherError
-from noether_nix.store.stages import StageStore
+
+if TYPE_CHECKING:
+    from noether_nix.backend import Backend
+
+
+class Args(argparse.Namespace):
+    """The parsed command line (global flags typed; each command adds its own)."""
+
+    socket: str | None
+    local: bool
+    human: bool
+    json: bool
+    version: bool
+    cmd: str | None
+
+
+class CommandResult:
+    """What a command reports: its data, and the error it ends with (e.g. `stage verify`, a failed run)."""
+
+    def __init__(self, data: Any, error: NoetherError | None = None) -> None:
+        self.data = data
+        self.error = error
+
+
+def backend(args: argparse.Namespace) -> Backend:
+    """The live daemon's backend (``--socket``, ``$NOETHER_SOCKET``, the default
+    socket), or the embedded one (``--local``, or no daemon)."""
+    from noether_nix.backend import select
+
+    found: Backend | None = getattr(args, "_backend", None)
+    if found is None:
+        found = select(local=bool(getattr(args, "local", False)), socket=getattr(args, "socket", None))
+        args._backend = found
+    return found
 
 
 def read_json_file(path: str, *, what: str = "file") -> Any:
@@ -30,11 +64,3 @@ def parse_json_arg(text: str, *, what: str) -> Any:
         return msgspec.json.decode(text.encode())
     except msgspec.DecodeError as e:
         raise NoetherError("invalid_json", f"{what} is not valid JSON: {e}", path=what) from None
-
-
-def open_store() -> StageStore:
-    from noether_nix.store.stdlib_seed import ensure_stdlib
-
-    store = StageStore()
-    ensure_stdlib(store)
-    return store

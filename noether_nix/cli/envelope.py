@@ -1,7 +1,9 @@
 """The ACLI envelope every command prints (spec §11.1, with real values).
 
 Unlike upstream, ``command`` names the real subcommand and ``duration_ms``
-is measured; ``error.code`` is the stable machine code of the failure.
+is measured; ``error.code`` is the stable machine code of the failure; and
+a failed command's envelope goes to stdout too (with its ``data`` where it
+has some), so stdout always carries exactly one envelope.
 """
 
 from __future__ import annotations
@@ -28,19 +30,15 @@ def ok_envelope(inv: Invocation, data: Any) -> dict[str, Any]:
     return {"ok": True, "command": inv.command, "data": data, "meta": inv.meta()}
 
 
-def error_envelope(inv: Invocation, err: NoetherError) -> dict[str, Any]:
-    return {"ok": False, "command": inv.command, "error": err.to_dict(), "meta": inv.meta()}
+def error_envelope(inv: Invocation, err: NoetherError, data: Any = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"ok": False, "command": inv.command, "error": err.to_dict()}
+    if data is not None:
+        doc["data"] = data
+    doc["meta"] = inv.meta()
+    return doc
 
 
 def dump(doc: Any, stream: TextIO | None = None) -> None:
     out = stream or sys.stdout
     out.write(json.dumps(doc, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
     out.flush()
-
-
-class CommandResult:
-    """A command that reports data and still fails (e.g. `stage verify`)."""
-
-    def __init__(self, data: Any, error: NoetherError | None = None) -> None:
-        self.data = data
-        self.error = error

@@ -27,6 +27,13 @@ class EngineConfig(msgspec.Struct, kw_only=True):
     #: Stages running at once in one run, and across the whole process.
     run_concurrency: int = 8
     process_concurrency: int = 16
+    #: The largest value (a run's input, a stage's input or output) in bytes of JSON.
+    max_value_bytes: int = 32 * 1024 * 1024
+    #: Run history: finished runs kept (oldest dropped first), their total size,
+    #: and the size one stored run (trace and events) is cut to.
+    max_stored_runs: int = 10_000
+    max_stored_runs_bytes: int = 1024 * 1024 * 1024
+    max_stored_run_bytes: int = 16 * 1024 * 1024
     pure_cache: bool = True
     pure_cache_max_entries: int = 100_000
     refinement_checks: bool = True

@@ -65,11 +65,21 @@ class RunWarning(_Ev, frozen=True, tag="warning"):
 
 
 class RunFinished(_Ev, frozen=True, tag="run_finished"):
+    """The last event of every run, ok, failed or cancelled: the run's result.
+
+    The engine returns it, stores it and streams it; the daemon sends it as
+    the stream's last line, and the CLI's ``run`` data is made of it."""
+
+    composition_id: str
     status: RunStatus
+    output: Any
+    error: dict[str, Any] | None
     duration_ms: int
-    spent_cents: int = 0
-    output: Any = None
-    error: dict[str, Any] | None = None
+    spent_cents: int
+    trace: dict[str, Any]
+    warnings: list[str]
+    effects: list[str]
+    cache: dict[str, int]
 
 
 Event = Union[RunAccepted, StageStarted, StageFinished, StageOutput, RunWarning, RunFinished]

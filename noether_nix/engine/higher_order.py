@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextvars
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from noether_nix.engine.events import RunWarning
+from noether_nix.engine.options import RetriesExhausted, with_retries
+from noether_nix.engine.state import RunState
 from noether_nix.errors import NoetherError
 from noether_nix.graph.preflight import check_stage_policy, needs_sandbox
 from noether_nix.graph.resolve import Warning_, resolve_ref
@@ -24,9 +26,6 @@ from noether_nix.model.stage import Stage
 from noether_nix.model.types import display
 from noether_nix.model.values import conforms
 from noether_nix.stdlib._shapes import StageFailure, need_list, need_record
-
-if TYPE_CHECKING:
-    from noether_nix.engine.engine import _Run
 
 
 class HigherOrderError(NoetherError):
@@ -56,7 +55,7 @@ def _count(value: Any, name: str, *, default: float | None = None) -> float:
 class HigherOrder:
     """Runs one higher-order stage of a run; each named stage runs through ``run.run_stage``."""
 
-    def __init__(self, run: _Run, stage: Stage, path: str) -> None:
+    def __init__(self, run: RunState, stage: Stage, path: str) -> None:
         self.run = run
         self.stage = stage
         self.path = path
@@ -77,7 +76,7 @@ class HigherOrder:
             where_path = f"{self.path} ({where} {ref})"
             warnings: list[Warning_] = []
             try:
-                stage = resolve_ref(self.run.engine.store, ref, "signature", where_path, warnings)
+                stage = resolve_ref(self.run.services.store, ref, "signature", where_path, warnings)
             except NoetherError as e:
                 raise HigherOrderError(e.code, f"stage {self.label}: {where} {ref!r}: {e.message}",
                                        self.path) from None
@@ -138,7 +137,6 @@ class HigherOrder:
         attempts = int(_count(value, "max_attempts"))
         delay_ms = _count(value, "delay_ms", default=0.0)
         arg = _field(value, "input")
-        from noether_nix.engine.engine import RetriesExhausted, with_retries
 
         async def attempt(n: int) -> Any:
             return await self.call(inner, arg, f"{self.path}.attempts[{n}]")
@@ -217,7 +215,7 @@ MAX_NESTING = 32
 _nesting: contextvars.ContextVar[int] = contextvars.ContextVar("noether_higher_order_nesting", default=0)
 
 
-async def run_higher_order(run: _Run, stage: Stage, value: Any, path: str) -> Any:
+async def run_higher_order(run: RunState, stage: Stage, value: Any, path: str) -> Any:
     ho = HigherOrder(run, stage, path)
     method = getattr(ho, stage.name or "", None)
     if method is None:

@@ -19,6 +19,7 @@ from noether_nix.graph.resolve import Resolution
 from noether_nix.model.effects import Effect, EffectKind, EffectSet, Fallible, Network, Pure
 from noether_nix.model.signing import SignatureStatus, public_key_hex, stdlib_key, verify_id
 from noether_nix.model.stage import CAPABILITIES, Stage
+from noether_nix.stdlib.registry import STDLIB
 
 STDLIB_PUBLIC_KEY = public_key_hex(stdlib_key())
 # What a RemoteStage implies (spec §2.4).
@@ -46,17 +47,16 @@ def is_stdlib(stage: Stage) -> bool:
 def needs_sandbox(stage: Stage) -> bool:
     """Whether running this stage needs an isolation backend.
 
-    Stdlib stages go by how the engine runs them (``stdlib.registry.CATEGORY``),
-    not by their effects: upstream's ``write_file`` declares only Fallible
-    although it writes files. Every stage with code runs in a sandbox,
-    whatever it declares.
+    Stdlib stages go by their registry entry (``stdlib.registry.STDLIB``),
+    which the engine's dispatch reads too, not by their effects: upstream's
+    ``write_file`` declares only Fallible although it writes files. Every
+    stage with code runs in a sandbox, whatever it declares.
     """
     if stage.implementation_code is not None:
         return True
     if is_stdlib(stage):
-        from noether_nix.stdlib.registry import CATEGORY
-
-        return CATEGORY.get(stage.name or "") == "sandboxed"
+        entry = STDLIB.get(stage.name or "")
+        return entry is None or entry.sandboxed
     return True
 
 

@@ -19,9 +19,11 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
+
+import msgspec
 
 from noether_nix.errors import NoetherError
 
@@ -161,6 +163,91 @@ def serde_compact(value: Any, *, sort_keys: bool = True) -> bytes:
     out: list[str] = []
     _encode(value, out, ryu_number, _plain_key if sort_keys else None)
     return "".join(out).encode("utf-8")
+
+
+def encoded_size(value: Any, limit: int) -> int:
+    """The length in bytes of ``serde_compact(value)``, counted without building it
+    and only up to ``limit``: past the limit the count stops and a number
+    larger than ``limit`` comes back. Time is bounded by the limit (every
+    step counts at least one byte), memory by the value's depth, so a 1 GB
+    value costs no more to refuse than a value just over the limit."""
+    total = 0
+    stack: list[Iterator[Any]] = [iter((value,))]
+    while stack:
+        for v in stack[-1]:
+            t = type(v)
+            if t is str:
+                if total + len(v) + 2 > limit:  # every character is at least one byte
+                    return total + len(v) + 2
+                total += _str_size(v)
+            elif v is None or v is True:
+                total += 4
+            elif v is False:
+                total += 5
+            elif t is int:
+                total += _int_size(v)
+            elif t is float:
+                total += len(_msgspec_encode(v))  # msgspec's shortest form is as long as ryu's
+            elif t is list or t is tuple:
+                total += 2 + max(len(v) - 1, 0)  # brackets and commas
+                if total > limit:
+                    return total
+                if v:
+                    stack.append(iter(v))
+                    break
+                continue
+            elif t is dict:
+                total += 2 + max(2 * len(v) - 1, 0)  # braces, colons and commas
+                for k in v:  # the keys now, the values on the stack
+                    if type(k) is not str:
+                        raise TypeError(f"not a JSON object key: {type(k).__name__}")
+                    if total + len(k) + 2 > limit:
+                        return total + len(k) + 2
+                    total += _str_size(k)
+                if total > limit:
+                    return total
+                if v:
+                    stack.append(iter(v.values()))
+                    break
+                continue
+            elif isinstance(v, (str, int, float, list, tuple, dict)):  # a subclass: count it as its base
+                stack.append(iter((_as_base(v),)))
+                break
+            else:
+                raise TypeError(f"not a JSON value: {type(v).__name__}")
+            if total > limit:
+                return total
+        else:
+            stack.pop()
+    return total
+
+
+_msgspec_encode = msgspec.json.Encoder().encode
+
+
+def _str_size(s: str) -> int:
+    if _NEEDS_ESCAPE.search(s) is None:
+        return (len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))) + 2
+    return len(json.dumps(s, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+
+
+def _int_size(v: int) -> int:
+    if _I64_MIN <= v <= _U64_MAX:
+        return len(str(v))
+    try:
+        return len(ryu_number(float(v)))
+    except OverflowError:  # not representable at all; its digits are what a reader would get
+        return int(v.bit_length() * 0.30103) + 2
+
+
+_BASES: tuple[Any, ...] = (str, int, float, list, tuple, dict)
+
+
+def _as_base(v: Any) -> Any:
+    for base in _BASES:
+        if isinstance(v, base):
+            return base(v)
+    return v
 
 
 def sha256_hex(data: bytes) -> str:

@@ -5,15 +5,19 @@ The signed message is the ASCII bytes of the 64-char lowercase hex StageId.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import errno
 import hashlib
 import os
+import secrets
 from pathlib import Path
 
 import nacl.exceptions
 import nacl.signing
 
 from noether_nix.errors import NoetherError
+from noether_nix.paths import PRIVATE_FILE_MODE, ensure_home, tighten
 
 STDLIB_SEED = hashlib.sha256(b"noether-stdlib-signing-key-v0.1.0").digest()
 
@@ -59,33 +63,79 @@ def verify_id(stage_id: str, signature_hex: str | None, public_key_hex: str | No
     return SignatureStatus.VALID
 
 
+AUTHOR_KEY_FILE = "author-key.hex"
+
+
 def load_or_create_author_key(home: Path) -> nacl.signing.SigningKey:
     """The local author key: a 32-byte hex seed at ``home/author-key.hex``, mode 0600.
 
-    Created on first use with O_EXCL so two processes racing both end up
-    with the same key.
+    Created on first use, atomically: the seed is written to a 0600 temporary
+    file beside it and fsynced, then linked into place (a link never replaces
+    an existing key, so two processes racing end up with the same key) and
+    the directory fsynced. A failed write (a full disk) leaves no key file;
+    the next attempt starts afresh. An existing key that is empty or not a
+    hex seed is an error that names the file, never replaced.
     """
-    path = home / "author-key.hex"
-    home.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        seed = os.urandom(32)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(seed.hex() + "\n")
-    text = path.read_text().strip()
+    path = home / AUTHOR_KEY_FILE
+    doing = "create"
+    try:
+        ensure_home(home)
+        if not os.path.lexists(path):
+            _create_key(path)
+        doing = "read"
+        tighten(path, PRIVATE_FILE_MODE)
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+    except OSError as e:
+        raise NoetherError(
+            "author_key_unavailable",
+            f"cannot {doing} the author key: {e.strerror or e}",
+            path=str(path),
+            hint="free disk space or fix the permissions of the directory, then retry",
+        ) from None
     try:
         seed = bytes.fromhex(text)
     except ValueError:
         seed = b""
     if len(seed) != 32:
+        what = "empty" if not text else "not a 32-byte hex seed"
         raise NoetherError(
             "bad_author_key",
-            "author key is not a 32-byte hex seed",
+            f"the author key is {what}",
             path=str(path),
-            hint="move the file away to have a new key generated",
+            hint=f"restore it from a backup; if it never signed a stage you keep, move it away "
+                 f"(mv {path} {path}.bad) and a new key is generated on next use",
         )
     return nacl.signing.SigningKey(seed)
+
+
+def _create_key(path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    try:
+        try:
+            data = (os.urandom(32).hex() + "\n").encode("ascii")
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # unlike rename, never replaces a key that appeared meanwhile
+        except FileExistsError:
+            return  # another process made the key first: use theirs
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            # A file system without hard links: rename, unless a key appeared meanwhile.
+            if os.path.lexists(path):
+                return
+            os.rename(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

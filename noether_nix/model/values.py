@@ -6,7 +6,8 @@ import base64
 import binascii
 from typing import Any
 
-from noether_nix.model.jcs import serde_compact
+from noether_nix.errors import NoetherError
+from noether_nix.model.jcs import encoded_size, serde_compact
 from noether_nix.model.types import (
     AnyType,
     BoolType,
@@ -34,6 +35,31 @@ from noether_nix.model.types import (
     display,
     display_refinement,
 )
+
+
+def size_text(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
+
+
+def value_too_large(value: Any, limit: int, *, what: str, path: str | None = None) -> NoetherError | None:
+    """The ``value_too_large`` error if ``value``'s JSON encoding is over ``limit`` bytes,
+    else None; measured with an early stop (``model.jcs.encoded_size``), never serialised."""
+    if encoded_size(value, limit) <= limit:
+        return None
+    return NoetherError("value_too_large", f"{what} is larger than the {size_text(limit)} a value may have",
+                        path=path, exit_code=3, details={"limit_bytes": limit},
+                        hint="pass less data between stages (keep large data in a file or kv entry and pass "
+                             "its name), or raise max_value_bytes in the engine configuration")
+
+
+def check_value_size(value: Any, limit: int, *, what: str, path: str | None = None) -> None:
+    """Raise ``value_too_large`` (see ``value_too_large``) for a value over ``limit`` bytes."""
+    err = value_too_large(value, limit, what=what, path=path)
+    if err is not None:
+        raise err
 
 
 def json_type_name(v: Any) -> str:

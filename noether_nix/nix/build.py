@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from noether_nix.errors import NoetherError
+from noether_nix.proc import cancelled, supervised
 
 NIX_DIR = Path(__file__).resolve().parent / "expr"
 LOG_CAP = 64 * 1024  # bytes of nix-build's stderr we keep
@@ -73,18 +74,19 @@ def nix_build(expr: Path, args: dict[str, str], arg_strs: dict[str, str], out_li
     for k, v in arg_strs.items():
         cmd += ["--argstr", k, v]
     out_link.parent.mkdir(parents=True, exist_ok=True)
-    with _slots, tempfile.TemporaryFile() as err:
-        # Own session: a timeout kills nix-build and everything it started.
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                                start_new_session=True)
+    # Own session, killed with us (even by SIGKILL), its group killed if the run it builds for is cancelled.
+    with _slots, tempfile.TemporaryFile() as err, \
+            supervised(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err) as proc:
         try:
             # Nix's own timeout fires first; ours is the backstop for evaluation hangs.
-            stdout, _ = proc.communicate(timeout=timeout_s + 30)
+            stdout: bytes = proc.communicate(timeout=timeout_s + 30)[0]
         except subprocess.TimeoutExpired:
             _kill_session(proc)
             raise NoetherError("nix_build_timeout", f"nix-build did not finish within {timeout_s:g}s",
                                path=str(expr), hint="raise the build timeout, or look for a hanging builder") from None
         log = _tail(err)
+    if cancelled():
+        raise NoetherError("cancelled", f"the build of {expr.name} was cancelled", path=str(expr), exit_code=3)
     if proc.returncode != 0:
         raise classify_failure(log, expr)
     lines = stdout.decode().strip().splitlines()

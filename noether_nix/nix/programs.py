@@ -15,7 +15,8 @@ from noether_nix.nix.build import DEFAULT_TIMEOUT_S, nix_build, nix_expr, nix_to
 from noether_nix.nix.registry import ProgramRegistry
 from noether_nix.nix.requirements import ensure_wheels, parse_requirements
 from noether_nix.nix.runtime import Runtime, ensure_runtime, normalise_language
-from noether_nix.paths import noether_home
+from noether_nix.paths import noether_home, private_dir
+from noether_nix.proc import run_sync_killable
 
 # Part of every program's derivation: bump it when a wrapper's behaviour changes.
 WRAPPER_VERSION = "4"
@@ -70,7 +71,7 @@ def _build(stage_id: str, lang: str, code: str, runtime: Runtime, registry: Prog
            timeout_s: float) -> Program:
     builder = runtime if lang == "python" and runtime.source == "host-import" else ensure_builder_runtime()
     started = time.monotonic()
-    root = noether_home() / "gcroots" / f"stage-{stage_id[:16]}-{runtime.store_path[11:19]}"
+    root = private_dir(noether_home() / "gcroots") / f"stage-{stage_id[:16]}-{runtime.store_path[11:19]}"
     try:
         wheels = ensure_wheels(parse_requirements(code), runtime.interpreter, registry.conn) if lang == "python" else []
         out = nix_build(
@@ -111,7 +112,8 @@ _build_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVa
 async def build_stage_program_async(stage_id: str, language: str, code: str, *,
                                     registry: ProgramRegistry, concurrency: int = 2,
                                     timeout_s: float = DEFAULT_TIMEOUT_S) -> Program:
-    """The same, off the trio thread, with at most ``concurrency`` builds at once."""
+    """The same, off the trio thread, with at most ``concurrency`` builds at once; cancelling
+    the caller kills the build."""
     try:
         limiter = _build_limiter.get()
     except LookupError:
@@ -119,7 +121,8 @@ async def build_stage_program_async(stage_id: str, language: str, code: str, *,
         _build_limiter.set(limiter)
     if limiter.total_tokens != concurrency:
         limiter.total_tokens = concurrency
-    return await trio.to_thread.run_sync(
+    # Cancelled (the run, the request, the daemon stopping): its nix-build is killed, not waited for.
+    return await run_sync_killable(
         lambda: build_stage_program(stage_id, language, code, registry=registry, timeout_s=timeout_s),
         limiter=limiter,
     )

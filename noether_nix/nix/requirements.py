@@ -22,6 +22,7 @@ import msgspec
 
 from noether_nix.errors import NoetherError
 from noether_nix.nix.build import nix_tool
+from noether_nix.proc import run as supervised_run
 from noether_nix.store.db import write_txn
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -121,15 +122,16 @@ def _fetch(pins: list[str], tag: str) -> list[Wheel]:
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-cache-dir",
                "--only-binary=:all:", "--python-version", tag[0] + "." + tag[1:], "--implementation", "cp",
                "--abi", f"cp{tag}", *_platform_args(), "-d", tmp, *pins]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        try:  # killed with the daemon, and when the run it fetches for is cancelled
+            proc = supervised_run(cmd, timeout=300)
         except subprocess.TimeoutExpired:
             raise NoetherError("requirements_fetch_failed", "pip download did not finish within 300s") from None
         if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            stderr = proc.stderr.decode("utf-8", "replace")
+            last = (stderr.strip().splitlines() or ["no output"])[-1]
             raise NoetherError("requirements_fetch_failed", f"cannot fetch wheels for {', '.join(pins)}: {last}",
                                hint="only binary wheels are used; check the pins and the index (PIP_INDEX_URL)",
-                               details={"stderr_tail": proc.stderr[-4000:]})
+                               details={"stderr_tail": stderr[-4000:]})
         wheels = []
         for path in sorted(Path(tmp).glob("*.whl")):
             digest = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -30,7 +30,7 @@ import msgspec
 
 from noether_nix.errors import NoetherError
 from noether_nix.nix.build import nix_build, nix_expr
-from noether_nix.paths import noether_home
+from noether_nix.paths import noether_home, open_private, private_dir
 
 RELOCATE_VERSION = "5"  # 5: manylinux system libraries in the python runtime
 # Everyday tools a bash stage can call, imported with the bash runtime when the host has them.
@@ -234,7 +234,7 @@ def runtime_roots_dir() -> Path:
     for candidate in (gcroots / "noether", gcroots / "per-user" / user / "noether"):
         if os.access(candidate if candidate.exists() else candidate.parent, os.W_OK):
             return candidate
-    return noether_home() / "gcroots"
+    return private_dir(noether_home() / "gcroots")
 
 
 def _indexed_runtime(root: Path, lang: str) -> Runtime | None:
@@ -264,9 +264,8 @@ _thread_locks: dict[str, threading.Lock] = {}
 def _runtime_lock(lang: str) -> Iterator[None]:
     """One import per language at a time, across threads and processes."""
     lock = _thread_locks.setdefault(lang, threading.Lock())
-    path = noether_home() / "locks" / f"runtime-{lang}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with lock, open(path, "w") as fh:
+    path = private_dir(noether_home() / "locks") / f"runtime-{lang}.lock"
+    with lock, os.fdopen(open_private(path, os.O_RDWR | os.O_CREAT), "r+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -294,7 +293,7 @@ def _ensure_host_runtime(lang: str) -> Runtime:
     if found is not None:
         return found
     bootstrap = None if lang == "python" else ensure_runtime("python").store_path
-    staging = noether_home() / "staging" / f"{lang}-{key}"
+    staging = private_dir(noether_home() / "staging") / f"{lang}-{key}"
     stage_host_runtime(lang, staging)
     strs = {"name": f"noether-runtime-{lang}"}
     if bootstrap:

@@ -21,6 +21,7 @@ from noether_nix.model.stage import Stage
 from noether_nix.nix.programs import build_stage_program_async
 from noether_nix.nix.registry import ProgramRegistry
 from noether_nix.nix.runtime import ensure_runtime, normalise_language
+from noether_nix.proc import run_sync_killable
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -66,7 +67,7 @@ async def warmup(stages: list[Stage], registry: ProgramRegistry, *, concurrency:
             languages.add(normalise_language(s.implementation_language or ""))
     for lang in sorted(languages):
         try:
-            rt = await trio.to_thread.run_sync(ensure_runtime, lang)
+            rt = await run_sync_killable(ensure_runtime, lang)
             report["runtimes"][lang] = rt.store_path
         except NoetherError as e:
             report["runtimes"][lang] = {"error": e.to_dict()}

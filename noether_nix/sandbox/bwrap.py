@@ -9,13 +9,12 @@ import shutil
 import stat
 import subprocess
 
-import structlog
-
 from noether_nix.errors import NoetherError
+from noether_nix.logs import get_logger
 from noether_nix.sandbox.policy import IsolationPolicy, Limits
 from noether_nix.sandbox.profile import Profile
 
-log = structlog.get_logger("noether.sandbox")
+log = get_logger("noether.sandbox")
 
 TRUSTED_PATHS = (
     "/run/current-system/sw/bin/bwrap",

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
-import structlog
 import trio
 
 from noether_nix.errors import NoetherError
+from noether_nix.logs import get_logger
 from noether_nix.sandbox.bwrap import build_argv, bwrap_works, find_bwrap, open_bind_fds
 from noether_nix.sandbox.cgroups import RunCgroup
 from noether_nix.sandbox.policy import IsolationPolicy, Limits
@@ -32,7 +32,7 @@ from noether_nix.sandbox.profile import Profile, load_profile
 from noether_nix.sandbox.seccomp import compile_filter, filter_fd
 from noether_nix.sandbox.spawn import spawn
 
-log = structlog.get_logger("noether.sandbox")
+log = get_logger("noether.sandbox")
 
 
 class Status(enum.StrEnum):

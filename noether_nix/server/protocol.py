@@ -1,13 +1,7 @@
-"""The HTTP layer without I/O: requests in, responses out, with h11.
-
-``RequestReader`` feeds bytes into an h11 connection and yields one
-complete request (body capped); ``Response`` helpers produce the bytes of
-an ACLI-envelope answer or of a streamed NDJSON body.
-"""
+"""The HTTP layer's data, without I/O: requests in, envelopes and NDJSON out."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import h11
@@ -31,28 +25,31 @@ class ProtocolError(Exception):
         self.message = message
 
 
-class RequestReader:
-    def __init__(self, conn: h11.Connection, max_body: int) -> None:
-        self.conn = conn
-        self.max_body = max_body
-
-    def next_event(self) -> Any:
-        try:
-            return self.conn.next_event()
-        except h11.RemoteProtocolError as e:
-            raise ProtocolError(400, "bad_request", f"malformed HTTP: {e}") from None
-
-    def feed(self, data: bytes) -> None:
-        self.conn.receive_data(data)
+def _text(raw: bytes, what: str) -> str:
+    """Header bytes as text: HTTP allows only ASCII there, anything else is the client's error."""
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise ProtocolError(400, "bad_request", f"the request's {what} is not ASCII") from None
 
 
 def request_from(head: h11.Request, body: bytes) -> Request:
     return Request(
-        method=head.method.decode(),
-        target=head.target.decode(),
-        headers={k.decode().lower(): v.decode() for k, v in head.headers},
+        method=_text(head.method, "method"),
+        target=_text(head.target, "target"),
+        headers={_text(k, "header names").lower(): _text(v, "header values") for k, v in head.headers},
         body=body,
     )
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def json_line(obj: Any) -> bytes:
+    """One JSON document and a newline (NDJSON). Text with lone surrogates
+    raises (UnicodeEncodeError); values are checked for NaN and the like
+    where they enter (a stage's output), not here."""
+    return _encoder.encode(obj) + b"\n"
 
 
 def envelope(command: str, data: Any = None, error: dict[str, Any] | None = None, duration_ms: int = 0) -> bytes:
@@ -62,7 +59,7 @@ def envelope(command: str, data: Any = None, error: dict[str, Any] | None = None
     else:
         doc["error"] = error
     doc["meta"] = {"duration_ms": duration_ms, "version": __version__}
-    return json.dumps(doc, ensure_ascii=False).encode() + b"\n"
+    return json_line(doc)
 
 
 def response_head(status: int, content_type: str, length: int | None = None) -> h11.Response:
@@ -72,7 +69,3 @@ def response_head(status: int, content_type: str, length: int | None = None) -> 
     else:
         headers.append(("transfer-encoding", "chunked"))
     return h11.Response(status_code=status, headers=headers)
-
-
-def ndjson(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False).encode() + b"\n"

@@ -1,47 +1,71 @@
-"""``noether check``, ``trace``, ``runs`` and ``warmup``."""
+"""``noether check``, ``run``, ``trace``, ``runs`` and ``warmup``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from noether_nix.errors import NoetherError
+from noether_nix.service.context import Context
+from noether_nix.service.endpoints import Check, NoParams, Ref, Run, RunsList, Warmup
 
 if TYPE_CHECKING:  # imported lazily: the engine is heavy and most commands do not need it
-    from noether_nix.engine.engine import Engine, RunOptions
-    from noether_nix.nix.registry import ProgramRegistry
-    from noether_nix.store.runs import RunStore
-    from noether_nix.store.stages import StageStore
+    from noether_nix.engine.events import Event, RunFinished
 
 
-def check_graph(engine: Engine, graph: Any, input: Any, options: RunOptions, *,
-                check_input: bool = False) -> dict[str, Any]:
+def check_graph(ctx: Context, p: Check) -> dict[str, Any]:
     """The report of ``noether check`` / ``run --dry-run``."""
+    from noether_nix.engine.options import decode_options
     from noether_nix.graph.check import check_report
 
-    return check_report(engine.prepare(graph, input, options, check_input=check_input))
+    options = decode_options(p.options)
+    ctx.gate_run(options)
+    return check_report(ctx.engine.prepare(p.graph, p.input, options, check_input=p.check_input))
 
 
-def find_run(runs: RunStore, ref: str, *, visible_to: int | None = None) -> dict[str, Any]:
-    """A run by its id, else the latest run of a composition id (of those ``visible_to`` may see)."""
-    run = runs.get(ref, visible_to=visible_to) or runs.latest(ref, visible_to=visible_to)
+async def run_graph(ctx: Context, p: Run, *, emit: Callable[[Event], Awaitable[None]] | None = None,
+                    run_id: str | None = None) -> RunFinished:
+    """Run a graph for ``ctx.peer``; its events go to ``emit``, the last one is the result."""
+    from noether_nix.engine.options import decode_options
+
+    options = decode_options(p.options)
+    ctx.gate_run(options)
+    return await ctx.engine.run(p.graph, p.input, options, emit=emit, run_id=run_id, run_as=ctx.peer.run_as(),
+                                store_writes=ctx.peer.writer, requester_uid=ctx.peer.uid)
+
+
+def find_run(ctx: Context, p: Ref) -> dict[str, Any]:
+    """A run by its id, else the latest run of a composition id (of those the peer may see)."""
+    runs, mine = ctx.runs, ctx.peer.visible_to
+    run = runs.get(p.ref, visible_to=mine) or runs.latest(p.ref, visible_to=mine)
     if run is None:
-        raise NoetherError("trace_not_found", f"no run or composition {ref!r}", path=ref)
+        raise NoetherError("trace_not_found", f"no run or composition {p.ref!r}", path=p.ref)
     return run
 
 
-def recent_runs(runs: RunStore, limit: int = 20, *, visible_to: int | None = None) -> dict[str, Any]:
-    return {"runs": runs.recent(limit, visible_to=visible_to)}
+def latest_trace(ctx: Context, p: Ref) -> dict[str, Any]:
+    """The trace of a composition's latest run."""
+    latest = ctx.runs.latest(p.ref, visible_to=ctx.peer.visible_to)
+    trace = latest["trace"] if latest else None
+    if trace is None:
+        raise NoetherError("trace_not_found", f"no trace for {p.ref}", path=p.ref)
+    return trace  # type: ignore[no-any-return]
 
 
-async def warmup_stages(store: StageStore, registry: ProgramRegistry, refs: list[str] | None = None, *,
-                        concurrency: int = 2,
+def recent_runs(ctx: Context, p: RunsList) -> dict[str, Any]:
+    return {"runs": ctx.runs.recent(p.limit, visible_to=ctx.peer.visible_to)}
+
+
+async def warmup_stages(ctx: Context, p: Warmup | NoParams, *,
                         progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Build the programs of ``refs`` (default: every Active stage); the warmup report."""
+    from noether_nix.nix.registry import ProgramRegistry
     from noether_nix.nix.warmup import warmup
 
+    refs = getattr(p, "refs", None)
+    store = ctx.store
     stages = [store.resolve(r) for r in refs] if refs else [s for s in store.all() if s.state == "Active"]
-    return await warmup(stages, registry, concurrency=concurrency, progress=progress)
+    return await warmup(stages, ProgramRegistry(store.conn), concurrency=ctx.build_concurrency, progress=progress)
 
 
 RUN_DATA_KEYS = ("composition_id", "run_id", "status", "output", "effects", "trace", "warnings", "spent_cents",
@@ -49,7 +73,7 @@ RUN_DATA_KEYS = ("composition_id", "run_id", "status", "output", "effects", "tra
 
 
 def run_report(result: dict[str, Any]) -> tuple[dict[str, Any], NoetherError | None]:
-    """The data of ``noether run`` from a run result (as builtins), and the error it ends with."""
+    """The data of ``noether run`` from a run's last event (as builtins), and the error it ends with."""
     data = {k: result[k] for k in RUN_DATA_KEYS}
     err = result.get("error")
     if not err:

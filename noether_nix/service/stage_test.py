@@ -20,6 +20,8 @@ from noether_nix.graph.preflight import is_stdlib
 from noether_nix.model.effects import EffectKind
 from noether_nix.model.jcs import jcs
 from noether_nix.model.stage import Stage
+from noether_nix.service.context import Context
+from noether_nix.service.endpoints import NoParams, Ref
 
 # Upstream's skip reasons, by effect, in the order they are reported.
 SKIP_EFFECTS = (
@@ -101,7 +103,11 @@ def stages_to_test(engine: Engine, ref: str | None) -> list[Stage]:
     return sorted(found, key=lambda s: (s.description, s.id))
 
 
-async def run_stage_tests(engine: Engine, ref: str | None = None) -> dict[str, Any]:
+async def run_stage_tests(ctx: Context, p: Ref | NoParams) -> dict[str, Any]:
+    return await stage_tests(ctx.engine, getattr(p, "ref", None))
+
+
+async def stage_tests(engine: Engine, ref: str | None = None) -> dict[str, Any]:
     results = [await run_examples(engine, s) for s in stages_to_test(engine, ref)]
     count = {k: sum(1 for r in results if r["status"] == k) for k in ("passed", "failed", "skipped")}
     return {"total": len(results), **count, "stages": results}

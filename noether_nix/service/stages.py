@@ -9,6 +9,8 @@ from noether_nix.errors import NoetherError
 from noether_nix.model.signing import SignatureStatus, verify_id
 from noether_nix.model.stage import Stage, stage_to_json
 from noether_nix.model.types import display
+from noether_nix.service.context import Context
+from noether_nix.service.endpoints import Lifecycle, NoParams, Ref, StageAdd, StageList
 from noether_nix.store.stages import StageStore
 
 if TYPE_CHECKING:
@@ -31,14 +33,19 @@ def store_stage(store: StageStore, stage: Stage, *, draft: bool = False) -> dict
     return out
 
 
-async def add_stage(store: StageStore, stage: Stage, *, draft: bool = False, build: bool = True,
-                    registry: ProgramRegistry | None = None, concurrency: int = 2) -> dict[str, Any]:
-    """``stage add``: store the stage, then build its program unless ``build`` is false."""
+async def add_stage(ctx: Context, p: StageAdd) -> dict[str, Any]:
+    """``stage add``: store the stage (signed: a valid embedded signature is
+    kept, an unsigned stage is signed with the author key), then build its
+    program unless ``build`` is false."""
+    from noether_nix.model.stage import stage_from_spec
     from noether_nix.nix.registry import ProgramRegistry
+    from noether_nix.store.signing import sign_for_store
 
-    out = store_stage(store, stage, draft=draft)
-    if "note" not in out and stage.implementation_code and stage.implementation_language and build:
-        out["program"] = await _build_now(registry or ProgramRegistry(store.conn), stage, concurrency)
+    stage = sign_for_store(stage_from_spec(p.spec))
+    store = ctx.store
+    out = store_stage(store, stage, draft=p.draft)
+    if "note" not in out and stage.implementation_code and stage.implementation_language and p.build:
+        out["program"] = await _build_now(ProgramRegistry(store.conn), stage, ctx.build_concurrency)
     return out
 
 
@@ -59,16 +66,20 @@ async def _build_now(registry: ProgramRegistry, stage: Stage, concurrency: int) 
     return {"built": True, "store_path": prog.store_path, "build_ms": prog.build_ms}
 
 
-def get_stage(store: StageStore, ref: str) -> dict[str, Any]:
-    return stage_to_json(store.resolve(ref))
+def get_stage(ctx: Context, p: Ref) -> dict[str, Any]:
+    return stage_to_json(ctx.store.resolve(p.ref))
 
 
 def signature_text(stage: Stage) -> str:
     return f"{display(stage.input)} → {display(stage.output)}"
 
 
-def list_stages(store: StageStore, *, lifecycle: str = "active", tags: Iterable[str] = (),
-                full_ids: bool = False) -> dict[str, Any]:
+def list_stages(ctx: Context, p: StageList) -> dict[str, Any]:
+    return stage_rows(ctx.store, lifecycle=p.lifecycle, tags=p.tag, full_ids=p.full_ids)
+
+
+def stage_rows(store: StageStore, *, lifecycle: str = "active", tags: Iterable[str] = (),
+               full_ids: bool = False) -> dict[str, Any]:
     if lifecycle not in LIST_LIFECYCLES:
         raise NoetherError("usage", f"unknown lifecycle {lifecycle!r} (use one of {', '.join(LIST_LIFECYCLES)})",
                            path="lifecycle", exit_code=2)
@@ -94,9 +105,13 @@ def list_stages(store: StageStore, *, lifecycle: str = "active", tags: Iterable[
     return {"stages": rows, "count": len(rows)}
 
 
-def change_lifecycle(store: StageStore, ref: str, to: str, *, successor: str | None = None,
-                     registry: ProgramRegistry | None = None) -> dict[str, Any]:
-    """Move a stage to ``to`` (Active, Deprecated with a successor, Tombstone)."""
+def change_lifecycle(ctx: Context, p: Lifecycle) -> dict[str, Any]:
+    """Move a stage to ``p.lifecycle`` (Active, Deprecated with a successor, Tombstone)."""
+    return move_stage(ctx.store, p.ref, p.lifecycle, successor=p.successor)
+
+
+def move_stage(store: StageStore, ref: str, to: str, *, successor: str | None = None,
+               registry: ProgramRegistry | None = None) -> dict[str, Any]:
     target = to.capitalize()
     if target not in TRANSITIONS.values():
         raise NoetherError("usage", f"cannot move a stage to {to!r} (use active, deprecated or tombstone)",
@@ -164,8 +179,10 @@ def verify_stage(stage: Stage) -> dict[str, Any]:
     }
 
 
-def verify_stages(store: StageStore, ref: str | None = None) -> dict[str, Any]:
+def verify_stages(ctx: Context, p: Ref | NoParams) -> dict[str, Any]:
     """Verify one stage or all; a failure is in the data (see ``verification_error``)."""
+    ref = getattr(p, "ref", None)
+    store = ctx.store
     stages = [store.resolve(ref)] if ref else store.all()
     results = [verify_stage(s) for s in stages]
     failed = sum(1 for r in results if r["status"] == "failed")

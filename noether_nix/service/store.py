@@ -7,11 +7,13 @@ from typing import Any
 from noether_nix.errors import NoetherError
 from noether_nix.model.signing import SignatureStatus, verify_id
 from noether_nix.model.stage import Stage, check_identity, stage_from_json
-from noether_nix.store.stages import StageStore
+from noether_nix.service.context import Context
+from noether_nix.service.endpoints import Import, NoParams
 
 
-def import_stages(store: StageStore, doc: Any, *, source: str) -> dict[str, Any]:
+def import_stages(ctx: Context, p: Import) -> dict[str, Any]:
     """Import a ``{"stages": [...]}`` document; ``source`` names it in errors (the client's file)."""
+    store, doc, source = ctx.store, p.doc, p.source
     if not isinstance(doc, dict) or not isinstance(doc.get("stages"), list):
         raise NoetherError("invalid_store_file", 'expected {"stages": [...]}', path=source)
     # Validate everything first: a bad entry leaves the store unchanged.
@@ -43,16 +45,11 @@ def import_stages(store: StageStore, doc: Any, *, source: str) -> dict[str, Any]
     return {"imported": imported, "skipped": skipped, "counts": {"imported": len(imported), "skipped": len(skipped)}}
 
 
-def export_store(store: StageStore) -> dict[str, Any]:
+def export_store(ctx: Context, p: NoParams) -> dict[str, Any]:
     """Upstream's store.json document."""
-    return store.export()
+    return ctx.store.export()
 
 
-def export_written(doc: dict[str, Any], path: str) -> dict[str, Any]:
-    """The data of ``store export -o PATH`` once the client has written ``doc`` there."""
-    return {"path": path, "count": len(doc["stages"])}
-
-
-def store_stats(store: StageStore) -> dict[str, Any]:
-    counts = store.count()
+def store_stats(ctx: Context, p: NoParams) -> dict[str, Any]:
+    counts = ctx.store.count()
     return {"total": sum(counts.values()), "by_lifecycle": counts}

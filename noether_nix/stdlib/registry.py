@@ -26,12 +26,14 @@
 from __future__ import annotations
 
 from importlib import resources
-from typing import Final, Literal
+from typing import Any, Final, Literal
+
+import msgspec
 
 from noether_nix.stdlib import collections, control, data, generic, io, scalar, text, ui, validation
 from noether_nix.stdlib._shapes import Impl, StageFailure
 
-__all__ = ["CATEGORY", "HIGHER_ORDER", "PROCESS", "PURE", "SANDBOXED", "STREAM", "Category", "Impl", "StageFailure", "sandboxed_source"]
+__all__ = ["CATEGORY", "HIGHER_ORDER", "PROCESS", "PURE", "SANDBOXED", "STDLIB", "STREAM", "WHERE", "Category", "Entry", "Impl", "StageFailure", "Where", "sandboxed_source"]
 
 Category = Literal["pure", "higher_order", "sandboxed", "stream", "process", "kv", "store", "llm", "arrow"]
 
@@ -87,8 +89,56 @@ _LLM = ("llm_complete", "llm_embed", "llm_classify", "llm_extract")
 _ARROW = ("arrow_from_records", "records_to_arrow")
 
 
-def _categories() -> dict[str, Category]:
-    table: dict[str, Category] = {}
+class Where(msgspec.Struct, frozen=True):
+    """How the stages of one category run: read by pre-flight (does it need
+    an isolation backend?), by the engine's dispatch and by the docs."""
+
+    #: It runs in a bwrap sandbox (its own, or the run's process host), so a
+    #: host without a usable one refuses it before the run.
+    sandboxed: bool
+    runs: str
+    reaches: str
+
+
+WHERE: Final[dict[Category, Where]] = {
+    "pure": Where(False, "in the engine's process, plain Python", "nothing: values in, values out"),
+    "higher_order": Where(False, "the engine: each named stage passes the run's policy, then runs like a graph "
+                          "stage", "what the named stages can reach"),
+    "sandboxed": Where(True, "a sandbox (Python, standard library only)", "what its walls grant"),
+    "stream": Where(False, "the engine, on the run's own streams", "the client's streams, never the daemon's"),
+    "process": Where(True, "the run's process host: one sandbox per run", "only processes this run spawned"),
+    "kv": Where(False, "the engine: the store database's kv table", "that table"),
+    "store": Where(False, "the engine, against its own store and traces", "the store"),
+    "llm": Where(False, "refused: no_llm_provider", "nothing"),
+    "arrow": Where(True, "a sandbox with pyarrow pinned to the arrow extra's version", "nothing"),
+}
+
+
+class Entry(msgspec.Struct, frozen=True, kw_only=True):
+    """One stdlib stage: how it runs and what it needs from the run."""
+
+    name: str
+    category: Category
+    #: The in-process implementation of a ``pure`` stage.
+    impl: Impl | None = None
+    #: Its one wall is the run's file grant that holds the file it names
+    #: (``read``: --allow-read or --allow-write; ``write``: --allow-write).
+    grant: Literal["read", "write"] | None = None
+    #: It sees exactly the run's environment variables (``--env``), none of the daemon's.
+    run_env: bool = False
+    #: Only a run whose requester may change the store may call it.
+    writers_only: bool = False
+    #: A requester who may not change the store sees only its own part of
+    #: the state it touches (its kv namespace, its own runs' traces).
+    per_peer: bool = False
+
+    @property
+    def sandboxed(self) -> bool:
+        return WHERE[self.category].sandboxed
+
+
+def _entries() -> dict[str, Entry]:
+    table: dict[str, Entry] = {}
     groups: list[tuple[Category, tuple[str, ...]]] = [
         ("pure", tuple(PURE)),
         ("higher_order", tuple(HIGHER_ORDER)),
@@ -100,15 +150,26 @@ def _categories() -> dict[str, Category]:
         ("llm", _LLM),
         ("arrow", _ARROW),
     ]
+    special: dict[str, dict[str, Any]] = {
+        "read_file": {"grant": "read"},
+        "write_file": {"grant": "write"},
+        "env_get": {"run_env": True},
+        "store_add": {"writers_only": True},
+        "trace_read": {"per_peer": True},
+        **{name: {"per_peer": True} for name in _KV},
+    }
     for category, names in groups:
         for name in names:
             if name in table:
-                raise RuntimeError(f"stdlib stage {name} is listed as both {table[name]} and {category}")
-            table[name] = category
+                raise RuntimeError(f"stdlib stage {name} is listed as both {table[name].category} and {category}")
+            table[name] = Entry(name=name, category=category, impl=PURE.get(name) if category == "pure" else None,
+                                **special.get(name, {}))
     return table
 
 
-CATEGORY: Final[dict[str, Category]] = _categories()
+#: Every one of the 85 stdlib stages, by name.
+STDLIB: Final[dict[str, Entry]] = _entries()
+CATEGORY: Final[dict[str, Category]] = {name: e.category for name, e in STDLIB.items()}
 
 
 def sandboxed_source(name: str) -> str:
@@ -154,6 +215,14 @@ def stdlib_program(stage_id: str, name: str) -> tuple[str, str] | None:
     else:
         return None
     return f"{stage_id}-{value_hash(code)[:16]}", code
+
+
+def remote_call_program() -> tuple[str, str]:
+    """``(program_id, python code)`` of the sandboxed caller behind RemoteStage nodes."""
+    from noether_nix.model.jcs import value_hash
+
+    code = resources.files("noether_nix.stdlib.sandboxed").joinpath("remote_call.py").read_text("utf-8")
+    return "remote-call-" + value_hash(code)[:52], code
 
 
 def process_host_source() -> str:

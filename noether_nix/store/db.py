@@ -3,6 +3,10 @@
 Several processes (the daemon, CLI invocations) may open it at once; WAL
 plus a busy timeout gives readers that never block and serialised writers.
 ``synchronous=FULL`` makes an acknowledged commit survive a crash.
+
+It holds every peer's kv values and traces: the file is created 0600 before
+SQLite sees it (SQLite would make it 0644), so its ``-wal`` and ``-shm``
+files, which SQLite creates with the database's own mode, are 0600 too.
 """
 
 from __future__ import annotations
@@ -14,6 +18,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from noether_nix.errors import NoetherError
+from noether_nix.paths import (
+    PRIVATE_FILE_MODE,
+    ensure_home,
+    noether_home,
+    private_dir,
+    private_file,
+    tighten,
+)
 
 BUSY_TIMEOUT_MS = 10_000
 # One connection is shared by the trio thread and the worker threads that
@@ -31,7 +43,7 @@ class _Connection(sqlite3.Connection):
 
 def connect(path: Path) -> sqlite3.Connection:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private(path)
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                check_same_thread=False, factory=_Connection)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -43,6 +55,17 @@ def connect(path: Path) -> sqlite3.Connection:
             "store_unavailable", f"cannot open the store database: {e}", path=str(path)
         ) from None
     return conn
+
+
+def _private(path: Path) -> None:
+    """The database and its side files 0600, in a private directory (the home is tightened to 0700)."""
+    if path.parent.absolute() == noether_home().absolute():
+        ensure_home()
+    else:
+        private_dir(path.parent, tighten_existing=False)
+    private_file(path)
+    for suffix in ("-wal", "-shm", "-journal"):  # left looser by an older version
+        tighten(path.with_name(path.name + suffix), PRIVATE_FILE_MODE)
 
 
 @contextmanager

@@ -24,8 +24,10 @@ def noether(*args: str, check_rc: int | None = 0) -> tuple[int, Any, Any]:
     proc = subprocess.run(
         [sys.executable, "-m", "noether_nix.cli.main", *args], capture_output=True, text=True, timeout=60
     )
+    # Exactly one envelope, on stdout, ok or not; stderr carries no envelope.
     out = json.loads(proc.stdout) if proc.stdout.strip() else None
-    err = json.loads(proc.stderr) if proc.stderr.strip().startswith("{") else proc.stderr
+    assert not proc.stderr.strip().startswith("{"), proc.stderr
+    err = out if isinstance(out, dict) and out.get("ok") is False else proc.stderr
     if check_rc is not None:
         assert proc.returncode == check_rc, (proc.stdout, proc.stderr)
     return proc.returncode, out, err
@@ -81,7 +83,7 @@ def test_bad_spec_is_rejected_and_store_unchanged(tmp_path: Path, content: str, 
     p.write_text(content)
     _, before, _ = noether("store", "export")
     rc, out, err = noether("stage", "add", str(p), check_rc=1)
-    assert out is None
+    assert out is err and "data" not in out
     assert err["ok"] is False and err["error"]["code"] == code
     assert err["error"]["message"]
     _, after, _ = noether("store", "export")

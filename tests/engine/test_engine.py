@@ -56,6 +56,32 @@ async def test_pure_stage_is_cached_until_evicted(engine: Engine, add: AddStage)
     assert third.output == 42 and started == [stage.id, stage.id]
 
 
+async def test_a_peer_is_never_served_another_peers_cached_output(engine: Engine, add: AddStage) -> None:
+    """Security finding 10: the pure cache is keyed by peer for the daemon's
+    non-writers; writers (and embedded runs) share one namespace."""
+    # Declared Pure, but what it returns is its caller's own: a cached copy must not reach anyone else.
+    add("token", "import os\ndef execute(x):\n    return os.urandom(8).hex()\n", input="Number", output="Text")
+    g = graph({"op": "Stage", "id": "token"})
+
+    async def run_as_peer(uid: int, writer: bool = False) -> tuple[str, dict[str, int]]:
+        res = await engine.run(g, 1, RunOptions(), store_writes=writer, requester_uid=uid)
+        assert res.status == "ok", res.error
+        return res.output, res.cache
+
+    alice, first = await run_as_peer(1001)
+    assert first == {"hits": 0, "misses": 1}
+    bob, cache = await run_as_peer(1002)
+    assert cache == {"hits": 0, "misses": 1} and bob != alice
+    again, cache = await run_as_peer(1001)
+    assert cache == {"hits": 1, "misses": 0} and again == alice  # each peer still has its own cache
+    root, cache = await run_as_peer(0, writer=True)
+    assert cache == {"hits": 0, "misses": 1} and root not in (alice, bob)
+    other_writer, cache = await run_as_peer(1000, writer=True)
+    assert cache == {"hits": 1, "misses": 0} and other_writer == root
+    embedded = await engine.run(g, 1, RunOptions())
+    assert embedded.cache == {"hits": 1, "misses": 0} and embedded.output == root
+
+
 async def test_failures_are_never_cached_and_say_why(engine: Engine, add: AddStage) -> None:
     add("boom", "def execute(x):\n    raise ValueError('bad input ' + str(x))\n", effects=["Fallible"])
     res = await engine.run(graph({"op": "Stage", "id": "boom"}), 7, RunOptions())

@@ -396,7 +396,7 @@ async def test_a_value_too_deep_to_process_fails_the_run_not_the_engine(engine: 
 
 
 async def test_a_huge_map_keeps_a_bounded_trace(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    import noether_nix.engine.engine as engine_module
+    import noether_nix.engine.interpreter as engine_module
 
     monkeypatch.setattr(engine_module, "MAX_TRACE_ENTRIES", 10)
     res = await run(engine, "map", {"items": ["a"] * 20, "stage_id": "text_upper"})

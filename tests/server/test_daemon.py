@@ -69,7 +69,7 @@ def test_client_health_and_run(daemon: tuple[subprocess.Popen[bytes], Path]) -> 
     assert status == 200 and health["ok"] and health["data"]["store"]["Active"] == 85
     assert health["data"]["warmup"]["state"] in ("pending", "running", "done")
     events = list(c.run(HELLO, "hi"))
-    assert [e["event"] for e in events] == ["run_accepted", "stage_started", "stage_finished", "result"]
+    assert [e["event"] for e in events] == ["run_accepted", "stage_started", "stage_finished", "run_finished"]
     assert events[-1]["output"] == "HI"
     status, run = c.request("GET", f"/v1/runs/{events[-1]['run_id']}")
     assert status == 200 and run["data"]["status"] == "ok"
@@ -158,7 +158,7 @@ def test_second_daemon_on_a_live_socket_is_refused(daemon: tuple[subprocess.Pope
     out = subprocess.run([sys.executable, "-m", "noether_nix.cli.main", "daemon", "--socket", str(sock)],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1
-    assert json.loads(out.stderr)["error"]["code"] == "daemon_running"
+    assert json.loads(out.stdout)["error"]["code"] == "daemon_running"
 
 
 def test_socket_activation_and_readiness(tmp_path: Path) -> None:
@@ -264,14 +264,14 @@ def test_cli_run_talks_to_a_live_daemon_with_the_same_output(daemon: tuple[subpr
     assert a["run_id"] in [r["run_id"] for r in runs["data"]["runs"]]
 
 
-async def test_trio_client_streams_events(daemon: tuple[subprocess.Popen[bytes], Path]) -> None:
-    from noether_nix.client import TrioClient
+async def test_an_async_program_uses_the_client_from_a_thread(daemon: tuple[subprocess.Popen[bytes], Path]) -> None:
+    import trio
 
     _, sock = daemon
-    c = TrioClient(str(sock))
-    status, health = await c.request("GET", "/v1/health")
+    c = Client(str(sock))
+    status, health = await trio.to_thread.run_sync(c.request, "GET", "/v1/health")
     assert status == 200 and health["data"]["status"] == "ok"
-    events = [ev async for ev in c.run(HELLO, "trio")]
+    events = await trio.to_thread.run_sync(lambda: list(c.run(HELLO, "trio")))
     assert events[0]["event"] == "run_accepted" and events[-1]["output"] == "TRIO"
 
 
@@ -445,7 +445,7 @@ def test_a_run_cancelled_by_delete_ends_its_stream_with_a_cancelled_result(
     assert run_id is not None
     assert Client(str(sock)).call("DELETE", f"/v1/runs/{run_id}") == {"run_id": run_id, "cancelled": True}
     last = list(events)[-1]
-    assert last["event"] == "result" and last["status"] == "cancelled"
+    assert last["event"] == "run_finished" and last["status"] == "cancelled"
     assert last["error"]["code"] == "cancelled"
 
 

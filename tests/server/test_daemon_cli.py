@@ -90,7 +90,7 @@ class Setup:
         assert normalise(via.stdout) == normalise(local.stdout)
         assert normalise(via.stderr) == normalise(local.stderr)
         assert not (self.client / "noether.db").exists(), "the client opened a store of its own"
-        text = via.stdout if via.stdout.strip() else via.stderr
+        text = via.stdout if via.stdout.strip() else via.stderr  # --human: the error goes to stderr
         return json.loads(text) if text.lstrip().startswith("{") else text
 
     def spec(self, name: str, doc: dict[str, Any]) -> str:
@@ -232,12 +232,12 @@ def test_socket_selection_and_fallback(setup: Setup, tmp_path: Path) -> None:
     for home, args, env in ((tmp_path / "h1", ["--local"], {"NOETHER_SOCKET": str(setup.sock)}),
                             (tmp_path / "h2", [], {"NOETHER_SOCKET": str(tmp_path / "dead.sock")})):
         got = cli(home, *args, "stage", "get", "add1", env=env)
-        assert got.returncode == 1 and json.loads(got.stderr)["error"]["code"] == "stage_not_found"
+        assert got.returncode == 1 and json.loads(got.stdout)["error"]["code"] == "stage_not_found"
         assert (home / "noether.db").exists()
     # An explicit --socket that nobody serves is an error, not a silent fallback.
     for args in (["stage", "list"], ["run", "--json", str(EXAMPLES / "hello.json")]):
         got = cli(tmp_path / "h3", "--socket", str(tmp_path / "dead.sock"), *args)
-        assert got.returncode == 1 and json.loads(got.stderr)["error"]["code"] == "daemon_unreachable"
+        assert got.returncode == 1 and json.loads(got.stdout)["error"]["code"] == "daemon_unreachable"
 
 
 def _requests(sock: Path) -> int:
@@ -259,8 +259,8 @@ def test_a_forbidden_write_is_the_same_error_envelope(tmp_path: Path) -> None:
                               ("store import", ["store", "import", str(doc)]),
                               ("warmup", ["warmup", "text_upper"])):
             got = cli(client, "--socket", str(sock), *args)
-            assert got.returncode == 1 and got.stdout == ""
-            env = json.loads(got.stderr)
+            assert got.returncode == 1 and got.stderr == ""
+            env = json.loads(got.stdout)
             assert env["ok"] is False and env["command"] == command
             assert env["error"]["code"] == "forbidden" and "exit_code" not in env["error"]
         assert cli(client, "--socket", str(sock), "store", "stats").returncode == 0
@@ -282,7 +282,7 @@ def test_stage_test_and_the_io_stages(setup: Setup, tmp_path: Path) -> None:
         assert json.loads(done.stdout)["data"]["output"]["content"] == "read through the daemon"
         done = mode("run", "--json", str(read), "--input", path)
         assert done.returncode == 3
-        assert json.loads(done.stderr)["error"]["code"] == "path_not_granted"
+        assert json.loads(done.stdout)["error"]["code"] == "path_not_granted"
     write = tmp_path / "say.graph.json"
     write.write_text(json.dumps({"description": "s", "version": "1", "root": {"op": "Stage", "id": "stdout_write"}}))
     via = setup.via("run", "--json", str(write), "--input", '{"text": "said"}')
@@ -300,23 +300,23 @@ def test_only_trusted_peers_may_grant_file_access(tmp_path: Path) -> None:
         done = cli(client, "--socket", str(sock), "run", "--json", str(read), "--input",
                    json.dumps({"path": "/etc/hostname"}), "--allow-read", "/etc")
         assert done.returncode != 0
-        assert json.loads(done.stderr)["error"]["code"] == "forbidden"
+        assert json.loads(done.stdout)["error"]["code"] == "forbidden"
         # Nor may such a peer run unsigned stages, or add stages from inside a graph.
         add = tmp_path / "add.graph.json"
         add.write_text(json.dumps({"description": "a", "version": "1", "root": {"op": "Stage", "id": "store_add"}}))
         done = cli(client, "--socket", str(sock), "run", "--json", str(add), "--input", "{}", "--allow-unsigned")
-        err = json.loads(done.stderr)["error"]
+        err = json.loads(done.stdout)["error"]
         assert err["code"] == "forbidden" and "unsigned" in err["message"]
         spec = {"name": "sneaky", "input": "Any", "output": "Any", "implementation": "def execute(x):\n    return x\n"}
         done = cli(client, "--socket", str(sock), "run", "--json", str(add), "--input", json.dumps({"spec": spec}))
-        err = json.loads(done.stderr)["error"]
+        err = json.loads(done.stdout)["error"]
         assert err["code"] == "forbidden" and "may not add stages" in err["message"]
         # `stage test` runs any stored stage (unsigned ones too); a check would
         # tell whether a path exists: both need the same trust.
         done = cli(client, "--socket", str(sock), "stage", "test", "text_upper")
-        assert json.loads(done.stderr)["error"]["code"] == "forbidden"
+        assert json.loads(done.stdout)["error"]["code"] == "forbidden"
         done = cli(client, "--socket", str(sock), "check", str(read), "--allow-unsigned")
-        assert json.loads(done.stderr)["error"]["code"] == "forbidden"
+        assert json.loads(done.stdout)["error"]["code"] == "forbidden"
     finally:
         stop(proc)
 
@@ -324,7 +324,7 @@ def test_only_trusted_peers_may_grant_file_access(tmp_path: Path) -> None:
 def test_the_daemon_refuses_unsandboxed_runs_unless_configured(setup: Setup) -> None:
     done = setup.via("run", "--json", str(EXAMPLES / "hello.json"), "--isolate", "none")
     assert done.returncode != 0
-    err = json.loads(done.stderr)["error"]
+    err = json.loads(done.stdout)["error"]
     assert err["code"] == "forbidden" and "allow_unsandboxed_runs" in err["message"]
 
 
@@ -337,7 +337,7 @@ def test_a_body_over_the_daemons_cap_is_its_error_not_a_lost_daemon(tmp_path: Pa
         big = tmp_path / "big.json"
         big.write_text(json.dumps({"stages": [], "padding": "x" * 5_000_000}))
         done = cli(client, "--socket", str(sock), "store", "import", str(big))
-        err = json.loads(done.stderr)["error"]
+        err = json.loads(done.stdout)["error"]
         assert err["code"] != "daemon_unreachable", err
         assert "too large" in err["message"] or err["code"] == "body_too_large", err
     finally:

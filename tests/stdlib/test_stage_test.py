@@ -8,7 +8,8 @@ import msgspec
 
 from noether_nix.engine.engine import Engine
 from noether_nix.model.stage import stage_from_spec
-from noether_nix.service.stage_test import run_stage_tests, stage_test_error
+from noether_nix.service.stage_test import stage_test_error
+from noether_nix.service.stage_test import stage_tests as run_stage_tests
 from noether_nix.stdlib.registry import CATEGORY
 
 

@@ -1,0 +1,49 @@
+"""The embedded backend: handlers called in this process, on this user's store."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import msgspec
+import trio
+
+from noether_nix.backend import Backend, OnEvent, OnProgress
+from noether_nix.engine.engine import Engine
+from noether_nix.engine.events import Event
+from noether_nix.errors import NoetherError
+from noether_nix.service import endpoints as ep
+from noether_nix.service.context import Context, me
+from noether_nix.service.graph import run_graph
+
+
+def _as_json(value: Any) -> Any:
+    """What a daemon client would get back: the same value after a JSON round trip."""
+    return msgspec.json.decode(msgspec.json.encode(value))
+
+
+class LocalBackend(Backend):
+    mode = "local"
+
+    def __init__(self) -> None:
+        self.ctx = Context(me(), make_engine=lambda: Engine(store=self.ctx.store))
+
+    def call(self, name: str, params: msgspec.Struct | None = None, *, on_progress: OnProgress | None = None) -> Any:
+        endpoint = ep.BY_NAME[name]
+        if endpoint.daemon_only:
+            raise NoetherError("daemon_required", f"{endpoint.method} {endpoint.path} is answered by a daemon only")
+        fn = endpoint.resolve()
+        kwargs = {"progress": on_progress} if on_progress is not None else {}
+        out = fn(self.ctx, params if params is not None else endpoint.params(), **kwargs)
+        if inspect.iscoroutine(out):
+            coro = out
+            out = trio.run(lambda: coro)
+        return _as_json(out)
+
+    def run(self, params: ep.Run, on_event: OnEvent) -> dict[str, Any]:
+        async def emit(ev: Event) -> None:
+            on_event(ev)
+
+        finished = trio.run(lambda: run_graph(self.ctx, params, emit=emit))
+        result: dict[str, Any] = _as_json(finished)
+        return result

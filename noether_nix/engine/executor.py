@@ -1,0 +1,108 @@
+"""The executor seam: one stage call in, one typed outcome out.
+
+A ``StageCall`` says everything needed to run a program once: what to build
+(program id, language, code), the walls its effects derive, its input,
+limits and isolation. An ``Executor`` turns it into a ``StageOutcome``. The
+``LocalExecutor`` builds the program with Nix (once, GC-rooted), derives the
+sandbox policy and runs it under bwrap on this host; a remote executor
+(REAPI) is a second implementation of the same interface, and tests use an
+in-memory one. Nothing above this module knows how a program is launched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import msgspec
+import trio
+
+from noether_nix.engine.options import Isolation, StageError
+from noether_nix.model.effects import EffectSet
+from noether_nix.model.jcs import serde_compact
+from noether_nix.nix.programs import build_stage_program_async, store_closure
+from noether_nix.nix.registry import ProgramRegistry
+from noether_nix.sandbox.policy import Limits, policy_from_effects
+from noether_nix.sandbox.profile import load_profile
+from noether_nix.sandbox.supervisor import Isolation as SandboxIsolation
+from noether_nix.sandbox.supervisor import RunAs, run_sandboxed
+
+
+class StageCall(msgspec.Struct, frozen=True, kw_only=True):
+    """One run of one program: everything an executor needs, nothing of the graph."""
+
+    program_id: str  # a stage ID, or a synthetic ID carrying the code's hash
+    language: str
+    code: str
+    effects: EffectSet
+    input: Any
+    limits: Limits
+    isolation: Isolation
+    label: str  # how errors name it ("stage text_upper (1a2b3c4d)")
+    run_as: RunAs | None = None
+    #: Variables the program sees besides the profile's; ``clear_env`` drops
+    #: the profile's allowlist (env_get sees exactly the run's variables).
+    env: dict[str, str] | None = None
+    clear_env: bool = False
+
+
+class StageOutcome(msgspec.Struct, kw_only=True):
+    status: str  # a sandbox Result status: ok, error, timed_out, output_limit, memory_limit, …
+    message: str
+    isolation: str
+    output: Any = None
+    exit_code: int | None = None
+    stderr_tail: str = ""
+    wall_ms: int = 0
+    cpu_ms: int | None = None
+    max_rss_kb: int | None = None
+    build_ms: int | None = None
+    #: Served from a cache instead of run (a remote ActionCache hit).
+    cached: bool = False
+    #: Where and when it ran, for executors that run elsewhere.
+    remote: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class Executor(Protocol):
+    async def execute(self, call: StageCall) -> StageOutcome: ...
+
+
+def outcome_value(outcome: StageOutcome, label: str, node_path: str) -> Any:
+    """The output of a successful outcome; a failed one as the ``stage_<status>`` error users see."""
+    if outcome.ok:
+        return outcome.output
+    tail = outcome.stderr_tail.strip()
+    detail = tail.splitlines()[-1] if tail else ""
+    message = outcome.message if outcome.status != "error" else f"exited with status {outcome.exit_code}"
+    if detail and detail not in message:
+        message += f": {detail}"
+    raise StageError(f"stage_{outcome.status}", f"{label} failed: {message}", node_path,
+                     details={"status": outcome.status, "stderr_tail": outcome.stderr_tail[-2000:]})
+
+
+class LocalExecutor:
+    """Build with Nix on this host, run under bwrap on this host."""
+
+    def __init__(self, programs: ProgramRegistry, *, profile: str = "default", build_concurrency: int = 2) -> None:
+        self.programs = programs
+        self.profile_name = profile
+        self.build_concurrency = build_concurrency
+
+    async def execute(self, call: StageCall) -> StageOutcome:
+        program = await build_stage_program_async(call.program_id, call.language, call.code, registry=self.programs,
+                                                  concurrency=self.build_concurrency)
+        profile = load_profile(self.profile_name)
+        closure = program.closure or await trio.to_thread.run_sync(store_closure, program.store_path)
+        policy = policy_from_effects(call.effects, profile=profile, store_paths=closure)
+        if call.clear_env:
+            policy = msgspec.structs.replace(policy, env_allowlist=[])
+        result = await run_sandboxed(program.argv, policy=policy, limits=call.limits, stdin=serde_compact(call.input),
+                                     isolation=SandboxIsolation(call.isolation), profile=profile, env=call.env,
+                                     run_as=call.run_as)
+        return StageOutcome(status=result.status.value, message=result.message, isolation=result.isolation,
+                            output=result.output, exit_code=result.exit_code, stderr_tail=result.stderr_tail,
+                            wall_ms=result.wall_ms, cpu_ms=result.cpu_ms, max_rss_kb=result.max_rss_kb,
+                            build_ms=program.build_ms if program.built else None)

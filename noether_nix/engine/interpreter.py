@@ -1,0 +1,324 @@
+"""The graph interpreter: one run of a prepared graph on trio.
+
+Parallel branches, Let bindings, Fanout targets and Merge sources run
+concurrently, bounded by a run-wide and a process-wide capacity limiter.
+Each Stage node goes through ``run_stage`` (refinements, the pure cache,
+the budget, events and the trace entry) and then the injected ``dispatch``,
+which knows how stages run; the interpreter does not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import trio
+
+from noether_nix.engine.budget import Budget
+from noether_nix.engine.events import Event, StageFinished, StageStarted
+from noether_nix.engine.executor import StageCall, outcome_value
+from noether_nix.engine.options import (
+    ATTEMPT,
+    Isolation,
+    RetriesExhausted,
+    RunOptions,
+    StageError,
+    with_retries,
+)
+from noether_nix.engine.state import Dispatch, Services, Usage
+from noether_nix.errors import NoetherError
+from noether_nix.graph.ast import (
+    BranchNode,
+    ConstNode,
+    FanoutNode,
+    LetNode,
+    MergeNode,
+    Node,
+    ParallelNode,
+    RemoteStageNode,
+    RetryNode,
+    SequentialNode,
+    StageNode,
+)
+from noether_nix.graph.check import PreparedGraph
+from noether_nix.graph.preflight import REMOTE_EFFECTS, PolicyOptions
+from noether_nix.model.jcs import value_hash
+from noether_nix.model.stage import Stage
+from noether_nix.model.types import display, display_refinement
+from noether_nix.model.values import check_refinement, check_value_size, conforms, outer_refinements
+from noether_nix.sandbox.policy import Limits
+from noether_nix.sandbox.supervisor import RunAs
+from noether_nix.stdlib.registry import remote_call_program
+from noether_nix.store.cache import cache_namespace
+
+Emit = Callable[[Event], Awaitable[None]]
+CONFIG_INPUT_KEYS = ("items", "text", "data", "input", "records", "train", "document", "html", "csv", "json_str")
+# What one run keeps for its stored trace and replay (events are all streamed).
+MAX_TRACE_ENTRIES = 200_000
+MAX_STORED_EVENTS = 400_000
+
+
+class Interpreter:
+    """State of one run (budget, limiter, trace entries, events) and its operators."""
+
+    def __init__(self, services: Services, dispatch: Dispatch, prepared: PreparedGraph, options: RunOptions, *,
+                 run_id: str, emit: Emit | None, isolation: Isolation, policy: PolicyOptions, limits: Limits,
+                 run_as: RunAs | None = None, store_writes: bool = True, requester_uid: int | None = None) -> None:
+        self.services = services
+        self.dispatch = dispatch
+        self.p = prepared
+        self.options = options
+        self.run_id = run_id
+        self.emit_fn = emit
+        self.isolation = isolation
+        self.policy = policy
+        self.limits = limits
+        self.run_as = run_as
+        self.store_writes = store_writes
+        self.requester_uid = requester_uid
+        self.budget = Budget(options.budget_cents)
+        self.limiter = trio.CapacityLimiter(services.config.run_concurrency)
+        self.entries: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.hits = 0
+        self.misses = 0
+        self.resolved_refs: dict[str, Stage] = {}
+        self.cleanup = contextlib.AsyncExitStack()
+        self.resource_lock = trio.Lock()
+        self.resources: dict[str, Any] = {}
+        self.dropped_entries = 0
+        self.dropped_events = 0
+        self.checks = options.refinement_checks and services.config.refinement_checks
+        #: The pure cache is shared by the daemon's writers; every other peer has its own.
+        self.cache_namespace = cache_namespace(store_writes, requester_uid)
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """A trace entry; past ``MAX_TRACE_ENTRIES`` only counted (a map over
+        millions of items must not hold millions of entries in the daemon)."""
+        if len(self.entries) < MAX_TRACE_ENTRIES:
+            self.entries.append(entry)
+        else:
+            self.dropped_entries += 1
+
+    async def emit(self, ev: Event) -> None:
+        # Every event is streamed; the stored copy (for replay) is bounded.
+        if len(self.events) < MAX_STORED_EVENTS:
+            self.events.append(msgspec.to_builtins(ev))
+        else:
+            self.dropped_events += 1
+        if self.emit_fn is not None:
+            await self.emit_fn(ev)
+
+    # ------------------------------------------------------------ operators
+
+    async def exec(self, node: Node, value: Any, path: str) -> Any:
+        match node:
+            case StageNode():
+                stage = self.p.resolution.stage_for(node)
+                return await self.run_stage(stage, _apply_config(value, node.config), path)
+            case ConstNode(value=v):
+                return v
+            case SequentialNode(stages=ss):
+                for i, s in enumerate(ss):
+                    value = await self.exec(s, value, f"{path}.stages[{i}]")
+                return value
+            case ParallelNode(branches=bs):
+                names = sorted(bs)
+                inputs = [value[k] if isinstance(value, dict) and k in value else value for k in names]
+                outs = await self.concurrently(
+                    [(bs[k], inputs[i], f"{path}.branches.{k}") for i, k in enumerate(names)])
+                return dict(zip(names, outs, strict=True))
+            case BranchNode(predicate=pr, if_true=t, if_false=f):
+                chosen = await self.exec(pr, value, f"{path}.predicate")
+                if chosen is True:
+                    return await self.exec(t, value, f"{path}.if_true")
+                return await self.exec(f, value, f"{path}.if_false")
+            case FanoutNode(source=s, targets=ts):
+                src = await self.exec(s, value, f"{path}.source")
+                return await self.concurrently([(t, src, f"{path}.targets[{i}]") for i, t in enumerate(ts)])
+            case MergeNode(sources=ss, target=t):
+                ins = [value[f"source_{i}"] if isinstance(value, dict) and f"source_{i}" in value else value
+                       for i in range(len(ss))]
+                outs = await self.concurrently([(s, ins[i], f"{path}.sources[{i}]") for i, s in enumerate(ss)])
+                merged = {f"source_{i}": o for i, o in enumerate(outs)}
+                return await self.exec(t, merged, f"{path}.target")
+            case RetryNode(stage=s, max_attempts=n, delay_ms=d):
+                return await self.retry(s, value, f"{path}.stage", max(n, 1), d)
+            case LetNode(bindings=bs, body=b):
+                names = sorted(bs)
+                outs = await self.concurrently([(bs[k], value, f"{path}.bindings.{k}") for k in names])
+                body_in = dict(value) if isinstance(value, dict) else {}
+                body_in.update(zip(names, outs, strict=True))
+                return await self.exec(b, body_in, f"{path}.body")
+            case RemoteStageNode():
+                return await self.remote(node, value, path)
+        raise AssertionError(node)
+
+    async def concurrently(self, jobs: list[tuple[Node, Any, str]]) -> list[Any]:
+        return await self.gather(jobs, self.exec)
+
+    async def gather(self, jobs: list[tuple[Any, Any, str]],
+                     fn: Callable[[Any, Any, str], Awaitable[Any]]) -> list[Any]:
+        """``fn(*job)`` for every job concurrently, results in job order; the
+        first failure cancels the others and is the one raised."""
+        results: list[Any] = [None] * len(jobs)
+
+        async def one(i: int, node: Any, value: Any, path: str) -> None:
+            results[i] = await fn(node, value, path)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for i, (node, value, path) in enumerate(jobs):
+                    nursery.start_soon(one, i, node, value, path)
+        except BaseExceptionGroup as group:
+            # The first failure cancelled its siblings; report that failure.
+            raise first_error(group) from None
+        return results
+
+    async def retry(self, node: Node, value: Any, path: str, attempts: int, delay_ms: int | None) -> Any:
+        async def attempt(_n: int) -> Any:
+            return await self.exec(node, value, path)
+
+        try:
+            return await with_retries(attempt, attempts, delay_ms)
+        except RetriesExhausted as e:
+            raise StageError("retry_exhausted", f"retry exhausted after {attempts} attempts: {e.last.message}",
+                             path, details={"last_error": e.last.to_dict()}) from None
+
+    async def remote(self, node: RemoteStageNode, value: Any, path: str) -> Any:
+        """POST ``{"input": value}`` to the node's URL from a sandbox with the
+        network: the daemon itself never makes the call."""
+        program_id, code = remote_call_program()
+        label = f"RemoteStage {node.url}"
+        attempt = ATTEMPT.get()
+        await self.emit(StageStarted(self.run_id, attempt=attempt, node_path=path, stage_id=program_id, name=label))
+        started = time.monotonic()
+        usage = Usage()
+        try:
+            async with self.limiter, self.services.process_limiter:
+                outcome = await self.services.executor.execute(StageCall(
+                    program_id=program_id, language="python", code=code, effects=REMOTE_EFFECTS,
+                    input={"url": node.url, "input": value}, limits=self.limits, isolation=self.isolation,
+                    run_as=self.run_as, label=label))
+            usage = Usage.of(outcome)
+            out = outcome_value(outcome, label, path)
+            err = conforms(out, node.output, "output")
+            if err:
+                raise StageError("remote_output_mismatch", f"{label} returned a value that is not "
+                                 f"{display(node.output)}: {err}", path)
+        except NoetherError as e:
+            await self.emit(StageFinished(self.run_id, attempt=attempt, node_path=path, stage_id=program_id,
+                                          name=label, status=usage.status or "error", message=e.message,
+                                          wall_ms=_ms_since(started)))
+            raise
+        await self.emit(StageFinished(self.run_id, attempt=attempt, node_path=path, stage_id=program_id, name=label,
+                                      status="ok", wall_ms=_ms_since(started), isolation=usage.isolation,
+                                      input_hash=value_hash(value), output_hash=value_hash(out)))
+        return out
+
+    # ------------------------------------------------------------ one stage
+
+    def _refinements(self, stage: Stage, side: str, value: Any, path: str) -> None:
+        for r in outer_refinements(stage.input if side == "input" else stage.output):
+            why = check_refinement(r, value)
+            if why:
+                raise StageError("refinement_violation", f"stage {stage.label()}: {side} refinement violation "
+                                 f"({display_refinement(r)}): {why}", path)
+
+    async def run_stage(self, stage: Stage, value: Any, path: str) -> Any:
+        services = self.services
+        max_bytes = services.config.max_value_bytes
+        check_value_size(value, max_bytes, what=f"the input of stage {stage.label()}", path=path)
+        in_hash = value_hash(value)
+        if self.checks:
+            self._refinements(stage, "input", value, path)
+        facts = services.facts(stage)
+        attempt = ATTEMPT.get()
+        cacheable = self.options.cache and services.config.pure_cache and facts.cacheable
+        if cacheable:
+            hit, out = services.cache.get(stage.id, in_hash, namespace=self.cache_namespace)
+            if hit:
+                self.hits += 1
+                out_hash = value_hash(out)
+                await self.emit(StageFinished(self.run_id, attempt=attempt, node_path=path, stage_id=stage.id,
+                                              name=stage.name, status="cached", cached=True, input_hash=in_hash,
+                                              output_hash=out_hash))
+                self.record(_entry(stage, path, "Ok", 0, in_hash, out_hash, cached=True))
+                return out
+            self.misses += 1
+        cost = facts.cost_cents
+        if cost:
+            self.budget.reserve(cost, stage=stage.label(), node_path=path)
+        await self.emit(StageStarted(self.run_id, attempt=attempt, node_path=path, stage_id=stage.id, name=stage.name))
+        started = time.monotonic()
+        usage = Usage()
+        try:
+            if not facts.sandboxed:
+                # In-process, or (higher-order) only runs other stages, which
+                # take their own slots; a slot would only add a trio checkpoint.
+                out, usage = await self.dispatch(self, stage, value, path)
+            else:
+                async with self.limiter, services.process_limiter:
+                    out, usage = await self.dispatch(self, stage, value, path)
+            check_value_size(out, max_bytes, what=f"the output of stage {stage.label()}", path=path)
+            if self.checks:
+                self._refinements(stage, "output", out, path)
+        except NoetherError as e:
+            if isinstance(e, StageError) and e.usage is not None:
+                usage = e.usage
+            wall = _ms_since(started)
+            await self.emit(StageFinished(self.run_id, attempt=attempt, node_path=path, stage_id=stage.id,
+                                          name=stage.name, status=usage.status or "error", wall_ms=wall,
+                                          spent_cents=cost, input_hash=in_hash, message=e.message,
+                                          build_ms=usage.build_ms, isolation=usage.isolation))
+            self.record(_entry(stage, path, {"Failed": {"code": e.code, "message": e.message}}, wall,
+                               in_hash, None, spent_cents=cost, **_extra(usage)))
+            raise
+        wall = _ms_since(started)
+        out_hash = value_hash(out)
+        if cacheable:
+            services.cache.put(stage.id, in_hash, out, namespace=self.cache_namespace)
+        await self.emit(StageFinished(self.run_id, attempt=attempt, node_path=path, stage_id=stage.id, name=stage.name,
+                                      status="ok", wall_ms=wall, cpu_ms=usage.cpu_ms, max_rss_kb=usage.max_rss_kb,
+                                      build_ms=usage.build_ms, spent_cents=cost, input_hash=in_hash,
+                                      output_hash=out_hash, isolation=usage.isolation))
+        self.record(_entry(stage, path, "Ok", wall, in_hash, out_hash, spent_cents=cost, **_extra(usage)))
+        return out
+
+
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _extra(usage: Usage) -> dict[str, Any]:
+    return {k: v for k, v in msgspec.structs.asdict(usage).items()
+            if v is not None and k in ("cpu_ms", "max_rss_kb", "build_ms", "isolation")}
+
+
+def _entry(stage: Stage, path: str, status: Any, wall: int, in_hash: str, out_hash: str | None,
+           **extra: Any) -> dict[str, Any]:
+    return {"stage_id": stage.id, "node_path": path, "name": stage.name, "status": status, "attempt": ATTEMPT.get(),
+            "duration_ms": wall, "input_hash": in_hash, "output_hash": out_hash, **extra}
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return first_error(exc)
+        if not isinstance(exc, trio.Cancelled):
+            return exc
+    first: BaseException = group.exceptions[0]
+    return first
+
+
+def _apply_config(value: Any, config: dict[str, Any] | None) -> Any:
+    """Upstream's config merge (spec §5.4)."""
+    if not config:
+        return value
+    if isinstance(value, dict):
+        return {**value, **config}
+    key = next((k for k in CONFIG_INPUT_KEYS if k not in config), "items")
+    return {key: value, **config}

@@ -1,0 +1,110 @@
+"""What a run lends the code that runs its stages, as interfaces.
+
+The graph interpreter implements ``RunState``; stage implementations (the
+stdlib dispatch, the higher-order stages) see only this interface, so they
+sit below the interpreter and nothing imports in a circle. ``Services`` is
+what the engine shares with every run (store, cache, executor, limiters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import msgspec
+import trio
+
+from noether_nix.engine.config import EngineConfig
+from noether_nix.engine.events import Event
+from noether_nix.engine.executor import Executor, StageOutcome
+from noether_nix.engine.options import Isolation, RunOptions
+from noether_nix.graph.preflight import PolicyOptions
+from noether_nix.model.stage import Stage
+from noether_nix.sandbox.policy import Limits
+from noether_nix.sandbox.supervisor import RunAs
+from noether_nix.store.cache import PureCache
+from noether_nix.store.kv import KvStore
+from noether_nix.store.runs import RunStore
+from noether_nix.store.stages import StageStore
+
+
+class Usage(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What one stage call used, for its events and trace entry."""
+
+    isolation: str | None = None
+    status: str | None = None  # the sandbox's verdict ("ok", "timed_out", …)
+    cpu_ms: int | None = None
+    max_rss_kb: int | None = None
+    build_ms: int | None = None
+
+    @classmethod
+    def of(cls, outcome: StageOutcome) -> Usage:
+        return cls(isolation=outcome.isolation, status=outcome.status, cpu_ms=outcome.cpu_ms,
+                   max_rss_kb=outcome.max_rss_kb, build_ms=outcome.build_ms)
+
+
+IN_PROCESS = Usage(isolation="in-process")
+
+
+class StageFacts(msgspec.Struct, frozen=True):
+    """What the engine needs to know about a stage on every call, computed once."""
+
+    sandboxed: bool
+    #: Pure and worth remembering: in-process stdlib stages cost less than a lookup.
+    cacheable: bool
+    cost_cents: int
+
+
+class Services(Protocol):
+    """What the engine shares with every run."""
+
+    config: EngineConfig
+    store: StageStore
+    cache: PureCache
+    runs: RunStore
+    kv: KvStore
+
+    @property
+    def executor(self) -> Executor: ...
+    #: The kv_* and store stages' implementations (``engine.builtin``).
+    builtins: dict[str, Callable[..., Any]]
+
+    @property
+    def process_limiter(self) -> trio.CapacityLimiter: ...
+
+    def facts(self, stage: Stage) -> StageFacts: ...
+
+
+class RunState(Protocol):
+    """One run, as the code that runs its stages sees it."""
+
+    run_id: str
+    options: RunOptions
+    policy: PolicyOptions
+    isolation: Isolation
+    limits: Limits
+    run_as: RunAs | None
+    #: Whether whoever started the run may change the store (else: only its own part of it).
+    store_writes: bool
+    requester_uid: int | None
+    services: Services
+    #: Higher-order stage references, resolved once per run.
+    resolved_refs: dict[str, Stage]
+    #: Per-run resources (the process host) a stage implementation opened:
+    #: closed, and waited for, before the run ends.
+    cleanup: contextlib.AsyncExitStack
+    #: Guards opening per-run resources.
+    resource_lock: trio.Lock
+    resources: dict[str, Any]
+
+    async def emit(self, ev: Event) -> None: ...
+
+    async def run_stage(self, stage: Stage, value: Any, path: str) -> Any: ...
+
+    async def gather(self, jobs: list[tuple[Any, Any, str]],
+                     fn: Callable[[Any, Any, str], Awaitable[Any]]) -> list[Any]: ...
+
+
+#: Runs one stage's implementation: its output and what it used.
+Dispatch = Callable[[RunState, Stage, Any, str], Awaitable[tuple[Any, Usage]]]

@@ -1,0 +1,121 @@
+"""HTTP/1.1 framing on one connection: bounded reads, and one send sequence.
+
+``HttpConnection`` pairs a trio stream with an h11 connection. Reading
+returns one complete ``Request`` (head within the header timeout, body
+under the cap) or raises ``ProtocolError`` with the status to answer.
+Sending goes through one state machine — head, data…, end — whether the
+answer is a single envelope or a stream of NDJSON lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from typing import Any
+
+import h11
+import trio
+
+from noether_nix.server.protocol import ProtocolError, Request, request_from, response_head
+
+
+class SendState(enum.Enum):
+    IDLE = "idle"  # nothing of this answer sent yet
+    STREAMING = "streaming"  # head sent, body going out
+    DONE = "done"  # the whole answer went out
+
+
+class HttpConnection:
+    def __init__(self, stream: trio.SocketStream, *, max_body: int, header_timeout_s: float,
+                 send_timeout_s: float) -> None:
+        self.stream = stream
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+        self.max_body = max_body
+        self.header_timeout_s = header_timeout_s
+        self.send_timeout_s = send_timeout_s
+        self.state = SendState.IDLE
+
+    # ------------------------------------------------------------ reading
+
+    async def read_request(self, *, timeout_s: float | None = None, head_only: bool = False) -> Request | None:
+        """The next request, or None when the client closed between requests;
+        ``head_only`` stops at its head (for a peer about to be refused)."""
+        head: h11.Request | None = None
+        body = bytearray()
+        with trio.move_on_after(self.header_timeout_s if timeout_s is None else timeout_s):
+            while True:
+                try:
+                    event = self.conn.next_event()
+                except h11.RemoteProtocolError as e:
+                    raise ProtocolError(400, "bad_request", f"malformed HTTP: {e}") from None
+                if event is h11.NEED_DATA:
+                    data = await self.stream.receive_some(65536)
+                    self.conn.receive_data(data)
+                    if not data and self.conn.their_state is h11.IDLE:
+                        return None
+                    continue
+                if isinstance(event, h11.Request):
+                    head = event
+                    if head_only:
+                        return request_from(head, b"")
+                    length = dict((k.lower(), v) for k, v in event.headers).get(b"content-length")
+                    if length is not None and int(length) > self.max_body:
+                        raise ProtocolError(413, "body_too_large", f"request body over {self.max_body} bytes")
+                elif isinstance(event, h11.Data):
+                    body.extend(event.data)
+                    if len(body) > self.max_body:
+                        raise ProtocolError(413, "body_too_large", f"request body over {self.max_body} bytes")
+                elif isinstance(event, h11.EndOfMessage):
+                    assert head is not None
+                    return request_from(head, bytes(body))
+                elif isinstance(event, h11.ConnectionClosed):
+                    return None
+        raise ProtocolError(408, "request_timeout", "the request was not sent in time")
+
+    async def wait_closed(self) -> None:
+        """Return once the client sends anything or goes away (during a stream,
+        either means it is gone: it may not send a second request meanwhile)."""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.stream.receive_some(1)
+
+    # ------------------------------------------------------------ sending
+
+    async def _send(self, event: Any) -> None:
+        data = self.conn.send(event)
+        if data:
+            # A client that stops reading must not hold the daemon: past the
+            # send timeout it counts as gone (TooSlowError to the caller).
+            with trio.fail_after(self.send_timeout_s):
+                await self.stream.send_all(data)
+
+    async def start(self, status: int, content_type: str, length: int | None = None) -> None:
+        assert self.state is SendState.IDLE, self.state
+        await self._send(response_head(status, content_type, length))
+        self.state = SendState.STREAMING
+
+    async def write(self, data: bytes) -> None:
+        assert self.state is SendState.STREAMING, self.state
+        await self._send(h11.Data(data=data))
+
+    async def end(self) -> None:
+        assert self.state is SendState.STREAMING, self.state
+        await self._send(h11.EndOfMessage())
+        self.state = SendState.DONE
+
+    async def answer(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        """A whole answer: head, body, end."""
+        await self.start(status, content_type, len(body))
+        await self.write(body)
+        await self.end()
+
+    def next_cycle(self) -> bool:
+        """Ready the connection for the client's next request (keep-alive); False when it cannot be."""
+        if self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
+            return False
+        self.conn.start_next_cycle()
+        self.state = SendState.IDLE
+        return True
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await self.stream.aclose()

@@ -1,0 +1,84 @@
+"""One run streamed to the client that asked for it.
+
+``StreamedRun`` reads the run's events from its channel and writes them as
+NDJSON lines, the run's ``run_finished`` last. Its states say what the
+client has seen: nothing yet (a run refused before it started still gets
+an ordinary error answer), the stream, the whole stream, or nothing more
+(the client went away or stopped reading).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import trio
+
+from noether_nix.engine.events import RunFinished
+from noether_nix.errors import NoetherError
+from noether_nix.server.http import HttpConnection
+from noether_nix.server.protocol import json_line
+from noether_nix.server.runs import Refused, RunHandle
+
+
+class StreamState(enum.Enum):
+    WAITING = "waiting"  # nothing sent yet
+    STREAMING = "streaming"  # the 200 head and some events went out
+    FINISHED = "finished"  # the whole answer went out
+    GONE = "gone"  # the client left or stopped reading
+
+
+class StreamedRun:
+    def __init__(self, http: HttpConnection, handle: RunHandle,
+                 send_error: Callable[[NoetherError], Any]) -> None:
+        self.http = http
+        self.handle = handle
+        self.send_error = send_error  # answers a run refused before its first event
+        self.state = StreamState.WAITING
+        self.closed = trio.Event()
+
+    async def serve(self) -> StreamState:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_client, nursery.cancel_scope)
+                try:
+                    await self._pump()
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            if self.state is not StreamState.FINISHED:
+                self.state = StreamState.GONE
+                self.handle.reader_gone()
+            self.closed.set()
+        return self.state
+
+    async def _watch_client(self, scope: trio.CancelScope) -> None:
+        # Any byte or EOF from the client during a stream means it is gone.
+        await self.http.wait_closed()
+        self.state = StreamState.GONE
+        scope.cancel()
+
+    async def _pump(self) -> None:
+        try:
+            async for item in self.handle.receiver:
+                if isinstance(item, Refused):
+                    if self.state is StreamState.WAITING:
+                        await self.send_error(item.error)
+                        self.state = StreamState.FINISHED
+                    return
+                if self.state is StreamState.WAITING:
+                    await self.http.start(200, "application/x-ndjson")
+                    self.state = StreamState.STREAMING
+                await self.http.write(json_line(msgspec.to_builtins(item)))
+                if isinstance(item, RunFinished):
+                    break
+            if self.state is StreamState.WAITING:  # ended before its first event
+                await self.send_error(NoetherError("cancelled", "the run was cancelled before it started",
+                                                   exit_code=3))
+            elif self.state is StreamState.STREAMING:  # its last event, or a run that ended without one
+                await self.http.end()
+            self.state = StreamState.FINISHED
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            self.state = StreamState.GONE
