@@ -25,11 +25,11 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from noether_nix.engine.executor import StageCall
 from noether_nix.model.effects import EffectSet, NonDeterministic
 from noether_nix.nix.registry import ProgramRegistry
 from noether_nix.remote.executor import RemoteExecutor, RemoteSettings
 from noether_nix.remote.launcher import run_local
-from noether_nix.remote.seam import StageCall
 from noether_nix.sandbox.policy import Limits
 from tests.remote.cluster import BuildGrid, Postgres, Worker
 

@@ -11,6 +11,7 @@ from typing import Literal
 import msgspec
 
 from noether_nix.errors import NoetherError
+from noether_nix.remote.settings import RemoteSettings
 
 IsolationMode = Literal["auto", "bwrap", "none"]
 
@@ -40,6 +41,15 @@ class EngineConfig(msgspec.Struct, kw_only=True):
     #: Concurrent Nix builds.
     build_concurrency: int = 2
     build_timeout_secs: float = 300.0
+    #: Where sandboxed stage calls run: on this host ("local"), or as Actions
+    #: on a Remote Execution API cluster ("remote", configured by ``remote``).
+    executor: Literal["local", "remote"] = "local"
+    remote: RemoteSettings | None = None
+
+    def __post_init__(self) -> None:
+        if self.executor == "remote" and self.remote is None:
+            raise NoetherError("invalid_config", 'executor "remote" needs a "remote" section with at least a "url"',
+                               path="executor", exit_code=2)
 
 
 def load_config(path: str | None) -> EngineConfig:

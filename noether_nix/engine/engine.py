@@ -98,8 +98,14 @@ class Engine:
     @property
     def executor(self) -> Executor:
         if self._executor is None:
-            self._executor = LocalExecutor(self.programs, profile=self.config.sandbox_profile,
-                                           build_concurrency=self.config.build_concurrency)
+            if self.config.executor == "remote" and self.config.remote is not None:
+                from noether_nix.remote.executor import RemoteExecutor
+
+                self._executor = RemoteExecutor(msgspec.structs.replace(self.config.remote,
+                                                                        profile=self.config.sandbox_profile))
+            else:
+                self._executor = LocalExecutor(self.programs, profile=self.config.sandbox_profile,
+                                               build_concurrency=self.config.build_concurrency)
         return self._executor
 
     @property

@@ -28,12 +28,12 @@ from typing import Any, Literal
 
 import msgspec
 
+from noether_nix.engine.executor import StageCall
 from noether_nix.errors import NoetherError
 from noether_nix.model.effects import EffectKind, EffectSet, Llm
 from noether_nix.model.jcs import serde_compact
 from noether_nix.nix.runtime import normalise_language
 from noether_nix.remote.protos import noether_reapi_pb2 as re
-from noether_nix.remote.seam import StageCall
 from noether_nix.sandbox.policy import IsolationPolicy, Limits, policy_from_effects
 from noether_nix.sandbox.profile import load_profile
 

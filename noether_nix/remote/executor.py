@@ -25,12 +25,13 @@ from typing import Any
 import msgspec
 import trio
 
+from noether_nix.engine.executor import StageCall, StageOutcome
 from noether_nix.errors import NoetherError
 from noether_nix.remote.action import RESULT_FILE, EncodedAction, encode_call, key_of
 from noether_nix.remote.client import Endpoint, Progress, ReapiClient, RpcFailed
 from noether_nix.remote.launcher import LaunchRecord
 from noether_nix.remote.protos import noether_reapi_pb2 as re
-from noether_nix.remote.seam import StageCall, StageOutcome
+from noether_nix.remote.settings import RemoteSettings
 
 # Failures after which following the operation again may succeed.
 TRANSIENT = {"UNAVAILABLE", "UNKNOWN", "INTERNAL", "ABORTED", "RESOURCE_EXHAUSTED"}
@@ -39,25 +40,9 @@ TRANSIENT = {"UNAVAILABLE", "UNKNOWN", "INTERNAL", "ABORTED", "RESOURCE_EXHAUSTE
 WORKER_OVERHEAD_S = 300.0
 
 
-class RemoteSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """``executor: remote`` in the engine settings (or ``--executor remote --reapi URL``)."""
-
-    url: str
-    instance: str = ""
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    token_file: str | None = None
-    #: The sandbox profile the Actions are encoded for (workers must run the same).
-    profile: str = "default"
-    #: How long an Action may wait for a worker that offers its platform.
-    queue_timeout_s: float = 600.0
-    #: How long to keep reconnecting to a server that went away mid-operation.
-    reconnect_s: float = 60.0
-
-    def endpoint(self) -> Endpoint:
-        return Endpoint(url=self.url, instance=self.instance, tls_ca=self.tls_ca, tls_cert=self.tls_cert,
-                        tls_key=self.tls_key, token_file=self.token_file)
+def _endpoint(s: RemoteSettings) -> Endpoint:
+    return Endpoint(url=s.url, instance=s.instance, tls_ca=s.tls_ca, tls_cert=s.tls_cert, tls_key=s.tls_key,
+                    token_file=s.token_file)
 
 
 def _rpc_error(e: RpcFailed, what: str, url: str) -> NoetherError:
@@ -102,7 +87,7 @@ class RemoteExecutor:
     async def client(self) -> ReapiClient:
         async with self._lock:
             if self._client is None:
-                self._client = await ReapiClient(self.settings.endpoint()).open()
+                self._client = await ReapiClient(_endpoint(self.settings)).open()
             return self._client
 
     async def aclose(self) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from noether_nix.engine.executor import LocalExecutor, StageCall, StageOutcome
 from noether_nix.errors import NoetherError
 from noether_nix.model.effects import FsRead, FsWrite
 from noether_nix.remote.action import (
@@ -41,7 +42,6 @@ from noether_nix.remote.action import (
     decode_spec,
     store_free_policy,
 )
-from noether_nix.remote.seam import StageCall, StageOutcome
 from noether_nix.sandbox.profile import load_profile
 from noether_nix.sandbox.supervisor import RunAs
 
@@ -121,29 +121,8 @@ def admit(program: ProgramSpec, input_bytes: bytes, spec: SandboxSpec, grants: W
 
 
 async def run_local(call: StageCall, *, programs: Any, profile: str, build_concurrency: int = 2) -> StageOutcome:
-    """Build and run on this host: what the engine's local executor does."""
-    import trio
-
-    from noether_nix.model.jcs import serde_compact
-    from noether_nix.nix.programs import build_stage_program_async, store_closure
-    from noether_nix.sandbox.policy import policy_from_effects
-    from noether_nix.sandbox.supervisor import Isolation as SandboxIsolation
-    from noether_nix.sandbox.supervisor import run_sandboxed
-
-    program = await build_stage_program_async(call.program_id, call.language, call.code, registry=programs,
-                                              concurrency=build_concurrency)
-    prof = load_profile(profile)
-    closure = program.closure or await trio.to_thread.run_sync(store_closure, program.store_path)
-    policy = policy_from_effects(call.effects, profile=prof, store_paths=closure)
-    if call.clear_env:
-        policy = msgspec.structs.replace(policy, env_allowlist=[])
-    result = await run_sandboxed(program.argv, policy=policy, limits=call.limits, stdin=serde_compact(call.input),
-                                 isolation=SandboxIsolation(call.isolation), profile=prof, env=call.env,
-                                 run_as=call.run_as)
-    return StageOutcome(status=result.status.value, message=result.message, isolation=result.isolation,
-                        output=result.output, exit_code=result.exit_code, stderr_tail=result.stderr_tail,
-                        wall_ms=result.wall_ms, cpu_ms=result.cpu_ms, max_rss_kb=result.max_rss_kb,
-                        build_ms=program.build_ms if program.built else None)
+    """Build and run on this host: the engine's own local executor."""
+    return await LocalExecutor(programs, profile=profile, build_concurrency=build_concurrency).execute(call)
 
 
 class LaunchError(msgspec.Struct):

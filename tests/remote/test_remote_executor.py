@@ -9,6 +9,7 @@ import msgspec
 import pytest
 import trio
 
+from noether_nix.engine.executor import StageCall
 from noether_nix.errors import NoetherError
 from noether_nix.model.effects import EffectSet, FsRead, Network, NonDeterministic, Pure
 from noether_nix.nix.registry import ProgramRegistry
@@ -28,7 +29,6 @@ from noether_nix.remote.client import Endpoint, Progress, ReapiClient
 from noether_nix.remote.executor import RemoteExecutor, RemoteSettings
 from noether_nix.remote.launcher import run_local
 from noether_nix.remote.protos import noether_reapi_pb2 as re
-from noether_nix.remote.seam import StageCall
 from noether_nix.sandbox.policy import Bind, Limits
 from tests.remote.conftest import Cluster
 

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 import trio
 
+from noether_nix.engine.executor import StageCall
 from noether_nix.errors import NoetherError
 from noether_nix.model.effects import EffectSet, Network, NonDeterministic
 from noether_nix.remote.action import INPUT_FILE, decode_spec, encode_call, key_of
 from noether_nix.remote.executor import RemoteExecutor, RemoteSettings
 from noether_nix.remote.launcher import WorkerGrants, admit
 from noether_nix.remote.protos import noether_reapi_pb2 as re
-from noether_nix.remote.seam import StageCall
 from noether_nix.sandbox.policy import Limits
 from tests.remote.cluster import Worker
 from tests.remote.conftest import Cluster

@@ -1,0 +1,122 @@
+"""The parity graphs through a daemon whose executor is the REAPI cluster.
+
+The same cases as tests/parity (every example, and the concurrency-heavy
+graphs), each run through a live daemon configured with ``--executor remote
+--reapi URL`` and embedded with the local executor, on one store: exit code,
+status, output, error code and the trace's stages must agree.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.parity.test_parity import (
+    CONCURRENT,
+    EXAMPLES,
+    PY_FAIL,
+    PY_SLOW,
+    PY_UPPER,
+    Both,
+    assert_same,
+    example_cases,
+    local_server,  # noqa: F401 (a fixture)
+    summary,
+)
+from tests.remote.conftest import Cluster, start_cluster
+from tests.server.test_daemon_cli import stop, wait_for_socket
+
+FILES_BASE = "/var/tmp/noether-example"  # examples/files.json's paths
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    Path(FILES_BASE).mkdir(parents=True, exist_ok=True)
+    c = start_cluster(tmp_path_factory.mktemp("reapi-parity"), workers=0)
+    try:
+        grants = ["--network", "--allow-read", FILES_BASE, "--allow-write", FILES_BASE]
+        c.add_worker("parity-1", *grants, "--concurrency", "4")
+        c.add_worker("parity-2", *grants, "--concurrency", "4")
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory: pytest.TempPathFactory, cluster: Cluster) -> Iterator[Both]:
+    tmp = tmp_path_factory.mktemp("remote-parity")
+    home, client = tmp / "store", tmp / "client"
+    home.mkdir()
+    client.mkdir()
+    sock = tmp / "run" / "noether.sock"
+    sock.parent.mkdir()
+    import os
+
+    proc = subprocess.Popen([sys.executable, "-m", "noether_nix.cli.main", "daemon", "--socket", str(sock),
+                             "--executor", "remote", "--reapi", cluster.url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "NOETHER_HOME": str(home)})
+    wait_for_socket(sock, proc)
+    try:
+        yield Both(home, client, sock)
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def specs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("remote-parity-graphs")
+    for spec in (PY_UPPER, PY_FAIL, PY_SLOW):
+        (d / f"{spec['name']}.json").write_text(json.dumps(spec))
+    for name in ("shout.json", "paid_lookup.json"):
+        shutil.copy(EXAMPLES / "stages" / name, d / name)
+    return d
+
+
+def workers_ran(cluster: Cluster) -> int:
+    return sum(1 for w in cluster.workers for e in w.events() if e.get("event") == "lease_done")
+
+
+@pytest.mark.parametrize("name", sorted(CONCURRENT))
+def test_concurrent_graphs_run_the_same_remotely(both: Both, cluster: Cluster, specs: Path, name: str) -> None:
+    g, args, rc = CONCURRENT[name]
+    g = {**g, "stages": [*g["stages"], "shout.json", "paid_lookup.json"]}
+    path = specs / f"{name}.json"
+    path.write_text(json.dumps(g))
+    before = workers_ran(cluster)
+    if name == "a_failing_stage":
+        # The first failure cancels its siblings: whether the "ok" branch finished
+        # before that depends on timing (remote calls take longer), so the traces
+        # agree on the failure, not on the cancelled sibling.
+        common = ["run", str(path), "--json", "--no-cache", *args]
+        via, local = summary(*both.via_daemon(*common)[:2]), summary(*both.embedded(*common)[:2])
+        failed = [s for s in via["stages"] if "Failed" in s[2]]
+        assert failed == [s for s in local["stages"] if "Failed" in s[2]] and failed
+        assert {k: v for k, v in via.items() if k != "stages"} == {k: v for k, v in local.items() if k != "stages"}
+        assert via["exit_code"] == rc and via["error_code"] == "stage_error"
+        assert workers_ran(cluster) > before
+        return
+    got = assert_same(both, path, args, rc)
+    if name == "parallel_24_sandboxed":
+        assert got["output"] == {f"b{i:02d}": "TWENTY-FOUR" for i in range(24)}
+    elif name == "a_timeout":
+        assert got["error_code"] == "stage_timed_out"
+    if name != "a_budget_refusal_before_the_run":
+        assert workers_ran(cluster) > before, "the daemon's stages did not run on the cluster"
+
+
+def test_every_example_runs_the_same_remotely(both: Both, cluster: Cluster, local_server: str  # noqa: F811
+                                              ) -> None:
+    base = Path(FILES_BASE)
+    shutil.rmtree(base / "out", ignore_errors=True)
+    (base / "out").mkdir(parents=True)
+    (base / "in.txt").write_text("hello files\n")
+    for name, (args, rc) in example_cases(local_server).items():
+        got = assert_same(both, EXAMPLES / name, args, rc)
+        assert got["ok"] and got["status"] == "ok", (name, got)
