@@ -171,10 +171,10 @@ class Worker:
         log.warning("bot_session_error", code=e.code, details=e.details[:300])
         await trio.sleep(1.0)
         if e.code in ("NOT_FOUND", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "ABORTED"):
-            # The server forgot this session (restarted, or it expired): its leases were requeued.
-            for scope in self.tasks.values():
-                scope.cancel()
-            self.leases.clear()
+            # The server forgot this session (it expired while the server was
+            # down, say). A new session for the same bot id still reports the
+            # leases this bot holds: a result finished meanwhile is not lost,
+            # and those the server gave to others are dropped on the next answer.
             try:
                 session = await client.create_bot_session(self.settings.endpoint.instance, self.session())
                 log.info("bot_session_recreated", bot=self.bot_id, session=session.name)
@@ -232,6 +232,7 @@ class Worker:
                 log.warning("lease_failed", lease=lease_id, code=e.code, message=e.message)
                 self._finish(lease_id, e.code, e.message, None)
             except RpcFailed as e:  # the CAS went away: the server may retry elsewhere
+                log.warning("lease_unavailable", lease=lease_id, code=e.code, details=e.details[:300])
                 self._finish(lease_id, UNAVAILABLE, f"worker {self.bot_id}: {e}", None)
             except Exception as e:  # a worker bug: fail this lease, keep serving
                 log.exception("lease_crashed", lease=lease_id)

@@ -127,6 +127,9 @@ schedulers:
     action-cache: *ac
     bot-session-keepalive-timeout: {keepalive}
     session-expiry-timer-interval: 1
+    # A job whose bot vanished with a server restart is failed, not kept forever.
+    max-execution-timeout: 60
+    execution-timer-interval: 5
     max-job-attempts: 3
     poll-interval: 0.2
     bot-poll-interval: 0.2
@@ -157,7 +160,7 @@ thread-pool-size: 40
 class BuildGrid:
     """``bgd server`` on 127.0.0.1 with a PostgreSQL scheduler and a disk CAS."""
 
-    def __init__(self, root: Path, db: str, keepalive: int = 6) -> None:
+    def __init__(self, root: Path, db: str, keepalive: int = 15) -> None:
         self.root = root
         self.port = free_port()
         self.cas = root / "cas"
