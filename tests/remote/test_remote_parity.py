@@ -120,3 +120,33 @@ def test_every_example_runs_the_same_remotely(both: Both, cluster: Cluster, loca
     for name, (args, rc) in example_cases(local_server).items():
         got = assert_same(both, EXAMPLES / name, args, rc)
         assert got["ok"] and got["status"] == "ok", (name, got)
+
+
+def test_a_pure_graph_run_again_comes_from_the_action_cache(both: Both, specs: Path) -> None:
+    """With the daemon's own pure cache off (--no-cache), the second run of a
+    Pure graph is answered by the cluster's ActionCache, and the trace says so."""
+    path = specs / "pure_twice.json"
+    path.write_text(json.dumps({"description": "pure twice", "version": "1", "stages": ["py_upper.json"],
+                                "root": {"op": "Stage", "id": "py_upper"}}))
+    args = ["run", str(path), "--json", "--no-cache", "--input", '"cache me remotely"']
+    first, second = both.via_daemon(*args), both.via_daemon(*args)
+    assert first[1]["data"]["output"] == second[1]["data"]["output"] == "CACHE ME REMOTELY"
+    (e1,), (e2,) = first[1]["data"]["trace"]["stages"], second[1]["data"]["trace"]["stages"]
+    assert "cached" not in e1 and e1["remote"]["worker"] in ("parity-1", "parity-2")
+    assert e2["cached"] is True and e2["remote"]["cached"] is True
+    assert e2["remote"]["action_digest"] == e1["remote"]["action_digest"]
+
+
+def test_an_impure_graph_is_never_served_from_the_action_cache(both: Both, specs: Path) -> None:
+    spec = {"name": "py_random", "description": "impure (parity)", "input": "Any", "output": "Number",
+            "effects": ["NonDeterministic"], "implementation": "import random\ndef execute(x):\n    return random.random()\n"}
+    (specs / "py_random.json").write_text(json.dumps(spec))
+    path = specs / "impure_twice.json"
+    path.write_text(json.dumps({"description": "impure twice", "version": "1", "stages": ["py_random.json"],
+                                "root": {"op": "Stage", "id": "py_random"}}))
+    args = ["run", str(path), "--json", "--input", "null"]
+    first, second = both.via_daemon(*args), both.via_daemon(*args)
+    assert first[1]["data"]["output"] != second[1]["data"]["output"]
+    for run in (first, second):
+        (entry,) = run[1]["data"]["trace"]["stages"]
+        assert "cached" not in entry and entry["remote"]["cached"] is False
