@@ -69,14 +69,21 @@
             settings = lib.mkOption {
               type = lib.types.attrs;
               default = { };
-              description = "Written to /etc/noether/daemon.json (see docs/ for the keys).";
+              description = "Laid over the default /etc/noether/daemon.json (systemd/daemon.json documents every key).";
             };
           };
           config = lib.mkIf cfg.enable {
             environment.systemPackages = [ cfg.package ];
-            environment.etc."noether/daemon.json".text = builtins.toJSON cfg.settings;
+            # The same daemon.json `noether service install` writes (systemd/daemon.json: every
+            # key at its default, documented), with the settings laid over it.
+            environment.etc."noether/daemon.json".text =
+              let defaults = builtins.fromJSON (builtins.readFile ./systemd/daemon.json); in
+              builtins.toJSON (defaults // cfg.settings
+                // { engine = defaults.engine // (cfg.settings.engine or { }); });
             environment.etc."noether/sandboxes/default.json".source = ./sandboxes/default.json;
             systemd.packages = [ cfg.package ];
+            # The tmpfiles snippet from systemd/ (state and /etc/noether directories).
+            systemd.tmpfiles.packages = [ cfg.package ];
             systemd.sockets.noether.wantedBy = [ "sockets.target" ];
             systemd.services.noether = {
               wantedBy = [ "multi-user.target" ];
@@ -86,6 +93,8 @@
             };
             users.users.noether = { isSystemUser = true; group = "noether"; home = "/var/lib/noether"; };
             users.groups.noether = { };
+            # As systemd/noether.sysusers.conf: members may use the socket (SocketGroup, allowed_groups).
+            users.groups.noether-users = { };
             nix.settings.allowed-users = [ "noether" ];
           };
         };

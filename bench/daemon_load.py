@@ -3,8 +3,10 @@
 Usage: .venv/bin/python bench/daemon_load.py [CLIENTS] [STAGES]   (default 64 clients, 10 stages)
 
 Starts a daemon on a temporary socket, registers one sandboxed Python stage,
-then CLIENTS concurrent clients each run a Sequential of STAGES occurrences
-of it (every stage a Nix-built program in bwrap) while malformed requests —
+then CLIENTS concurrent clients each run a graph of STAGES occurrences of it
+(every stage a Nix-built program in bwrap), the graphs taking turns among a
+Sequential, a Parallel, a Fanout and a ``map`` over the stage, while
+malformed requests —
 bad JSON, a huge declared body, half-sent headers, a wrong peer uid — are
 interleaved. Checks every output, then that the daemon's RSS and open fds
 return to their baseline. Exits non-zero on any wrong answer.
@@ -65,7 +67,10 @@ def main(argv: list[str]) -> int:
     os.chmod(sock_dir, 0o755)
     sock = os.path.join(sock_dir, "noether.sock")
     cfg = Path(home) / "daemon.json"
+    # One peer (root) plays every client: its per-peer quotas are raised to the daemon's.
     cfg.write_text(json.dumps({"socket_mode": 0o666, "max_runs": 16, "max_queued_runs": 128,
+                               "max_runs_per_peer": 16, "max_queued_runs_per_peer": 128,
+                               "max_connections_per_peer": 256,
                                "engine": {"pure_cache": os.environ.get("BENCH_CACHE", "1") == "1"}}))
     env = {**os.environ, "NOETHER_HOME": home}
     log = open(os.path.join(home, "daemon.log"), "w")  # noqa: SIM115 - lives as long as the daemon
@@ -80,16 +85,41 @@ def main(argv: list[str]) -> int:
             except OSError:
                 time.sleep(0.05)
         assert client.request("POST", "/v1/stages", {"spec": SPEC})[0] == 200
-        graph = {"description": "load", "version": "1",
-                 "root": {"op": "Sequential", "stages": [{"op": "Stage", "id": "inc"}] * stages}}
-        list(client.run(graph, -1))  # build the program once
+        inc = {"op": "Stage", "id": "inc"}
+        shapes = {
+            "sequential": ({"op": "Sequential", "stages": [inc] * stages}, lambda x: x + stages),
+            "parallel": ({"op": "Parallel", "branches": {f"b{j}": inc for j in range(stages)}},
+                         lambda x: {f"b{j}": x + 1 for j in range(stages)}),
+            "fanout": ({"op": "Fanout", "source": inc, "targets": [inc] * (stages - 1)},
+                       lambda x: [x + 2] * (stages - 1)),
+            "map": ({"op": "Stage", "id": "map", "config": {"stage_id": "inc"}}, None),
+        }
+        names = list(shapes)
+
+        def graph_of(kind: str) -> dict[str, object]:
+            return {"description": f"load {kind}", "version": "1", "root": shapes[kind][0]}
+
+        def input_of(kind: str, x: int) -> object:
+            return [x + j for j in range(stages)] if kind == "map" else x
+
+        def expected(kind: str, x: int) -> object:
+            want = shapes[kind][1]
+            return [x + j + 1 for j in range(stages)] if want is None else want(x)
+
+        list(client.run(graph_of("sequential"), -1))  # build the program once
         daemon = psutil.Process(proc.pid)
         time.sleep(0.5)
         base_rss, base_fds = daemon.memory_info().rss, daemon.num_fds()
 
         def one(i: int) -> bool:
-            events = list(Client(sock).run(graph, i * 1000))
-            return events[-1]["output"] == i * 1000 + stages
+            kind = names[i % len(names)]
+            events = list(Client(sock).run(graph_of(kind), input_of(kind, i * 1000)))
+            good = events[-1]["event"] == "run_finished" and events[-1]["output"] == expected(kind, i * 1000)
+            if not good:
+                last = events[-1]
+                print(f"wrong answer for client {i} ({kind}): {last.get('status')} {last.get('error')}",
+                      file=sys.stderr)
+            return good
 
         hostile = {"bad_json": 0, "huge_body": 0, "half_headers": 0, "wrong_uid": 0}
 
@@ -116,7 +146,8 @@ def main(argv: list[str]) -> int:
         elapsed = time.monotonic() - t0
         time.sleep(1.0)
         rss, fds = daemon.memory_info().rss, daemon.num_fds()
-        print(f"clients={clients} stages/graph={stages} sandboxed stage runs={clients * stages}")
+        print(f"clients={clients} stages/graph={stages} sandboxed stage runs={clients * stages} "
+              f"(graphs: {', '.join(names)} in turn)")
         print(f"correct outputs: {correct}/{clients} in {elapsed:.1f} s "
               f"({clients * stages / elapsed:.0f} sandboxed stages/s)")
         print(f"hostile requests rejected as expected: {hostile} (of 4 each)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -104,8 +103,8 @@ def envelope_error(status: int, doc: Any, path: str) -> NoetherError:
 
 
 def daemon_socket_if_live(explicit: str | None = None) -> str | None:
-    """``explicit``, else $NOETHER_SOCKET, else the default socket, if a daemon accepts on it."""
-    path = explicit or os.environ.get("NOETHER_SOCKET") or default_socket()
+    """``explicit``, else the settings' socket ($NOETHER_SOCKET) or the default one, if a daemon accepts on it."""
+    path = explicit or default_socket()
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.connect(path)

@@ -56,6 +56,8 @@ CATALOGUE: dict[str, Code] = {
     "unknown_capability": _BAD_FLAG, "unknown_isolation": _BAD_FLAG, "invalid_budget": _BAD_FLAG,
     "invalid_limit": _BAD_FLAG, "invalid_policy": _BAD_FLAG, "invalid_policy_path": _BAD_FLAG,
     "policy_path_missing": _BAD_FLAG, "policy_too_large": _BAD_FLAG, "non_finite_number": _INPUT,
+    "env_not_allowed": _BAD_FLAG, "invalid_env": _BAD_FLAG, "sandbox_users_missing": _POLICY,
+    "limits_unavailable": _POLICY,
     # running stages (a stage's own failure is exit 3 whatever its code: StageError)
     "stage_failed": _EXECUTION, "stage_input_mismatch": _EXECUTION, "stage_protocol_error": _EXECUTION,
     "stage_timed_out": _EXECUTION, "refinement_violation": _EXECUTION, "remote_output_mismatch": _EXECUTION,
@@ -72,9 +74,22 @@ CATALOGUE: dict[str, Code] = {
     "nix_query_failed": _HOST, "nix_expression_missing": _HOST, "nixpkgs_unavailable": _HOST,
     "patchelf_missing": _HOST, "runtime_unavailable": _HOST, "runtime_broken": _HOST,
     "requirements_fetch_failed": _HOST, "invalid_runtime_source": Code(1, 500), "seccomp_unavailable": _HOST,
-    "store_unavailable": _HOST, "bad_author_key": Code(1, 500), "author_key_unavailable": Code(1, 500), "invalid_profile": Code(1, 500),
+    "sandbox_uids_unavailable": _HOST, "sandbox_users_busy": _BUSY,
+    "store_unavailable": Code(1, 503), "bad_author_key": Code(1, 500), "author_key_unavailable": Code(1, 500), "invalid_profile": Code(1, 500),
     "profile_not_found": Code(1, 500), "daemon_unreachable": Code(1, 502), "daemon_error": Code(3, 502),
     "daemon_required": _INPUT, "internal_error": Code(3, 500),
+    "nix_store_unusable": _HOST,
+    # the registry: its server, and the client that talks to one
+    "bind_failed": Code(1, 500), "conflict": _CONFLICT, "embedding_failed": _HOST, "timeout": Code(1, 504),
+    "unauthorized": Code(1, 401), "validation_failed": Code(1, 422), "already_exists": _CONFLICT,
+    "registry_unreachable": Code(1, 502), "registry_unauthorized": Code(1, 401), "registry_rejected": Code(1, 422),
+    "registry_not_found": _MISSING, "registry_bad_stage": Code(1, 502), "registry_error": Code(1, 502),
+    "not_a_directory": _INPUT, "sync_failed": Code(1, 422),
+    # noether service install / uninstall
+    "units_missing": Code(1, 500), "service_install_failed": Code(1, 500), "not_installed": _MISSING,
+    "invalid_manifest": Code(1, 500), "must_be_root": _INPUT,
+    # EX_CONFIG: the host, not the daemon, needs fixing (the unit does not restart on it)
+    "host_unusable": Code(78, 503),
     # remote execution (REAPI cluster, noether worker, the launcher)
     "invalid_reapi_url": _BAD_FLAG, "reapi_credentials_unreadable": _INPUT, "worker_config_unreadable": _INPUT,
     "invalid_worker_config": _INPUT, "worker_register_failed": _HOST, "remote_unavailable": _HOST,

@@ -13,13 +13,15 @@ import os
 import stat
 from pathlib import Path
 
+from noether_nix.settings import settings
+
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 
 
 def noether_home() -> Path:
-    env = os.environ.get("NOETHER_HOME")
-    return Path(env) if env else Path.home() / ".noether"
+    home = settings().home
+    return Path(home) if home else Path.home() / ".noether"
 
 
 def db_path() -> Path:
@@ -81,7 +83,11 @@ def private_file(path: Path) -> Path:
 
 
 def default_socket() -> str:
-    """The daemon's socket when none is named: per user, or the system one for root."""
+    """The daemon's socket when none is named (settings ``socket``, ``$NOETHER_SOCKET``):
+    per user, or the system one for root."""
+    named = settings().socket
+    if named:
+        return named
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if os.getuid() == 0 and not runtime:
         return "/run/noether/noether.sock"

@@ -9,7 +9,6 @@ command is written once, and prints the same thing in both modes.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -84,20 +83,22 @@ class Backend:
 def select(*, local: bool = False, socket: str | None = None) -> Backend:
     """The daemon backend when a daemon should answer, else the local one.
 
-    ``local`` (``--local`` or ``$NOETHER_LOCAL``) forces embedded mode;
-    ``socket`` (``--socket``) names a daemon that must answer (else
-    ``daemon_unreachable``, never a silent fallback); otherwise
-    ``$NOETHER_SOCKET`` or the default socket is used when a daemon is live."""
+    ``local`` (``--local``, or the settings' ``local``: ``$NOETHER_LOCAL``)
+    forces embedded mode; ``socket`` (``--socket``) names a daemon that must
+    answer (else ``daemon_unreachable``, never a silent fallback); otherwise
+    the settings' socket (``$NOETHER_SOCKET``) or the default one is used when
+    a daemon is live."""
     from noether_nix.client import daemon_socket_if_live
+    from noether_nix.settings import settings
 
-    if local or os.environ.get("NOETHER_LOCAL"):
+    if local or settings().local:
         return _local()
     if socket is not None:
         if daemon_socket_if_live(socket) is None:
             raise NoetherError("daemon_unreachable", "no daemon is serving this socket", path=socket,
                                hint="start one with `noether daemon --socket PATH`, or use --local")
         return _daemon(socket)
-    live = daemon_socket_if_live(os.environ.get("NOETHER_SOCKET"))
+    live = daemon_socket_if_live()
     return _daemon(live) if live else _local()
 
 

@@ -22,6 +22,7 @@ class Args(argparse.Namespace):
     human: bool
     json: bool
     version: bool
+    registry: str | None
     cmd: str | None
 
 

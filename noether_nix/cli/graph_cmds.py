@@ -128,6 +128,14 @@ def add_listed(args: argparse.Namespace, raw: Any) -> None:
             raise NoetherError("invalid_graph", "must be a spec file path", path=f"stages[{i}]")
         specs.append(signed_stage_json(str(base / rel)))
     for spec in specs:
+        # A stage the store already has needs no add: peers that may run
+        # graphs but not change the store can then run the graph.
+        try:
+            backend(args).stage_get(spec["id"])
+            continue
+        except NoetherError as e:
+            if e.code != "stage_not_found":
+                raise
         backend(args).stage_add(spec, build=False)
 
 

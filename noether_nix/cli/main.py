@@ -38,11 +38,22 @@ def global_flags(suppress: bool) -> _Parser:
                    help="print a view for reading instead of the JSON envelope")
     g.add_argument("--json", action="store_true", default=argparse.SUPPRESS if suppress else False,
                    help="print the JSON envelope, and no live progress")
+    g.add_argument("--registry", metavar="URL", default=default,
+                   help="a stage registry to merge with the local store (wins over $NOETHER_REGISTRY)")
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from noether_nix.cli import daemon_cmds, doctor, graph_cmds, stage_cmds, store_cmds, worker_cmds
+    from noether_nix.cli import (
+        daemon_cmds,
+        doctor,
+        graph_cmds,
+        registry_cmds,
+        service_cmds,
+        stage_cmds,
+        store_cmds,
+        worker_cmds,
+    )
     from noether_nix.sandbox import cli as sandbox_cli
 
     p = _Parser(prog="noether", description="Run Noether graphs in Nix-built sandboxes.",
@@ -59,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     store_cmds.register(sub, common)
     doctor.register(sub, common)
     daemon_cmds.register(sub)
+    service_cmds.register(sub, common)
+    registry_cmds.register(sub, common)
     sandbox_cli.register(sub)
     worker_cmds.register(sub)
     return p
@@ -89,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
             raise NoetherError("usage", "a stage, run or composition reference cannot be empty", exit_code=2)
         if args.socket == "":
             raise NoetherError("usage", "--socket needs a path", exit_code=2)
+        if args.registry == "":
+            raise NoetherError("usage", "--registry needs a URL", path="--registry", exit_code=2)
+        from noether_nix.cli import registry_cmds
+
+        registry_cmds.configure(args.registry)
         result = args.handler(args)
     except NoetherError as e:
         result = CommandResult(None, e)

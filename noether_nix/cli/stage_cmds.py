@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from noether_nix.cli import registry_cmds
 from noether_nix.cli.common import CommandResult, backend, read_json_file
 from noether_nix.service.stages import LIST_LIFECYCLES
 
@@ -46,6 +47,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                          parents=[common])
     p.add_argument("ref", nargs="?")
     p.set_defaults(handler=cmd_test, command="stage test")
+
+    registry_cmds.extend_stage_commands(stage, common)  # search, sync; list/get/add/lifecycle merge a registry
 
 
 def signed_stage_json(spec_path: str) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from typing import Any
 import msgspec
 
 from noether_nix.errors import NoetherError
+from noether_nix.model.stage import lifecycle_name, stage_from_spec
+from noether_nix.model.subtyping import is_subtype_of
 from noether_nix.model.types import display, parse_type
 from noether_nix.stdlib._shapes import StageFailure, need_record, need_text, optional_text
 from noether_nix.store.kv import KvStore
@@ -88,8 +90,6 @@ def store_impls(stages: StageStore, runs: RunStore) -> dict[str, BuiltinImpl]:
         ]
 
     def type_check(v: Any) -> Any:
-        from noether_nix.model.subtyping import is_subtype_of
-
         r = need_record(v, "sub", "sup")
         try:
             sub, sup = parse_type(r["sub"], path="sub"), parse_type(r["sup"], path="sup")
@@ -109,8 +109,6 @@ def store_impls(stages: StageStore, runs: RunStore) -> dict[str, BuiltinImpl]:
     def store_add(v: Any) -> Any:
         # Added as an unsigned Draft whatever the spec says: a graph must not
         # be able to publish runnable stages; `noether stage add` signs.
-        from noether_nix.model.stage import lifecycle_name, stage_from_spec
-
         r = need_record(v, "spec")
         spec = r["spec"]
         if not isinstance(spec, dict) or not ({"name", "implementation"} <= spec.keys() or "id" in spec):
@@ -128,8 +126,6 @@ def store_impls(stages: StageStore, runs: RunStore) -> dict[str, BuiltinImpl]:
     def composition_verify(v: Any) -> Any:
         # A chain of stages joined by `sequential`: every stage must resolve,
         # and each output must be a subtype of the next input.
-        from noether_nix.model.subtyping import is_subtype_of
-
         r = need_record(v, "stages", "operators")
         refs, ops = r["stages"], r["operators"]
         if not isinstance(refs, list) or not all(isinstance(x, str) for x in refs):

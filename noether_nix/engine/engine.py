@@ -20,7 +20,6 @@ import msgspec
 import trio
 
 from noether_nix.engine.builtin import kv_impls, store_impls
-from noether_nix.engine.config import EngineConfig
 from noether_nix.engine.dispatch import dispatch
 from noether_nix.engine.events import RunAccepted, RunFinished, RunStatus, RunWarning
 from noether_nix.engine.executor import Executor, LocalExecutor, StageCall, StageOutcome
@@ -36,8 +35,11 @@ from noether_nix.model.effects import EffectKind
 from noether_nix.model.stage import Stage
 from noether_nix.nix.registry import ProgramRegistry
 from noether_nix.sandbox.bwrap import bwrap_works, find_bwrap
+from noether_nix.sandbox.identity import check_grant_access
 from noether_nix.sandbox.policy import Limits
+from noether_nix.sandbox.profile import Profile, load_profile
 from noether_nix.sandbox.supervisor import RunAs
+from noether_nix.settings import EngineSettings, settings
 from noether_nix.store.cache import PureCache
 from noether_nix.store.kv import KvStore
 from noether_nix.store.runs import RunStore
@@ -61,6 +63,13 @@ def sandbox_usable() -> bool:
     return path is not None and bwrap_works(path)[0]
 
 
+def engine_limits(config: EngineSettings, profile: Profile) -> Limits:
+    """The profile's default limits, with the settings' overrides (each at most the profile's maximum)."""
+    return Limits.from_profile(profile, timeout_s=config.timeout_secs, max_output_bytes=config.max_output_bytes,
+                               max_stderr_bytes=config.max_stderr_bytes, memory_bytes=config.memory_bytes,
+                               max_pids=config.max_pids)
+
+
 def _is_cancellation(e: BaseException) -> bool:
     if isinstance(e, trio.Cancelled):
         return True
@@ -70,9 +79,9 @@ def _is_cancellation(e: BaseException) -> bool:
 
 
 class Engine:
-    def __init__(self, config: EngineConfig | None = None, store: StageStore | None = None, *,
+    def __init__(self, config: EngineSettings | None = None, store: StageStore | None = None, *,
                  executor: Executor | None = None, dispatch_fn: Dispatch | None = None) -> None:
-        self.config = config or EngineConfig()
+        self.config = config if config is not None else settings().engine
         self.store = store or StageStore()
         ensure_stdlib(self.store)
         conn = self.store.conn
@@ -86,6 +95,7 @@ class Engine:
         self._dispatch = dispatch_fn or dispatch
         self._process_limiter: trio.CapacityLimiter | None = None
         self._facts: dict[str, StageFacts] = {}  # by stage ID: content-addressed, so never stale
+        self._limits: Limits | None = None
 
     # ------------------------------------------------------------ what runs share
 
@@ -98,14 +108,13 @@ class Engine:
     @property
     def executor(self) -> Executor:
         if self._executor is None:
-            if self.config.executor == "remote" and self.config.remote is not None:
+            remote = self.config.remote
+            if self.config.executor == "remote":
                 from noether_nix.remote.executor import RemoteExecutor
 
-                self._executor = RemoteExecutor(msgspec.structs.replace(self.config.remote,
-                                                                        profile=self.config.sandbox_profile))
+                self._executor = RemoteExecutor(msgspec.structs.replace(remote, profile=self.config.sandbox_profile))
             else:
-                self._executor = LocalExecutor(self.programs, profile=self.config.sandbox_profile,
-                                               build_concurrency=self.config.build_concurrency)
+                self._executor = LocalExecutor(self.programs, profile=self.config.sandbox_profile)
         return self._executor
 
     @property
@@ -126,10 +135,10 @@ class Engine:
         return found
 
     def limits_for(self, options: RunOptions) -> Limits:
-        c = self.config
-        base = Limits(timeout_s=c.timeout_secs, max_output_bytes=c.max_output_bytes,
-                      max_stderr_bytes=c.max_stderr_bytes, memory_bytes=c.memory_bytes, max_pids=c.max_pids)
-        return base.lowered(timeout_s=options.timeout_secs, max_output_bytes=options.max_output_bytes)
+        """The engine's limits (its profile's, with the settings' overrides), lowered by the run's options."""
+        if self._limits is None:
+            self._limits = engine_limits(self.config, load_profile(self.config.sandbox_profile))
+        return self._limits.lowered(timeout_s=options.timeout_secs, max_output_bytes=options.max_output_bytes)
 
     # ------------------------------------------------------------ isolation
 
@@ -172,6 +181,9 @@ class Engine:
         when it is cancelled: that one is emitted, stored, and then the
         cancellation goes on."""
         prepared = self.prepare(graph, input, options)
+        if self.isolation_mode(options) == "bwrap":  # root's sandboxes run as noether-sbx users: can they use the grants?
+            check_grant_access(options.allow_read or [], writable=False, run_as=run_as, flag="--allow-read")
+            check_grant_access(options.allow_write or [], writable=True, run_as=run_as, flag="--allow-write")
         run = Interpreter(self, self._dispatch, prepared, options, run_id=run_id or uuid.uuid4().hex, emit=emit,
                           isolation=self.isolation_mode(options), limits=self.limits_for(options),
                           policy=PolicyOptions(allow_effects=options.allow_effects,

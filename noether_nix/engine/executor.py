@@ -86,14 +86,12 @@ def outcome_value(outcome: StageOutcome, label: str, node_path: str) -> Any:
 class LocalExecutor:
     """Build with Nix on this host, run under bwrap on this host."""
 
-    def __init__(self, programs: ProgramRegistry, *, profile: str = "default", build_concurrency: int = 2) -> None:
+    def __init__(self, programs: ProgramRegistry, *, profile: str = "default") -> None:
         self.programs = programs
         self.profile_name = profile
-        self.build_concurrency = build_concurrency
 
     async def execute(self, call: StageCall) -> StageOutcome:
-        program = await build_stage_program_async(call.program_id, call.language, call.code, registry=self.programs,
-                                                  concurrency=self.build_concurrency)
+        program = await build_stage_program_async(call.program_id, call.language, call.code, registry=self.programs)
         profile = load_profile(self.profile_name)
         closure = program.closure or await trio.to_thread.run_sync(store_closure, program.store_path)
         policy = policy_from_effects(call.effects, profile=profile, store_paths=closure)

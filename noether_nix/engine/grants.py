@@ -14,6 +14,7 @@ from typing import Any
 from noether_nix.engine.options import RunOptions, StageError
 from noether_nix.errors import NoetherError
 from noether_nix.model.effects import FsRead, FsWrite
+from noether_nix.sandbox.env import check_env
 from noether_nix.sandbox.policy import bind_refusal
 
 
@@ -23,7 +24,9 @@ def abs_norm(path: str) -> str:
 
 
 def check_grants(options: RunOptions) -> None:
-    """Refuse, before anything runs, a file grant no sandbox may get."""
+    """Refuse, before anything runs, a file grant no sandbox may get (and
+    environment variables no stage may get: ``sandbox.env.check_env``)."""
+    check_env(options.env, where="--env")
     for flag, grants, writable in (("--allow-read", options.allow_read, False),
                                    ("--allow-write", options.allow_write, True)):
         for grant in grants or []:

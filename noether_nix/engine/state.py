@@ -15,7 +15,6 @@ from typing import Any, Protocol
 import msgspec
 import trio
 
-from noether_nix.engine.config import EngineConfig
 from noether_nix.engine.events import Event
 from noether_nix.engine.executor import Executor, StageOutcome
 from noether_nix.engine.options import Isolation, RunOptions
@@ -23,6 +22,7 @@ from noether_nix.graph.preflight import PolicyOptions
 from noether_nix.model.stage import Stage
 from noether_nix.sandbox.policy import Limits
 from noether_nix.sandbox.supervisor import RunAs
+from noether_nix.settings import EngineSettings
 from noether_nix.store.cache import PureCache
 from noether_nix.store.kv import KvStore
 from noether_nix.store.runs import RunStore
@@ -63,7 +63,7 @@ class StageFacts(msgspec.Struct, frozen=True):
 class Services(Protocol):
     """What the engine shares with every run."""
 
-    config: EngineConfig
+    config: EngineSettings
     store: StageStore
     cache: PureCache
     runs: RunStore

@@ -145,7 +145,7 @@ def _locate(raw: Any, path: str, depth: int = 1) -> Any:
     if "op" not in raw:
         raise _bad(path, 'missing "op"')
     op = raw["op"]
-    if op not in _FIELDS:
+    if not isinstance(op, str) or op not in _FIELDS:
         raise _bad(f"{path}.op", f"unknown op {op!r} (known: {', '.join(OPS)})")
     out = dict(raw)
     for name, kind in _FIELDS[op]:

@@ -16,6 +16,7 @@ import msgspec
 from noether_nix.errors import NoetherError
 from noether_nix.graph.ast import Node, StageNode, walk
 from noether_nix.model.stage import Stage
+from noether_nix.store.remote import FALLBACK_CODES, StageLookup, remote_source
 from noether_nix.store.stages import StageStore
 
 MAX_DEPRECATION_HOPS = 10
@@ -55,11 +56,23 @@ def _ambiguous(ref: str, what: str, found: list[Stage], path: str) -> NoetherErr
 
 
 def resolve_ref(store: StageStore, ref: str, pinning: str, path: str, warnings: list[Warning_]) -> Stage:
-    stage = _lookup(store, ref, pinning, path, warnings)
-    return _follow(store, stage, pinning, path, warnings)
+    mark = len(warnings)
+    try:
+        stage = _lookup(store, ref, pinning, path, warnings)
+        return _follow(store, stage, pinning, path, warnings)
+    except NoetherError as e:
+        source = remote_source()
+        if source is None or e.code not in FALLBACK_CODES:
+            raise
+    # Not (fully) here: the configured registry, with local stages shadowing its own.
+    del warnings[mark:]
+    view, notes = source.lookup(store, ref)
+    warnings.extend(Warning_(code, message, path) for code, message in notes)
+    stage = _lookup(view, ref, pinning, path, warnings)
+    return _follow(view, stage, pinning, path, warnings)
 
 
-def _lookup(store: StageStore, ref: str, pinning: str, path: str, warnings: list[Warning_]) -> Stage:
+def _lookup(store: StageLookup, ref: str, pinning: str, path: str, warnings: list[Warning_]) -> Stage:
     exact = store.get(ref)
     if exact is not None:
         return exact
@@ -118,7 +131,7 @@ def _lookup(store: StageStore, ref: str, pinning: str, path: str, warnings: list
                "legacy id, name)", path)
 
 
-def _follow(store: StageStore, stage: Stage, pinning: str, path: str, warnings: list[Warning_]) -> Stage:
+def _follow(store: StageLookup, stage: Stage, pinning: str, path: str, warnings: list[Warning_]) -> Stage:
     if stage.state == "Tombstone":
         raise _err("stage_tombstoned", f"stage {stage.label()} is tombstoned and cannot run", path)
     if pinning == "both":

@@ -7,6 +7,7 @@ from typing import Any, Union
 import msgspec
 
 from noether_nix.errors import NoetherError
+from noether_nix.model.jcs import jcs
 
 
 class _P(msgspec.Struct, frozen=True, tag_field="kind", omit_defaults=True):
@@ -111,8 +112,6 @@ def _lookup(path: str, input: Any, output: Any) -> Any:
 
 
 def _json_eq(a: Any, b: Any) -> bool:
-    from noether_nix.model.jcs import jcs
-
     return jcs(a) == jcs(b)
 
 

@@ -16,6 +16,7 @@ from noether_nix.model.types import (
     MapType,
     NType,
     NullType,
+    OneOfRefinement,
     RecordType,
     RecordWithBody,
     RecordWithType,
@@ -190,8 +191,6 @@ def is_subtype_of(sub: NType, sup: NType) -> Compatibility:
 
 def _same_json_kinds(a: RefinedType, b: RefinedType) -> bool:
     # Upstream compares OneOf options as JSON values: 1 != 1.0.
-    from noether_nix.model.types import OneOfRefinement
-
     ra, rb = a.value.refinement, b.value.refinement
     if isinstance(ra, OneOfRefinement) and isinstance(rb, OneOfRefinement):
         return [type(x) for x in ra.options] == [type(x) for x in rb.options]

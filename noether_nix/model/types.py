@@ -13,6 +13,7 @@ from typing import Any, Union
 import msgspec
 
 from noether_nix.errors import NoetherError
+from noether_nix.model.jcs import serde_compact
 
 _TAG = "kind"
 
@@ -297,8 +298,6 @@ def refinement_json(r: Refinement) -> Any:
 
 def sort_key(t: NType) -> tuple[Any, ...]:
     """A key reproducing upstream's derived ``Ord`` (variant index, then payload)."""
-    from noether_nix.model.jcs import serde_compact
-
     idx = VARIANT_ORDER[type(t)]
     match t:
         case ListType(value=v) | StreamType(value=v):
@@ -369,8 +368,6 @@ def display_refinement(r: Refinement) -> str:
             hi_s = f"={_fmt_num(hi)}" if hi is not None else ""
             return f"Range({lo_s}..{hi_s})"
         case OneOfRefinement(options=opts):
-            from noether_nix.model.jcs import serde_compact
-
             return "OneOf[" + ", ".join(serde_compact(o).decode() for o in opts) + "]"
         case NonEmptyRefinement():
             return "NonEmpty"

@@ -15,11 +15,11 @@ from typing import IO
 
 from noether_nix.errors import NoetherError
 from noether_nix.proc import cancelled, supervised
+from noether_nix.settings import settings
 
 NIX_DIR = Path(__file__).resolve().parent / "expr"
 LOG_CAP = 64 * 1024  # bytes of nix-build's stderr we keep
 BUILD_LOG_CAP = 1024 * 1024  # bytes a builder may log before Nix kills it
-DEFAULT_TIMEOUT_S = 600.0
 
 # Every build: no substituters (nothing waits on the network), Nix's own
 # build sandbox on, metadata fsync off (the store DB is still synced). Passed
@@ -37,14 +37,14 @@ OFFLINE_OPTIONS = [
 CODE_INVALID_MARKER = "noether: stage code does not compile"
 
 _slots_lock = threading.Lock()
-_slots = threading.BoundedSemaphore(int(os.environ.get("NOETHER_BUILD_CONCURRENCY", "2")))
+_slots_by_size: dict[int, threading.BoundedSemaphore] = {}
 
 
-def set_build_concurrency(n: int) -> None:
-    """How many nix-build processes may run at once in this process."""
-    global _slots
+def _slots() -> threading.BoundedSemaphore:
+    """The nix-build processes that may run at once in this process (settings ``nix.build_concurrency``)."""
+    n = max(1, settings().nix.build_concurrency)
     with _slots_lock:
-        _slots = threading.BoundedSemaphore(max(1, n))
+        return _slots_by_size.setdefault(n, threading.BoundedSemaphore(n))
 
 
 def nix_expr(name: str) -> Path:
@@ -65,8 +65,11 @@ def nix_tool(name: str) -> str:
 
 
 def nix_build(expr: Path, args: dict[str, str], arg_strs: dict[str, str], out_link: Path,
-              *, timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
-    """Build ``expr`` and return its store path; ``out_link`` becomes a GC root."""
+              *, timeout_s: float | None = None) -> str:
+    """Build ``expr`` and return its store path; ``out_link`` becomes a GC root. A build
+    may take ``timeout_s`` (default: settings ``nix.build_timeout_secs``)."""
+    if timeout_s is None:
+        timeout_s = settings().nix.build_timeout_secs
     cmd = [nix_tool("nix-build"), str(expr), "--no-build-output", "-o", str(out_link), *OFFLINE_OPTIONS,
            "--option", "timeout", str(int(timeout_s)), "--option", "max-silent-time", str(int(timeout_s))]
     for k, v in args.items():
@@ -75,7 +78,7 @@ def nix_build(expr: Path, args: dict[str, str], arg_strs: dict[str, str], out_li
         cmd += ["--argstr", k, v]
     out_link.parent.mkdir(parents=True, exist_ok=True)
     # Own session, killed with us (even by SIGKILL), its group killed if the run it builds for is cancelled.
-    with _slots, tempfile.TemporaryFile() as err, \
+    with _slots(), tempfile.TemporaryFile() as err, \
             supervised(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err) as proc:
         try:
             # Nix's own timeout fires first; ours is the backstop for evaluation hangs.

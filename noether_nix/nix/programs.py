@@ -11,12 +11,13 @@ import msgspec
 import trio
 
 from noether_nix.errors import NoetherError
-from noether_nix.nix.build import DEFAULT_TIMEOUT_S, nix_build, nix_expr, nix_tool
+from noether_nix.nix.build import nix_build, nix_expr, nix_tool
 from noether_nix.nix.registry import ProgramRegistry
 from noether_nix.nix.requirements import ensure_wheels, parse_requirements
 from noether_nix.nix.runtime import Runtime, ensure_runtime, normalise_language
 from noether_nix.paths import noether_home, private_dir
 from noether_nix.proc import run_sync_killable
+from noether_nix.settings import settings
 
 # Part of every program's derivation: bump it when a wrapper's behaviour changes.
 WRAPPER_VERSION = "4"
@@ -53,7 +54,7 @@ def _key_lock(key: tuple[str, str]) -> threading.Lock:
 
 
 def build_stage_program(stage_id: str, language: str, code: str, *, registry: ProgramRegistry,
-                        timeout_s: float = DEFAULT_TIMEOUT_S) -> Program:
+                        timeout_s: float | None = None) -> Program:
     """The stage's program, built on first request and looked up afterwards."""
     lang = normalise_language(language)
     runtime: Runtime = ensure_runtime(lang)
@@ -68,7 +69,7 @@ def build_stage_program(stage_id: str, language: str, code: str, *, registry: Pr
 
 
 def _build(stage_id: str, lang: str, code: str, runtime: Runtime, registry: ProgramRegistry,
-           timeout_s: float) -> Program:
+           timeout_s: float | None) -> Program:
     builder = runtime if lang == "python" and runtime.source == "host-import" else ensure_builder_runtime()
     started = time.monotonic()
     root = private_dir(noether_home() / "gcroots") / f"stage-{stage_id[:16]}-{runtime.store_path[11:19]}"
@@ -110,10 +111,10 @@ _build_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVa
 
 
 async def build_stage_program_async(stage_id: str, language: str, code: str, *,
-                                    registry: ProgramRegistry, concurrency: int = 2,
-                                    timeout_s: float = DEFAULT_TIMEOUT_S) -> Program:
-    """The same, off the trio thread, with at most ``concurrency`` builds at once; cancelling
-    the caller kills the build."""
+                                    registry: ProgramRegistry, timeout_s: float | None = None) -> Program:
+    """The same, off the trio thread, with at most ``nix.build_concurrency`` builds at
+    once; cancelling the caller kills the build."""
+    concurrency = max(1, settings().nix.build_concurrency)
     try:
         limiter = _build_limiter.get()
     except LookupError:

@@ -23,6 +23,7 @@ import msgspec
 from noether_nix.errors import NoetherError
 from noether_nix.nix.build import nix_tool
 from noether_nix.proc import run as supervised_run
+from noether_nix.settings import settings
 from noether_nix.store.db import write_txn
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -50,10 +51,11 @@ def parse_requirements(code: str, *, allow_unpinned: bool | None = None) -> list
     """The pins of the first ``# requires:`` line (upstream's rule), strictly checked.
 
     Unlike upstream, which drops bad entries with a warning, a malformed entry
-    is an error, and so is an unpinned one unless NOETHER_ALLOW_UNPINNED_PIP.
+    is an error, and so is an unpinned one unless settings ``nix.allow_unpinned_pip``
+    (``$NOETHER_ALLOW_UNPINNED_PIP``).
     """
     if allow_unpinned is None:
-        allow_unpinned = os.environ.get("NOETHER_ALLOW_UNPINNED_PIP", "").lower() in _TRUE
+        allow_unpinned = settings().nix.allow_unpinned_pip
     line = next((ln.strip()[len("# requires:"):] for ln in code.splitlines()
                  if ln.strip().startswith("# requires:") and ln.strip()[len("# requires:"):].strip()), None)
     if line is None:

@@ -31,6 +31,7 @@ import msgspec
 from noether_nix.errors import NoetherError
 from noether_nix.nix.build import nix_build, nix_expr
 from noether_nix.paths import noether_home, open_private, private_dir
+from noether_nix.settings import settings
 
 RELOCATE_VERSION = "5"  # 5: manylinux system libraries in the python runtime
 # Everyday tools a bash stage can call, imported with the bash runtime when the host has them.
@@ -94,11 +95,7 @@ class Runtime(msgspec.Struct, frozen=True):
 
 
 def runtime_source() -> Source:
-    value = os.environ.get("NOETHER_RUNTIME_SOURCE", "host-import")
-    if value not in ("host-import", "nixpkgs"):
-        raise NoetherError("invalid_runtime_source", f"NOETHER_RUNTIME_SOURCE must be host-import or nixpkgs, "
-                           f"got {value!r}")
-    return value  # type: ignore[return-value]
+    return settings().nix.runtime_source
 
 
 def normalise_language(language: str) -> str:
@@ -226,7 +223,7 @@ def runtime_roots_dir() -> Path:
     home on the machine shares it, so it is rooted machine-wide when we may
     (root, or the per-user roots of a multi-user Nix), else under the home.
     """
-    override = os.environ.get("NOETHER_NIX_GCROOTS")
+    override = settings().nix.gcroots
     if override:
         return Path(override)
     gcroots = Path("/nix/var/nix/gcroots")
@@ -309,7 +306,7 @@ def _ensure_host_runtime(lang: str) -> Runtime:
 def _nixpkgs_runtime(lang: str) -> Runtime:
     attr = {"python": "python3", "bash": "bash", "javascript": "nodejs"}[lang]
     # A pinned checkout (the flake sets it to its locked input), else <nixpkgs> from NIX_PATH.
-    pinned = os.environ.get("NOETHER_NIXPKGS")
+    pinned = settings().nix.nixpkgs
     args = {"nixpkgs": pinned} if pinned else {}
     out = nix_build(nix_expr("nixpkgs-runtime.nix"), args, {"attr": attr}, runtime_roots_dir() / f"nixpkgs-{attr}")
     return Runtime(lang, out, f"{out}/bin/{BIN_NAMES[lang]}", "nixpkgs")

@@ -17,11 +17,14 @@ import msgspec
 import trio
 
 from noether_nix.errors import NoetherError
+from noether_nix.model.signing import public_key_hex, stdlib_key
 from noether_nix.model.stage import Stage
 from noether_nix.nix.programs import build_stage_program_async
 from noether_nix.nix.registry import ProgramRegistry
 from noether_nix.nix.runtime import ensure_runtime, normalise_language
 from noether_nix.proc import run_sync_killable
+from noether_nix.settings import settings
+from noether_nix.stdlib.registry import ArrowUnavailable, stdlib_program
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -29,9 +32,6 @@ Progress = Callable[[dict[str, Any]], None]
 def _with_program(stage: Stage) -> Stage:
     """A stdlib stage that runs as a sandboxed program, as the engine builds it
     (its program ID and code); any other stage as it is."""
-    from noether_nix.model.signing import public_key_hex, stdlib_key
-    from noether_nix.stdlib.registry import ArrowUnavailable, stdlib_program
-
     if stage.implementation_code is not None or stage.signer_public_key != public_key_hex(stdlib_key()):
         return stage
     try:
@@ -44,7 +44,7 @@ def _with_program(stage: Stage) -> Stage:
                                    implementation_language="python")
 
 
-async def warmup(stages: list[Stage], registry: ProgramRegistry, *, concurrency: int = 2,
+async def warmup(stages: list[Stage], registry: ProgramRegistry, *,
                  progress: Progress | None = None) -> dict[str, Any]:
     """Build what ``stages`` need; returns (and reports after every step) the counts.
 
@@ -52,6 +52,7 @@ async def warmup(stages: list[Stage], registry: ProgramRegistry, *, concurrency:
     ``built`` / ``cached`` / ``failed`` (a list of ``{stage_id, error}``),
     ``runtimes`` (language → store path) and ``build_ms`` summed over builds.
     """
+    concurrency = max(1, settings().nix.build_concurrency)
     todo = [_with_program(s) for s in stages]
     todo = [s for s in todo if s.implementation_code and s.implementation_language]
     report: dict[str, Any] = {"total": len(todo), "done": 0, "built": 0, "cached": 0, "failed": [],
@@ -80,8 +81,7 @@ async def warmup(stages: list[Stage], registry: ProgramRegistry, *, concurrency:
             async for stage in queue:
                 try:
                     p = await build_stage_program_async(stage.id, stage.implementation_language or "",
-                                                        stage.implementation_code or "", registry=registry,
-                                                        concurrency=concurrency)
+                                                        stage.implementation_code or "", registry=registry)
                     report["built" if p.built else "cached"] += 1
                     report["build_ms"] += p.build_ms
                 except NoetherError as e:

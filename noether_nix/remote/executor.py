@@ -31,7 +31,7 @@ from noether_nix.remote.action import RESULT_FILE, EncodedAction, encode_call, k
 from noether_nix.remote.client import Endpoint, Progress, ReapiClient, RpcFailed
 from noether_nix.remote.launcher import LaunchRecord
 from noether_nix.remote.protos import noether_reapi_pb2 as re
-from noether_nix.remote.settings import RemoteSettings
+from noether_nix.settings import RemoteSettings
 
 # Failures after which following the operation again may succeed.
 TRANSIENT = {"UNAVAILABLE", "UNKNOWN", "INTERNAL", "ABORTED", "RESOURCE_EXHAUSTED"}
@@ -41,11 +41,13 @@ WORKER_OVERHEAD_S = 300.0
 
 
 def _endpoint(s: RemoteSettings) -> Endpoint:
+    if not s.url:
+        raise NoetherError("invalid_config", "the remote executor needs engine.remote.url", path="engine.remote.url")
     return Endpoint(url=s.url, instance=s.instance, tls_ca=s.tls_ca, tls_cert=s.tls_cert, tls_key=s.tls_key,
                     token_file=s.token_file)
 
 
-def _rpc_error(e: RpcFailed, what: str, url: str) -> NoetherError:
+def _rpc_error(e: RpcFailed, what: str, url: str | None) -> NoetherError:
     code = "remote_unavailable" if e.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") else "remote_error"
     if e.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
         code = "remote_forbidden"

@@ -31,6 +31,8 @@ import msgspec
 from noether_nix.engine.executor import LocalExecutor, StageCall, StageOutcome
 from noether_nix.errors import NoetherError
 from noether_nix.model.effects import FsRead, FsWrite
+from noether_nix.nix.registry import ProgramRegistry
+from noether_nix.paths import noether_home
 from noether_nix.remote.action import (
     INPUT_FILES,
     RESULT_FILE,
@@ -120,9 +122,9 @@ def admit(program: ProgramSpec, input_bytes: bytes, spec: SandboxSpec, grants: W
     return call
 
 
-async def run_local(call: StageCall, *, programs: Any, profile: str, build_concurrency: int = 2) -> StageOutcome:
+async def run_local(call: StageCall, *, programs: Any, profile: str) -> StageOutcome:
     """Build and run on this host: the engine's own local executor."""
-    return await LocalExecutor(programs, profile=profile, build_concurrency=build_concurrency).execute(call)
+    return await LocalExecutor(programs, profile=profile).execute(call)
 
 
 class LaunchError(msgspec.Struct):
@@ -153,9 +155,6 @@ async def launch(files: dict[str, bytes], *, programs: Any, grants: WorkerGrants
 def main(argv: list[str]) -> int:
     """``noether launch --protocol 1``: run the stage call in the current directory."""
     import trio
-
-    from noether_nix.nix.registry import ProgramRegistry
-    from noether_nix.paths import noether_home
 
     root = Path.cwd()
     files: dict[str, bytes] = {}

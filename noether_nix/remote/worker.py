@@ -27,7 +27,9 @@ import structlog
 import trio
 
 from noether_nix.errors import NoetherError
+from noether_nix.nix.registry import ProgramRegistry
 from noether_nix.nix.runtime import HOST_INTERPRETERS
+from noether_nix.paths import noether_home
 from noether_nix.remote.action import (
     INPUT_FILES,
     LAUNCHER_ARGV,
@@ -296,9 +298,6 @@ class Worker:
 
 async def run_worker(settings: WorkerSettings, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                      ) -> None:
-    from noether_nix.nix.registry import ProgramRegistry
-    from noether_nix.paths import noether_home
-
     home = noether_home()
     home.mkdir(parents=True, exist_ok=True)
     worker = Worker(settings, ProgramRegistry(home / "noether.db"))

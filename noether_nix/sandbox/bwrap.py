@@ -11,7 +11,7 @@ import subprocess
 
 from noether_nix.errors import NoetherError
 from noether_nix.logs import get_logger
-from noether_nix.sandbox.policy import IsolationPolicy, Limits
+from noether_nix.sandbox.policy import IsolationPolicy, Limits, bind_refusal
 from noether_nix.sandbox.profile import Profile
 
 log = get_logger("noether.sandbox")
@@ -55,25 +55,50 @@ def bwrap_version(path: str) -> str:
 
 
 @functools.cache
-def bwrap_works(path: str, *, as_uid: int | None = None) -> tuple[bool, str]:
+def bwrap_works(path: str, *, as_uid: int | None = None, as_gid: int | None = None) -> tuple[bool, str]:
     """Can bwrap create every namespace we ask for on this host (started as
-    ``as_uid``: a root daemon starts its peers' sandboxes as the peer, which
-    needs unprivileged user namespaces)?"""
+    ``as_uid``: a root daemon starts its peers' sandboxes as the peer, and
+    root's own as a dedicated sandbox user, which needs unprivileged user
+    namespaces)?"""
     def drop() -> None:
         if as_uid is not None:
             os.setgroups([])
-            os.setgid(as_uid)
+            os.setgid(as_gid if as_gid is not None else as_uid)
             os.setuid(as_uid)
 
+    # The options every launch relies on, so a bwrap without them (--ro-bind-fd
+    # came with 0.10, and Debian's 0.8.0-2+deb12u1) fails here, not per run.
+    root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    args = os.memfd_create("noether-bwrap-probe", os.MFD_CLOEXEC)
     try:
+        os.write(args, b"--clearenv\0--setenv\0A\0B\0")
+        os.lseek(args, 0, os.SEEK_SET)
         proc = subprocess.run(
-            [path, "--unshare-all", "--unshare-user", "--die-with-parent", "--ro-bind", "/", "/",
-             "--proc", "/proc", "--dev", "/dev", "--", "/bin/true"],
-            capture_output=True, text=True, timeout=10, preexec_fn=drop if as_uid is not None else None,
+            [path, "--args", str(args), "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+             "--hostname", HOSTNAME, "--ro-bind-fd", str(root), "/", "--proc", "/proc", "--dev", "/dev",
+             "--remount-ro", "/", "--", "/bin/true"],
+            capture_output=True, text=True, timeout=10, env={}, pass_fds=(root, args),
+            preexec_fn=drop if as_uid is not None else None,
         )
-    except (OSError, subprocess.TimeoutExpired) as e:
+    except (OSError, subprocess.TimeoutExpired, subprocess.SubprocessError) as e:
         return False, str(e)
+    finally:
+        os.close(root)
+        os.close(args)
     return proc.returncode == 0, proc.stderr.strip()
+
+
+def bwrap_is_setuid(path: str) -> bool:
+    try:
+        return bool(os.stat(path).st_mode & stat.S_ISUID)
+    except OSError:
+        return False
+
+
+#: The sandbox's host name (``--unshare-uts`` alone would keep the host's).
+HOSTNAME = "noether"
+
+BindFds = dict[tuple[str, int], int]
 
 
 def build_argv(
@@ -84,18 +109,32 @@ def build_argv(
     limits: Limits,
     profile: Profile,
     seccomp_fd: int | None,
-    bind_fds: dict[tuple[str, int], int] | None = None,
+    bind_fds: BindFds | None = None,
+    args_fd: int | None = None,
 ) -> list[str]:
-    """bwrap's argv. The sandbox's environment is bwrap's own: start bwrap
-    with exactly the variables the stage may see (``env=``), so their values
-    never appear in argv, which any local user can read in /proc/PID/cmdline.
+    """bwrap's argv.
 
-    ``bind_fds`` (``("ro"|"rw", index)`` → fd from ``open_bind_fds``, passed
-    to bwrap) binds those from the already-opened fd, not by name; bwrap
-    closes each fd after its bind, so every bind has its own."""
+    ``args_fd`` (from ``env.args_fd``) carries the program's environment as
+    ``--clearenv --setenv …``: bwrap itself is started with an empty
+    environment, and the values never appear in an argv that any local user
+    can read in /proc/PID/cmdline.
+
+    ``bind_fds`` (from ``open_bind_fds``) binds every path from an fd opened
+    ahead, never by name: ``--bind-fd`` / ``--ro-bind-fd``; bwrap closes each
+    fd after its bind, so every bind has its own. Without it (a sandbox that
+    runs as a peer, binding with the peer's own rights) paths are bound by
+    name.
+
+    The root, ``/dev`` and ``/proc`` (with ``/proc/sys``, ``/proc/sysrq-trigger``
+    and the rest) are read-only once mounted; ``/tmp``, ``/work`` and
+    ``/dev/shm`` are size-capped tmpfs; the host name is fixed."""
+    by_fd = bind_fds is not None
     fds = bind_fds or {}
-    args = [
-        bwrap,
+    size = str(limits.tmpfs_size_bytes)
+    args = [bwrap]
+    if args_fd is not None:
+        args += ["--args", str(args_fd)]
+    args += [
         "--unshare-all",
         "--unshare-user",
         "--disable-userns",
@@ -104,27 +143,45 @@ def build_argv(
         "--uid", "65534",
         "--gid", "65534",
         "--cap-drop", "ALL",
+        "--hostname", HOSTNAME,
         "--proc", "/proc",
         "--dev", "/dev",
-        "--size", str(limits.tmpfs_size_bytes), "--tmpfs", "/tmp",
+        "--size", size, "--tmpfs", "/dev/shm",
+        "--size", size, "--tmpfs", "/tmp",
     ]
+
+    def bind(key: tuple[str, int], host: str, dest: str, *, writable: bool, optional: bool = False) -> None:
+        fd = fds.get(key)
+        if fd is not None:
+            args.extend(["--bind-fd" if writable else "--ro-bind-fd", str(fd), dest])
+        elif by_fd:
+            if not optional:
+                raise NoetherError("invalid_policy_path", f"no open fd for the bind of {host}", path=host,
+                                   exit_code=2)
+        elif optional:
+            args.extend(["--ro-bind-try", host, dest])
+        else:
+            args.extend(["--bind" if writable else "--ro-bind", host, dest])
+
     if policy.network:
         args.append("--share-net")
-        for f in profile.network_ro_files:
-            args += ["--ro-bind-try", f, f]
+        for i, f in enumerate(profile.network_ro_files):
+            bind(("net", i), f, f, writable=False, optional=True)
     for i, b in enumerate(policy.ro_binds):
-        fd = fds.get(("ro", i))
-        args += ["--ro-bind-fd", str(fd), b.sandbox] if fd is not None else ["--ro-bind", b.host, b.sandbox]
+        bind(("ro", i), b.host, b.sandbox, writable=False)
     for i, b in enumerate(policy.rw_binds):
-        fd = fds.get(("rw", i))
-        args += ["--bind-fd", str(fd), b.sandbox] if fd is not None else ["--bind", b.host, b.sandbox]
+        bind(("rw", i), b.host, b.sandbox, writable=True)
     if policy.work_host:
-        args += ["--bind", policy.work_host, "/work"]
+        bind(("work", 0), policy.work_host, "/work", writable=True)
     else:
-        args += ["--size", str(limits.tmpfs_size_bytes), "--perms", "0700", "--tmpfs", "/work"]
+        args += ["--size", size, "--perms", "0700", "--tmpfs", "/work"]
+    # Last, once every mount point exists: nothing outside /work, /tmp and
+    # /dev/shm (and writable binds) can be written, /proc/sys included.
+    args += ["--remount-ro", "/dev", "--remount-ro", "/proc", "--remount-ro", "/"]
     args += ["--chdir", "/work"]
     if seccomp_fd is not None:
         args += ["--seccomp", str(seccomp_fd)]
+    # Everything after "--" is the program and its arguments, whatever they look like.
     return [*args, "--", *argv]
 
 
@@ -147,26 +204,44 @@ def open_no_follow(path: str) -> int:
         raise
 
 
-def open_bind_fds(policy: IsolationPolicy) -> dict[tuple[str, int], int]:
-    """Open every bind's source before bwrap starts (store paths aside: the
-    store is immutable), so a path swapped for a symlink between the policy
-    check and the mount cannot redirect it. Writable binds must open this
-    way; a read-only one that is itself a symlink (usr-merged /bin, /lib) is
-    left to bwrap by name. The caller passes the fds to bwrap and closes them."""
-    opened: dict[tuple[str, int], int] = {}
+def open_resolved(path: str, *, writable: bool) -> int:
+    """An fd for what ``path`` names now. A read-only path's symlinks are
+    resolved once, deliberately; the result is checked again (a link may
+    have been pointed at ``/`` since the policy was checked) and opened
+    without following anything, so it cannot change between this check and
+    the mount. A writable path must have no symlink at all."""
+    target = path if writable else os.path.realpath(path)
+    why = bind_refusal(target, writable=writable)
+    if why is not None:
+        raise NoetherError("invalid_policy_path", f"cannot bind {path}: {why}", path=path, exit_code=2)
     try:
-        for kind, binds in (("ro", policy.ro_binds), ("rw", policy.rw_binds)):
-            writable = kind == "rw"
-            for i, b in enumerate(binds):
-                if b.host == "/nix/store" or b.host.startswith("/nix/store/"):
-                    continue
+        return open_no_follow(target)
+    except OSError as e:
+        raise NoetherError("invalid_policy_path", f"cannot bind {path}: {e.strerror or e} while opening "
+                           f"{target} (a path changed under the sandbox?)", path=path, exit_code=2) from None
+
+
+def open_bind_fds(policy: IsolationPolicy, profile: Profile | None = None) -> BindFds:
+    """Open every bind's source before bwrap starts (read-only, writable,
+    the work dir and, for Network, the profile's resolver and CA files), so
+    no path can be redirected between the policy check and the mount. A
+    path that cannot be opened this way is refused, never bound by name;
+    only the profile's optional network files may be missing. The caller
+    passes the fds to bwrap and closes them."""
+    opened: BindFds = {}
+    try:
+        for i, b in enumerate(policy.ro_binds):
+            opened[("ro", i)] = open_resolved(b.host, writable=False)
+        for i, b in enumerate(policy.rw_binds):
+            opened[("rw", i)] = open_resolved(b.host, writable=True)
+        if policy.work_host:
+            opened[("work", 0)] = open_resolved(policy.work_host, writable=True)
+        if policy.network and profile is not None:
+            for i, f in enumerate(profile.network_ro_files):
                 try:
-                    opened[(kind, i)] = open_no_follow(b.host)
-                except OSError as e:
-                    if writable:
-                        raise NoetherError("invalid_policy_path", f"cannot bind {b.host}: {e.strerror or e} "
-                                           "while opening it (a path changed under the sandbox?)",
-                                           path=b.host, exit_code=2) from None
+                    opened[("net", i)] = open_no_follow(os.path.realpath(f))
+                except OSError:
+                    continue  # not on this host: the sandbox goes without it
     except BaseException:
         for fd in opened.values():
             os.close(fd)

@@ -2,8 +2,9 @@
 
 cgroup v2 (``memory.max``, ``pids.max``, ``cgroup.kill``) when this process
 sits in a writable (delegated) subtree; cgroup v1 memory/pids/cpuacct
-hierarchies when that is what the host has. Without either, rlimits remain
-and ``mechanisms()`` says so.
+hierarchies when that is what the host has. Without a memory and a
+process-count mechanism a sandboxed run is refused unless the operator
+allows it (``supervisor.check_limits``); ``mechanisms()`` says what is active.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import uuid
 from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
+#: The leaf a daemon moves into inside its delegated v2 cgroup (delegation.claim_v2);
+#: per-run cgroups go beside it, in the delegated cgroup.
+LEAF = "daemon"
 
 
 def _own_paths() -> dict[str, str]:
@@ -35,6 +39,13 @@ def _writable_dir(p: Path) -> bool:
     return p.is_dir() and os.access(p, os.W_OK)
 
 
+def _v2_base(own: dict[str, str], root: Path | None = None) -> Path:
+    """Where per-run v2 cgroups go: this process's cgroup, or the delegated
+    cgroup above it when the daemon sits in its leaf."""
+    base = (root or ROOT) / own[""].lstrip("/")
+    return base.parent if base.name == LEAF else base
+
+
 class RunCgroup:
     """One cgroup (per controller on v1) for one sandboxed run."""
 
@@ -43,13 +54,15 @@ class RunCgroup:
         self.version = version
 
     @classmethod
-    def create(cls, memory_bytes: int, max_pids: int) -> RunCgroup | None:
+    def create(cls, memory_bytes: int, max_pids: int, *, root: Path | None = None) -> RunCgroup | None:
+        """A cgroup under this process's own (``root``: where cgroupfs is
+        mounted), or None where no controller is writable."""
+        root = root or ROOT
         own = _own_paths()
-        name = f"noether-{uuid.uuid4().hex[:12]}"
-        v2 = ROOT / "cgroup.controllers"
+        name = f"noether-{os.getpid()}-{uuid.uuid4().hex[:12]}"  # its creator's pid: see sweep_empty
+        v2 = root / "cgroup.controllers"
         if v2.exists() and "" in own:
-            base = ROOT / own[""].lstrip("/")
-            d = base / name
+            d = _v2_base(own, root) / name
             try:
                 d.mkdir()
                 (d / "memory.max").write_text(str(memory_bytes))
@@ -62,10 +75,10 @@ class RunCgroup:
                     d.rmdir()
         dirs: dict[str, Path] = {}
         for ctl in ("memory", "pids", "cpuacct"):
-            mount = ROOT / ctl
-            if ctl not in own or not _writable_dir(mount):
+            # The own cgroup must be writable (root, or systemd's delegation handed to us).
+            if ctl not in own or not _writable_dir(root / ctl / own[ctl].lstrip("/")):
                 continue
-            d = mount / own[ctl].lstrip("/") / name
+            d = root / ctl / own[ctl].lstrip("/") / name
             try:
                 d.mkdir()
                 if ctl == "memory":
@@ -84,6 +97,19 @@ class RunCgroup:
             with contextlib.suppress(OSError):
                 d.rmdir()
         return None
+
+    def has_memory(self) -> bool:
+        return "" in self.dirs or "memory" in self.dirs
+
+    def has_pids(self) -> bool:
+        return "" in self.dirs or "pids" in self.dirs
+
+    def describe(self) -> dict[str, str | None]:
+        """Which limit each of this cgroup's files enforces."""
+        if self.version == 2:
+            return {"memory": "cgroup v2 memory.max", "pids": "cgroup v2 pids.max"}
+        return {"memory": "cgroup v1 memory.limit_in_bytes" if self.has_memory() else None,
+                "pids": "cgroup v1 pids.max" if self.has_pids() else None}
 
     def procs_files(self) -> list[str]:
         return [str(d / "cgroup.procs") for d in self.dirs.values()]
@@ -152,6 +178,37 @@ class RunCgroup:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
 
+    async def drain(self, timeout_s: float = 10.0) -> bool:
+        """Kill everything in the cgroup and wait, on pidfds, until each process
+        has exited (no polling); True once the cgroup is empty. A process
+        forked meanwhile is found on the next pass. Shielded: a sandbox's
+        teardown completes even when its run is cancelled."""
+        import trio
+
+        with trio.CancelScope(shield=True), trio.move_on_after(timeout_s):
+            while pids := self.pids():
+                fds = []
+                for pid in pids:
+                    with contextlib.suppress(OSError):  # gone already, or not ours to see
+                        fds.append(os.pidfd_open(pid))
+                try:
+                    for fd in fds:
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            signal.pidfd_send_signal(fd, signal.SIGKILL)
+                    if self.version == 2:
+                        with contextlib.suppress(OSError):
+                            (self.dirs[""] / "cgroup.kill").write_text("1")
+                    for fd in fds:
+                        await trio.lowlevel.wait_readable(fd)  # readable once the process has exited
+                finally:
+                    for fd in fds:
+                        trio.lowlevel.notify_closing(fd)
+                        os.close(fd)
+                if not fds:  # listed but not openable: exiting this very moment
+                    await trio.sleep(0.01)
+            return True
+        return not self.pids()
+
     def remove(self) -> None:
         # Right after a kill the cgroup may still count dying tasks (EBUSY): retry briefly.
         for d in self.dirs.values():
@@ -165,35 +222,52 @@ class RunCgroup:
                     time.sleep(0.01)
 
 
+def _creator_alive(name: str) -> bool:
+    """Is the process that created cgroup ``noether-<pid>-<id>`` still running?"""
+    parts = name.split("-")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False  # an older name without the creator: empty means abandoned
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def sweep_empty() -> int:
     """Remove empty ``noether-*`` cgroups left by a process that died before
-    removing them (a SIGKILLed daemon). A non-empty one is another live
-    process's run and is left alone (rmdir refuses it anyway). Run at
-    daemon start only: a cgroup another process created a moment before and
-    has not filled yet would go too, and that run would fail to start
-    (``spawn_failed``), never run unconfined."""
+    removing them (a SIGKILLed daemon). A non-empty one is a live run and
+    rmdir refuses it; an empty one whose creator still runs is a run about
+    to start (its cgroup is made before its process joins) and is left alone."""
     removed = 0
     own = _own_paths()
-    bases = [ROOT / own[""].lstrip("/")] if "" in own and (ROOT / "cgroup.controllers").exists() else []
+    bases = [_v2_base(own)] if "" in own and (ROOT / "cgroup.controllers").exists() else []
     bases += [ROOT / c / own[c].lstrip("/") for c in ("memory", "pids", "cpuacct") if c in own]
     for base in bases:
         with contextlib.suppress(OSError):
             for d in base.glob("noether-*"):
+                if _creator_alive(d.name):
+                    continue
                 with contextlib.suppress(OSError):
                     d.rmdir()
                     removed += 1
     return removed
 
 
-def mechanisms() -> dict[str, object]:
+def mechanisms(*, root: Path | None = None) -> dict[str, object]:
     """What per-run limit mechanisms this host offers (for doctor / health)."""
-    probe = RunCgroup.create(64 * 1024 * 1024, 16)
+    probe = RunCgroup.create(64 * 1024 * 1024, 16, root=root)
     if probe is not None:
         probe.remove()
+    found = probe.describe() if probe is not None else {"memory": None, "pids": None}
     return {
         "rlimits": ["RLIMIT_AS", "RLIMIT_NOFILE", "RLIMIT_FSIZE", "RLIMIT_CORE"],
         "cgroup": None if probe is None else f"v{probe.version}",
         "cgroup_controllers": [] if probe is None else sorted(c or "unified" for c in probe.dirs),
+        "memory": found["memory"],
+        "pids": found["pids"],
         "tree_kill": "cgroup.kill" if probe is not None and probe.version == 2 else
                      ("pid namespace + cgroup sweep" if probe is not None else "pid namespace"),
     }

@@ -56,7 +56,7 @@ def main_from_args(args: argparse.Namespace) -> int:
         raise NoetherError("usage", "missing command: noether sandbox [options] -- CMD ARGS…", exit_code=2)
     policy = _load_policy(args)
     profile = load_profile(args.profile)
-    limits = Limits(**{k: v for k, v in profile.defaults.items() if k in Limits.__struct_fields__})
+    limits = Limits.from_profile(profile)
     limits = limits.lowered(timeout_s=args.timeout_secs, max_output_bytes=args.max_output_bytes)
     result = trio.run(lambda: run_sandboxed(cmd, policy=policy, limits=limits, stdin=b"",
                                             isolation=Isolation.parse(args.isolate), expect_json=False,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from typing import Any
 
 import msgspec
 
@@ -31,6 +32,9 @@ class IsolationPolicy(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """A sandbox's limits. The defaults are the packaged profile's (a test checks
+    they agree); the engine starts from its profile's ``defaults`` instead."""
+
     timeout_s: float = 30.0
     max_output_bytes: int = 10 * 1024 * 1024
     max_stderr_bytes: int = 64 * 1024
@@ -39,6 +43,31 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_open_files: int = 256
     max_file_size_bytes: int = 64 * 1024 * 1024
     tmpfs_size_bytes: int = 64 * 1024 * 1024
+
+    @classmethod
+    def from_profile(cls, profile: Profile, **overrides: float | int | None) -> Limits:
+        """``profile``'s defaults with ``overrides`` (None: keep the default); each limit at most
+        the profile's maximum, an override above it is refused."""
+        values: dict[str, Any] = {k: v for k, v in profile.defaults.items() if k in cls.__struct_fields__}
+        for name, value in overrides.items():
+            if value is None:
+                continue
+            if name not in cls.__struct_fields__:
+                raise NoetherError("invalid_limit", f"unknown limit {name!r}")
+            if value <= 0:
+                raise NoetherError("invalid_config", f"limit {name} must be positive, got {value}", path=name)
+            ceiling = profile.maxima.get(name)
+            if ceiling is not None and value > ceiling:
+                raise NoetherError("invalid_config", f"limit {name} = {value} is over the sandbox profile "
+                                   f"{profile.name!r}'s maximum of {ceiling}", path=name,
+                                   hint="lower it, or raise the maximum in the profile (sandboxes/*.json)")
+            values[name] = value
+        for name, value in values.items():
+            ceiling = profile.maxima.get(name)
+            if ceiling is not None and value > ceiling:
+                raise NoetherError("invalid_profile", f"the profile's default {name} = {value} is over its own "
+                                   f"maximum of {ceiling}", path=f"{profile.name}.defaults.{name}")
+        return cls(**values)
 
     def lowered(self, other: Limits | None = None, **overrides: float | int | None) -> Limits:
         """Per-field minimum: a run may lower limits, never raise them."""
@@ -90,18 +119,26 @@ def _under(path: str, roots: tuple[str, ...]) -> str | None:
 def bind_refusal(path: str, *, writable: bool) -> str | None:
     """Why ``path`` (absolute, normalised) must not become a bind, or None.
 
-    bwrap follows symlinks, so a writable path that goes through one could
-    be swapped for another target between this check and the bind: only
-    real paths are bound writable. (Read-only binds of usr-merged /bin,
-    /lib… stay possible.)"""
-    if path == "/":
-        return "the whole host file system cannot be bound"
-    root = _under(path, _NEVER_WRITE if writable else _NEVER_BIND)
-    if root is not None:
-        return f"{root} cannot be bound {'writable' if writable else 'into a sandbox'}"
+    A refused path stays refused whatever names it: the check applies to
+    the path and to where its symlinks lead (a read grant of a link to ``/``
+    or ``/proc`` is a grant of ``/`` or ``/proc``). bwrap would follow a
+    symlink, so a writable path that goes through one could be swapped for
+    another target between this check and the bind: only real paths are
+    bound writable. (Read-only binds are resolved once, deliberately, and
+    bound by fd: ``bwrap.open_bind_fds``.) A Nix store path must stay in
+    the store."""
     real = os.path.realpath(path)
+    for p in dict.fromkeys((path, real)):
+        via = "" if p == path else f" (it leads to {real})"
+        if p == "/":
+            return f"the whole host file system cannot be bound{via}"
+        root = _under(p, _NEVER_WRITE if writable else _NEVER_BIND)
+        if root is not None:
+            return f"{root} cannot be bound {'writable' if writable else 'into a sandbox'}{via}"
     if writable and real != path:
         return f"it goes through a symlink (it is really {real}); name the real path"
+    if _under(path, ("/nix/store",)) and not _under(real, ("/nix/store",)):
+        return f"it is a store path that leads out of the store (to {real})"
     return None
 
 

@@ -7,13 +7,14 @@ profile without touching code.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from noether_nix.errors import NoetherError
+from noether_nix.sandbox.identity import SandboxUids
+from noether_nix.settings import settings
 
 _PACKAGED = Path(__file__).resolve().parent.parent.parent / "sandboxes"
 _SEARCH_ENV = "NOETHER_SANDBOX_PROFILES"
@@ -28,10 +29,17 @@ class Profile(msgspec.Struct, frozen=True):
     seccomp_deny: list[str]
     defaults: dict[str, Any]
     maxima: dict[str, Any]
+    #: The dedicated users root-initiated sandboxes run as (``identity``).
+    sandbox_uids: SandboxUids = SandboxUids()
+    #: Run sandboxes even where no memory and process-count limit can be
+    #: enforced (no usable cgroup). Off: such runs are refused
+    #: (``limits_unavailable``). ``NOETHER_SANDBOX_WITHOUT_LIMITS=1`` in the
+    #: environment of the process that starts sandboxes does the same.
+    allow_without_limits: bool = False
 
 
 def _candidates(name: str) -> list[Path]:
-    dirs = [Path(d) for d in os.environ.get(_SEARCH_ENV, "").split(":") if d]
+    dirs = [Path(d) for d in settings().sandbox.profiles_path]
     dirs += [Path("/etc/noether/sandboxes"), _PACKAGED, Path(__file__).resolve().parent / "profiles"]
     return [d / f"{name}.json" for d in dirs]
 

@@ -21,17 +21,11 @@ from typing import Any
 import trio
 
 from noether_nix.errors import NoetherError
-from noether_nix.sandbox.cgroups import RunCgroup
+from noether_nix.sandbox.identity import RunAs
+from noether_nix.sandbox.launch import Isolation, Launch, prepare_launch
 from noether_nix.sandbox.policy import IsolationPolicy, Limits
 from noether_nix.sandbox.profile import Profile
 from noether_nix.sandbox.spawn import Child, spawn
-from noether_nix.sandbox.supervisor import (
-    Isolation,
-    RunAs,
-    _preexec,
-    close_all,
-    prepare_launch,
-)
 
 
 class SessionError(NoetherError):
@@ -40,10 +34,11 @@ class SessionError(NoetherError):
 
 
 class SandboxSession:
-    def __init__(self, proc: Child, cgroup: RunCgroup | None, stderr: Any, limits: Limits,
+    def __init__(self, proc: Child, launch: Launch, stderr: Any, limits: Limits,
                  isolation: str) -> None:
         self._proc = proc
-        self._cgroup = cgroup
+        self._launch = launch
+        self._cgroup = launch.cgroup
         self._stderr = stderr
         self._limits = limits
         self._buffer = bytearray()
@@ -131,8 +126,7 @@ class SandboxSession:
             with trio.move_on_after(5):
                 await proc.wait()
             await proc.aclose()
-            if self._cgroup is not None:
-                self._cgroup.remove()
+            await self._launch.aclose()  # its processes are gone, the cgroup goes, then the uid is given back
             self._stderr.close()
 
 
@@ -140,21 +134,23 @@ async def open_session(argv: list[str], *, policy: IsolationPolicy, limits: Limi
                        profile: Profile, env: dict[str, str] | None = None,
                        run_as: RunAs | None = None) -> SandboxSession:
     """Start ``argv`` in a sandbox built like ``run_sandboxed``'s; the caller closes it."""
-    full_argv, child_env, fds, cgroup = prepare_launch(argv, policy=policy, limits=limits, isolation=isolation,
-                                                       profile=profile, env=env, run_as=run_as)
-    stderr = tempfile.TemporaryFile(prefix="noether-session-")  # noqa: SIM115 (the session closes it)
+    launch = prepare_launch(argv, policy=policy, limits=limits, isolation=isolation, profile=profile, env=env,
+                            run_as=run_as)
+    try:
+        stderr = tempfile.TemporaryFile(prefix="noether-session-")  # noqa: SIM115 (the session closes it)
+    except BaseException:
+        launch.finish()
+        raise
     try:
         proc = await spawn(
-            full_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=child_env,
-            pass_fds=tuple(fds), start_new_session=True,
-            preexec_fn=_preexec(limits, cgroup, run_as), cwd="/")
+            launch.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=launch.env,
+            pass_fds=tuple(launch.fds), start_new_session=True, preexec_fn=launch.preexec(limits), cwd="/")
     except BaseException as e:  # cancelled, or could not start (a failing preexec_fn is a SubprocessError)
         stderr.close()
-        if cgroup is not None:
-            cgroup.remove()
+        launch.finish()
         if isinstance(e, (OSError, subprocess.SubprocessError)):
-            raise SessionError(f"cannot start {full_argv[0]}: {getattr(e, 'strerror', None) or e}") from None
+            raise SessionError(f"cannot start {launch.argv[0]}: {getattr(e, 'strerror', None) or e}") from None
         raise
     finally:
-        close_all(fds)
-    return SandboxSession(proc, cgroup, stderr, limits, isolation.mode)
+        launch.close_fds()
+    return SandboxSession(proc, launch, stderr, limits, isolation.mode)

@@ -13,26 +13,21 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
-import os
-import resource
 import signal
 import time
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 import trio
 
-from noether_nix.errors import NoetherError
-from noether_nix.logs import get_logger
-from noether_nix.sandbox.bwrap import build_argv, bwrap_works, find_bwrap, open_bind_fds
-from noether_nix.sandbox.cgroups import RunCgroup
+from noether_nix.sandbox.identity import RunAs
+from noether_nix.sandbox.launch import Isolation, Launch, prepare_launch, require_bwrap
 from noether_nix.sandbox.policy import IsolationPolicy, Limits
 from noether_nix.sandbox.profile import Profile, load_profile
-from noether_nix.sandbox.seccomp import compile_filter, filter_fd
 from noether_nix.sandbox.spawn import spawn
 
-log = get_logger("noether.sandbox")
+__all__ = ["Isolation", "Result", "RunAs", "Status", "require_bwrap", "run_sandboxed"]
 
 
 class Status(enum.StrEnum):
@@ -66,126 +61,6 @@ class Result(msgspec.Struct, kw_only=True):
         return self.status is Status.OK
 
 
-class Isolation(msgspec.Struct, frozen=True):
-    """``bwrap`` (fail closed when unusable) or an explicit, logged ``none``."""
-
-    mode: Literal["bwrap", "none"] = "bwrap"
-
-    @staticmethod
-    def parse(value: str | None) -> Isolation:
-        if value in (None, "", "auto", "bwrap"):
-            return Isolation("bwrap")
-        if value == "none":
-            return Isolation("none")
-        raise NoetherError("unknown_isolation", f"unknown isolation backend {value!r} (use bwrap or none)",
-                           exit_code=2)
-
-
-def require_bwrap() -> str:
-    path = find_bwrap()
-    if path is None:
-        raise NoetherError("isolation_unavailable", "bubblewrap (bwrap) is not installed; sandboxed stages "
-                           "are refused", hint="apt-get install bubblewrap (or run ./dev setup)", exit_code=2)
-    ok, why = bwrap_works(path)
-    if not ok:
-        raise NoetherError("isolation_unavailable", f"bwrap cannot create its namespaces here: {why}",
-                           hint="enable unprivileged user namespaces or run as root", exit_code=2)
-    return path
-
-
-_seccomp_cache: dict[tuple[str, ...], bytes] = {}
-
-
-def _seccomp_program(profile: Profile) -> bytes:
-    key = tuple(profile.seccomp_deny)
-    if key not in _seccomp_cache:
-        _seccomp_cache[key] = compile_filter(list(key))
-    return _seccomp_cache[key]
-
-
-class RunAs(msgspec.Struct, frozen=True):
-    """The host user a sandbox runs as, when not the caller's own: the daemon
-    (often root) runs a peer's stages as that peer, so a writable bind, a
-    granted file or a network peer sees the peer's uid, never root's."""
-
-    uid: int
-    gid: int
-
-
-def _preexec(limits: Limits, cgroup: RunCgroup | None, run_as: RunAs | None = None) -> Callable[[], None]:
-    procs = cgroup.procs_files() if cgroup else []
-
-    def setup() -> None:
-        # Runs in the child between fork and exec: join the run's cgroup
-        # first so nothing escapes accounting, then set rlimits that the
-        # sandboxed tree inherits.
-        for f in procs:
-            with open(f, "w") as fh:
-                fh.write(str(os.getpid()))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.max_open_files, limits.max_open_files))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_file_size_bytes, limits.max_file_size_bytes))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        # Address space is a coarse ceiling over the cgroup's memory cap.
-        as_cap = max(limits.memory_bytes * 2, 256 * 1024 * 1024)
-        resource.setrlimit(resource.RLIMIT_AS, (as_cap, as_cap))
-        if run_as is not None:  # last: the cgroup files above are root's to write
-            os.setgroups([])
-            os.setgid(run_as.gid)
-            os.setuid(run_as.uid)
-
-    return setup
-
-
-def bwrap_command(argv: list[str], *, policy: IsolationPolicy, limits: Limits, profile: Profile,
-                  run_as: RunAs | None) -> tuple[list[str], list[int]]:
-    """bwrap's argv and the fds it must inherit (the seccomp program, and the
-    binds opened ahead, when bwrap runs as us: as a peer it binds by name
-    with the peer's own rights). The caller closes the fds once bwrap started."""
-    bwrap = require_bwrap()
-    seccomp_fd = filter_fd(_seccomp_program(profile))
-    try:
-        bind_fds = open_bind_fds(policy) if run_as is None else {}
-    except BaseException:
-        os.close(seccomp_fd)
-        raise
-    full = build_argv(bwrap, argv, policy=policy, limits=limits, profile=profile, seccomp_fd=seccomp_fd,
-                      bind_fds=bind_fds)
-    return full, [seccomp_fd, *bind_fds.values()]
-
-
-def prepare_launch(argv: list[str], *, policy: IsolationPolicy, limits: Limits, isolation: Isolation,
-                   profile: Profile, env: dict[str, str] | None, run_as: RunAs | None
-                   ) -> tuple[list[str], dict[str, str], list[int], RunCgroup | None]:
-    """What starting ``argv`` under ``isolation`` takes: the full argv, its
-    environment, the fds it inherits (the caller closes them once it started)
-    and its cgroup (the caller removes it)."""
-    child_env = _sandbox_env(profile, policy, env)
-    if isolation.mode == "bwrap":
-        full_argv, fds = bwrap_command(argv, policy=policy, limits=limits, profile=profile, run_as=run_as)
-    else:
-        log.warning("unsandboxed_run", argv=argv[:1], why="isolation none was requested explicitly")
-        full_argv, fds = list(argv), []
-    try:
-        cgroup = RunCgroup.create(limits.memory_bytes, limits.max_pids)
-    except BaseException:
-        close_all(fds)
-        raise
-    return full_argv, child_env, fds, cgroup
-
-
-def close_all(fds: list[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
-def _sandbox_env(profile: Profile, policy: IsolationPolicy, extra: dict[str, str] | None) -> dict[str, str]:
-    env = {k: os.environ[k] for k in policy.env_allowlist if k in os.environ}
-    env.update(profile.env_fixed)
-    env.update(extra or {})
-    return env
-
-
 async def run_sandboxed(
     argv: list[str],
     *,
@@ -197,47 +72,47 @@ async def run_sandboxed(
     profile: Profile | None = None,
     env: dict[str, str] | None = None,
     run_as: RunAs | None = None,
+    cgroup_root: Path | None = None,
 ) -> Result:
+    """Run ``argv`` once in a sandbox and report one Result.
+
+    ``run_as`` is the peer a root daemon runs this for; started by root for
+    root, the sandbox runs as a dedicated sandbox user (``identity``).
+    ``cgroup_root`` is where cgroupfs is mounted (default /sys/fs/cgroup)."""
     profile = profile or load_profile("default")
-    mode = isolation.mode
-    full_argv, child_env, fds, cgroup = prepare_launch(argv, policy=policy, limits=limits, isolation=isolation,
-                                                       profile=profile, env=env, run_as=run_as)
+    launch = prepare_launch(argv, policy=policy, limits=limits, isolation=isolation, profile=profile, env=env,
+                            run_as=run_as, cgroup_root=cgroup_root)
     started = time.monotonic()
     try:
-        return await _supervise(full_argv, child_env, stdin, limits, cgroup, tuple(fds), mode,
-                                expect_json, started, run_as)
+        return await _supervise(launch, stdin, limits, expect_json, started)
     finally:
-        close_all(fds)
-        if cgroup is not None:
-            cgroup.kill()
-            cgroup.remove()
+        await launch.aclose()
 
 
-async def _supervise(
-    argv: list[str], env: dict[str, str] | None, stdin: bytes, limits: Limits, cgroup: RunCgroup | None,
-    pass_fds: tuple[int, ...], mode: Literal["bwrap", "none"], expect_json: bool, started: float,
-    run_as: RunAs | None = None,
-) -> Result:
+async def _supervise(launch: Launch, stdin: bytes, limits: Limits, expect_json: bool, started: float) -> Result:
     import subprocess
 
     def elapsed() -> int:
         return int((time.monotonic() - started) * 1000)
 
+    argv, cgroup, mode = launch.argv, launch.cgroup, launch.mode
     try:
         proc = await spawn(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=env,
-            pass_fds=pass_fds,
+            env=launch.env,
+            pass_fds=tuple(launch.fds),
             start_new_session=True,
-            preexec_fn=_preexec(limits, cgroup, run_as),
+            preexec_fn=launch.preexec(limits),
             cwd="/",
         )
     except (OSError, subprocess.SubprocessError) as e:  # a failing preexec_fn is a SubprocessError
         return Result(status=Status.SPAWN_FAILED, isolation=mode, exit_code=127,
                       message=f"cannot start {argv[0]}: {getattr(e, 'strerror', None) or e}")
+    finally:
+        launch.close_fds()
     assert proc.stdin and proc.stdout and proc.stderr
     stdout = bytearray()
     stderr_tail = bytearray()

@@ -12,7 +12,9 @@ sandboxes to be gone.
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
+import pwd
 import signal
 import socket
 import stat
@@ -21,48 +23,36 @@ import time
 from collections import Counter
 from typing import Any
 
-import msgspec
 import trio
 
-from noether_nix.engine.config import EngineConfig
 from noether_nix.engine.engine import Engine
 from noether_nix.errors import NoetherError
 from noether_nix.logs import get_logger, setup
+from noether_nix.nix.warmup import warmup
 from noether_nix.paths import default_socket
 from noether_nix.sandbox.cgroups import sweep_empty
+from noether_nix.sandbox.delegation import claim_v2
 from noether_nix.server import systemd
 from noether_nix.server.http import HttpConnection
+from noether_nix.server.preflight import refuse_if_unusable
 from noether_nix.server.protocol import ProtocolError, envelope
 from noether_nix.server.routes import Router
 from noether_nix.server.runs import RunManager
 from noether_nix.server.stream import StreamedRun
 from noether_nix.service.context import Peer
+from noether_nix.settings import Settings
 
 log = get_logger("noether.daemon")
 
 
-class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    socket: str | None = None
-    socket_mode: int = 0o660
-    allowed_uids: list[int] | None = None  # default: the daemon's uid and root
-    allowed_gids: list[int] = msgspec.field(default_factory=list)
-    write_uids: list[int] | None = None  # default: same as allowed
-    max_body_bytes: int = 8 * 1024 * 1024
-    header_timeout_s: float = 10.0
-    max_connections: int = 256
-    max_runs: int = 16
-    max_queued_runs: int = 64
-    #: What one peer (uid) may hold at once, so no client can starve the others.
-    max_connections_per_peer: int = 64
-    max_runs_per_peer: int = 8
-    max_queued_runs_per_peer: int = 16
-    grace_s: float = 30.0
-    send_timeout_s: float = 30.0  # a streaming client that reads nothing this long is gone
-    #: Whether a client may ask for `isolate: "none"`: unconfined stages run as
-    #: the daemon's user (often root), so by default the daemon refuses.
-    allow_unsandboxed_runs: bool = False
-    log_level: str = "info"
-    engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+def _group_ids(names: list[str]) -> set[int]:
+    out = set()
+    for i, name in enumerate(names):
+        try:
+            out.add(grp.getgrnam(name).gr_gid)
+        except KeyError:
+            raise NoetherError("invalid_config", f"no group named {name!r}", path=f"allowed_groups[{i}]") from None
+    return out
 
 
 def peer_credentials(sock: Any) -> tuple[int, int, int]:
@@ -98,12 +88,13 @@ def bind_socket(path: str, mode: int) -> socket.socket:
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig, engine: Engine | None = None) -> None:
+    def __init__(self, config: Settings, engine: Engine | None = None) -> None:
         self.config = config
         self.engine = engine or Engine(config.engine)
         me = os.getuid()
         self.allowed = set(config.allowed_uids if config.allowed_uids is not None else {me, 0})
         self.writers = set(config.write_uids) if config.write_uids is not None else self.allowed
+        self.allowed_gids = set(config.allowed_gids) | _group_ids(config.allowed_groups)
         self.counters: Counter[str] = Counter({k: 0 for k in (
             "requests", "runs_started", "runs_ok", "runs_failed", "runs_cancelled", "runs_refused", "forbidden",
             "bad_requests", "connection_errors", "too_many_connections")})
@@ -173,8 +164,6 @@ class Daemon:
 
     async def _warmup(self) -> None:
         """Build the programs of all Active stages in the background, bounded."""
-        from noether_nix.nix.warmup import warmup
-
         active = [s for s in self.engine.store.all() if s.state == "Active"]
         self.warmup = {"state": "running", "total": 0, "built": 0, "cached": 0, "failed": []}
 
@@ -182,8 +171,7 @@ class Daemon:
             self.warmup = {"state": "running", **p}
 
         try:
-            result = await warmup(active, self.engine.programs, concurrency=self.config.engine.build_concurrency,
-                                  progress=progress)
+            result = await warmup(active, self.engine.programs, progress=progress)
         except Exception as e:  # warmup is an optimisation; runs build on first use
             log.warning("warmup_failed", error=str(e))
             self.warmup = {"state": "failed", "error": str(e)}
@@ -194,9 +182,22 @@ class Daemon:
     # ---------------------------------------------------------------- connections
 
     def peer(self, uid: int, gid: int) -> Peer | None:
-        if uid not in self.allowed and gid not in self.config.allowed_gids:
+        if uid not in self.allowed and not self._group_allowed(uid, gid):
             return None
         return Peer(uid=uid, gid=gid, writer=uid in self.writers)
+
+    def _group_allowed(self, uid: int, gid: int) -> bool:
+        """The peer's primary group, or one of its supplementary groups in the
+        user database (which the socket file's group permission admits too)."""
+        if gid in self.allowed_gids:
+            return True
+        if not self.allowed_gids:
+            return False
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return False
+        return not self.allowed_gids.isdisjoint(os.getgrouplist(name, gid))
 
     async def handle(self, stream: trio.SocketStream) -> None:
         """Serve one connection. Nothing that happens here may end the daemon."""
@@ -263,13 +264,20 @@ class Daemon:
                                                    error={"code": code, "message": message, "exit_code": 1}))
 
 
-def run_daemon(config: DaemonConfig) -> int:
+def run_daemon(config: Settings) -> int:
     setup(config.log_level)
+    _take_host(require_limits=not config.sandbox.allow_without_limits)
     listeners = systemd.listen_fds()
     path = None
     if not listeners:
         path = config.socket or default_socket()
         listeners = [bind_socket(path, config.socket_mode)]
+    if config.registry.url:  # stages the store lacks resolve from the registry (verified, cached)
+        from noether_nix.registry.client import RegistryClient, RegistrySource
+        from noether_nix.store.remote import set_remote_source
+
+        set_remote_source(RegistrySource(RegistryClient(config.registry.url, config.registry.api_key,
+                                                        timeout=config.registry.timeout_s)))
     daemon = Daemon(config)
     try:
         trio.run(daemon.serve, listeners)
@@ -278,3 +286,16 @@ def run_daemon(config: DaemonConfig) -> int:
             with contextlib.suppress(OSError):
                 os.unlink(path)
     return 0
+
+
+def _take_host(*, require_limits: bool) -> None:
+    """Move into the delegated cgroup's leaf (v2), then refuse to start on a
+    host whose Nix store or limits are unusable (``server/preflight.py``)."""
+    delegated = claim_v2()
+    if delegated is not None:
+        log.info("cgroup_delegated", cgroup=str(delegated))
+    try:
+        refuse_if_unusable(require_limits=require_limits)
+    except NoetherError as e:
+        systemd.notify(f"STATUS={e}")
+        raise

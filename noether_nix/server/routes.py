@@ -40,8 +40,7 @@ class Router:
     def context(self, peer: Peer) -> Context:
         d = self.daemon
         return Context(peer, make_engine=lambda: d.engine, store=d.engine.store,
-                       allow_unsandboxed=d.config.allow_unsandboxed_runs,
-                       build_concurrency=d.config.engine.build_concurrency, daemon=d)
+                       allow_unsandboxed=d.config.allow_unsandboxed_runs, daemon=d)
 
     async def respond(self, http: HttpConnection, req: Request, peer: Peer) -> bool:
         """Answer one request; False when the connection cannot carry another."""

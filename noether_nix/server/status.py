@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
+from noether_nix.server.daemon import Daemon
 from noether_nix.service.context import Context
+from noether_nix.service.doctor import describe_nix, describe_sandbox
 from noether_nix.service.endpoints import NoParams, RunId
-
-if TYPE_CHECKING:
-    from noether_nix.server.daemon import Daemon
 
 # Host checks start subprocesses (bwrap, nix-build): done off the event loop, at most this often.
 HOST_CHECK_EVERY_S = 30.0
 
 
 def _daemon(ctx: Context) -> Daemon:
-    from noether_nix.server.daemon import Daemon
-
     daemon = ctx.daemon
     assert isinstance(daemon, Daemon), "a daemon-only endpoint"
     return daemon
@@ -36,8 +33,6 @@ async def health(ctx: Context, p: NoParams) -> dict[str, Any]:
 
 
 async def host_description(d: Daemon) -> dict[str, Any]:
-    from noether_nix.service.doctor import describe_nix, describe_sandbox
-
     cached = d.host_cache
     if cached is None or time.monotonic() - cached[0] > HOST_CHECK_EVERY_S:
         async with d.host_lock:

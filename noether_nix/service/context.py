@@ -57,7 +57,7 @@ class Context:
     opened alone (cheaper for commands that only read stages)."""
 
     def __init__(self, peer: Peer, *, make_engine: Callable[[], Engine], store: StageStore | None = None,
-                 allow_unsandboxed: bool = True, build_concurrency: int = 2, daemon: object = None) -> None:
+                 allow_unsandboxed: bool = True, daemon: object = None) -> None:
         self.peer = peer
         #: The daemon answering, for the endpoints only a daemon has (its health, its runs in flight).
         self.daemon = daemon
@@ -65,7 +65,6 @@ class Context:
         self._engine: Engine | None = None
         self._store = store
         self.allow_unsandboxed = allow_unsandboxed
-        self.build_concurrency = build_concurrency
 
     @property
     def engine(self) -> Engine:

@@ -65,7 +65,7 @@ async def warmup_stages(ctx: Context, p: Warmup | NoParams, *,
     refs = getattr(p, "refs", None)
     store = ctx.store
     stages = [store.resolve(r) for r in refs] if refs else [s for s in store.all() if s.state == "Active"]
-    return await warmup(stages, ProgramRegistry(store.conn), concurrency=ctx.build_concurrency, progress=progress)
+    return await warmup(stages, ProgramRegistry(store.conn), progress=progress)
 
 
 RUN_DATA_KEYS = ("composition_id", "run_id", "status", "output", "effects", "trace", "warnings", "spent_cents",

@@ -45,11 +45,11 @@ async def add_stage(ctx: Context, p: StageAdd) -> dict[str, Any]:
     store = ctx.store
     out = store_stage(store, stage, draft=p.draft)
     if "note" not in out and stage.implementation_code and stage.implementation_language and p.build:
-        out["program"] = await _build_now(ProgramRegistry(store.conn), stage, ctx.build_concurrency)
+        out["program"] = await _build_now(ProgramRegistry(store.conn), stage)
     return out
 
 
-async def _build_now(registry: ProgramRegistry, stage: Stage, concurrency: int) -> dict[str, Any]:
+async def _build_now(registry: ProgramRegistry, stage: Stage) -> dict[str, Any]:
     """Build the new stage's program right away, so its first run does not wait.
 
     A build failure does not undo the add: the stage is stored, and the
@@ -59,8 +59,7 @@ async def _build_now(registry: ProgramRegistry, stage: Stage, concurrency: int) 
 
     try:
         prog = await build_stage_program_async(stage.id, stage.implementation_language or "",
-                                               stage.implementation_code or "", registry=registry,
-                                               concurrency=concurrency)
+                                               stage.implementation_code or "", registry=registry)
     except NoetherError as e:
         return {"built": False, "error": e.to_dict()}
     return {"built": True, "store_path": prog.store_path, "build_ms": prog.build_ms}
@@ -89,20 +88,23 @@ def stage_rows(store: StageStore, *, lifecycle: str = "active", tags: Iterable[s
     for tag in tags:
         stages = [s for s in stages if tag in s.tags]
     stages.sort(key=lambda s: (s.description, s.id))
-    rows = []
-    for s in stages:
-        row: dict[str, Any] = {
-            "id": s.id if full_ids else s.id[:8],
-            "name": s.name,
-            "description": s.description,
-            "signature": signature_text(s),
-            "effects": s.effects.display(),
-            "lifecycle": s.state,
-        }
-        if s.tags:
-            row["tags"] = s.tags
-        rows.append(row)
+    rows = [stage_row(s, full_ids=full_ids) for s in stages]
     return {"stages": rows, "count": len(rows)}
+
+
+def stage_row(s: Stage, *, full_ids: bool = False) -> dict[str, Any]:
+    """One row of `stage list`."""
+    row: dict[str, Any] = {
+        "id": s.id if full_ids else s.id[:8],
+        "name": s.name,
+        "description": s.description,
+        "signature": signature_text(s),
+        "effects": s.effects.display(),
+        "lifecycle": s.state,
+    }
+    if s.tags:
+        row["tags"] = s.tags
+    return row
 
 
 def change_lifecycle(ctx: Context, p: Lifecycle) -> dict[str, Any]:

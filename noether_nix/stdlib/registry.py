@@ -30,6 +30,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from noether_nix.model.jcs import value_hash
 from noether_nix.stdlib import collections, control, data, generic, io, scalar, text, ui, validation
 from noether_nix.stdlib._shapes import Impl, StageFailure
 
@@ -201,8 +202,6 @@ def stdlib_program(stage_id: str, name: str) -> tuple[str, str] | None:
     program, or None. The program ID carries the code's hash, so a changed
     program in a new noether-nix version is a new build, never a stale one.
     Raises ``ArrowUnavailable`` for the arrow stages without the extra."""
-    from noether_nix.model.jcs import value_hash
-
     category = CATEGORY.get(name)
     if category == "sandboxed":
         code = sandboxed_source(name)
@@ -219,8 +218,6 @@ def stdlib_program(stage_id: str, name: str) -> tuple[str, str] | None:
 
 def remote_call_program() -> tuple[str, str]:
     """``(program_id, python code)`` of the sandboxed caller behind RemoteStage nodes."""
-    from noether_nix.model.jcs import value_hash
-
     code = resources.files("noether_nix.stdlib.sandboxed").joinpath("remote_call.py").read_text("utf-8")
     return "remote-call-" + value_hash(code)[:52], code
 

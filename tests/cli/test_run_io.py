@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from tests.sandbox_access import share_with_sandbox
+
 
 def graph_file(tmp_path: Path, stage: str) -> Path:
     p = tmp_path / f"{stage}.graph.json"
@@ -26,9 +28,11 @@ def run(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> tuple
     return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else None, proc.stderr
 
 
-def test_read_and_write_only_what_the_command_line_grants(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_and_write_only_what_the_command_line_grants(shared_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path = shared_tmp  # root's sandboxes run as noether-sbx users: grant what they can reach
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
+    share_with_sandbox(tmp_path / "data", writable=True)
     (tmp_path / "data" / "in.txt").write_text("hello")
     read = graph_file(tmp_path, "read_file")
     rc, out, _ = run(str(read), "--input", json.dumps({"path": str(tmp_path / "data" / "in.txt")}),

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import trio
 
 from noether_nix.engine.engine import Engine, RunOptions
 from noether_nix.engine.events import Event, StageFinished, StageStarted
 from tests.engine.conftest import AddStage, graph
+from tests.processes import own_sandbox_cgroups, own_sandbox_pids, running
 
 SLEEP = "import time\ndef execute(x):\n    time.sleep(0.8)\n    return x\n"
 
@@ -96,25 +95,28 @@ async def test_failures_are_never_cached_and_say_why(engine: Engine, add: AddSta
 async def test_cancelled_run_leaves_no_process_behind(engine: Engine, add: AddStage) -> None:
     add("forever", "import time\ndef execute(x):\n    while True:\n        time.sleep(0.05)\n",
         effects=["NonDeterministic"])
-    seen: list[StageStarted] = []
+    started = trio.Event()
+    seen: set[int] = set()
 
     async def watch(ev: Event) -> None:
         if isinstance(ev, StageStarted):
-            seen.append(ev)
+            started.set()
 
-    with trio.move_on_after(3):
-        await engine.run(graph({"op": "Stage", "id": "forever"}), None, RunOptions(), emit=watch)
-    assert seen, "the stage never started"
-    await trio.sleep(0.2)
-    leftovers = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                if b"noether-stage-" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    leftovers.append(pid)
-            except OSError:
-                pass
-    assert leftovers == []
+    async def look() -> None:
+        await started.wait()
+        with trio.move_on_after(60):
+            while len(seen) < 2:  # bwrap and the stage, found by their cgroup
+                seen.update(own_sandbox_pids())
+                await trio.sleep(0.05)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(look)
+        with trio.move_on_after(3):
+            await engine.run(graph({"op": "Stage", "id": "forever"}), None, RunOptions(), emit=watch)
+    assert len(seen) >= 2, "the stage's sandbox was never seen in a cgroup of this test's"
+    # The run ended only once its sandbox was gone: no process of it running, no cgroup of it left.
+    assert own_sandbox_cgroups() == {}
+    assert not [pid for pid in seen if running(pid)]
     runs = engine.runs.recent(1)
     assert runs[0]["status"] == "cancelled"
 

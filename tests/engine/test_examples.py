@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.cli.test_stage_cli import noether
+from tests.sandbox_access import share_with_sandbox
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -45,6 +46,7 @@ def test_fs_read_and_write() -> None:
     base = Path("/var/tmp/noether-example")
     shutil.rmtree(base, ignore_errors=True)
     (base / "out").mkdir(parents=True)
+    share_with_sandbox(base / "out", writable=True)  # as the example's description says
     (base / "in.txt").write_text("hello files\n")
     out, _ = run("files.json")
     assert out["data"]["output"] == len("HELLO FILES")

@@ -17,9 +17,11 @@ import pytest
 import trio
 
 from noether_nix.engine.engine import Engine, RunOptions, RunResult
-from noether_nix.engine.events import Event, StageOutput
+from noether_nix.engine.events import Event, StageFinished, StageOutput
 from noether_nix.errors import NoetherError
 from tests.engine.conftest import AddStage, graph
+from tests.processes import own_sandbox_cgroups, own_sandbox_pids, running
+from tests.sandbox_access import share_with_sandbox
 
 
 def stage(name: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -115,7 +117,8 @@ async def test_timeout_and_race_stop_the_slow_sandbox(engine: Engine, add: AddSt
 # ------------------------------------------------------------ files
 
 
-async def test_read_file_sees_only_what_the_run_grants(engine: Engine, tmp_path: Path) -> None:
+async def test_read_file_sees_only_what_the_run_grants(engine: Engine, shared_tmp: Path) -> None:
+    tmp_path = shared_tmp  # root's sandboxes run as noether-sbx users: grant what they can reach
     granted = tmp_path / "granted"
     granted.mkdir()
     (granted / "a.txt").write_text("héllo")
@@ -132,7 +135,8 @@ async def test_read_file_sees_only_what_the_run_grants(engine: Engine, tmp_path:
            "path_not_granted")
 
 
-async def test_write_file_writes_only_under_a_write_grant(engine: Engine, tmp_path: Path) -> None:
+async def test_write_file_writes_only_under_a_write_grant(engine: Engine, shared_tmp: Path) -> None:
+    tmp_path = shared_tmp  # group noether-sbx may write here
     target = tmp_path / "out.txt"
     failed(await run(engine, "write_file", {"path": str(target), "content": "x"}, allow_read=[str(tmp_path)]),
            "path_not_granted")
@@ -294,8 +298,24 @@ async def test_process_stages_share_one_sandbox_per_run(engine: Engine) -> None:
         ("wait_process", {"timeout_ms": 5000}),
     ), {}, RunOptions())
     assert ok(res) == {"exited": True, "timed_out": False}
-    # Nothing a run spawned outlives it.
-    assert not [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[:2] == ["sleep", "60"]]
+    # Nothing a run spawned outlives it: the run ended once its process host's cgroup was empty.
+    assert own_sandbox_cgroups() == {}
+
+
+async def test_a_run_ends_only_when_its_spawned_processes_are_gone(engine: Engine) -> None:
+    spawned: set[int] = set()
+
+    async def watch(ev: Event) -> None:
+        if isinstance(ev, StageFinished) and ev.name == "spawn_process" and ev.status == "ok":
+            spawned.update(own_sandbox_pids())  # the process host and the sleep it spawned
+
+    res = await engine.run(process_graph(
+        ("spawn_process", {"cmd": "sleep", "args": ["60"], "cwd": None, "env": None}),
+    ), {}, RunOptions(), emit=watch)
+    assert isinstance(ok(res)["pid"], int)
+    assert len(spawned) >= 2, spawned  # found by cgroup while the run was going
+    assert own_sandbox_cgroups() == {}
+    assert not [pid for pid in spawned if running(pid)]
 
 
 async def test_process_stages_reach_only_their_own_processes(engine: Engine) -> None:
@@ -344,8 +364,10 @@ async def test_grants_no_sandbox_may_get_are_refused_before_the_run(engine: Engi
     assert refused.value.code == "invalid_grant" and why in refused.value.message
 
 
-async def test_a_write_grant_through_a_symlink_is_refused(engine: Engine, tmp_path: Path) -> None:
+async def test_a_write_grant_through_a_symlink_is_refused(engine: Engine, shared_tmp: Path) -> None:
+    tmp_path = shared_tmp
     (tmp_path / "real").mkdir()
+    share_with_sandbox(tmp_path / "real", writable=True)
     (tmp_path / "link").symlink_to(tmp_path / "real")
     with pytest.raises(NoetherError) as refused:
         await run(engine, "write_file", {"path": str(tmp_path / "link" / "f"), "content": "x"},

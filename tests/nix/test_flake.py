@@ -70,6 +70,10 @@ def test_nixos_module_enables_the_socket_activated_service() -> None:
     assert service["wantedBy"] == ["multi-user.target"]
     assert service["environment"]["NIX_REMOTE"] == "daemon"
     assert cfg["users"]["users"]["noether"]["isSystemUser"] is True
-    assert json.loads(cfg["environment"]["etc"]["noether/daemon.json"]["text"]) == {"max_queued_runs": 8}
+    daemon_json = json.loads(cfg["environment"]["etc"]["noether/daemon.json"]["text"])
+    defaults = json.loads((ROOT / "systemd" / "daemon.json").read_text())
+    assert daemon_json == {**defaults, "max_queued_runs": 8}  # the file `noether service install` writes, overlaid
+    assert cfg["users"]["groups"]["noether-users"] == {}  # the socket's group, as in the sysusers snippet
+    assert cfg["systemd"]["tmpfiles"]["packages"] == ["/standin/noether"]
     disabled = module.replace("enable = true", "enable = false")
     assert nix_eval(f"{disabled}.config") == {}

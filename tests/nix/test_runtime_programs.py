@@ -120,7 +120,7 @@ async def test_async_builds_of_one_stage_share_one_program() -> None:
 
     async def build() -> None:
         results.append(await build_stage_program_async("b" * 64, "python", "def execute(x):\n    return 7\n",
-                                                       registry=reg, concurrency=2))
+                                                       registry=reg))
 
     async with trio.open_nursery() as nursery:
         for _ in range(3):
@@ -150,7 +150,8 @@ def test_nixpkgs_source_offline_fails_clearly(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("NOETHER_RUNTIME_SOURCE", "conda")
     with pytest.raises(NoetherError) as bad:
         ensure_runtime("python")
-    assert bad.value.code == "invalid_runtime_source"
+    assert bad.value.code == "invalid_config" and bad.value.path == "NOETHER_RUNTIME_SOURCE"
+    assert "host-import" in bad.value.message and "nixpkgs" in bad.value.message
 
 
 def test_doctor_describes_the_nix_layer() -> None:

@@ -37,14 +37,14 @@ async def test_warmup_builds_then_hits_and_reports_progress() -> None:
     salt = uuid.uuid4().hex[:8]
     reg = ProgramRegistry(db_path())
     seen: list[dict[str, Any]] = []
-    first = await warmup(stages(salt), reg, concurrency=2, progress=seen.append)
+    first = await warmup(stages(salt), reg, progress=seen.append)
     assert (first["total"], first["built"], first["cached"], first["done"]) == (3, 2, 0, 3)
     [failure] = first["failed"]
     assert failure["stage_id"] == stages(salt)[2].id
     assert failure["error"]["code"] == "stage_code_invalid"
     assert set(first["runtimes"]) == {"bash", "python"}
     assert [p["done"] for p in seen][-3:] == [1, 2, 3]  # one report per finished stage, in order
-    again = await warmup(stages(salt), reg, concurrency=2)
+    again = await warmup(stages(salt), reg)
     assert (again["built"], again["cached"], len(again["failed"])) == (0, 2, 1)
 
 
@@ -52,7 +52,7 @@ async def test_every_warmed_program_survives_garbage_collection() -> None:
     salt = uuid.uuid4().hex[:8]
     reg = ProgramRegistry(db_path())
     examples = [stage_from_simple_spec(json.loads(p.read_text())) for p in sorted(EXAMPLES.glob("*.json"))]
-    report = await warmup([*stages(salt)[:2], *examples], reg, concurrency=2)
+    report = await warmup([*stages(salt)[:2], *examples], reg)
     assert report["done"] == report["total"] and not report["failed"], report["failed"]
     gc = subprocess.run(["nix-collect-garbage", "-d"], capture_output=True, text=True, timeout=300)
     assert gc.returncode == 0, gc.stderr
@@ -77,7 +77,7 @@ async def test_warmup_prepares_the_stdlib_programs_the_engine_runs(monkeypatch: 
 
     monkeypatch.setattr(registry, "pyarrow_version", lambda: None)  # no 55 MB wheel in this test
     engine = Engine()
-    report = await warmup([s for s in engine.store.all() if s.state == "Active"], engine.programs, concurrency=2)
+    report = await warmup([s for s in engine.store.all() if s.state == "Active"], engine.programs)
     assert report["total"] == len(registry.SANDBOXED) and not report["failed"], report["failed"]
     res = await engine.run({"description": "t", "version": "1", "root": {"op": "Stage", "id": "text_hash"}},
                            {"text": "abc", "algorithm": None}, RunOptions())

@@ -30,6 +30,7 @@ from tests.parity.test_parity import (
     summary,
 )
 from tests.remote.conftest import Cluster, start_cluster
+from tests.sandbox_access import share_with_sandbox
 from tests.server.test_daemon_cli import stop, wait_for_socket
 
 FILES_BASE = "/var/tmp/noether-example"  # examples/files.json's paths
@@ -114,8 +115,9 @@ def test_concurrent_graphs_run_the_same_remotely(both: Both, cluster: Cluster, s
 def test_every_example_runs_the_same_remotely(both: Both, cluster: Cluster, local_server: str  # noqa: F811
                                               ) -> None:
     base = Path(FILES_BASE)
-    shutil.rmtree(base / "out", ignore_errors=True)
+    shutil.rmtree(base, ignore_errors=True)
     (base / "out").mkdir(parents=True)
+    share_with_sandbox(base / "out", writable=True)  # as the example's description says, for root
     (base / "in.txt").write_text("hello files\n")
     for name, (args, rc) in example_cases(local_server).items():
         got = assert_same(both, EXAMPLES / name, args, rc)

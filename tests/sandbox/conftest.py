@@ -12,11 +12,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
+import trio
 
 from noether_nix.model.effects import EffectSet, parse_effect_list
-from noether_nix.sandbox.policy import Limits, policy_from_effects
-from noether_nix.sandbox.profile import load_profile
+from noether_nix.sandbox.policy import IsolationPolicy, Limits, policy_from_effects
+from noether_nix.sandbox.profile import Profile, load_profile
 from noether_nix.sandbox.supervisor import Isolation, Result, run_sandboxed
 
 Probe = Callable[..., Awaitable[Result]]
@@ -60,21 +62,54 @@ def python_runtime(nix_store_exists: None, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture
 def probe(python_runtime: str) -> Probe:
     async def run(code: str, *, effects: list[Any] | None = None, stdin: Any = None,
-                  limits: Limits | None = None, expect_json: bool = True) -> Result:
-        marker = f"noether-probe-{uuid.uuid4().hex}"
-        es: EffectSet = parse_effect_list(effects) if effects else EffectSet.pure()
-        policy = policy_from_effects(es, profile=load_profile())
+                  limits: Limits | None = None, expect_json: bool = True, policy: IsolationPolicy | None = None,
+                  profile: Profile | None = None, env: dict[str, str] | None = None,
+                  cgroup_root: Path | None = None, marker: str | None = None, args: list[str] | None = None
+                  ) -> Result:
+        marker = marker or f"noether-probe-{uuid.uuid4().hex}"
+        profile = profile or load_profile()
+        if policy is None:
+            es: EffectSet = parse_effect_list(effects) if effects else EffectSet.pure()
+            policy = policy_from_effects(es, profile=profile)
         import json
 
         result = await run_sandboxed(
-            [python_runtime, "-c", f"# {marker}\n{code}"],
+            [python_runtime, "-c", f"# {marker}\n{code}", *(args or [])],
             policy=policy,
             limits=limits or Limits(timeout_s=5),
             stdin=json.dumps(stdin).encode(),
             isolation=Isolation("bwrap"),
             expect_json=expect_json,
+            profile=profile,
+            env=env,
+            cgroup_root=cgroup_root,
         )
         assert survivors(marker) == [], "a sandboxed process survived its run"
         return result
 
     return run
+
+
+def sandbox_processes(marker: str) -> list[psutil.Process]:
+    """This test process's descendants whose command line holds ``marker``
+    (bwrap and the sandboxed program: found from our own children, not by
+    scanning the host)."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if any(marker in part for part in child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+async def while_running(marker: str, timeout_s: float = 10) -> list[psutil.Process]:
+    """Wait (bounded) until the sandboxed program carrying ``marker`` runs; its processes."""
+    deadline = trio.current_time() + timeout_s
+    while trio.current_time() < deadline:
+        procs = sandbox_processes(marker)
+        if any(not p.cmdline()[0].endswith("bwrap") for p in procs if p.is_running()):
+            return procs
+        await trio.sleep(0.05)
+    raise AssertionError(f"no sandboxed process with {marker} appeared")

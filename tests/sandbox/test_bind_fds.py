@@ -26,19 +26,21 @@ def test_open_no_follow_refuses_a_symlink_anywhere_on_the_path(tmp_path: Path) -
             os.close(open_no_follow(str(path)))
 
 
-def test_writable_binds_are_passed_to_bwrap_as_open_fds(tmp_path: Path) -> None:
+def test_every_bind_is_passed_to_bwrap_as_an_open_fd(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "out")
     policy = IsolationPolicy(ro_binds=[Bind("/nix/store", "/nix/store")], network=False, env_allowlist=[],
                              rw_binds=[Bind(str(tmp_path / "out"), str(tmp_path / "out"))])
     fds = open_bind_fds(policy)
     try:
-        assert list(fds) == [("rw", 0)]  # the immutable store is bound by name
+        assert list(fds) == [("ro", 0), ("rw", 0)]  # the store too: nothing is bound by name
         argv = build_argv("bwrap", ["true"], policy=policy, limits=Limits(), profile=load_profile("default"),
                           seccomp_fd=None, bind_fds=fds)
         i = argv.index("--bind-fd")
         assert argv[i + 1:i + 3] == [str(fds[("rw", 0)]), str(tmp_path / "out")]
-        assert "--ro-bind" in argv and "/nix/store" in argv
+        i = argv.index("--ro-bind-fd")
+        assert argv[i + 1:i + 3] == [str(fds[("ro", 0)]), "/nix/store"]
+        assert "--ro-bind" not in argv and "--bind" not in argv
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -49,7 +51,7 @@ def test_writable_binds_are_passed_to_bwrap_as_open_fds(tmp_path: Path) -> None:
     assert refused.value.code == "invalid_policy_path"
 
 
-async def test_one_path_bound_read_only_and_writable_works(tmp_path: Path) -> None:
+async def test_one_path_bound_read_only_and_writable_works(shared_tmp: Path) -> None:
     # bwrap closes a bind fd once used: each bind gets its own.
     import trio
 
@@ -59,7 +61,7 @@ async def test_one_path_bound_read_only_and_writable_works(tmp_path: Path) -> No
     from noether_nix.sandbox.supervisor import Isolation, run_sandboxed
 
     python = await trio.to_thread.run_sync(ensure_runtime, "python")
-    d = str(tmp_path)
+    d = str(shared_tmp)
     policy = policy_from_effects(EffectSet.of([FsRead(path=d), FsWrite(path=d)]), profile=load_profile("default"))
     code = f"import json\nopen({d!r} + '/f', 'w').write('x')\nprint(json.dumps(open({d!r} + '/f').read()))"
     res = await run_sandboxed([python.interpreter, "-I", "-S", "-c", code], policy=policy, limits=Limits(),

@@ -17,6 +17,7 @@ import trio
 from noether_nix.sandbox.policy import Limits
 from noether_nix.sandbox.supervisor import Status
 from tests.sandbox.conftest import Probe
+from tests.sandbox_access import share_with_sandbox
 
 J = "import json, os, sys\n"
 
@@ -197,9 +198,11 @@ print(json.dumps(ssl.create_default_context().cert_store_stats()["x509_ca"]))"""
     assert r.output > 10, r
 
 
-async def test_writes_only_inside_declared_fswrite(probe: Probe, tmp_path: Path) -> None:
+async def test_writes_only_inside_declared_fswrite(probe: Probe, shared_tmp: Path) -> None:
+    tmp_path = shared_tmp
     allowed = tmp_path / "out"
     allowed.mkdir()
+    share_with_sandbox(allowed, writable=True)
     code = J + f"""
 res = {{}}
 for p in ({str(allowed / 'ok.txt')!r}, {str(tmp_path / 'escape.txt')!r}, "/nix/store/evil", "/usr/evil"):
@@ -221,7 +224,8 @@ async def test_usr_lib_and_etc_of_the_host_do_not_exist(probe: Probe) -> None:
     assert r.output == [False, False, False, False, False]
 
 
-async def test_fsread_is_read_only(probe: Probe, tmp_path: Path) -> None:
+async def test_fsread_is_read_only(probe: Probe, shared_tmp: Path) -> None:
+    tmp_path = shared_tmp
     (tmp_path / "data.txt").write_text("payload")
     code = J + f"""
 content = open({str(tmp_path / 'data.txt')!r}).read()
@@ -235,9 +239,11 @@ print(json.dumps([content, w]))"""
     assert (tmp_path / "data.txt").read_text() == "payload"
 
 
-async def test_symlink_in_writable_bind_cannot_reach_host(probe: Probe, tmp_path: Path) -> None:
+async def test_symlink_in_writable_bind_cannot_reach_host(probe: Probe, shared_tmp: Path) -> None:
+    tmp_path = shared_tmp
     out = tmp_path / "out"
     out.mkdir()
+    share_with_sandbox(out, writable=True)
     secret = tmp_path / "secret.txt"
     secret.write_text("host secret")
     code = J + f"""

@@ -384,9 +384,12 @@ def test_a_root_daemon_runs_a_peers_sandboxes_as_that_peer(tmp_path: Path) -> No
                              text=True, user=65534, timeout=120)
         assert '"output":"by-peer"' in run.stdout.replace(" ", ""), (run.stdout, run.stderr)
         assert (out_dir / "by-peer").stat().st_uid == 65534
-        # Root's own run writes as root, as root asked.
+        # Root's own run is never host root: it writes as a dedicated sandbox user.
+        import grp
+
         assert list(Client(str(sock), timeout=60).run(graph, "by-root"))[-1]["output"] == "by-root"
-        assert (out_dir / "by-root").stat().st_uid == 0
+        by_root = (out_dir / "by-root").stat()
+        assert 80000 <= by_root.st_uid < 80064 and by_root.st_gid == grp.getgrnam("noether-sbx").gr_gid
         # The peer sees its own run only; root (a writer) sees both.
         get = ("import json,socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
                "s.sendall(b'GET /v1/runs HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n'); "
@@ -414,18 +417,32 @@ def test_a_root_daemon_runs_a_peers_sandboxes_as_that_peer(tmp_path: Path) -> No
 def test_a_starting_daemon_removes_cgroups_a_killed_one_left(tmp_path: Path) -> None:
     # A SIGKILLed daemon cannot remove its runs' cgroups; the next one does
     # (only empty ones: a live process's run is never touched).
+    # An empty one whose creator still runs is a run about to start: kept.
     from noether_nix.sandbox.cgroups import RunCgroup
 
-    stale = RunCgroup.create(64 * 1024 * 1024, 16)
-    if stale is None:
+    made = subprocess.run([sys.executable, "-c", "import json; from noether_nix.sandbox.cgroups import RunCgroup; "
+                           "c = RunCgroup.create(64 * 1024 * 1024, 16); "
+                           "print(json.dumps(None if c is None else [str(d) for d in c.dirs.values()]))"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    stale = [Path(d) for d in json.loads(made.stdout) or []]
+    if not stale:
         pytest.skip("no writable cgroup hierarchy here")
-    assert all(d.is_dir() for d in stale.dirs.values())
-    proc, _sock = start(tmp_path)
+    starting = RunCgroup.create(64 * 1024 * 1024, 16)
+    assert starting is not None
+    assert all(d.is_dir() for d in stale)
     try:
-        assert not any(d.exists() for d in stale.dirs.values())
+        proc, _sock = start(tmp_path)
+        try:
+            assert not any(d.exists() for d in stale)
+            assert all(d.is_dir() for d in starting.dirs.values())
+        finally:
+            proc.terminate()
+            proc.wait(15)
     finally:
-        proc.terminate()
-        proc.wait(15)
+        starting.remove()
+        for d in stale:
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 def test_a_run_cancelled_by_delete_ends_its_stream_with_a_cancelled_result(

@@ -10,9 +10,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from noether_nix.engine.config import EngineConfig
 from noether_nix.engine.engine import Engine, RunOptions
 from noether_nix.paths import db_path
+from noether_nix.settings import EngineSettings
 from noether_nix.store.db import connect
 from noether_nix.store.runs import RunStore
 
@@ -142,7 +142,7 @@ def test_a_history_from_before_the_limits_is_measured_on_open() -> None:
 
 @pytest.fixture
 def small_history_engine() -> Engine:
-    return Engine(EngineConfig(max_stored_runs=2, max_stored_run_bytes=32 << 10, max_value_bytes=256 << 10))
+    return Engine(EngineSettings(max_stored_runs=2, max_stored_run_bytes=32 << 10, max_value_bytes=256 << 10))
 
 
 HELLO = {"description": "d", "version": "1", "root": {"op": "Stage", "id": "text_upper"}}

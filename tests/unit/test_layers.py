@@ -1,0 +1,103 @@
+"""The layering holds: no import cycle, and noether_nix modules are imported
+lazily (inside a function) only where that keeps something light."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "noether_nix"
+
+#: Files that may import noether_nix modules inside functions, and why.
+LAZY_ALLOWED = {
+    # The CLI and the client path: `noether` talking to a daemon must not load
+    # the engine, the sandbox or Nix (start-up time; bench/cli_startup.py).
+    "cli/": "a command loads what it needs when it runs",
+    "backend/__init__.py": "the daemon backend must not load the local one (the engine)",
+    "service/context.py": "handlers that only read the store never build an engine",
+    "service/graph.py": "the CLI imports run_report from here; the engine loads only to run",
+    "service/stages.py": "the CLI imports LIST_LIFECYCLES from here; Nix loads only to build",
+    # Optional parts: a registry needs psycopg only with PostgreSQL, embeddings only with a provider,
+    # the engine only for /compositions/run; a daemon loads the registry client only when configured.
+    "registry/": "psycopg, embeddings and the engine are optional",
+    "server/daemon.py": "the registry client is loaded only when a registry is configured",
+    "engine/engine.py": "the remote executor needs the remote extra (grpcio, protobuf): loaded only when configured",
+}
+
+
+def lazy_imports() -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for f in PACKAGE.rglob("*.py"):
+        rel = str(f.relative_to(PACKAGE))
+        if "sandboxed/" in rel:  # programs run inside the sandbox, not modules of the package
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.ImportFrom) and (sub.module or "").startswith("noether_nix"):
+                        found.setdefault(rel, set()).add(str(sub.module))
+    return found
+
+
+def test_lazy_imports_only_where_they_keep_something_light() -> None:
+    stray = {f: mods for f, mods in lazy_imports().items()
+             if not any(f == allowed or (allowed.endswith("/") and f.startswith(allowed)) for allowed in LAZY_ALLOWED)}
+    assert not stray, stray
+
+
+def test_every_module_imports_on_its_own() -> None:
+    """No import cycle: each module imports first, in a fresh interpreter (a cycle fails on one of them)."""
+    modules = sorted(str(f.relative_to(PACKAGE.parent).with_suffix("")).replace("/", ".")
+                     for f in PACKAGE.rglob("*.py") if "sandboxed" not in f.parts and f.name != "__main__.py")
+    code = ("import importlib, sys\nfailed = []\nfor m in sys.argv[1:]:\n"
+            "    for k in [k for k in sys.modules if k.startswith('noether_nix')]:\n        del sys.modules[k]\n"
+            "    try:\n        importlib.import_module(m)\n    except Exception as e:\n"
+            "        failed.append(f'{m}: {type(e).__name__}: {e}')\nprint('\\n'.join(failed))\n")
+    out = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and not out.stdout.strip(), out.stdout + out.stderr
+
+
+def top_level_imports() -> dict[str, set[str]]:
+    """module → the noether_nix modules it imports at module level (TYPE_CHECKING blocks aside)."""
+    graph: dict[str, set[str]] = {}
+    names = {str(f.relative_to(PACKAGE.parent).with_suffix("")).replace("/", ".").removesuffix(".__init__")
+             for f in PACKAGE.rglob("*.py")}
+    for f in PACKAGE.rglob("*.py"):
+        if "sandboxed" in f.parts:
+            continue
+        mod = str(f.relative_to(PACKAGE.parent).with_suffix("")).replace("/", ".").removesuffix(".__init__")
+        deps: set[str] = set()
+        for node in ast.parse(f.read_text()).body:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("noether_nix"):
+                base = str(node.module)
+                for a in node.names:  # `from noether_nix.x import y` may import the module x.y
+                    deps.add(f"{base}.{a.name}" if f"{base}.{a.name}" in names else base)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith("noether_nix"))
+        graph[mod] = {d for d in deps if d != mod}
+    return graph
+
+
+def test_no_import_cycle() -> None:
+    graph = top_level_imports()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(d):], d]))
+            if d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
