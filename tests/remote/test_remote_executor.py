@@ -244,3 +244,16 @@ def _file_digest(enc: Any, name: str) -> Any:
 
 def test_input_root_names() -> None:
     assert {INPUT_FILE, PROGRAM_FILE, SANDBOX_FILE} == {"input.json", "program.json", "sandbox.json"}
+
+
+def test_the_remote_executor_is_a_setting_and_needs_a_cluster() -> None:
+    from noether_nix.engine.engine import Engine
+    from noether_nix.settings import build
+
+    with pytest.raises(NoetherError) as e:
+        build({}, {"NOETHER_EXECUTOR": "remote"})
+    assert e.value.code == "invalid_config" and "url" in e.value.message
+    s = build({}, {"NOETHER_EXECUTOR": "remote", "NOETHER_REAPI": "grpc://127.0.0.1:1", "NOETHER_REAPI_INSTANCE": "x"})
+    assert (s.engine.executor, s.engine.remote.url, s.engine.remote.instance) == ("remote", "grpc://127.0.0.1:1", "x")
+    assert isinstance(Engine(s.engine).executor, RemoteExecutor)
+    assert not isinstance(Engine(build({}, {}).engine).executor, RemoteExecutor)
