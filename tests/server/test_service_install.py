@@ -26,13 +26,13 @@ root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_default_config_documents_every_key_and_loads_as_the_defaults() -> None:
     text = default_config()
     doc = json.loads(text)
-    def documented(kind: type[msgspec.Struct], section: dict[str, object]) -> None:
-        for key in msgspec.structs.fields(kind):
+    def documented(value: msgspec.Struct, section: dict[str, object]) -> None:
+        for key in msgspec.structs.fields(type(value)):
             assert key.name in section and len(str(section[f"//{key.name}"])) > 10, key.name
             if isinstance(key.default, msgspec.Struct) or key.default_factory not in (msgspec.NODEFAULT, list):
-                documented(type(getattr(Settings(), key.name)), section[key.name])  # type: ignore[arg-type]
+                documented(getattr(value, key.name), section[key.name])  # type: ignore[arg-type]
 
-    documented(Settings, doc)
+    documented(Settings(), doc)
     # as `noether daemon --config` reads it (comments dropped, no environment)
     loaded = build(strip_comments(doc), environ={})
     assert loaded == Settings(allowed_groups=["noether-users"])
