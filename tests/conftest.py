@@ -11,7 +11,6 @@ import pytest
 
 from tests.sandbox_access import share_with_sandbox
 
-
 #: The fast tier (`./dev test --fast`): tests that need no Nix build, no sandbox, no
 #: daemon and no database — the model, graphs, the store, the pure stdlib, settings,
 #: and the interpreter against the in-memory executor (tests/fakes.py).
