@@ -38,6 +38,29 @@ def noether_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
 
 
 @pytest.fixture
+def local_http_server() -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 answering every GET with "  served locally \\n" (the network example's)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"  served locally \n")
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/"
+    finally:
+        srv.shutdown()
+
+
+@pytest.fixture
 def shared_tmp() -> Iterator[Path]:
     """A temporary directory that sandboxes started by root can reach.
 
