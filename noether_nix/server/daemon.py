@@ -266,7 +266,7 @@ class Daemon:
 
 def run_daemon(config: Settings) -> int:
     setup(config.log_level)
-    _take_host(require_limits=not config.sandbox.allow_without_limits)
+    _take_host(require_limits=not config.sandbox.allow_without_limits, isolation=config.engine.isolation)
     listeners = systemd.listen_fds()
     path = None
     if not listeners:
@@ -288,14 +288,14 @@ def run_daemon(config: Settings) -> int:
     return 0
 
 
-def _take_host(*, require_limits: bool) -> None:
+def _take_host(*, require_limits: bool, isolation: str) -> None:
     """Move into the delegated cgroup's leaf (v2), then refuse to start on a
-    host whose Nix store or limits are unusable (``server/preflight.py``)."""
+    host whose Nix store, sandbox or limits are unusable (``server/preflight.py``)."""
     delegated = claim_v2()
     if delegated is not None:
         log.info("cgroup_delegated", cgroup=str(delegated))
     try:
-        refuse_if_unusable(require_limits=require_limits)
+        refuse_if_unusable(require_limits=require_limits, isolation=isolation)
     except NoetherError as e:
         systemd.notify(f"STATUS={e}")
         raise
