@@ -206,8 +206,8 @@ def plan_install(opts: InstallOptions) -> tuple[list[PlannedFile], list[str]]:
             text = text.replace("Group=noether", f"Group={_primary_group(opts.user)}")
         files.append(PlannedFile(f"etc/systemd/system/{unit}", text))
     sysusers = (src / "noether.sysusers.conf").read_text()
-    if opts.user != DEFAULT_USER:  # an existing account: only the socket group may need creating
-        sysusers = "\n".join(ln for ln in sysusers.splitlines() if not ln.startswith("u ")) + "\n"
+    if opts.user != DEFAULT_USER:  # an existing account: not the daemon's (the sandbox users still)
+        sysusers = "\n".join(ln for ln in sysusers.splitlines() if not ln.startswith(f"u {DEFAULT_USER} ")) + "\n"
     sysusers = sysusers.replace(f"g {DEFAULT_SOCKET_GROUP} ", f"g {opts.socket_group} ")
     if opts.user != DEFAULT_USER and opts.user != "root" and _uid_of(opts.user) is None:
         raise NoetherError("usage", f"no user named {opts.user!r}: create it first, or omit --user "

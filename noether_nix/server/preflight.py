@@ -2,9 +2,10 @@
 
 A daemon whose Nix store is unusable, whose bwrap cannot build a sandbox,
 or that has no way to cap a stage's memory and processes, would accept
-every run and fail each one later (or, without limits, run it unbounded). :func:`preflight_host` names those
-problems up front; the daemon refuses to start with them (exit status
-:data:`EXIT_HOST_UNUSABLE`, which the unit does not restart on).
+every run and fail each one later (or, without limits, run it unbounded).
+:func:`preflight_host` names those problems up front; the daemon refuses to
+start with them (exit status :data:`EXIT_HOST_UNUSABLE`, which the unit
+does not restart on).
 """
 
 from __future__ import annotations

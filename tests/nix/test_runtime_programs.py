@@ -213,7 +213,7 @@ def test_debian_node_externalized_builtins_are_carried_and_renamed(tmp_path: Pat
     (host / "usr/share/nodejs/undici/undici-fetch.js").unlink()
     (staging / "bin/.node-wrapped").rename(staging / "bin/node")
     (staging / "lib/libnode.so.108").write_bytes(lib)
-    with pytest.raises(NoetherError, match="undici-fetch.js when it starts"):
+    with pytest.raises(NoetherError, match=r"undici-fetch\.js when it starts"):
         externalize_node_builtins(staging, host)
 
 

@@ -98,7 +98,10 @@ def test_a_root_service_owns_the_store_and_needs_no_hand_over(tmp_path: Path) ->
     installed(tmp_path, user="root", socket_group="root")
     service = (tmp_path / "etc/systemd/system/noether.service").read_text()
     assert "User=root" in service and "Environment=NIX_REMOTE" not in service and "ExecStartPre" not in service
-    assert "u noether" not in (tmp_path / "etc/sysusers.d/noether.conf").read_text()
+    sysusers = (tmp_path / "etc/sysusers.d/noether.conf").read_text().splitlines()
+    assert not [ln for ln in sysusers if ln.startswith("u noether ")]
+    # A root daemon serving root is exactly who needs the sandbox users.
+    assert len([ln for ln in sysusers if ln.startswith("u noether-sbx-")]) == 64
 
 
 def test_install_refuses_an_unknown_user(tmp_path: Path) -> None:
