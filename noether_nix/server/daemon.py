@@ -43,6 +43,9 @@ from noether_nix.service.context import Peer
 from noether_nix.settings import Settings
 
 log = get_logger("noether.daemon")
+#: How long stopping waits, once the grace period is over, for cancelled runs to end
+#: and their clients to get their last line: the unit's TimeoutStopSec is grace + this + margin.
+STOP_AFTER_CANCEL_S = 6.0
 
 
 def _group_ids(names: list[str]) -> set[int]:
@@ -144,12 +147,13 @@ class Daemon:
             log.info("daemon_stopping", runs=len(self.runs.runs), grace_s=self.config.grace_s)
             with trio.move_on_after(self.config.grace_s):
                 await self.runs.wait_all()
-            # Runs still going are cancelled; each ends only once its sandboxes are gone.
+            # Runs still going are cancelled; each ends only once its sandboxes are gone
+            # (a cancelled sandbox is drained within seconds).
             self.runs.cancel_all()
-            with trio.move_on_after(self.config.grace_s):
+            with trio.move_on_after(STOP_AFTER_CANCEL_S):
                 await self.runs.wait_all()
             # Their clients get the last lines (a cancelled run's result) before connections close.
-            with trio.move_on_after(self.config.send_timeout_s):
+            with trio.move_on_after(STOP_AFTER_CANCEL_S):
                 for streamed in list(self.streams):
                     await streamed.closed.wait()
             front.cancel()
