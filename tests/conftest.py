@@ -11,6 +11,21 @@ import pytest
 
 from tests.sandbox_access import share_with_sandbox
 
+#: The fast tier (`./dev test --fast`): tests that need no Nix build, no sandbox, no
+#: daemon and no database — the model, graphs, the store, the pure stdlib, settings,
+#: and the interpreter against the in-memory executor (tests/fakes.py).
+FAST = ("tests/unit/", "tests/model/", "tests/graph/", "tests/store/", "tests/stdlib/test_pure_examples.py",
+        "tests/stdlib/test_pure_behaviour.py", "tests/stdlib/test_definitions.py",
+        "tests/engine/test_interpreter_fast.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test ``fast`` or ``real`` (real bwrap, Nix, a daemon or a database)."""
+    root = Path(str(config.rootpath))
+    for item in items:
+        rel = str(Path(str(item.path)).relative_to(root))
+        item.add_marker(pytest.mark.fast if rel.startswith(FAST) else pytest.mark.real)
+
 
 @pytest.fixture(autouse=True)
 def noether_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -20,6 +35,29 @@ def noether_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     monkeypatch.delenv("NOETHER_SOCKET", raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(home))
     return home
+
+
+@pytest.fixture
+def local_http_server() -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 answering every GET with "  served locally \\n" (the network example's)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"  served locally \n")
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/"
+    finally:
+        srv.shutdown()
 
 
 @pytest.fixture

@@ -100,6 +100,8 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
     slow: bool = False
     #: Answered by the daemon itself (its health, its in-flight runs); not a local command.
     daemon_only: bool = False
+    #: The CLI command that uses it (README's endpoint table is generated from these).
+    command: str = ""
 
     @property
     def has_body(self) -> bool:
@@ -116,33 +118,33 @@ _T, _ST, _D = "noether_nix.service.stage_test", "noether_nix.service.store", "no
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(name="health", method="GET", path="/v1/health", handler=f"{_D}:health", daemon_only=True),
     Endpoint(name="metrics", method="GET", path="/metrics", handler=f"{_D}:metrics", daemon_only=True),
-    Endpoint(name="check", method="POST", path="/v1/check", handler=f"{_G}:check_graph", params=Check),
-    Endpoint(name="run", method="POST", path="/v1/runs", handler=f"{_G}:run_graph", params=Run, stream=True,
+    Endpoint(name="check", command="check, run --dry-run", method="POST", path="/v1/check", handler=f"{_G}:check_graph", params=Check),
+    Endpoint(name="run", command="run", method="POST", path="/v1/runs", handler=f"{_G}:run_graph", params=Run, stream=True,
              slow=True),
-    Endpoint(name="runs_list", method="GET", path="/v1/runs", handler=f"{_G}:recent_runs", params=RunsList),
-    Endpoint(name="run_get", method="GET", path="/v1/runs/{ref}", handler=f"{_G}:find_run", params=Ref),
+    Endpoint(name="runs_list", command="runs", method="GET", path="/v1/runs", handler=f"{_G}:recent_runs", params=RunsList),
+    Endpoint(name="run_get", command="trace", method="GET", path="/v1/runs/{ref}", handler=f"{_G}:find_run", params=Ref),
     Endpoint(name="run_cancel", method="DELETE", path="/v1/runs/{run_id}", handler=f"{_D}:cancel_run",
              params=RunId, daemon_only=True),
     Endpoint(name="trace_get", method="GET", path="/v1/traces/{ref}", handler=f"{_G}:latest_trace", params=Ref),
-    Endpoint(name="stage_list", method="GET", path="/v1/stages", handler=f"{_S}:list_stages", params=StageList),
-    Endpoint(name="stage_add", method="POST", path="/v1/stages", handler=f"{_S}:add_stage", params=StageAdd,
+    Endpoint(name="stage_list", command="stage list", method="GET", path="/v1/stages", handler=f"{_S}:list_stages", params=StageList),
+    Endpoint(name="stage_add", command="stage add", method="POST", path="/v1/stages", handler=f"{_S}:add_stage", params=StageAdd,
              write=True, slow=True),
-    Endpoint(name="stage_get", method="GET", path="/v1/stages/{ref}", handler=f"{_S}:get_stage", params=Ref),
-    Endpoint(name="stage_lifecycle", method="PATCH", path="/v1/stages/{ref}/lifecycle",
+    Endpoint(name="stage_get", command="stage get", method="GET", path="/v1/stages/{ref}", handler=f"{_S}:get_stage", params=Ref),
+    Endpoint(name="stage_lifecycle", command="stage activate / deprecate / tombstone", method="PATCH", path="/v1/stages/{ref}/lifecycle",
              handler=f"{_S}:change_lifecycle", params=Lifecycle, write=True),
-    Endpoint(name="stage_verify", method="GET", path="/v1/stages/{ref}/verify", handler=f"{_S}:verify_stages",
+    Endpoint(name="stage_verify", command="stage verify REF", method="GET", path="/v1/stages/{ref}/verify", handler=f"{_S}:verify_stages",
              params=Ref),
-    Endpoint(name="verify_all", method="GET", path="/v1/verify", handler=f"{_S}:verify_stages"),
+    Endpoint(name="verify_all", command="stage verify", method="GET", path="/v1/verify", handler=f"{_S}:verify_stages"),
     # Tests run any stored stage, unsigned and Draft ones too: a writer's operation.
-    Endpoint(name="stage_test", method="POST", path="/v1/stages/{ref}/test", handler=f"{_T}:run_stage_tests",
+    Endpoint(name="stage_test", command="stage test REF", method="POST", path="/v1/stages/{ref}/test", handler=f"{_T}:run_stage_tests",
              params=Ref, write=True, slow=True),
-    Endpoint(name="test_all", method="POST", path="/v1/test", handler=f"{_T}:run_stage_tests", write=True,
+    Endpoint(name="test_all", command="stage test", method="POST", path="/v1/test", handler=f"{_T}:run_stage_tests", write=True,
              slow=True),
-    Endpoint(name="warmup", method="POST", path="/v1/warmup", handler=f"{_G}:warmup_stages", params=Warmup,
+    Endpoint(name="warmup", command="warmup", method="POST", path="/v1/warmup", handler=f"{_G}:warmup_stages", params=Warmup,
              write=True, slow=True),
-    Endpoint(name="store_stats", method="GET", path="/v1/store/stats", handler=f"{_ST}:store_stats"),
-    Endpoint(name="store_export", method="GET", path="/v1/store/export", handler=f"{_ST}:export_store"),
-    Endpoint(name="store_import", method="POST", path="/v1/store/import", handler=f"{_ST}:import_stages",
+    Endpoint(name="store_stats", command="store stats", method="GET", path="/v1/store/stats", handler=f"{_ST}:store_stats"),
+    Endpoint(name="store_export", command="store export", method="GET", path="/v1/store/export", handler=f"{_ST}:export_store"),
+    Endpoint(name="store_import", command="store import", method="POST", path="/v1/store/import", handler=f"{_ST}:import_stages",
              params=Import, write=True),
 )
 BY_NAME: dict[str, Endpoint] = {e.name: e for e in ENDPOINTS}
@@ -203,6 +205,17 @@ def params_from(endpoint: Endpoint, path_params: dict[str, str], query: dict[str
         return msgspec.convert(raw, endpoint.params, strict=endpoint.has_body)
     except msgspec.ValidationError as e:
         raise NoetherError("usage", f"invalid parameters for {endpoint.method} {endpoint.path}: {e}") from None
+
+
+def markdown_table() -> str:
+    """The endpoint table as README shows it (a test keeps the two equal)."""
+    rows = ["| endpoint | command | |", "|---|---|---|"]
+    for e in ENDPOINTS:
+        notes = [n for n, on in (("write", e.write), ("NDJSON stream", e.stream), ("daemon only", e.daemon_only))
+                 if on]
+        rows.append(f"| `{e.method} {e.path}` | {('`' + e.command + '`') if e.command else ''} | "
+                    f"{', '.join(notes)} |")
+    return "\n".join(rows)
 
 
 def target(endpoint: Endpoint, params: msgspec.Struct) -> tuple[str, Any]:

@@ -162,33 +162,41 @@ class StageStore:
         ``activate`` (default: the stage's own lifecycle is Active) promotes it
         and deprecates the previous Active stage of the same signature.
         """
+        with write_txn(self.conn) as c:
+            return self._add(c, stage, activate)
+
+    def add_many(self, stages: list[Stage]) -> list[AddResult]:
+        """``add`` for each stage, all in one transaction (all or nothing)."""
+        with write_txn(self.conn) as c:
+            return [self._add(c, stage, None) for stage in stages]
+
+    def _add(self, c: sqlite3.Connection, stage: Stage, activate: bool | None) -> AddResult:
         content = stage_to_json(stage)
         content.pop("lifecycle", None)
         target = lifecycle_name(stage.lifecycle)
         if activate is True:
             target = "Active"
-        with write_txn(self.conn) as c:
-            row = c.execute("SELECT lifecycle FROM stages WHERE id = ?", (stage.id,)).fetchone()
-            if row is not None:
-                return AddResult(id=stage.id, lifecycle=row[0], created=False)
-            sig = stage.signature
-            c.execute(
-                "INSERT INTO stages (id, signature_id, name, legacy_v0_id, lifecycle, successor_id,"
-                " content, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    stage.id,
-                    stage.signature_id or stage.computed_signature_id(),
-                    stage.name,
-                    legacy_v0_id(sig.input, sig.output, sig.effects, sig.implementation_hash),
-                    "Draft" if target == "Active" else target,
-                    stage.successor_id,
-                    json.dumps(content, ensure_ascii=False, separators=(",", ":")),
-                    time.time(),
-                ),
-            )
-            supersedes: list[str] = []
-            if target == "Active":
-                supersedes = self._activate(c, stage.id)
+        row = c.execute("SELECT lifecycle FROM stages WHERE id = ?", (stage.id,)).fetchone()
+        if row is not None:
+            return AddResult(id=stage.id, lifecycle=row[0], created=False)
+        sig = stage.signature
+        c.execute(
+            "INSERT INTO stages (id, signature_id, name, legacy_v0_id, lifecycle, successor_id,"
+            " content, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                stage.id,
+                stage.signature_id or stage.computed_signature_id(),
+                stage.name,
+                legacy_v0_id(sig.input, sig.output, sig.effects, sig.implementation_hash),
+                "Draft" if target == "Active" else target,
+                stage.successor_id,
+                json.dumps(content, ensure_ascii=False, separators=(",", ":")),
+                time.time(),
+            ),
+        )
+        supersedes: list[str] = []
+        if target == "Active":
+            supersedes = self._activate(c, stage.id)
         return AddResult(id=stage.id, lifecycle=target, created=True, supersedes=supersedes)
 
     def _activate(self, c: sqlite3.Connection, stage_id: str) -> list[str]:

@@ -60,3 +60,40 @@ def test_env_stdin_and_stdout_stages(tmp_path: Path) -> None:
     rc, out, err = run(str(graph_file(tmp_path, "stdout_write")), "--input", '{"text": "to the terminal"}')
     assert rc == 0 and out["data"]["output"] is None
     assert err == "to the terminal"
+
+
+@pytest.mark.parametrize("graph", ["hello.json", "operators.json"])
+def test_stdout_is_one_envelope_that_jq_parses_and_logs_go_to_stderr(graph: str) -> None:
+    import shutil
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    cmd = [sys.executable, "-m", "noether_nix.cli.main", "run", str(examples / graph), "--json", "--local",
+           "--isolate", "none"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["ok"] is True  # the whole of stdout is one JSON document
+    assert "run_without_isolation" in proc.stderr  # the warning is logged, on stderr
+    jq = shutil.which("jq")
+    if jq:
+        assert subprocess.run([jq, "."], input=proc.stdout, capture_output=True, text=True).returncode == 0
+    # A failed run: still exactly one envelope on stdout, the error with the run's trace.
+    failed = subprocess.run([*cmd[:4], "--local", "--json", "--input", "1", "--budget-cents", "1",
+                             str(examples / "budget.json")], capture_output=True, text=True, timeout=300)
+    doc = json.loads(failed.stdout)
+    assert failed.returncode == 2 and doc["ok"] is False and doc["error"]["code"] == "budget_exceeded"
+    assert not failed.stderr.lstrip().startswith("{")
+
+
+def test_a_failed_run_is_one_error_envelope_with_its_trace(tmp_path: Path) -> None:
+    spec = tmp_path / "boom.json"
+    spec.write_text(json.dumps({"name": "boom", "input": "Any", "output": "Any", "effects": ["Fallible"],
+                                "implementation": "def execute(x):\n    raise ValueError('boom')\n"}))
+    g = tmp_path / "g.json"
+    g.write_text(json.dumps({"description": "d", "version": "1", "stages": ["boom.json"],
+                             "root": {"op": "Sequential", "stages": [{"op": "Stage", "id": "text_upper"},
+                                                                     {"op": "Stage", "id": "boom"}]}}))
+    rc, doc, err = run(str(g), "--local", "--input", '"x"')
+    assert rc == 3 and doc["ok"] is False and doc["error"]["code"] == "stage_error"
+    assert "boom" in doc["error"]["message"]
+    assert [s["name"] for s in doc["data"]["trace"]["stages"]] == ["text_upper", "boom"]
+    assert doc["data"]["status"] == "failed" and not err.lstrip().startswith("{")

@@ -101,3 +101,35 @@ def test_no_import_cycle() -> None:
     for m in sorted(graph):
         if m not in state:
             visit(m)
+
+
+def test_the_readme_endpoint_table_is_the_endpoint_table() -> None:
+    from noether_nix.service.endpoints import markdown_table
+
+    assert markdown_table() in (PACKAGE.parent / "README.md").read_text()
+
+
+def test_the_docs_say_where_each_stdlib_stage_runs_as_the_registry_does() -> None:
+    """docs/compatibility.md's table agrees with stdlib.registry.STDLIB, which pre-flight and dispatch read."""
+    import re
+
+    from noether_nix.stdlib.registry import STDLIB
+
+    text = (PACKAGE.parent / "docs" / "compatibility.md").read_text()
+    table = text[text.index("| stages | runs | can reach |"):].split("\n\n", 1)[0].splitlines()[2:]
+    listed: dict[str, str] = {}
+    for row in table:
+        stages, runs = row.split("|")[1:3]
+        if "Pure stages" in stages:
+            names = [n for n, e in STDLIB.items() if e.category == "pure"]
+        else:
+            names = [n for n in re.findall(r"`([a-z0-9_*]+)`", stages) if n in STDLIB or n.endswith("*")]
+            names = [m for n in names for m in ([k for k in STDLIB if k.startswith(n[:-1])] if n.endswith("*")
+                                                else [n])]
+        for n in names:
+            assert n not in listed, f"{n} is in two rows"
+            listed[n] = runs
+    assert set(listed) == set(STDLIB)
+    for name, runs in listed.items():
+        in_sandbox = runs.strip().startswith(("a sandbox", "the run's **process host**"))
+        assert in_sandbox == STDLIB[name].sandboxed, (name, runs)
