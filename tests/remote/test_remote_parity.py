@@ -26,7 +26,6 @@ from tests.parity.test_parity import (
     Both,
     assert_same,
     example_cases,
-    local_server,  # noqa: F401 (a fixture)
     summary,
 )
 from tests.remote.conftest import Cluster, start_cluster
@@ -112,14 +111,13 @@ def test_concurrent_graphs_run_the_same_remotely(both: Both, cluster: Cluster, s
         assert workers_ran(cluster) > before, "the daemon's stages did not run on the cluster"
 
 
-def test_every_example_runs_the_same_remotely(both: Both, cluster: Cluster, local_server: str  # noqa: F811
-                                              ) -> None:
+def test_every_example_runs_the_same_remotely(both: Both, cluster: Cluster, local_http_server: str) -> None:
     base = Path(FILES_BASE)
     shutil.rmtree(base, ignore_errors=True)
     (base / "out").mkdir(parents=True)
     share_with_sandbox(base / "out", writable=True)  # as the example's description says, for root
     (base / "in.txt").write_text("hello files\n")
-    for name, (args, rc) in example_cases(local_server).items():
+    for name, (args, rc) in example_cases(local_http_server).items():
         got = assert_same(both, EXAMPLES / name, args, rc)
         assert got["ok"] and got["status"] == "ok", (name, got)
 
