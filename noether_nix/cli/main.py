@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         service_cmds,
         stage_cmds,
         store_cmds,
+        worker_cmds,
     )
     from noether_nix.sandbox import cli as sandbox_cli
 
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     service_cmds.register(sub, common)
     registry_cmds.register(sub, common)
     sandbox_cli.register(sub)
+    worker_cmds.register(sub)
     return p
 
 

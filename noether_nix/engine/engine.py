@@ -111,7 +111,13 @@ class Engine:
     @property
     def executor(self) -> Executor:
         if self._executor is None:
-            self._executor = LocalExecutor(self.programs, profile=self.config.sandbox_profile)
+            remote = self.config.remote
+            if self.config.executor == "remote":
+                from noether_nix.remote.executor import RemoteExecutor
+
+                self._executor = RemoteExecutor(msgspec.structs.replace(remote, profile=self.config.sandbox_profile))
+            else:
+                self._executor = LocalExecutor(self.programs, profile=self.config.sandbox_profile)
         return self._executor
 
     @property

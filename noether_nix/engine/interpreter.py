@@ -301,7 +301,7 @@ def _ms_since(started: float) -> int:
 
 def _extra(usage: Usage) -> dict[str, Any]:
     return {k: v for k, v in msgspec.structs.asdict(usage).items()
-            if v is not None and k in ("cpu_ms", "max_rss_kb", "build_ms", "isolation", "log")}
+            if v is not None and k in ("cpu_ms", "max_rss_kb", "build_ms", "isolation", "cached", "remote", "log")}
 
 
 def _entry(stage: Stage, path: str, status: Any, wall: int, in_hash: str, out_hash: str | None,

@@ -37,13 +37,17 @@ class Usage(msgspec.Struct, kw_only=True, omit_defaults=True):
     cpu_ms: int | None = None
     max_rss_kb: int | None = None
     build_ms: int | None = None
+    #: Served from the executor's cache (a remote ActionCache hit), and where it ran.
+    cached: bool | None = None
+    remote: dict[str, Any] | None = None
     #: What the stage printed (stdout and stderr, in order; a bounded tail), kept in its trace entry.
     log: str | None = None
 
     @classmethod
     def of(cls, outcome: StageOutcome) -> Usage:
         return cls(isolation=outcome.isolation, status=outcome.status, cpu_ms=outcome.cpu_ms,
-                   max_rss_kb=outcome.max_rss_kb, build_ms=outcome.build_ms, log=stage_log(outcome.stderr_tail))
+                   max_rss_kb=outcome.max_rss_kb, build_ms=outcome.build_ms, cached=outcome.cached or None,
+                   remote=outcome.remote, log=stage_log(outcome.stderr_tail))
 
 
 IN_PROCESS = Usage(isolation="in-process")
