@@ -100,6 +100,49 @@ def stage_line(name: str, path: str, status: str, *, wall_ms: int | None = None,
     return mark, f"{name:<16} {path:<20} " + " · ".join(p for p in parts if p)
 
 
+def _scalar(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return str(v)
+
+
+def outline(data: Any, indent: int = 0) -> list[str]:
+    """Data as rich-markup lines: ``key  value`` for scalars, nested blocks indented, lists as items."""
+    pad = "  " * indent
+    if isinstance(data, dict):
+        if not data:
+            return [f"{pad}[dim](none)[/]"]
+        width = max(len(str(k)) for k in data)
+        out: list[str] = []
+        for k, v in data.items():
+            key = _esc(f"{str(k):<{width}}")
+            if isinstance(v, (dict, list)) and v and not _flat_list(v):
+                out.append(f"{pad}[bold]{_esc(k)}[/]")
+                out.extend(outline(v, indent + 1))
+            else:
+                shown = ", ".join(_scalar(x) for x in v) if isinstance(v, list) else _scalar(v)
+                out.append(f"{pad}[bold]{key}[/]  {_esc(shown) if shown else '[dim](none)[/]'}")
+        return out
+    if isinstance(data, list):
+        out = []
+        for item in data:
+            if isinstance(item, (dict, list)):
+                sub = outline(item, indent + 1)
+                out.append(f"{pad}- " + sub[0].lstrip() if sub else f"{pad}-")
+                out.extend(sub[1:])
+            else:
+                out.append(f"{pad}- {_esc(_scalar(item))}")
+        return out or [f"{pad}[dim](none)[/]"]
+    return [f"{pad}{_esc(_scalar(data))}"]
+
+
+def _flat_list(v: Any) -> bool:
+    return isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v) and \
+        sum(len(str(x)) for x in v) < 80
+
+
 def render_event(ev: Any) -> str | None:
     """A run event as one plain line, for progress on a terminal stderr while stdout carries JSON."""
     kind = type(ev).__name__
@@ -139,14 +182,9 @@ class View:
             self.generic(data)
 
     def generic(self, data: Any) -> None:
-        if isinstance(data, dict) and all(not isinstance(v, (dict, list)) for v in data.values()):
-            width = max((len(k) for k in data), default=0)
-            for k, v in data.items():
-                self.out.print(f"[bold]{k:<{width}}[/]  {_esc(v)}")
-            return
-        from rich.json import JSON
-
-        self.out.print(JSON.from_data(data, ensure_ascii=False))
+        """Any other command's data as an indented outline: keys in bold, lists as items."""
+        for line in outline(data):
+            self.out.print(line, highlight=False)
 
     def line(self, text: str, style: str = "") -> None:
         self.out.print(_esc(text), style=style or None)
