@@ -117,7 +117,7 @@ def outline(data: Any, indent: int = 0) -> list[str]:
         width = max(len(str(k)) for k in data)
         out: list[str] = []
         for k, v in data.items():
-            key = _esc(f"{str(k):<{width}}")
+            key = _esc(f"{k!s:<{width}}")
             if isinstance(v, (dict, list)) and v and not _flat_list(v):
                 out.append(f"{pad}[bold]{_esc(k)}[/]")
                 out.extend(outline(v, indent + 1))
