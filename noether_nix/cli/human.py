@@ -515,7 +515,7 @@ def _tested(view: View, data: dict[str, Any]) -> None:
 
 def _warmup(view: View, data: dict[str, Any]) -> None:
     failed = data.get("failed") or []
-    view.line(f"{OK if not failed else FAILED} {data.get('total', 0)} programs: {data.get('built', 0)} built, "
+    view.line(f"{OK if not failed else FAILED} {plural(data.get('total', 0), 'program')}: {data.get('built', 0)} built, "
               f"{data.get('cached', 0)} already built, {len(failed)} failed "
               f"({duration(data.get('build_ms', 0))} building)")
     for f in failed:

@@ -321,3 +321,14 @@ def test_the_view_is_the_same_through_the_daemon(daemon: Any, tmp_path: Path) ->
         assert [normalise(line) for line in via.lines] == [normalise(line) for line in local.lines]
         assert not (client / "noether.db").exists()  # the client never opened a store: the daemon answered
     assert "the stage printed:" in via.text and "    dividing" in via.lines
+
+
+def test_warmup_draws_a_progress_bar(tmp_path: Path) -> None:
+    add = piped("stage", "add", "--no-build", write(tmp_path / "w.json", spec("warm_me", "def execute(x):\n"
+                                                                                          "    return x\n")),
+                cwd=tmp_path)
+    assert add.returncode == 0, add.stdout
+    t = in_terminal("warmup", "warm_me")
+    assert t.exit_code == 0
+    assert re.fullmatch(r"✓ 1 program: 1 built, 0 already built, 0 failed \(\d+(\.\d)? m?s building\)", t.lines[0])
+    assert "building programs" in plain(t.raw) and "building programs" not in t.text  # drawn, then erased
