@@ -35,9 +35,12 @@ if lang == "python":
 # One pass, so nothing substituted is substituted again. @STAGE_CODE_LITERAL@
 # is the code as a Python string literal (the python wrapper compiles it as a
 # file of its own, so tracebacks carry the stage's own line numbers).
-import re
-parts = {"RUNTIME_BIN": env["runtime"] + "/bin", "STAGE_CODE": code, "STAGE_CODE_LITERAL": repr(original)}
-program = re.sub(r"@(RUNTIME_BIN|STAGE_CODE_LITERAL|STAGE_CODE)@", lambda m: parts[m.group(1)], wrapper)
+# @STAGE_CODE_JSON@ is the same as a JSON (and so JavaScript) string literal.
+import json, re
+parts = {"RUNTIME_BIN": env["runtime"] + "/bin", "STAGE_CODE": code, "STAGE_CODE_LITERAL": repr(original),
+         "STAGE_CODE_JSON": json.dumps(original)}
+program = re.sub(r"@(RUNTIME_BIN|STAGE_CODE_LITERAL|STAGE_CODE_JSON|STAGE_CODE)@", lambda m: parts[m.group(1)],
+                 wrapper)
 os.makedirs(out + "/bin")
 launcher = out + "/bin/stage"
 site = ""

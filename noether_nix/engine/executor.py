@@ -75,6 +75,8 @@ class Executor(Protocol):
 LOG_KEEP = 8192
 _TRACEBACK = "Traceback (most recent call last):"
 _STAGE_FRAME = re.compile(r'^  File "stage\.py", line (\d+), in (.+)$', re.M)
+_JS_FRAME_LINE = re.compile(r"^\s+at \S")
+_JS_STAGE_FRAME = re.compile(r"^\s+at (?:(\S+) \()?stage\.js:(\d+):\d+\)?$", re.M)
 
 
 def stage_log(text: str, keep: int = LOG_KEEP) -> str | None:
@@ -89,30 +91,39 @@ def stage_log(text: str, keep: int = LOG_KEEP) -> str | None:
     return "…\n" + (tail[cut + 1:] if 0 <= cut < len(tail) - 1 else tail)
 
 
-def split_traceback(log: str) -> tuple[str, str | None]:
-    """A stage's output split into what it printed and the Python traceback it ended with (if any)."""
+def split_traceback(log: str) -> tuple[str, str | None, str, str | None]:
+    """A failed stage's output as (what it printed, the traceback it ended with, the error line,
+    where in the stage's own code it was raised): a Python traceback (``File "stage.py", line 2,
+    in helper``) or a JavaScript stack (``at helper (stage.js:3:9)``); else (log, None, its last line, None)."""
     at = log.rfind(_TRACEBACK)
-    if at < 0:
-        return log, None
-    return log[:at], log[at:].rstrip("\n")
+    if at >= 0:  # Python: the error is the traceback's last line, the place its last stage.py frame
+        trace = log[at:].rstrip("\n")
+        frames = _STAGE_FRAME.findall(trace)
+        where = f"stage.py line {frames[-1][0]}, in {frames[-1][1]}" if frames else None
+        return log[:at], trace, trace.splitlines()[-1], where
+    lines = log.splitlines()
+    first_frame = next((i for i, line in enumerate(lines) if _JS_FRAME_LINE.match(line)), None)
+    trace = "\n".join(lines[first_frame - 1:]) if first_frame else ""
+    frame = _JS_STAGE_FRAME.search(trace)
+    if first_frame and frame:  # JavaScript: the error is the line above its first frame
+        start = first_frame - 1
+        where = f"stage.js line {frame.group(2)}, in {frame.group(1) or 'the stage'}"
+        return "\n".join(lines[:start]) + ("\n" if start else ""), trace, lines[start], where
+    return log, None, lines[-1] if lines else "", None
 
 
 def outcome_value(outcome: StageOutcome, label: str, node_path: str) -> Any:
     """The output of a successful outcome; a failed one as the ``stage_<status>`` error users see.
 
-    Its message ends with the stage's own last error line (a Python
-    exception with the line of the stage's code it was raised at); its
-    details keep what the stage printed and its traceback."""
+    Its message ends with the stage's own error line (an exception with the
+    line of the stage's code it was raised at); its details keep what the
+    stage printed and its traceback."""
     if outcome.ok:
         return outcome.output
     tail = outcome.stderr_tail.strip()
-    printed, traceback = split_traceback(tail)
-    detail = tail.splitlines()[-1] if tail else ""
-    if traceback is not None:
-        frames = _STAGE_FRAME.findall(traceback)
-        if frames:
-            line, fn = frames[-1]
-            detail += f" (stage.py line {line}, in {fn})"
+    printed, traceback, detail, where = split_traceback(tail)
+    if where:
+        detail += f" ({where})"
     message = outcome.message if outcome.status != "error" else f"exited with status {outcome.exit_code}"
     if outcome.status == "error" and traceback is not None:
         message = detail  # the exception says more than the exit status

@@ -20,7 +20,7 @@ from noether_nix.proc import run_sync_killable
 from noether_nix.settings import settings
 
 # Part of every program's derivation: bump it when a wrapper's behaviour changes.
-WRAPPER_VERSION = "5"
+WRAPPER_VERSION = "6"
 _WRAPPER_FILES = {"python": "python.py.in", "javascript": "javascript.js.in", "bash": "bash.sh.in"}
 
 

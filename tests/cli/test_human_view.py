@@ -332,3 +332,22 @@ def test_warmup_draws_a_progress_bar(tmp_path: Path) -> None:
     assert t.exit_code == 0
     assert re.fullmatch(r"✓ 1 program: 1 built, 0 already built, 0 failed \(\d+(\.\d)? m?s building\)", t.lines[0])
     assert "building programs" in plain(t.raw) and "building programs" not in t.text  # drawn, then erased
+
+
+@pytest.mark.skipif(not __import__("shutil").which("node"), reason="no host node")
+def test_a_failing_javascript_stage_shows_its_own_line_numbers(tmp_path: Path) -> None:
+    code = ("function helper(x) {\n  console.log('about to fail on', x);\n  throw new Error('bad input ' + x);\n}\n"
+            "function execute(x) {\n  return helper(x);\n}\n")
+    js = graph_of(tmp_path, "jsboom", {"name": "jsboom", "input": "Any", "output": "Any",
+                                       "implementation": {"language": "javascript", "code": code}})
+    t = in_terminal("run", js, "--input", "3", cwd=tmp_path)
+    assert t.exit_code == 3
+    assert [normalise(line) for line in t.lines[2:9]] == [
+        "error[stage_error]: stage jsboom (ID) failed: Error: bad input 3 (stage.js line 3, in helper)",
+        "  at root",
+        "  the stage printed:",
+        "    about to fail on 3",
+        "  Error: bad input 3",
+        "      at helper (stage.js:3:9)",
+        "      at execute (stage.js:6:10)",
+    ]
