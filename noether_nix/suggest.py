@@ -8,7 +8,6 @@ are comments (``"_comment"``), never unknown.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -47,6 +46,8 @@ def close_matches(word: str, choices: Iterable[str], *, n: int = 3) -> list[str]
     w = word.lower()
     if w in lowered:
         return [lowered[w]]
+    import difflib  # only on the way to an error: not every command pays for it
+
     typos = sorted((d, o) for o in lowered if (d := edit_distance(w, o)) <= max(1, min(2, len(w) // 4)))
     found = [o for _, o in typos]
     found += [o for o in difflib.get_close_matches(w, list(lowered), n=n, cutoff=0.7) if o not in found]
