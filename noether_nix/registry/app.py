@@ -22,6 +22,7 @@ import trio
 
 from noether_nix import __version__
 from noether_nix.errors import NoetherError
+from noether_nix.graph.preflight import parse_capability_tokens, parse_effect_tokens
 from noether_nix.model.stage import stage_from_spec
 from noether_nix.registry.backend import LIFECYCLES, Backend
 from noether_nix.registry.config import RegistryConfig
@@ -323,6 +324,11 @@ class RegistryApp:
         if options.get("allow_unsigned") and not self.config.allow_unsigned_active:
             raise NoetherError("validation_failed", "this registry does not run unsigned stages",
                                path="options.allow_unsigned")
+        options["allow_effects"] = _within(options.get("allow_effects"), self.config.run_effects, "allow_effects",
+                                           "NOETHER_REGISTRY_RUN_EFFECTS", parse_effect_tokens)
+        options["allow_capabilities"] = _within(options.get("allow_capabilities"), self.config.run_capabilities,
+                                                "allow_capabilities", "NOETHER_REGISTRY_RUN_CAPABILITIES",
+                                                parse_capability_tokens)
         try:
             self.runs.acquire_nowait()
         except trio.WouldBlock:
@@ -334,6 +340,24 @@ class RegistryApp:
         if not req.dry_run:
             self.metrics.counters["runs_ok" if result.get("status") == "ok" else "runs_failed"] += 1
         return _ok(result)
+
+
+def _within(asked: Any, granted: list[str], option: str, setting: str,
+            parse: Callable[[list[str]], set[Any]]) -> list[str]:
+    """What a run may use: the operator's grant, or the part of it the run asks
+    for. A run's stages execute on this host as the registry's user, so a key
+    holder gets no effect (the network, the host's files) the operator did
+    not list."""
+    if asked is None:
+        return list(granted)
+    if not isinstance(asked, list) or not all(isinstance(t, str) for t in asked):
+        raise NoetherError("validation_failed", f"options.{option} must be a list of names", path=f"options.{option}")
+    extra = parse(asked) - parse(granted)
+    if extra:
+        names = ", ".join(sorted(str(e) for e in extra))
+        raise NoetherError("validation_failed", f"this registry runs no stage with {names} (the operator grants "
+                           f"{', '.join(granted) or 'nothing'} in {setting})", path=f"options.{option}")
+    return list(asked)
 
 
 class _LifecycleBody(msgspec.Struct):

@@ -313,7 +313,7 @@ class Backend:
                     f"SELECT stage_id, kind, vector FROM registry_vectors WHERE model = ? AND stage_id IN ({marks})",
                     (self.embeddings.model, *chunk)).fetchall():
                 self._vectors.setdefault(sid, {})[kind] = json.loads(vec)
-        qv = self.embeddings.embed([query[:search.MAX_QUERY_CHARS]])[0]
+        qv = self.embeddings.embed_query(query[:search.MAX_QUERY_CHARS])
         out = []
         for kind in ("text", "signature", "examples"):
             scored = [(cosine(qv, self._vectors[i][kind]), i) for i in ids if kind in self._vectors.get(i, {})]

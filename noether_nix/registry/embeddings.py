@@ -25,8 +25,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -34,6 +36,19 @@ from noether_nix.errors import NoetherError
 from noether_nix.paths import noether_home
 
 Vector = list[float]
+#: Query vectors kept in memory (never in the cache file: queries come from anyone).
+QUERY_CACHE_ENTRIES = 1024
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A 30x is an answer, not a new address: urllib would send the API key
+    (the Authorization header) along to wherever the endpoint points."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 _PRESETS = {
     "openai": ("OPENAI_API_BASE", "https://api.openai.com/v1", "OPENAI_API_KEY", "OPENAI_EMBEDDING_MODEL",
                "text-embedding-3-small"),
@@ -119,6 +134,7 @@ class EmbeddingProvider:
         self.config = config
         self._lock = threading.Lock()
         self._cache: dict[str, Vector] = self._load()
+        self._queries: OrderedDict[str, Vector] = OrderedDict()
         self.calls = 0  # requests made to the endpoint (for /metrics and tests)
 
     @property
@@ -165,6 +181,25 @@ class EmbeddingProvider:
                 self._save()  # progressive: a later batch's failure keeps this one's work
             return [self._cache[k] for k in keys]
 
+    def embed_query(self, text: str) -> Vector:
+        """The vector of a search query: from the file cache if a stage's text is
+        the same, else from a small in-memory cache, else the endpoint. Never
+        written to the file: anyone may search, and each distinct query would
+        otherwise stay on disk for good (the whole file rewritten each time)."""
+        key = self._key(text)
+        with self._lock:
+            found = self._cache.get(key) or self._queries.get(key)
+            if found is not None:
+                self._queries.pop(key, None)
+                self._queries[key] = found
+                return found
+        vector = normalise(self._request([text])[0])
+        with self._lock:
+            self._queries[key] = vector
+            while len(self._queries) > QUERY_CACHE_ENTRIES:
+                self._queries.popitem(last=False)
+        return vector
+
     def _request(self, texts: list[str]) -> list[Vector]:
         body = json.dumps({"model": self.config.model, "input": texts}).encode()
         headers = {"content-type": "application/json"}
@@ -174,7 +209,7 @@ class EmbeddingProvider:
         req = urllib.request.Request(url, data=body, headers=headers, method="POST")
         self.calls += 1
         try:
-            with urllib.request.urlopen(req, timeout=self.config.timeout_s) as resp:
+            with _OPENER.open(req, timeout=self.config.timeout_s) as resp:
                 raw = resp.read(64 * 1024 * 1024)
         except urllib.error.HTTPError as e:
             raise NoetherError("embedding_failed", f"the embedding endpoint answered {e.code} {e.reason}",
