@@ -69,7 +69,7 @@ def resolve_ref(store: StageStore, ref: str, pinning: str, path: str, warnings: 
     view, notes = source.lookup(store, ref)
     warnings.extend(Warning_(code, message, path) for code, message in notes)
     stage = _lookup(view, ref, pinning, path, warnings)
-    return _follow(view, stage, pinning, path, warnings, local=store)
+    return _follow(view, stage, pinning, path, warnings, local=None if source.own_lifecycles else store)
 
 
 def _lookup(store: StageLookup, ref: str, pinning: str, path: str, warnings: list[Warning_]) -> Stage:

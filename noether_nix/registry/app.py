@@ -27,6 +27,7 @@ from noether_nix.model.stage import stage_from_spec
 from noether_nix.registry.backend import LIFECYCLES, Backend
 from noether_nix.registry.config import RegistryConfig
 from noether_nix.registry.docs_page import DOCS_HTML
+from noether_nix.registry.search import MAX_QUERY_CHARS
 
 log = structlog.get_logger("noether.registry")
 
@@ -133,6 +134,32 @@ class RegistryApp:
 
     async def call_db(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         return await trio.to_thread.run_sync(lambda: fn(*args, **kw), limiter=self.db)
+
+    # ------------------------------------------------------------ embeddings, off the database slot
+
+    async def embed_missing(self) -> int:
+        """Vectors for the stages that have none: the provider is called between two
+        database calls, never inside one (a slow provider must not stall every
+        other request behind the one database slot)."""
+        b = self.backend
+        assert b.embeddings is not None
+        stage_ids, texts = await self.call_db(b.missing_vectors)
+        if not stage_ids:
+            return 0
+        vectors = await trio.to_thread.run_sync(b.embeddings.embed, texts, abandon_on_cancel=True)
+        n: int = await self.call_db(b.store_vectors, stage_ids, vectors)
+        return n
+
+    async def query_vector(self, q: str) -> Any:
+        """The query's vector, or the NoetherError that says why search is lexical this time."""
+        b = self.backend
+        assert b.embeddings is not None
+        try:
+            await self.embed_missing()
+            return await trio.to_thread.run_sync(b.embeddings.embed_query, q[:MAX_QUERY_CHARS],
+                                                 abandon_on_cancel=True)
+        except NoetherError as e:
+            return e
 
     # ------------------------------------------------------------ ASGI
 
@@ -279,7 +306,9 @@ class RegistryApp:
                 if not q.strip():
                     raise NoetherError("validation_failed", "give a query: /stages/search?q=…", path="q")
                 limit = _int(query, "limit", SEARCH_DEFAULT, 1, SEARCH_MAX)
-                return _ok(await self.call_db(b.search, q, lifecycle=_lifecycle(query), limit=limit))
+                lifecycle = _lifecycle(query)
+                qv = await self.query_vector(q) if b.embeddings is not None else None
+                return _ok(await self.call_db(b.search, q, lifecycle=lifecycle, limit=limit, query_vector=qv))
             case ["stages", ref] if method == "GET":
                 return _ok(b.export(await self.call_db(b.get, ref)))
             case ["stages"] if method == "POST":

@@ -328,6 +328,8 @@ class RegistrySource:
     the references after the first go straight to the cache, so a graph (or
     a daemon's runs) does not wait out a timeout per reference."""
 
+    own_lifecycles = False
+
     def __init__(self, client: RegistryClient, cache: RegistryCache | None = None, *,
                  retry_after_s: float = 30.0) -> None:
         self.client = client

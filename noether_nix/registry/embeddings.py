@@ -38,6 +38,8 @@ from noether_nix.paths import noether_home
 Vector = list[float]
 #: Query vectors kept in memory (never in the cache file: queries come from anyone).
 QUERY_CACHE_ENTRIES = 1024
+#: After a failed request the endpoint is not asked again for this long (searches stay lexical).
+RETRY_AFTER_S = 30.0
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -135,6 +137,7 @@ class EmbeddingProvider:
         self._lock = threading.Lock()
         self._cache: dict[str, Vector] = self._load()
         self._queries: OrderedDict[str, Vector] = OrderedDict()
+        self._down: tuple[float, NoetherError] | None = None
         self.calls = 0  # requests made to the endpoint (for /metrics and tests)
 
     @property
@@ -165,20 +168,23 @@ class EmbeddingProvider:
     def embed(self, texts: Sequence[str]) -> list[Vector]:
         """Normalised vectors for ``texts``, in order; raises ``embedding_failed``."""
         keys = [self._key(t) for t in texts]
+        # The lock guards the cache, never a request: a query waits for no batch.
         with self._lock:
             missing: dict[str, str] = {}
             for k, t in zip(keys, texts, strict=True):
                 if k not in self._cache:
                     missing.setdefault(k, t)
-            todo = list(missing.items())
-            for start in range(0, len(todo), self.config.batch_size):
-                if start and self.config.batch_delay_ms:
-                    time.sleep(self.config.batch_delay_ms / 1000)
-                chunk = todo[start:start + self.config.batch_size]
-                vectors = self._request([t for _, t in chunk])
+        todo = list(missing.items())
+        for start in range(0, len(todo), self.config.batch_size):
+            if start and self.config.batch_delay_ms:
+                time.sleep(self.config.batch_delay_ms / 1000)
+            chunk = todo[start:start + self.config.batch_size]
+            vectors = self._request([t for _, t in chunk])
+            with self._lock:
                 for (k, _), v in zip(chunk, vectors, strict=True):
                     self._cache[k] = normalise(v)
                 self._save()  # progressive: a later batch's failure keeps this one's work
+        with self._lock:
             return [self._cache[k] for k in keys]
 
     def embed_query(self, text: str) -> Vector:
@@ -201,6 +207,19 @@ class EmbeddingProvider:
         return vector
 
     def _request(self, texts: list[str]) -> list[Vector]:
+        down = self._down
+        if down is not None and time.monotonic() < down[0]:
+            raise NoetherError("embedding_failed", f"{down[1].message} (not asked again for {RETRY_AFTER_S:g} s)",
+                               path=down[1].path)
+        try:
+            vectors = self._call(texts)
+        except NoetherError as e:
+            self._down = (time.monotonic() + RETRY_AFTER_S, e)
+            raise
+        self._down = None
+        return vectors
+
+    def _call(self, texts: list[str]) -> list[Vector]:
         body = json.dumps({"model": self.config.model, "input": texts}).encode()
         headers = {"content-type": "application/json"}
         if self.config.api_key:

@@ -360,3 +360,62 @@ def test_the_embedding_key_does_not_follow_redirects(tmp_path: Path) -> None:
         for s in (redirect, elsewhere):
             s.shutdown()
             s.server_close()
+
+
+class _SlowEmbeddings:
+    """An OpenAI-compatible endpoint that takes ``delay`` seconds per request."""
+
+    def __init__(self, delay: float) -> None:
+        slow = self
+        self.delay = delay
+        self.requests = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                slow.requests += 1
+                time.sleep(slow.delay)
+                data = [{"index": i, "embedding": [1.0, float(len(t) % 7), 0.5]} for i, t in enumerate(body["input"])]
+                raw = json.dumps({"data": data}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.slow
+def test_a_slow_embedding_provider_stalls_no_other_request(start_registry: Any, tmp_path: Path) -> None:
+    """The registry's one database slot was held across embeddings requests
+    (the stdlib embedded at start, missing vectors and each query on search):
+    with a slow provider every other request, reads included, waited."""
+    slow = _SlowEmbeddings(4.0)
+    try:
+        reg = start_registry({"NOETHER_EMBEDDING_PROVIDER": slow.url,
+                              "NOETHER_EMBEDDING_CACHE": str(tmp_path / "vectors.json")})
+        searches = [threading.Thread(target=curl, args=(f"{reg.url}/stages/search?q=anything+{i}",), daemon=True)
+                    for i in range(2)]
+        for t in searches:
+            t.start()
+        worst = 0.0
+        for _ in range(6):
+            started = time.monotonic()
+            status, _ = curl(f"{reg.url}/stages?limit=1")
+            worst = max(worst, time.monotonic() - started)
+            assert status == 200
+            time.sleep(0.5)
+        assert worst < 2.5, f"a read waited {worst:.1f} s behind the embedding provider"
+        assert slow.requests >= 1
+    finally:
+        slow.close()
