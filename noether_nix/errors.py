@@ -58,6 +58,7 @@ CATALOGUE: dict[str, Code] = {
     "policy_path_missing": _BAD_FLAG, "policy_too_large": _BAD_FLAG, "non_finite_number": _INPUT,
     "env_not_allowed": _BAD_FLAG, "invalid_env": _BAD_FLAG, "sandbox_users_missing": _POLICY,
     "limits_unavailable": _POLICY,
+    "invalid_text": _INPUT,
     # running stages (a stage's own failure is exit 3 whatever its code: StageError)
     "stage_failed": _EXECUTION, "stage_input_mismatch": _EXECUTION, "stage_protocol_error": _EXECUTION,
     "stage_timed_out": _EXECUTION, "refinement_violation": _EXECUTION, "output_type_mismatch": _EXECUTION, "remote_output_mismatch": _EXECUTION,

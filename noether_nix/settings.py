@@ -65,6 +65,9 @@ class EngineSettings(_Section):
     max_pids: Annotated[int | None, _d("process cap per sandbox (cgroup pids.max); null: the profile's")] = None
     run_concurrency: Annotated[int, _d("stages running at once in one run")] = 8
     process_concurrency: Annotated[int, _d("sandboxed stages running at once in this process")] = 16
+    in_process_threads: Annotated[int, _d(
+        "worker threads for in-process work too large or too unpredictable for the daemon's event loop (pure "
+        "stages on large values or with regular expressions, kv and store stages, checking large values)")] = 4
     max_value_bytes: Annotated[int, _d(
         "the largest value (a run's input, a stage's input or output), in bytes of JSON")] = 32 * 1024 * 1024
     max_stored_runs: Annotated[int, _d("finished runs kept in the history (the oldest go first)")] = 10_000

@@ -11,6 +11,8 @@ attributes of the entry, not names checked here.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -19,6 +21,7 @@ from noether_nix.engine.events import StageOutput
 from noether_nix.engine.executor import StageCall, outcome_value
 from noether_nix.engine.grants import fs_wall
 from noether_nix.engine.higher_order import run_higher_order
+from noether_nix.engine.offload import maybe_off_loop, small
 from noether_nix.engine.options import StageError
 from noether_nix.engine.state import IN_PROCESS, RunState, Usage
 from noether_nix.errors import NoetherError
@@ -79,7 +82,9 @@ async def _stdlib(run: RunState, entry: Entry, stage: Stage, value: Any, path: s
                              "store", path)
         if category == "pure":
             assert entry.impl is not None
-            return entry.impl(value), IN_PROCESS
+            # Small values inline (a thread hop costs more than the work); large
+            # ones, and stages whose work can outgrow their input, on a worker thread.
+            return await _in_process(run, not entry.off_loop and small(value), entry.impl, value, label, path)
         if category in ("kv", "store"):
             impl = run.services.builtins[entry.name]
             if entry.per_peer and not run.store_writes:
@@ -89,8 +94,10 @@ async def _stdlib(run: RunState, entry: Entry, stage: Stage, value: Any, path: s
                     ns = optional_text(value, "namespace")
                     value = {**value, "namespace": f"peer-{run.requester_uid}/{ns or ''}"}
                 elif category == "store":  # only the requester's own traces
-                    return impl(value, visible_to=run.requester_uid), IN_PROCESS
-            return impl(value), IN_PROCESS
+                    impl = functools.partial(impl, visible_to=run.requester_uid)
+            # They wait on the database (a writer elsewhere holds it up to its busy
+            # timeout) and their work grows with the store: never on the event loop.
+            return await _in_process(run, False, impl, value, label, path)
         if category == "stream":
             return await _stream(run, stage, value, path), IN_PROCESS
     except StageFailure as e:
@@ -123,6 +130,19 @@ async def _stdlib(run: RunState, entry: Entry, stage: Stage, value: Any, path: s
                          path)
     assert category == "process", category
     return await _process_stage(run, stage, entry.name, value, path)
+
+
+async def _in_process(run: RunState, inline: bool, impl: Callable[[Any], Any], value: Any, label: str,
+                      path: str) -> tuple[Any, Usage]:
+    """An in-process implementation: inline, or on a worker thread within the stage's time budget."""
+    try:
+        out = await maybe_off_loop(inline, impl, value, limiter=run.services.thread_limiter,
+                                   budget_s=run.limits.timeout_s, what=f"stage {label}", path=path)
+    except StageError as e:
+        if e.code == "stage_timed_out":
+            e.usage = Usage(isolation="in-process", status="timed_out")
+        raise
+    return out, IN_PROCESS
 
 
 async def _stream(run: RunState, stage: Stage, value: Any, path: str) -> Any:

@@ -25,6 +25,7 @@ from noether_nix.engine.events import RunAccepted, RunFinished, RunStatus, RunWa
 from noether_nix.engine.executor import Executor, LocalExecutor, StageCall, StageOutcome
 from noether_nix.engine.grants import check_grants
 from noether_nix.engine.interpreter import Emit, Interpreter
+from noether_nix.engine.offload import maybe_off_loop, small
 from noether_nix.engine.options import Isolation, RunOptions, StageError
 from noether_nix.engine.state import Dispatch, StageFacts
 from noether_nix.errors import NoetherError
@@ -33,6 +34,7 @@ from noether_nix.graph.preflight import PolicyOptions, needs_sandbox
 from noether_nix.logs import get_logger
 from noether_nix.model.effects import EffectKind
 from noether_nix.model.stage import Stage
+from noether_nix.model.values import check_value
 from noether_nix.nix.registry import ProgramRegistry
 from noether_nix.sandbox.bwrap import bwrap_works, find_bwrap
 from noether_nix.sandbox.identity import check_grant_access
@@ -97,6 +99,7 @@ class Engine:
         self._executor = executor
         self._dispatch = dispatch_fn or dispatch
         self._process_limiter: trio.CapacityLimiter | None = None
+        self._thread_limiter: trio.CapacityLimiter | None = None
         self._facts: dict[str, StageFacts] = {}  # by stage ID: content-addressed, so never stale
         self._limits: Limits | None = None
 
@@ -117,7 +120,8 @@ class Engine:
 
                 self._executor = RemoteExecutor(msgspec.structs.replace(remote, profile=self.config.sandbox_profile))
             else:
-                self._executor = LocalExecutor(self.programs, profile=self.config.sandbox_profile)
+                self._executor = LocalExecutor(self.programs, profile=self.config.sandbox_profile,
+                                               threads=self.thread_limiter)
         return self._executor
 
     @property
@@ -125,6 +129,12 @@ class Engine:
         if self._process_limiter is None:
             self._process_limiter = trio.CapacityLimiter(self.config.process_concurrency)
         return self._process_limiter
+
+    @property
+    def thread_limiter(self) -> trio.CapacityLimiter:
+        if self._thread_limiter is None:
+            self._thread_limiter = trio.CapacityLimiter(self.config.in_process_threads)
+        return self._thread_limiter
 
     def facts(self, stage: Stage) -> StageFacts:
         found = self._facts.get(stage.id)
@@ -171,6 +181,8 @@ class Engine:
     def prepare(self, graph: Any, input: Any, options: RunOptions, *, check_input: bool = False) -> PreparedGraph:
         check_grants(options)
         self.limits_for(options)  # a limit over the ceiling is refused before any graph work
+        # A run's input is a value like any other: within the caps, and JSON.
+        check_value(input, self.config.max_value_bytes, what="the run's input", path="input")
         return prepare(graph, store=self.store, input=input, check_input=check_input, options=CheckOptions(
             allow_effects=options.allow_effects, allow_capabilities=options.allow_capabilities,
             budget_cents=options.budget_cents, allow_unsigned=options.allow_unsigned,
@@ -195,7 +207,9 @@ class Engine:
         host, every sandbox). Its last event is its ``RunFinished``, also
         when it is cancelled: that one is emitted, stored, and then the
         cancellation goes on."""
-        prepared = self.prepare(graph, input, options)
+        # Checking a large graph or input takes seconds: not on the event loop.
+        prepared = await maybe_off_loop(small(graph) and small(input), self.prepare, graph, input, options,
+                                        limiter=self.thread_limiter)
         if self.isolation_mode(options) == "bwrap":  # root's sandboxes run as noether-sbx users: can they use the grants?
             check_grant_access(options.allow_read or [], writable=False, run_as=run_as, flag="--allow-read")
             check_grant_access(options.allow_write or [], writable=True, run_as=run_as, flag="--allow-write")
@@ -222,6 +236,9 @@ class Engine:
                 await run.emit(RunWarning(run.run_id, code=w.code, message=w.message, node_path=w.node_path))
             async with run.cleanup:  # the run's process host and the like: closed and waited for
                 output = await run.exec(prepared.root, input, "root")
+            # Stage outputs are checked as they come; what Parallel, Let or Const put
+            # together at the root is checked here.
+            await maybe_off_loop(small(output), self._check_output, output, limiter=self.thread_limiter)
         except NoetherError as e:
             status, error = "failed", e.to_dict()
             if e.code == "budget_exceeded":
@@ -241,9 +258,16 @@ class Engine:
                     with trio.move_on_after(_LAST_EVENT_GRACE_S):
                         await _emit_last(run, finished)
             raise
-        finished = self._finish(run, prepared, started, started_wall, status, output, error, record)
+        # Storing a large output (measured, encoded, written) is work for a thread; the run
+        # is stored once, so a cancellation waits for it.
+        with trio.CancelScope(shield=True):
+            finished = await maybe_off_loop(small(output), self._finish, run, prepared, started, started_wall, status,
+                                            output, error, record, limiter=self.thread_limiter)
         await _emit_last(run, finished)
         return finished
+
+    def _check_output(self, output: Any) -> None:
+        check_value(output, self.config.max_value_bytes, what="the run's output", path="root")
 
     def _finish(self, run: Interpreter, p: PreparedGraph, started: float, started_wall: datetime, status: RunStatus,
                 output: Any, error: dict[str, Any] | None, record: bool) -> RunFinished:

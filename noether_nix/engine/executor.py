@@ -11,12 +11,14 @@ in-memory one. Nothing above this module knows how a program is launched.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Protocol
 
 import msgspec
 import trio
 
+from noether_nix.engine.offload import INLINE_MAX_BYTES, maybe_off_loop, small
 from noether_nix.engine.options import Isolation, StageError
 from noether_nix.model.effects import EffectSet
 from noether_nix.model.jcs import serde_compact
@@ -137,12 +139,37 @@ def outcome_value(outcome: StageOutcome, label: str, node_path: str) -> Any:
     raise StageError(f"stage_{outcome.status}", f"{label} failed: {message}", node_path, details=details)
 
 
+def parse_output(raw: bytes) -> tuple[bool, Any]:
+    """A program's stdout as the one JSON value it must be: ``(True, value)``,
+    or ``(False, why not)``.
+
+    msgspec reads strict JSON. What it refuses but Python's reader takes (NaN,
+    Infinity, 1e400, lone surrogates) is read, and then refused with its own
+    code by the value checks every stage output passes (``model.values.check_value``);
+    what neither reads is the program breaking the protocol."""
+    try:
+        return True, msgspec.json.decode(raw)
+    except RecursionError:
+        return False, "it is nested deeper than can be read"
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        strict_reason = str(e)
+    try:
+        return True, json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        return False, "it is nested deeper than can be read"
+    except ValueError:  # not JSON at all, not UTF-8, or an integer of thousands of digits
+        return False, strict_reason
+
+
 class LocalExecutor:
     """Build with Nix on this host, run under bwrap on this host."""
 
-    def __init__(self, programs: ProgramRegistry, *, profile: str = "default") -> None:
+    def __init__(self, programs: ProgramRegistry, *, profile: str = "default",
+                 threads: trio.CapacityLimiter | None = None) -> None:
         self.programs = programs
         self.profile_name = profile
+        #: Worker threads for encoding large inputs and reading large outputs (``engine.offload``).
+        self.threads = threads
 
     async def execute(self, call: StageCall) -> StageOutcome:
         program = await build_stage_program_async(call.program_id, call.language, call.code, registry=self.programs)
@@ -151,10 +178,21 @@ class LocalExecutor:
         policy = policy_from_effects(call.effects, profile=profile, store_paths=closure)
         if call.clear_env:
             policy = msgspec.structs.replace(policy, env_allowlist=[])
-        result = await run_sandboxed(program.argv, policy=policy, limits=call.limits, stdin=serde_compact(call.input),
+        stdin = await maybe_off_loop(small(call.input), serde_compact, call.input, limiter=self.threads)
+        # stdout is read here, not by the sandbox layer: strictly, and off the event loop when large.
+        result = await run_sandboxed(program.argv, policy=policy, limits=call.limits, stdin=stdin,
                                      isolation=SandboxIsolation(call.isolation), profile=profile, env=call.env,
-                                     run_as=call.run_as)
-        return StageOutcome(status=result.status.value, message=result.message, isolation=result.isolation,
-                            output=result.output, exit_code=result.exit_code, stderr_tail=result.stderr_tail,
+                                     run_as=call.run_as, expect_json=False)
+        status, message, output = result.status.value, result.message, None
+        if result.ok:
+            raw = result.stdout_bytes or b""
+            ok, parsed = await maybe_off_loop(len(raw) <= INLINE_MAX_BYTES, parse_output, raw, limiter=self.threads)
+            if ok:
+                output = parsed
+            else:
+                shown = raw[:200].decode("utf-8", "replace")
+                status, message = "protocol_error", f"stdout must be exactly one JSON value ({parsed}); got: {shown!r}"
+        return StageOutcome(status=status, message=message, isolation=result.isolation,
+                            output=output, exit_code=result.exit_code, stderr_tail=result.stderr_tail,
                             wall_ms=result.wall_ms, cpu_ms=result.cpu_ms, max_rss_kb=result.max_rss_kb,
                             build_ms=program.build_ms if program.built else None)

@@ -21,6 +21,7 @@ from noether_nix.engine.boundary import check_output
 from noether_nix.engine.budget import Budget
 from noether_nix.engine.events import Event, RunWarning, StageFinished, StageStarted
 from noether_nix.engine.executor import StageCall, outcome_value
+from noether_nix.engine.offload import maybe_off_loop, small
 from noether_nix.engine.options import (
     ATTEMPT,
     Isolation,
@@ -49,7 +50,7 @@ from noether_nix.graph.preflight import REMOTE_EFFECTS, PolicyOptions
 from noether_nix.model.jcs import value_hash
 from noether_nix.model.stage import Stage
 from noether_nix.model.types import display, display_refinement
-from noether_nix.model.values import check_refinement, check_value_size, conforms, outer_refinements
+from noether_nix.model.values import check_refinement, check_value, conforms, outer_refinements
 from noether_nix.sandbox.policy import Limits
 from noether_nix.sandbox.supervisor import RunAs
 from noether_nix.stdlib.registry import remote_call_program
@@ -199,7 +200,13 @@ class Interpreter:
         await self.emit(StageStarted(self.run_id, attempt=attempt, node_path=path, stage_id=program_id, name=label))
         started = time.monotonic()
         usage = Usage()
+        limit = self.services.config.max_value_bytes
+
+        def check(v: Any, side: str) -> None:
+            check_value(v, limit, what=f"the {side} of {label}", path=path)
+
         try:
+            await maybe_off_loop(small(value), check, value, "input", limiter=self.services.thread_limiter)
             async with self.limiter, self.services.process_limiter:
                 outcome = await self.services.executor.execute(StageCall(
                     program_id=program_id, language="python", code=code, effects=REMOTE_EFFECTS,
@@ -207,6 +214,7 @@ class Interpreter:
                     run_as=self.run_as, label=label))
             usage = Usage.of(outcome)
             out = outcome_value(outcome, label, path)
+            await maybe_off_loop(small(out), check, out, "output", limiter=self.services.thread_limiter)
             err = conforms(out, node.output, "output")
             if err:
                 raise StageError("remote_output_mismatch", f"{label} returned a value that is not "
@@ -230,13 +238,33 @@ class Interpreter:
                 raise StageError("refinement_violation", f"stage {stage.label()}: {side} refinement violation "
                                  f"({display_refinement(r)}): {why}", path)
 
-    async def run_stage(self, stage: Stage, value: Any, path: str) -> Any:
-        services = self.services
-        max_bytes = services.config.max_value_bytes
-        check_value_size(value, max_bytes, what=f"the input of stage {stage.label()}", path=path)
+    def _accept_input(self, stage: Stage, value: Any, path: str) -> str:
+        """Check a stage's input (a JSON value within the caps, its refinements); its hash."""
+        check_value(value, self.services.config.max_value_bytes, what=f"the input of stage {stage.label()}",
+                    path=path)
         in_hash = value_hash(value)
         if self.checks:
             self._refinements(stage, "input", value, path)
+        return in_hash
+
+    def _accept_output(self, stage: Stage, out: Any, path: str) -> str:
+        """Check a stage's output as its input is checked; its hash."""
+        check_value(out, self.services.config.max_value_bytes, what=f"the output of stage {stage.label()}",
+                    path=path)
+        if self.checks:
+            self._refinements(stage, "output", out, path)
+        return value_hash(out)
+
+    async def value_work(self, fn: Callable[..., str], stage: Stage, value: Any, path: str) -> str:
+        """``fn(stage, value, path)``: inline for a small value, else on a worker thread
+        (checking and hashing 30 MB of JSON takes seconds the event loop does not have)."""
+        return await maybe_off_loop(small(value), fn, stage, value, path, limiter=self.services.thread_limiter,
+                                    budget_s=self.limits.timeout_s, what=f"checking a value of stage {stage.label()}",
+                                    path=path)
+
+    async def run_stage(self, stage: Stage, value: Any, path: str) -> Any:
+        services = self.services
+        in_hash = await self.value_work(self._accept_input, stage, value, path)
         facts = services.facts(stage)
         attempt = ATTEMPT.get()
         cacheable = self.options.cache and services.config.pure_cache and facts.cacheable
@@ -244,7 +272,7 @@ class Interpreter:
             hit, out = services.cache.get(stage.id, in_hash, namespace=self.cache_namespace)
             if hit:
                 self.hits += 1
-                out_hash = value_hash(out)
+                out_hash = await maybe_off_loop(small(out), value_hash, out, limiter=services.thread_limiter)
                 await self.emit(StageFinished(self.run_id, attempt=attempt, node_path=path, stage_id=stage.id,
                                               name=stage.name, status="cached", cached=True, input_hash=in_hash,
                                               output_hash=out_hash))
@@ -265,9 +293,7 @@ class Interpreter:
             else:
                 async with self.limiter, services.process_limiter:
                     out, usage = await self.dispatch(self, stage, value, path)
-            check_value_size(out, max_bytes, what=f"the output of stage {stage.label()}", path=path)
-            if self.checks:
-                self._refinements(stage, "output", out, path)
+            out_hash = await self.value_work(self._accept_output, stage, out, path)
             # The declared output type, enforced at the boundary (engine.boundary).
             warning = check_output(stage, out, usage, path) if self.output_checks else None
         except NoetherError as e:
@@ -282,7 +308,6 @@ class Interpreter:
                                in_hash, None, spent_cents=cost, **_extra(usage)))
             raise
         wall = _ms_since(started)
-        out_hash = value_hash(out)
         if cacheable:
             services.cache.put(stage.id, in_hash, out, namespace=self.cache_namespace)
         await self.emit(StageFinished(self.run_id, attempt=attempt, node_path=path, stage_id=stage.id, name=stage.name,

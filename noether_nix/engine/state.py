@@ -79,6 +79,10 @@ class Services(Protocol):
     @property
     def process_limiter(self) -> trio.CapacityLimiter: ...
 
+    #: Worker threads for in-process work off the event loop (``engine.offload``).
+    @property
+    def thread_limiter(self) -> trio.CapacityLimiter: ...
+
     def facts(self, stage: Stage) -> StageFacts: ...
 
 

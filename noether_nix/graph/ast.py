@@ -11,11 +11,13 @@ the first problem with the JSON path of the offending node
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Literal, Union
 
 import msgspec
 
 from noether_nix.errors import NoetherError
+from noether_nix.model.jcs import encoded_size
 from noether_nix.model.types import NType, parse_type, to_json
 from noether_nix.suggest import unknown_keys
 
@@ -131,7 +133,9 @@ def _too_deep(path: str, what: str) -> NoetherError:
 
 
 def _check_value_depth(value: Any, path: str) -> None:
-    """Iteratively, so a hostile value cannot exhaust the stack before it is refused."""
+    """Iteratively, so a hostile value cannot exhaust the stack before it is refused;
+    then what JSON cannot carry (NaN, infinities, integers beyond a double, lone
+    surrogates), which would make the graph's identity uncomputable."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         v, depth = stack.pop()
@@ -139,6 +143,12 @@ def _check_value_depth(value: Any, path: str) -> None:
             if depth > MAX_DEPTH:
                 raise _too_deep(path, "JSON value")
             stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    try:
+        encoded_size(value, sys.maxsize, strict=True)
+    except NoetherError as e:
+        raise NoetherError(e.code, f"the value {e.message}", path=path) from None
+    except TypeError as e:
+        raise _bad(path, str(e)) from None
 
 
 def _locate(raw: Any, path: str, depth: int = 1) -> Any:

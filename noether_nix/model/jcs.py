@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -165,12 +166,17 @@ def serde_compact(value: Any, *, sort_keys: bool = True) -> bytes:
     return "".join(out).encode("utf-8")
 
 
-def encoded_size(value: Any, limit: int) -> int:
+def encoded_size(value: Any, limit: int, *, strict: bool = False, max_depth: int | None = None) -> int:
     """The length in bytes of ``serde_compact(value)``, counted without building it
     and only up to ``limit``: past the limit the count stops and a number
     larger than ``limit`` comes back. Time is bounded by the limit (every
     step counts at least one byte), memory by the value's depth, so a 1 GB
-    value costs no more to refuse than a value just over the limit."""
+    value costs no more to refuse than a value just over the limit.
+
+    ``strict`` refuses, on the way, what JSON cannot carry (``NoetherError``
+    without a path): NaN, an infinity or an integer beyond a double's range
+    (``non_finite_number``), text with a lone surrogate (``invalid_text``);
+    ``max_depth`` refuses arrays and objects nested deeper (``value_too_deep``)."""
     total = 0
     stack: list[Iterator[Any]] = [iter((value,))]
     while stack:
@@ -179,16 +185,24 @@ def encoded_size(value: Any, limit: int) -> int:
             if t is str:
                 if total + len(v) + 2 > limit:  # every character is at least one byte
                     return total + len(v) + 2
+                if strict and not v.isascii():
+                    _check_text(v)
                 total += _str_size(v)
             elif v is None or v is True:
                 total += 4
             elif v is False:
                 total += 5
             elif t is int:
+                if strict and not _I64_MIN <= v <= _U64_MAX:
+                    _check_big_int(v)
                 total += _int_size(v)
             elif t is float:
+                if strict and not math.isfinite(v):
+                    raise NoetherError("non_finite_number", f"holds {v!r}, which JSON cannot carry")
                 total += len(_msgspec_encode(v))  # msgspec's shortest form is as long as ryu's
             elif t is list or t is tuple:
+                if max_depth is not None and len(stack) > max_depth:
+                    raise _too_deep(max_depth)
                 total += 2 + max(len(v) - 1, 0)  # brackets and commas
                 if total > limit:
                     return total
@@ -197,12 +211,16 @@ def encoded_size(value: Any, limit: int) -> int:
                     break
                 continue
             elif t is dict:
+                if max_depth is not None and len(stack) > max_depth:
+                    raise _too_deep(max_depth)
                 total += 2 + max(2 * len(v) - 1, 0)  # braces, colons and commas
                 for k in v:  # the keys now, the values on the stack
                     if type(k) is not str:
                         raise TypeError(f"not a JSON object key: {type(k).__name__}")
                     if total + len(k) + 2 > limit:
                         return total + len(k) + 2
+                    if strict and not k.isascii():
+                        _check_text(k)
                     total += _str_size(k)
                 if total > limit:
                     return total
@@ -223,6 +241,28 @@ def encoded_size(value: Any, limit: int) -> int:
 
 
 _msgspec_encode = msgspec.json.Encoder().encode
+
+#: The largest integer a double holds (beyond it upstream's serde_json, which
+#: reads such literals as f64, refuses the number).
+_F64_INT_MAX = int(sys.float_info.max)
+
+
+def _check_text(s: str) -> None:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise NoetherError("invalid_text", f"holds text with a lone surrogate (U+{ord(s[e.start]):04X} at "
+                           f"character {e.start}), which is not Unicode text") from None
+
+
+def _check_big_int(v: int) -> None:
+    if v.bit_length() > 1024 or abs(v) > _F64_INT_MAX:
+        raise NoetherError("non_finite_number", f"holds an integer of {v.bit_length()} bits, beyond the range "
+                           "of the double JSON numbers are read as")
+
+
+def _too_deep(max_depth: int) -> NoetherError:
+    return NoetherError("value_too_deep", f"is nested deeper than {max_depth} levels of arrays and objects")
 
 
 def _str_size(s: str) -> int:

@@ -62,6 +62,33 @@ def check_value_size(value: Any, limit: int, *, what: str, path: str | None = No
         raise err
 
 
+#: Deepest nesting of arrays and objects in a value that crosses a boundary
+#: (a run's input, a stage's input and output, a run's output): upstream's
+#: serde_json refuses deeper documents, and the bound keeps every recursive
+#: pass over values (hashing, type checks) well inside Python's stack.
+MAX_VALUE_DEPTH = 128
+
+
+def check_value(value: Any, limit: int, *, what: str, path: str | None = None,
+                max_depth: int = MAX_VALUE_DEPTH) -> int:
+    """``value``'s encoded size, after refusing what no value may be: larger than
+    ``limit`` bytes (``value_too_large``), nested deeper than ``max_depth``
+    (``value_too_deep``), or holding what JSON cannot carry — NaN, infinities,
+    integers beyond a double (``non_finite_number``), lone surrogates
+    (``invalid_text``). One early-stopping walk (``model.jcs.encoded_size``)."""
+    try:
+        size = encoded_size(value, limit, strict=True, max_depth=max_depth)
+    except NoetherError as e:
+        raise NoetherError(e.code, f"{what} {e.message}", path=path, exit_code=3,
+                           hint="JSON values only: finite numbers, Unicode text, at most "
+                                f"{max_depth} levels of nesting") from None
+    if size > limit:
+        err = value_too_large(value, limit, what=what, path=path)
+        assert err is not None
+        raise err
+    return size
+
+
 def json_type_name(v: Any) -> str:
     if v is None:
         return "null"

@@ -402,12 +402,17 @@ async def test_retry_attempts_are_bounded_and_cancellable(engine: Engine, add: A
     assert ticks >= 900
 
 
-async def test_a_value_too_deep_to_process_fails_the_run_not_the_engine(engine: Engine) -> None:
+async def test_a_value_too_deep_to_process_is_refused_not_the_engine(engine: Engine) -> None:
     deep: Any = "x"
     for _ in range(5000):
         deep = [deep]
-    err = failed(await run(engine, "to_json", deep), "value_too_deep")
-    assert "nested too deeply" in err["message"]
+    with pytest.raises(NoetherError) as refused:  # as the run's input: refused before it starts
+        await run(engine, "to_json", deep)
+    assert refused.value.code == "value_too_deep" and refused.value.path == "input"
+    # Built by a stage inside the run: that stage fails, whether Python could hold the value or not.
+    for depth in (129, 5000):
+        err = failed(await run(engine, "parse_json", "[" * depth + "]" * depth), "value_too_deep")
+        assert err["path"] == "root", err
     assert ok(await run(engine, "text_upper", "still serving")) == "STILL SERVING"
 
 
