@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from noether_nix.settings import EngineSettings
 from noether_nix.engine.engine import Engine, RunOptions, RunResult
 from noether_nix.errors import NoetherError, http_status
+from noether_nix.settings import EngineSettings
 from tests.engine.conftest import AddStage, graph
 
 # Writes its input text to stdout as it is, bypassing the wrapper's JSON encoder.
