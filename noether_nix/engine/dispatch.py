@@ -12,6 +12,7 @@ attributes of the entry, not names checked here.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +35,7 @@ from noether_nix.sandbox.policy import policy_from_effects
 from noether_nix.sandbox.profile import load_profile
 from noether_nix.sandbox.session import SandboxSession, open_session
 from noether_nix.sandbox.supervisor import Isolation as SandboxIsolation
-from noether_nix.stdlib._shapes import StageFailure, optional_text
+from noether_nix.stdlib._shapes import DEADLINE, StageFailure, optional_text
 from noether_nix.stdlib.registry import (
     STDLIB,
     ArrowUnavailable,
@@ -134,14 +135,22 @@ async def _stdlib(run: RunState, entry: Entry, stage: Stage, value: Any, path: s
 
 async def _in_process(run: RunState, inline: bool, impl: Callable[[Any], Any], value: Any, label: str,
                       path: str) -> tuple[Any, Usage]:
-    """An in-process implementation: inline, or on a worker thread within the stage's time budget."""
+    """An in-process implementation: inline, or on a worker thread within the stage's
+    time budget. Work that can check the clock (a regular expression) stops at the
+    budget by itself (``DEADLINE``); other work is abandoned to its thread."""
+    budget = run.limits.timeout_s
+    token = DEADLINE.set(time.monotonic() + budget)  # the worker thread runs in a copy of this context
     try:
-        out = await maybe_off_loop(inline, impl, value, limiter=run.services.thread_limiter,
-                                   budget_s=run.limits.timeout_s, what=f"stage {label}", path=path)
-    except StageError as e:
-        if e.code == "stage_timed_out":
-            e.usage = Usage(isolation="in-process", status="timed_out")
-        raise
+        out = await maybe_off_loop(inline, impl, value, limiter=run.services.thread_limiter, budget_s=budget,
+                                   what=f"stage {label}", path=path)
+    except (StageError, TimeoutError) as e:
+        if isinstance(e, StageError) and e.code != "stage_timed_out":
+            raise
+        raise StageError("stage_timed_out", f"stage {label} ran past its {budget:g} s budget in the daemon's "
+                         "process and was stopped", path, usage=Usage(isolation="in-process", status="timed_out"),
+                         details={"status": "timed_out", "budget_s": budget}) from None
+    finally:
+        DEADLINE.reset(token)
     return out, IN_PROCESS
 
 

@@ -221,7 +221,8 @@ class Interpreter:
                                  f"{display(node.output)}: {err}", path)
         except NoetherError as e:
             await self.emit(StageFinished(self.run_id, attempt=attempt, node_path=path, stage_id=program_id,
-                                          name=label, status=usage.status or "error", message=e.message,
+                                          name=label, status=usage.status if usage.status not in (None, "ok")
+                                          else "error", message=e.message,
                                           wall_ms=_ms_since(started)))
             raise
         await self.emit(StageFinished(self.run_id, attempt=attempt, node_path=path, stage_id=program_id, name=label,
@@ -300,8 +301,10 @@ class Interpreter:
             if isinstance(e, StageError) and e.usage is not None:
                 usage = e.usage
             wall = _ms_since(started)
+            # A stage that ran fine but whose output was refused has failed all the same.
+            status = usage.status if usage.status not in (None, "ok") else "error"
             await self.emit(StageFinished(self.run_id, attempt=attempt, node_path=path, stage_id=stage.id,
-                                          name=stage.name, status=usage.status or "error", wall_ms=wall,
+                                          name=stage.name, status=status, wall_ms=wall,
                                           spent_cents=cost, input_hash=in_hash, message=e.message,
                                           build_ms=usage.build_ms, isolation=usage.isolation))
             self.record(_entry(stage, path, {"Failed": {"code": e.code, "message": e.message}}, wall,

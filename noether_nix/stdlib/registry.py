@@ -162,7 +162,8 @@ def _entries() -> dict[str, Entry]:
         "store_add": {"writers_only": True},
         "trace_read": {"per_peer": True},
         **{name: {"per_peer": True} for name in _KV},
-        **{name: {"off_loop": True} for name in ("regex_match", "regex_replace", "text_replace", "text_template")},
+        **{name: {"off_loop": True} for name in ("regex_match", "regex_replace", "text_replace", "text_template",
+                                               "json_schema_validate")},
     }
     for category, names in groups:
         for name in names:
