@@ -22,7 +22,7 @@ from noether_nix.engine.events import StageOutput
 from noether_nix.engine.executor import StageCall, outcome_value
 from noether_nix.engine.grants import fs_wall
 from noether_nix.engine.higher_order import run_higher_order
-from noether_nix.engine.offload import maybe_off_loop, small
+from noether_nix.engine.offload import off_loop, small
 from noether_nix.engine.options import StageError
 from noether_nix.engine.state import IN_PROCESS, RunState, Usage
 from noether_nix.errors import NoetherError
@@ -85,7 +85,9 @@ async def _stdlib(run: RunState, entry: Entry, stage: Stage, value: Any, path: s
             assert entry.impl is not None
             # Small values inline (a thread hop costs more than the work); large
             # ones, and stages whose work can outgrow their input, on a worker thread.
-            return await _in_process(run, not entry.off_loop and small(value), entry.impl, value, label, path)
+            if not entry.off_loop and small(value):
+                return entry.impl(value), IN_PROCESS
+            return await _in_process(run, entry.impl, value, label, path)
         if category in ("kv", "store"):
             impl = run.services.builtins[entry.name]
             if entry.per_peer and not run.store_writes:
@@ -98,7 +100,7 @@ async def _stdlib(run: RunState, entry: Entry, stage: Stage, value: Any, path: s
                     impl = functools.partial(impl, visible_to=run.requester_uid)
             # They wait on the database (a writer elsewhere holds it up to its busy
             # timeout) and their work grows with the store: never on the event loop.
-            return await _in_process(run, False, impl, value, label, path)
+            return await _in_process(run, impl, value, label, path)
         if category == "stream":
             return await _stream(run, stage, value, path), IN_PROCESS
     except StageFailure as e:
@@ -133,16 +135,16 @@ async def _stdlib(run: RunState, entry: Entry, stage: Stage, value: Any, path: s
     return await _process_stage(run, stage, entry.name, value, path)
 
 
-async def _in_process(run: RunState, inline: bool, impl: Callable[[Any], Any], value: Any, label: str,
+async def _in_process(run: RunState, impl: Callable[[Any], Any], value: Any, label: str,
                       path: str) -> tuple[Any, Usage]:
-    """An in-process implementation: inline, or on a worker thread within the stage's
-    time budget. Work that can check the clock (a regular expression) stops at the
-    budget by itself (``DEADLINE``); other work is abandoned to its thread."""
+    """An in-process implementation on a worker thread, within the stage's time budget.
+    Work that can check the clock (a regular expression) stops at the budget by
+    itself (``DEADLINE``); other work is abandoned to its thread."""
     budget = run.limits.timeout_s
     token = DEADLINE.set(time.monotonic() + budget)  # the worker thread runs in a copy of this context
     try:
-        out = await maybe_off_loop(inline, impl, value, limiter=run.services.thread_limiter, budget_s=budget,
-                                   what=f"stage {label}", path=path)
+        out = await off_loop(impl, value, limiter=run.services.thread_limiter, budget_s=budget,
+                             what=f"stage {label}", path=path)
     except (StageError, TimeoutError) as e:
         if isinstance(e, StageError) and e.code != "stage_timed_out":
             raise

@@ -21,7 +21,7 @@ from noether_nix.engine.boundary import check_output
 from noether_nix.engine.budget import Budget
 from noether_nix.engine.events import Event, RunWarning, StageFinished, StageStarted
 from noether_nix.engine.executor import StageCall, outcome_value
-from noether_nix.engine.offload import maybe_off_loop, small
+from noether_nix.engine.offload import maybe_off_loop, off_loop, small
 from noether_nix.engine.options import (
     ATTEMPT,
     Isolation,
@@ -241,7 +241,7 @@ class Interpreter:
 
     def _accept_input(self, stage: Stage, value: Any, path: str) -> str:
         """Check a stage's input (a JSON value within the caps, its refinements); its hash."""
-        check_value(value, self.services.config.max_value_bytes, what=f"the input of stage {stage.label()}",
+        check_value(value, self.services.config.max_value_bytes, what=lambda: f"the input of stage {stage.label()}",
                     path=path)
         in_hash = value_hash(value)
         if self.checks:
@@ -250,22 +250,23 @@ class Interpreter:
 
     def _accept_output(self, stage: Stage, out: Any, path: str) -> str:
         """Check a stage's output as its input is checked; its hash."""
-        check_value(out, self.services.config.max_value_bytes, what=f"the output of stage {stage.label()}",
+        check_value(out, self.services.config.max_value_bytes, what=lambda: f"the output of stage {stage.label()}",
                     path=path)
         if self.checks:
             self._refinements(stage, "output", out, path)
         return value_hash(out)
 
-    async def value_work(self, fn: Callable[..., str], stage: Stage, value: Any, path: str) -> str:
-        """``fn(stage, value, path)``: inline for a small value, else on a worker thread
-        (checking and hashing 30 MB of JSON takes seconds the event loop does not have)."""
-        return await maybe_off_loop(small(value), fn, stage, value, path, limiter=self.services.thread_limiter,
-                                    budget_s=self.limits.timeout_s, what=f"checking a value of stage {stage.label()}",
-                                    path=path)
+    async def off_loop(self, fn: Callable[..., str], stage: Stage, value: Any, path: str) -> str:
+        """``fn(stage, value, path)`` on a worker thread: checking and hashing 30 MB of JSON
+        takes seconds the event loop does not have (small values are done inline)."""
+        return await off_loop(fn, stage, value, path, limiter=self.services.thread_limiter,
+                              budget_s=self.limits.timeout_s, what=f"checking a value of stage {stage.label()}",
+                              path=path)
 
     async def run_stage(self, stage: Stage, value: Any, path: str) -> Any:
         services = self.services
-        in_hash = await self.value_work(self._accept_input, stage, value, path)
+        in_hash = (self._accept_input(stage, value, path) if small(value)
+                   else await self.off_loop(self._accept_input, stage, value, path))
         facts = services.facts(stage)
         attempt = ATTEMPT.get()
         cacheable = self.options.cache and services.config.pure_cache and facts.cacheable
@@ -294,7 +295,8 @@ class Interpreter:
             else:
                 async with self.limiter, services.process_limiter:
                     out, usage = await self.dispatch(self, stage, value, path)
-            out_hash = await self.value_work(self._accept_output, stage, out, path)
+            out_hash = (self._accept_output(stage, out, path) if small(out)
+                        else await self.off_loop(self._accept_output, stage, out, path))
             # The declared output type, enforced at the boundary (engine.boundary).
             warning = check_output(stage, out, usage, path) if self.output_checks else None
         except NoetherError as e:

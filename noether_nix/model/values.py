@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Any
 
 from noether_nix.errors import NoetherError
@@ -69,24 +70,27 @@ def check_value_size(value: Any, limit: int, *, what: str, path: str | None = No
 MAX_VALUE_DEPTH = 128
 
 
-def check_value(value: Any, limit: int, *, what: str, path: str | None = None,
-                max_depth: int = MAX_VALUE_DEPTH) -> int:
-    """``value``'s encoded size, after refusing what no value may be: larger than
+def check_value(value: Any, limit: int, *, what: str | Callable[[], str], path: str | None = None,
+                max_depth: int = MAX_VALUE_DEPTH) -> None:
+    """Refuse what no value may be: larger than
     ``limit`` bytes (``value_too_large``), nested deeper than ``max_depth``
     (``value_too_deep``), or holding what JSON cannot carry — NaN, infinities,
     integers beyond a double (``non_finite_number``), lone surrogates
-    (``invalid_text``). One early-stopping walk (``model.jcs.encoded_size``)."""
+    (``invalid_text``). One early-stopping walk (``model.jcs.encoded_size``);
+    ``what`` (or what it returns) names the value in the error."""
+    if type(value) is str and value.isascii() and 6 * len(value) + 2 <= limit:
+        return  # the commonest value, on every stage call: even escaped it fits, and ASCII is valid text
     try:
         size = encoded_size(value, limit, strict=True, max_depth=max_depth)
     except NoetherError as e:
+        what = what() if callable(what) else what
         raise NoetherError(e.code, f"{what} {e.message}", path=path, exit_code=3,
                            hint="JSON values only: finite numbers, Unicode text, at most "
                                 f"{max_depth} levels of nesting") from None
     if size > limit:
-        err = value_too_large(value, limit, what=what, path=path)
+        err = value_too_large(value, limit, what=what() if callable(what) else what, path=path)
         assert err is not None
         raise err
-    return size
 
 
 def json_type_name(v: Any) -> str:
