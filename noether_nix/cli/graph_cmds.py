@@ -116,11 +116,13 @@ def _env_option(entries: list[str]) -> dict[str, str] | None:
 
 def add_listed(args: argparse.Namespace, raw: Any) -> None:
     """Add the spec files a graph lists under ``stages`` (our extension), signed, before it runs."""
-    from noether_nix.cli.stage_cmds import signed_stage_json
-
     listed = raw.get("stages", []) if isinstance(raw, dict) else []
     if not isinstance(listed, list):
         raise NoetherError("invalid_graph", "must be an array of spec file paths", path="stages")
+    if not listed:
+        return
+    from noether_nix.cli.stage_cmds import signed_stage_json
+
     base = Path(args.graph).parent
     specs = []
     for i, rel in enumerate(listed):
