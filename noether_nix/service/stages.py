@@ -10,7 +10,14 @@ from noether_nix.model.signing import SignatureStatus, verify_id
 from noether_nix.model.stage import Stage, stage_to_json
 from noether_nix.model.types import display
 from noether_nix.service.context import Context
-from noether_nix.service.endpoints import LIST_LIFECYCLES, Lifecycle, NoParams, Ref, StageAdd, StageList
+from noether_nix.service.endpoints import (
+    LIST_LIFECYCLES,
+    Lifecycle,
+    NoParams,
+    Ref,
+    StageAdd,
+    StageList,
+)
 from noether_nix.store.stages import StageStore
 
 if TYPE_CHECKING:
