@@ -23,6 +23,7 @@ import msgspec
 
 from noether_nix.errors import NoetherError
 from noether_nix.logs import get_logger
+from noether_nix.paths import noether_home, private_dir
 from noether_nix.sandbox import landlock
 from noether_nix.sandbox.bwrap import (
     BindFds,
@@ -45,7 +46,7 @@ from noether_nix.sandbox.identity import (
 )
 from noether_nix.sandbox.policy import IsolationPolicy, Limits
 from noether_nix.sandbox.profile import Profile
-from noether_nix.sandbox.seccomp import compile_filter, filter_fd
+from noether_nix.sandbox.seccomp import cached_filter, filter_fd
 from noether_nix.settings import settings
 
 log = get_logger("noether.sandbox")
@@ -92,10 +93,19 @@ _seccomp_cache: dict[tuple[tuple[str, ...], bool], bytes] = {}
 
 
 def seccomp_program(profile: Profile, *, deny_unix_sockets: bool = False) -> bytes:
+    """The profile's filter: compiled once per process, and once per user (kept in the home's cache)."""
     key = (tuple(profile.seccomp_deny), deny_unix_sockets)
     if key not in _seccomp_cache:
-        _seccomp_cache[key] = compile_filter(list(key[0]), deny_unix_sockets=deny_unix_sockets)
+        _seccomp_cache[key] = cached_filter(list(key[0]), deny_unix_sockets=deny_unix_sockets,
+                                            cache_dir=_filter_cache_dir())
     return _seccomp_cache[key]
+
+
+def _filter_cache_dir() -> Path | None:
+    try:
+        return private_dir(noether_home() / "cache")
+    except OSError:
+        return None
 
 
 def limits_allowed_missing(profile: Profile) -> bool:
