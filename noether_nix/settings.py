@@ -47,6 +47,10 @@ class EngineSettings(_Section):
     max_pids: Annotated[int | None, _d("process cap per sandbox (cgroup pids.max); null: the profile's")] = None
     run_concurrency: Annotated[int, _d("stages running at once in one run")] = 8
     process_concurrency: Annotated[int, _d("sandboxed stages running at once in this process")] = 16
+    warm_sandboxes: Annotated[int, _d(
+        "warm sandboxes kept at once (a pre-started sandboxed interpreter per Python program, policy and peer, "
+        "forking a fresh child per call; docs/security.md); 0: every sandboxed call starts cold")] = 8
+    warm_idle_secs: Annotated[float, _d("seconds an idle warm sandbox is kept")] = 60.0
     max_value_bytes: Annotated[int, _d(
         "the largest value (a run's input, a stage's input or output), in bytes of JSON")] = 32 * 1024 * 1024
     max_stored_runs: Annotated[int, _d("finished runs kept in the history (the oldest go first)")] = 10_000

@@ -96,6 +96,9 @@ class Engine:
         self._process_limiter: trio.CapacityLimiter | None = None
         self._facts: dict[str, StageFacts] = {}  # by stage ID: content-addressed, so never stale
         self._limits: Limits | None = None
+        #: Keep warm sandboxes between runs (a daemon, which runs ``serve_warm``); else
+        #: each run closes the idle ones as it ends (an embedded run is one process).
+        self.keep_warm = False
 
     # ------------------------------------------------------------ what runs share
 
@@ -108,7 +111,9 @@ class Engine:
     @property
     def executor(self) -> Executor:
         if self._executor is None:
-            self._executor = LocalExecutor(self.programs, profile=self.config.sandbox_profile)
+            self._executor = LocalExecutor(self.programs, profile=self.config.sandbox_profile,
+                                           warm_sandboxes=self.config.warm_sandboxes,
+                                           warm_idle_s=self.config.warm_idle_secs)
         return self._executor
 
     @property
@@ -200,6 +205,8 @@ class Engine:
             for w in prepared.warnings:
                 await run.emit(RunWarning(run.run_id, code=w.code, message=w.message, node_path=w.node_path))
             async with run.cleanup:  # the run's process host and the like: closed and waited for
+                if not self.keep_warm:
+                    run.cleanup.push_async_callback(self.close_warm)
                 output = await run.exec(prepared.root, input, "root")
         except NoetherError as e:
             status, error = "failed", e.to_dict()
@@ -253,6 +260,32 @@ class Engine:
             last = msgspec.to_builtins(msgspec.structs.replace(finished, trace={}))
             self.runs.finish(run.run_id, status, trace, [*run.events, last], run.budget.spent_cents)
         return finished
+
+    # ------------------------------------------------------------ warm sandboxes
+
+    async def close_warm(self) -> None:
+        """Close the idle warm sandboxes (shielded: they are gone when this returns)."""
+        if isinstance(self._executor, LocalExecutor):
+            with trio.CancelScope(shield=True):
+                await self._executor.close_idle()
+
+    async def serve_warm(self) -> None:
+        """Expire idle warm sandboxes until cancelled, then close them all (the daemon runs this)."""
+        self.keep_warm = True
+        executor = self.executor
+        if not isinstance(executor, LocalExecutor):
+            return
+        pool = executor.warm_pool()
+        if pool is None:
+            return
+        try:
+            await pool.serve()
+        finally:
+            with trio.CancelScope(shield=True):
+                await executor.aclose()
+
+    def describe_warm(self) -> dict[str, Any] | None:
+        return self._executor.describe_warm() if isinstance(self._executor, LocalExecutor) else None
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         return self.runs.get(run_id)

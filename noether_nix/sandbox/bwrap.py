@@ -111,6 +111,7 @@ def build_argv(
     seccomp_fd: int | None,
     bind_fds: BindFds | None = None,
     args_fd: int | None = None,
+    warm_host: bool = False,
 ) -> list[str]:
     """bwrap's argv.
 
@@ -143,6 +144,8 @@ def build_argv(
         "--uid", "65534",
         "--gid", "65534",
         "--cap-drop", "ALL",
+        # A warm host makes each call's namespaces and mounts, then drops both (sandbox.warm).
+        *(["--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP"] if warm_host else []),
         "--hostname", HOSTNAME,
         "--proc", "/proc",
         "--dev", "/dev",

@@ -64,7 +64,7 @@ class RunStore:
 
     def start(self, run_id: str, composition_id: str, requester_uid: int | None = None) -> None:
         """``requester_uid``: the daemon peer who started it (None: an embedded run)."""
-        with write_txn(self.conn) as c:
+        with write_txn(self.conn, durable=False) as c:
             c.execute(
                 "INSERT INTO runs (run_id, composition_id, status, started_at, owner_pid, requester_uid)"
                 " VALUES (?, ?, 'running', ?, ?, ?)",
@@ -75,7 +75,7 @@ class RunStore:
         self, run_id: str, status: str, trace: dict[str, Any], events: list[Any], spent_cents: int
     ) -> None:
         trace_json, events_json = cap_stored_run(run_id, trace, events, self.max_run_bytes)
-        with write_txn(self.conn) as c:
+        with write_txn(self.conn, durable=False) as c:
             c.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, trace = ?, events = ?, spent_cents = ?,"
                 " stored_bytes = ? WHERE run_id = ?",
