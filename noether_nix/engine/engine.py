@@ -23,16 +23,18 @@ from noether_nix.engine.builtin import kv_impls, store_impls
 from noether_nix.engine.dispatch import dispatch
 from noether_nix.engine.events import RunAccepted, RunFinished, RunStatus, RunWarning
 from noether_nix.engine.executor import Executor, LocalExecutor, StageCall, StageOutcome
+from noether_nix.engine.fastpath import FastPure, simple_types
 from noether_nix.engine.grants import check_grants
 from noether_nix.engine.interpreter import Emit, Interpreter
 from noether_nix.engine.options import Isolation, RunOptions, StageError
 from noether_nix.engine.state import Dispatch, StageFacts
 from noether_nix.errors import NoetherError
 from noether_nix.graph.check import CheckOptions, PreparedGraph, check_report, prepare
-from noether_nix.graph.preflight import PolicyOptions, needs_sandbox
+from noether_nix.graph.preflight import PolicyOptions, is_stdlib, needs_sandbox
 from noether_nix.logs import get_logger
 from noether_nix.model.effects import EffectKind
 from noether_nix.model.stage import Stage
+from noether_nix.model.values import outer_refinements
 from noether_nix.nix.registry import ProgramRegistry
 from noether_nix.sandbox.bwrap import bwrap_works, find_bwrap
 from noether_nix.sandbox.identity import check_grant_access
@@ -40,6 +42,7 @@ from noether_nix.sandbox.policy import Limits
 from noether_nix.sandbox.profile import Profile, load_profile
 from noether_nix.sandbox.supervisor import RunAs
 from noether_nix.settings import EngineSettings, settings
+from noether_nix.stdlib.registry import STDLIB
 from noether_nix.store.cache import PureCache
 from noether_nix.store.kv import KvStore
 from noether_nix.store.runs import RunStore
@@ -68,6 +71,16 @@ def engine_limits(config: EngineSettings, profile: Profile) -> Limits:
     return Limits.from_profile(profile, timeout_s=config.timeout_secs, max_output_bytes=config.max_output_bytes,
                                max_stderr_bytes=config.max_stderr_bytes, memory_bytes=config.memory_bytes,
                                max_pids=config.max_pids)
+
+
+def _fast_pure(stage: Stage) -> FastPure | None:
+    """What the fast path needs, for an in-process Pure stdlib stage without refinements."""
+    entry = STDLIB.get(stage.name or "") if is_stdlib(stage) else None
+    if entry is None or entry.category != "pure" or entry.impl is None:
+        return None
+    if outer_refinements(stage.input) or outer_refinements(stage.output):
+        return None
+    return FastPure(entry.impl, simple_types(stage.input))
 
 
 def _is_cancellation(e: BaseException) -> bool:
@@ -127,9 +140,11 @@ class Engine:
         if found is None:
             sandboxed = needs_sandbox(stage)
             kinds = set(stage.effects.kinds())
-            found = StageFacts(sandboxed=sandboxed, cost_cents=stage.effects.cost_cents(),
+            cost = stage.effects.cost_cents()
+            found = StageFacts(sandboxed=sandboxed, cost_cents=cost,
                                cacheable=sandboxed and EffectKind.PURE in kinds
-                               and kinds <= {EffectKind.PURE, EffectKind.FALLIBLE})
+                               and kinds <= {EffectKind.PURE, EffectKind.FALLIBLE},
+                               fast=None if sandboxed or cost else _fast_pure(stage))
             self._facts[stage.id] = found
         return found
 

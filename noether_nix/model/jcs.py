@@ -151,18 +151,109 @@ def jcs(value: Any) -> bytes:
     return "".join(out).encode("utf-8")
 
 
+_LEAVES = frozenset({str, bool, type(None)})
+_CONTAINERS = frozenset({list, dict})
+_C_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True, check_circular=False,
+                             allow_nan=False).encode
+
+
+def _plain(v: Any, depth: int = 0) -> bool:
+    """Whether ``v`` holds nothing but lists, dicts with text keys, text, booleans, null and
+    integers serde_json reads as integers: then the C encoder writes exactly the serde-compact
+    form (same escapes, keys in code point order = UTF-8 byte order), container by container
+    checked, not value by value."""
+    if depth > 64:
+        return False
+    t = type(v)
+    if t is list:
+        types = set(map(type, v))
+    elif t is dict:
+        if not set(map(type, v)) <= {str}:
+            return False
+        types = set(map(type, v.values()))
+        v = v.values()
+    else:
+        return t in _LEAVES or (t is int and _I64_MIN <= v <= _U64_MAX)
+    if not types <= _LEAVES | _CONTAINERS | {int}:
+        return False
+    if int in types:
+        ints = [x for x in v if type(x) is int]
+        if min(ints) < _I64_MIN or max(ints) > _U64_MAX:
+            return False
+    if types & _CONTAINERS:
+        return all(_plain(x, depth + 1) for x in v if type(x) in _CONTAINERS)
+    return True
+
+
 def serde_compact(value: Any, *, sort_keys: bool = True) -> bytes:
     """serde_json::to_vec of a value.
 
     ``sort_keys=True`` matches ``serde_json::Value`` (BTreeMap) objects;
     ``False`` keeps dict insertion order, for Rust structs whose field
-    order the caller has reproduced.
+    order the caller has reproduced. A value without floats (``_plain``)
+    is written by the C encoder.
     """
     if type(value) is str:  # the commonest stage value, hashed twice per stage call
         return _quote(value).encode("utf-8")
+    if sort_keys and type(value) in _CONTAINERS and _plain(value):
+        return _C_ENCODE(value).encode("utf-8")
     out: list[str] = []
     _encode(value, out, ryu_number, _plain_key if sort_keys else None)
     return "".join(out).encode("utf-8")
+
+
+def size_bounds(value: Any, depth: int = 0) -> tuple[int, int] | None:
+    """Cheap lower and upper bounds on ``len(serde_compact(value))`` for a list or dict of
+    JSON values (None for anything else, or nested past 64 levels), measured container
+    by container: a size check far from its limit needs no walk of every string."""
+    t = type(value)
+    if depth > 64:
+        return None
+    if t is list:
+        items = value
+        low = high = 2 + max(len(value) - 1, 0)
+    elif t is dict:
+        if not set(map(type, value)) <= {str}:
+            return None
+        keys = sum(map(len, value))
+        low = 2 + max(2 * len(value) - 1, 0) + keys + 2 * len(value)
+        high = low + 5 * keys
+        items = list(value.values())
+    else:
+        return None
+    types = set(map(type, items))
+    if not types <= _LEAVES | _CONTAINERS | {int, float}:
+        return None
+    if types == {str}:
+        strs = items
+    else:
+        strs = [x for x in items if type(x) is str] if str in types else []
+    chars = sum(map(len, strs))
+    low += chars + 2 * len(strs)
+    high += 6 * chars + 2 * len(strs)  # an escape is at most six bytes, a UTF-8 character four
+    nested = [x for x in items if type(x) in _CONTAINERS] if types & _CONTAINERS else []
+    scalars = len(items) - len(strs) - len(nested)
+    low += scalars
+    high += 26 * scalars  # a number's shortest form is at most 24 bytes
+    for x in nested:
+        inner = size_bounds(x, depth + 1)
+        if inner is None:
+            return None
+        low += inner[0]
+        high += inner[1]
+    return low, high
+
+
+def fits(value: Any, limit: int) -> bool:
+    """Whether ``serde_compact(value)`` is at most ``limit`` bytes: from ``size_bounds`` when
+    they decide, else counted by ``encoded_size`` (never encoded)."""
+    bounds = size_bounds(value)
+    if bounds is not None:
+        if bounds[1] <= limit:
+            return True
+        if bounds[0] > limit:
+            return False
+    return encoded_size(value, limit) <= limit
 
 
 def encoded_size(value: Any, limit: int) -> int:

@@ -7,7 +7,7 @@ import binascii
 from typing import Any
 
 from noether_nix.errors import NoetherError
-from noether_nix.model.jcs import encoded_size, serde_compact
+from noether_nix.model.jcs import fits, serde_compact
 from noether_nix.model.types import (
     AnyType,
     BoolType,
@@ -47,7 +47,7 @@ def size_text(n: int) -> str:
 def value_too_large(value: Any, limit: int, *, what: str, path: str | None = None) -> NoetherError | None:
     """The ``value_too_large`` error if ``value``'s JSON encoding is over ``limit`` bytes,
     else None; measured with an early stop (``model.jcs.encoded_size``), never serialised."""
-    if encoded_size(value, limit) <= limit:
+    if fits(value, limit):
         return None
     return NoetherError("value_too_large", f"{what} is larger than the {size_text(limit)} a value may have",
                         path=path, exit_code=3, details={"limit_bytes": limit},

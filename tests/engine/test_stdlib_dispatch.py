@@ -51,7 +51,12 @@ def failed(res: RunResult, code: str) -> dict[str, Any]:
 
 
 async def test_map_runs_the_named_stage_on_every_item_and_traces_each(engine: Engine) -> None:
+    # A Pure stdlib stage's calls are one summary entry; every call is traced on request.
     res = await run(engine, "map", {"items": ["a", "bc"], "stage_id": "text_upper"})
+    assert ok(res) == ["A", "BC"]
+    (inner,) = [e for e in res.trace["stages"] if e["name"] == "text_upper"]
+    assert inner["node_path"] == "root.items[*]" and inner["summary"]["calls"] == 2
+    res = await run(engine, "map", {"items": ["a", "bc"], "stage_id": "text_upper"}, trace="full")
     assert ok(res) == ["A", "BC"]
     inner = [e for e in res.trace["stages"] if e["name"] == "text_upper"]
     assert [e["node_path"] for e in inner] == ["root.items[0]", "root.items[1]"]
