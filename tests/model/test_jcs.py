@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from noether_nix.model.jcs import ecmascript_number, fits, jcs, ryu_number, serde_compact, size_bounds
+from noether_nix.model.jcs import (
+    ecmascript_number,
+    fits,
+    jcs,
+    ryu_number,
+    serde_compact,
+    size_bounds,
+)
 from tests.model.strategies import json_values
 
 
