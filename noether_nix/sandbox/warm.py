@@ -126,7 +126,12 @@ class WarmKey(msgspec.Struct, frozen=True):
 
 
 class WarmStartFailed(Exception):
-    pass
+    """A warm sandbox did not start. ``lasting``: the program cannot go warm here (its
+    calls go cold from now on); else only this start failed (this call goes cold)."""
+
+    def __init__(self, message: str, *, lasting: bool = True) -> None:
+        super().__init__(message)
+        self.lasting = lasting
 
 
 class _Events:
@@ -189,8 +194,9 @@ class WarmSandbox:
             if stderr is not None:
                 stderr.close()
             launch.finish()
-            if isinstance(e, OSError):
-                raise WarmStartFailed(f"cannot start bwrap: {e.strerror or e}") from None
+            if isinstance(e, (OSError, subprocess.SubprocessError)):  # a failing preexec is a SubprocessError
+                raise WarmStartFailed(f"cannot start bwrap: {getattr(e, 'strerror', None) or e}",
+                                      lasting=False) from None
             raise
         finally:
             theirs.close()
@@ -391,8 +397,9 @@ class WarmPool:
             sandbox = await WarmSandbox.start(key, argv, **how)
         except WarmStartFailed as e:
             self.counters["start_failures"] += 1
-            self.cold_keys[key] = str(e)
-            log.warning("warm_sandbox_unavailable", program=argv[0], why=str(e))
+            if e.lasting:
+                self.cold_keys[key] = str(e)
+            log.warning("warm_sandbox_unavailable", program=argv[0], why=str(e), lasting=e.lasting)
             return None
         except NoetherError:
             return None  # the same refusal comes from the cold path, where it is reported

@@ -426,7 +426,7 @@ async def test_a_huge_map_keeps_a_bounded_trace(engine: Engine, monkeypatch: pyt
     import noether_nix.engine.interpreter as engine_module
 
     monkeypatch.setattr(engine_module, "MAX_TRACE_ENTRIES", 10)
-    res = await run(engine, "map", {"items": ["a"] * 20, "stage_id": "text_upper"})
+    res = await run(engine, "map", {"items": ["a"] * 20, "stage_id": "text_upper"}, trace="full")
     assert ok(res) == ["A"] * 20
     assert len(res.trace["stages"]) == 10
     assert res.trace["dropped"]["entries"] == 11  # 20 inner calls and the map itself, 10 kept
