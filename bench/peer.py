@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import fmt, interleave, load, spawn_ms, stats  # noqa: E402
+from _timing import fmt, interleave, load, spawn_ms, stats
 
 ROOT = Path(__file__).resolve().parents[1]
 NOETHER = str(Path(sys.executable).parent / "noether")
