@@ -91,8 +91,16 @@
               # On NixOS the store belongs to nix-daemon; builds go through it.
               environment = { NIX_REMOTE = "daemon"; NOETHER_RUNTIME_SOURCE = "nixpkgs"; };
             };
-            users.users.noether = { isSystemUser = true; group = "noether"; home = "/var/lib/noether"; };
+            users.users = {
+              noether = { isSystemUser = true; group = "noether"; home = "/var/lib/noether"; };
+            } // builtins.listToAttrs (builtins.genList (i: {
+              # As systemd/noether.sysusers.conf: the dedicated users root-initiated sandboxes run as
+              # ("sandbox_uids" in sandboxes/default.json: base 80000, count 64).
+              name = "noether-sbx-${toString i}";
+              value = { isSystemUser = true; uid = 80000 + i; group = "noether-sbx"; description = "noether-nix sandbox ${toString i}"; };
+            }) 64);
             users.groups.noether = { };
+            users.groups.noether-sbx = { gid = 80000; };
             # As systemd/noether.sysusers.conf: members may use the socket (SocketGroup, allowed_groups).
             users.groups.noether-users = { };
             nix.settings.allowed-users = [ "noether" ];

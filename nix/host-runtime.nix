@@ -10,11 +10,15 @@
 #
 # The Python runtime bootstraps itself (the staged loader runs the staged
 # python); other runtimes are built by the Python runtime (`bootstrap`).
-{ src, name, bootstrap ? null, system ? builtins.currentSystem }:
+# `shell` (the bash runtime) is given when the runtime needs a launcher
+# script: Debian's node, whose externalized builtins it opens first.
+{ src, name, bootstrap ? null, shell ? null, system ? builtins.currentSystem }:
 derivation ({
   inherit name system src;
   PYTHONDONTWRITEBYTECODE = "1";
-} // (if bootstrap == null then {
+} // (if shell == null then {} else {
+  shell = builtins.storePath shell;
+}) // (if bootstrap == null then {
   builder = "${src}/lib/ld-linux-x86-64.so.2";
   args = [ "--library-path" "${src}/lib" "${src}/bin/python3" "-S" "${src}/relocate.py" ];
   PYTHONHOME = "${src}";

@@ -90,6 +90,12 @@ CATALOGUE: dict[str, Code] = {
     "invalid_manifest": Code(1, 500), "must_be_root": _INPUT,
     # EX_CONFIG: the host, not the daemon, needs fixing (the unit does not restart on it)
     "host_unusable": Code(78, 503),
+    # remote execution (REAPI cluster, noether worker, the launcher)
+    "invalid_reapi_url": _BAD_FLAG, "reapi_credentials_unreadable": _INPUT, "worker_config_unreadable": _INPUT,
+    "invalid_worker_config": _INPUT, "worker_register_failed": _HOST, "remote_unavailable": _HOST,
+    "remote_no_worker": _HOST, "remote_forbidden": Code(3, 403), "remote_error": _HOST,
+    "remote_failed": _EXECUTION, "remote_timed_out": _EXECUTION, "remote_refused": _EXECUTION,
+    "remote_operation_lost": _EXECUTION, "remote_bad_action": _INPUT, "remote_bad_result": _HOST,
 }
 #: Families of codes built from a status: ``signature_unsigned``, ``stage_timed_out``, …
 PREFIXES: dict[str, Code] = {"signature_": _POLICY, "stage_": _EXECUTION}

@@ -32,6 +32,23 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pass
 
 
+class RemoteSettings(_Section):
+    url: Annotated[str | None, _d(
+        "the REAPI v2 cluster: grpc://host:port, grpcs://host:port (TLS) or unix:/path; null: none")] = None
+    instance: Annotated[str, _d("its instance name")] = ""
+    tls_ca: Annotated[str | None, _d("PEM roots that verify the server (grpcs://); null: the system's")] = None
+    tls_cert: Annotated[str | None, _d("client certificate (PEM) for mutual TLS")] = None
+    tls_key: Annotated[str | None, _d("client key (PEM) for mutual TLS")] = None
+    token_file: Annotated[str | None, _d("a file holding a bearer token sent with every call")] = None
+    profile: Annotated[str, _d(
+        "the sandbox profile Actions are encoded for (set from engine.sandbox_profile; workers must run the "
+        "same)")] = "default"
+    queue_timeout_s: Annotated[float, _d(
+        "seconds an Action may wait for a worker that offers its platform (then remote_no_worker)")] = 600.0
+    reconnect_s: Annotated[float, _d(
+        "seconds to keep following an operation through a server that went away")] = 60.0
+
+
 class EngineSettings(_Section):
     isolation: Annotated[Literal["auto", "bwrap", "none"], _d(
         "auto (bwrap, refusing sandboxed stages when it is unusable), bwrap, or none")] = "auto"
@@ -60,6 +77,16 @@ class EngineSettings(_Section):
     pure_cache: Annotated[bool, _d("whether pure stages' results are cached")] = True
     pure_cache_max_entries: Annotated[int, _d("entries kept in the pure cache")] = 100_000
     refinement_checks: Annotated[bool, _d("whether refinement types are checked at run time")] = True
+    executor: Annotated[Literal["local", "remote"], _d(
+        "where sandboxed stage calls run: on this host (local), or as Actions on the REAPI cluster named by "
+        "engine.remote (remote; docs/scale-out.md)")] = "local"
+    remote: Annotated[RemoteSettings, _d("the REAPI cluster for executor remote")] = \
+        msgspec.field(default_factory=RemoteSettings)
+
+    def __post_init__(self) -> None:
+        if self.executor == "remote" and not self.remote.url:
+            raise NoetherError("invalid_config", 'engine.executor "remote" needs engine.remote.url '
+                               "(or --reapi URL, $NOETHER_REAPI)", path="engine.executor")
 
 
 class NixSettings(_Section):
@@ -158,6 +185,9 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
     "NOETHER_REGISTRY": ("registry", "url"),
     "NOETHER_API_KEY": ("registry", "api_key"),
     "NOETHER_REGISTRY_TIMEOUT_S": ("registry", "timeout_s"),
+    "NOETHER_EXECUTOR": ("engine", "executor"),
+    "NOETHER_REAPI": ("engine", "remote", "url"),
+    "NOETHER_REAPI_INSTANCE": ("engine", "remote", "instance"),
 }
 
 

@@ -11,7 +11,6 @@ import pytest
 
 from tests.sandbox_access import share_with_sandbox
 
-
 #: The fast tier (`./dev test --fast`): tests that need no Nix build, no sandbox, no
 #: daemon and no database — the model, graphs, the store, the pure stdlib, settings,
 #: and the interpreter against the in-memory executor (tests/fakes.py).
@@ -36,6 +35,29 @@ def noether_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     monkeypatch.delenv("NOETHER_SOCKET", raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(home))
     return home
+
+
+@pytest.fixture
+def local_http_server() -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 answering every GET with "  served locally \\n" (the network example's)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"  served locally \n")
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/"
+    finally:
+        srv.shutdown()
 
 
 @pytest.fixture

@@ -62,6 +62,8 @@ COMMANDS: tuple[tuple[str, str | None, str], ...] = (
     ("service", "noether_nix.cli.service_cmds", "install or remove the systemd service (as root)"),
     ("registry", "noether_nix.cli.registry_cmds", "serve a stage registry"),
     ("sandbox", "noether_nix.sandbox.cli", "run a command under an isolation policy"),
+    ("worker", "noether_nix.cli.worker_cmds", "serve stage calls from an REAPI cluster (Remote Workers API)"),
+    ("launch", "noether_nix.cli.worker_cmds", "run the stage call in the current directory (an REAPI Action's command)"),
 )
 #: Global options that take a value (so the word after them is not the command).
 _VALUED_GLOBALS = ("--socket", "--registry")
@@ -105,7 +107,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             if module not in registered:
                 registered.add(module)
                 mod = importlib.import_module(module)
-                if module.endswith(("daemon_cmds", "sandbox.cli")):
+                if module.endswith(("daemon_cmds", "sandbox.cli", "worker_cmds")):
                     mod.register(sub)
                 else:
                     mod.register(sub, common)

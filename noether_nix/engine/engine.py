@@ -124,9 +124,15 @@ class Engine:
     @property
     def executor(self) -> Executor:
         if self._executor is None:
-            self._executor = LocalExecutor(self.programs, profile=self.config.sandbox_profile,
-                                           warm_sandboxes=self.config.warm_sandboxes,
-                                           warm_idle_s=self.config.warm_idle_secs)
+            remote = self.config.remote
+            if self.config.executor == "remote":
+                from noether_nix.remote.executor import RemoteExecutor
+
+                self._executor = RemoteExecutor(msgspec.structs.replace(remote, profile=self.config.sandbox_profile))
+            else:
+                self._executor = LocalExecutor(self.programs, profile=self.config.sandbox_profile,
+                                               warm_sandboxes=self.config.warm_sandboxes,
+                                               warm_idle_s=self.config.warm_idle_secs)
         return self._executor
 
     @property

@@ -355,7 +355,7 @@ def _ms_since(started: float) -> int:
 
 def _extra(usage: Usage) -> dict[str, Any]:
     return {k: v for k, v in msgspec.structs.asdict(usage).items()
-            if v is not None and k in ("cpu_ms", "max_rss_kb", "build_ms", "isolation")}
+            if v is not None and k in ("cpu_ms", "max_rss_kb", "build_ms", "isolation", "cached", "remote")}
 
 
 def _entry(stage: Stage, path: str, status: Any, wall: int, in_hash: str, out_hash: str | None,

@@ -38,11 +38,15 @@ class Usage(msgspec.Struct, kw_only=True, omit_defaults=True):
     cpu_ms: int | None = None
     max_rss_kb: int | None = None
     build_ms: int | None = None
+    #: Served from the executor's cache (a remote ActionCache hit), and where it ran.
+    cached: bool | None = None
+    remote: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, outcome: StageOutcome) -> Usage:
         return cls(isolation=outcome.isolation, status=outcome.status, cpu_ms=outcome.cpu_ms,
-                   max_rss_kb=outcome.max_rss_kb, build_ms=outcome.build_ms)
+                   max_rss_kb=outcome.max_rss_kb, build_ms=outcome.build_ms, cached=outcome.cached or None,
+                   remote=outcome.remote)
 
 
 IN_PROCESS = Usage(isolation="in-process")

@@ -6,6 +6,11 @@ made relocatable by a sandboxed derivation (``nix/host-runtime.nix``).
 With nixpkgs available (``NOETHER_RUNTIME_SOURCE=nixpkgs``) the same
 interface builds pinned nixpkgs runtimes instead.
 
+A node built the Debian way reads some of its builtins at start from
+``/usr/share/nodejs`` (externalized builtins: acorn, cjs-module-lexer,
+undici); the import carries them in the runtime and points node at them
+(``externalize_node_builtins``).
+
 Each runtime is built once per host interpreter (keyed by its bytes) and
 kept alive by a machine-wide GC root (see ``runtime_roots_dir``), which is
 also the index: any ``$NOETHER_HOME`` finds an existing runtime in ~1 ms.
@@ -85,6 +90,72 @@ for root, dirs, files in os.walk(out):
         if not os.path.islink(p):
             os.chmod(p, os.stat(p).st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 '''
+
+
+# Debian's nodejs is built with --shared-builtin-*-path: libnode names files under
+# /usr/share/nodejs that node reads when it starts, and aborts without
+# ("Cannot load externalized builtin"). Neither the sandbox nor Nix's build
+# sandbox has /usr/share/nodejs, and a store path is longer than that prefix,
+# so the import copies those files into the runtime's share/nodejs and
+# rewrites each name, in place, to /proc/self/fd/9/…: bin/node becomes a
+# launcher that opens share/nodejs as fd 9, then execs the real node
+# (bin/.node-wrapped). Only NUL-delimited C strings are rewritten (the copy
+# of the build's configuration in process.config keeps the old names).
+NODE_SHARE = b"/usr/share/nodejs/"
+NODE_BUILTINS_FD = 9
+_NODE_FD_PREFIX = f"/proc/self/fd/{NODE_BUILTINS_FD}/".encode()
+_NODE_EXTERNAL = re.compile(rb"(?<=\x00)/usr/share/nodejs/[\x21-\x7e]+?\.js(?=\x00)")
+# The externalized builtins of Debian 12's node 18, for the staleness key only
+# (the import finds the actual list in libnode).
+_NODE_KNOWN_EXTERNALS = ("cjs-module-lexer/lexer.js", "cjs-module-lexer/dist/lexer.js", "undici/undici-fetch.js",
+                         "acorn/dist/acorn.js", "acorn-walk/dist/walk.js")
+# Appended to relocate.py for such a node: the launcher (it needs $out and the
+# bash runtime, so it is written by the builder).
+NODE_LAUNCHER_PY = r'''
+bindir = os.path.join(out, "bin")
+os.chmod(bindir, os.stat(bindir).st_mode | stat.S_IWUSR)
+with open(os.path.join(bindir, "node"), "w") as f:
+    f.write("#!%s/bin/bash\n"
+            "# Debian's node reads some builtins at start from /usr/share/nodejs; this runtime\n"
+            "# carries them in share/nodejs, and its libnode names them /proc/self/fd/%d/...\n"
+            "exec %d<%s/share/nodejs\n"
+            "exec %s/bin/.node-wrapped \"$@\"\n"
+            % (os.environ["shell"], NODE_FD, NODE_FD, out, out))
+os.chmod(os.path.join(bindir, "node"), 0o555)
+os.chmod(bindir, os.stat(bindir).st_mode & ~stat.S_IWUSR)
+'''.replace("NODE_FD", str(NODE_BUILTINS_FD))
+
+
+def externalize_node_builtins(staging: Path, host: Path = Path("/")) -> bool:
+    """Carry the host node's externalized builtins into ``staging`` (see
+    ``NODE_SHARE``); True when there were any (bin/node must then be the
+    launcher, and the real binary ``bin/.node-wrapped``). ``host``: where the
+    host's file system is (tests)."""
+    found = False
+    for elf in [staging / "bin" / "node", *sorted((staging / "lib").glob("libnode.so*"))]:
+        data = elf.read_bytes()
+        names = sorted(set(_NODE_EXTERNAL.findall(data)))
+        for name in names:
+            rel = name[len(NODE_SHARE):].decode()
+            source = host / name.decode().lstrip("/")
+            if ".." in rel.split("/") or not source.is_file():
+                raise NoetherError("runtime_unavailable", f"the host's node reads {name.decode()} when it starts, "
+                                   "and there is no such file", path=name.decode(),
+                                   hint="reinstall Debian's nodejs and its dependencies "
+                                   "(apt-get install --reinstall nodejs libnode108 node-acorn node-undici "
+                                   "node-cjs-module-lexer)")
+            dest = staging / "share" / "nodejs" / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, dest)
+            new = _NODE_FD_PREFIX + name[len(NODE_SHARE):]
+            data = data.replace(b"\x00" + name + b"\x00", b"\x00" + new + b"\x00" * (len(name) - len(new) + 1))
+        if names:
+            os.chmod(elf, os.stat(elf).st_mode | 0o200)
+            elf.write_bytes(data)
+            found = True
+    if found:
+        os.rename(staging / "bin" / "node", staging / "bin" / ".node-wrapped")
+    return found
 
 
 class Runtime(msgspec.Struct, frozen=True):
@@ -170,6 +241,8 @@ def _fingerprint(language: str, binary: Path) -> str:
     extra = [Path(d) for d in _HOST_LIB_DIRS if os.path.isdir(d)]
     if language == "python":
         extra.append(Path("/usr/lib") / binary.name)
+    if language == "javascript":
+        extra += [Path(NODE_SHARE.decode()) / rel for rel in _NODE_KNOWN_EXTERNALS]
     for p in (binary, *extra):
         with contextlib.suppress(OSError):
             st = p.stat()
@@ -177,8 +250,9 @@ def _fingerprint(language: str, binary: Path) -> str:
     return h.hexdigest()[:20]
 
 
-def stage_host_runtime(language: str, staging: Path) -> None:
-    """Copy the interpreter, its tree and its library closure into ``staging``."""
+def stage_host_runtime(language: str, staging: Path) -> bool:
+    """Copy the interpreter, its tree and its library closure into ``staging``.
+    True when the runtime needs the bash runtime (a node launcher, see ``NODE_SHARE``)."""
     binary = _host_binary(language)
     if staging.exists():
         shutil.rmtree(staging)
@@ -206,6 +280,7 @@ def stage_host_runtime(language: str, staging: Path) -> None:
     if language == "python":
         libs |= _manylinux_libs()
     _copy_libs(libs, staging / "lib")
+    launcher = language == "javascript" and externalize_node_builtins(staging)
     patchelf = shutil.which("patchelf")
     if patchelf is None:
         raise NoetherError("patchelf_missing", "patchelf is needed to import a runtime offline",
@@ -213,7 +288,8 @@ def stage_host_runtime(language: str, staging: Path) -> None:
     (staging / "tools").mkdir()
     shutil.copy2(os.path.realpath(patchelf), staging / "tools" / "patchelf")
     _copy_libs(ldd_closure([Path(patchelf)]), staging / "tools" / "lib")
-    (staging / "relocate.py").write_text(RELOCATE_PY)
+    (staging / "relocate.py").write_text(RELOCATE_PY + (NODE_LAUNCHER_PY if launcher else ""))
+    return launcher
 
 
 def runtime_roots_dir() -> Path:
@@ -291,10 +367,12 @@ def _ensure_host_runtime(lang: str) -> Runtime:
         return found
     bootstrap = None if lang == "python" else ensure_runtime("python").store_path
     staging = private_dir(noether_home() / "staging") / f"{lang}-{key}"
-    stage_host_runtime(lang, staging)
+    needs_shell = stage_host_runtime(lang, staging)
     strs = {"name": f"noether-runtime-{lang}"}
     if bootstrap:
         strs["bootstrap"] = bootstrap
+    if needs_shell:
+        strs["shell"] = ensure_runtime("bash").store_path
     try:
         out = nix_build(nix_expr("host-runtime.nix"), {"src": str(staging)}, strs, root)
     finally:

@@ -245,6 +245,19 @@ def access_hint(path: str, *, writable: bool) -> str:
     return f"let the sandbox users read it: chgrp {SANDBOX_GROUP} {path} && chmod g+rX {path} (or chmod o+rX)"
 
 
+def sandbox_access_problem(st: os.stat_result, path: str, *, writable: bool, gid: int) -> tuple[str, str] | None:
+    """Why a dedicated sandbox user could not use ``path`` (``st``: its stat) as a bind,
+    and the fix; None when it can: its own permission bits, then every directory above it."""
+    why = access_refusal(st, writable=writable, gid=gid)
+    if why is not None:
+        return why, access_hint(path, writable=writable)
+    blocked = reach_refusal(path, gid=gid)
+    if blocked is not None:
+        return blocked[1], (f"chmod o+x {blocked[0]} (or chgrp {SANDBOX_GROUP} and chmod g+x), or use a path "
+                            "outside it")
+    return None
+
+
 def check_grant_access(grants: list[str], *, writable: bool, run_as: RunAs | None, flag: str) -> None:
     """Before a run: refuse a file grant the run's dedicated sandbox user
     could not use (runs started by root; other runs use the starter's rights)."""
@@ -257,12 +270,6 @@ def check_grant_access(grants: list[str], *, writable: bool, run_as: RunAs | Non
             st = os.stat(path)
         except OSError as e:
             raise NoetherError("invalid_grant", f"cannot grant {grant}: {e.strerror}", path=flag) from None
-        why = access_refusal(st, writable=writable, gid=gid)
-        if why is not None:
-            raise NoetherError("invalid_grant", f"cannot grant {grant}: {why}", path=flag,
-                               hint=access_hint(path, writable=writable))
-        blocked = reach_refusal(path, gid=gid)
-        if blocked is not None:
-            raise NoetherError("invalid_grant", f"cannot grant {grant}: {blocked[1]}", path=flag,
-                               hint=f"chmod o+x {blocked[0]} (or chgrp {SANDBOX_GROUP} and chmod g+x), or grant a "
-                               "path outside it")
+        problem = sandbox_access_problem(st, path, writable=writable, gid=gid)
+        if problem is not None:
+            raise NoetherError("invalid_grant", f"cannot grant {grant}: {problem[0]}", path=flag, hint=problem[1])

@@ -38,11 +38,9 @@ from noether_nix.sandbox.env import args_fd, check_env, setenv_args
 from noether_nix.sandbox.identity import (
     RunAs,
     UidLease,
-    access_hint,
-    access_refusal,
     acquire,
     needs_dedicated_uid,
-    reach_refusal,
+    sandbox_access_problem,
 )
 from noether_nix.sandbox.policy import IsolationPolicy, Limits
 from noether_nix.sandbox.profile import Profile
@@ -262,14 +260,10 @@ def _check_bind_access(policy: IsolationPolicy, fds: BindFds, gid: int) -> None:
             host, writable = (policy.ro_binds if kind == "ro" else policy.rw_binds)[i].host, kind == "rw"
         if host == "/nix/store" or host.startswith("/nix/store/"):
             continue
-        why = access_refusal(os.fstat(fd), writable=writable, gid=gid)
-        if why is not None:
-            raise NoetherError("invalid_policy_path", f"cannot bind {host}: {why}", path=host,
-                               hint=access_hint(host, writable=writable))
-        blocked = reach_refusal(host, gid=gid)
-        if blocked is not None:
-            raise NoetherError("invalid_policy_path", f"cannot bind {host}: {blocked[1]}", path=host,
-                               hint=f"chmod o+x {blocked[0]}, or use a path outside it")
+        problem = sandbox_access_problem(os.fstat(fd), host, writable=writable, gid=gid)
+        if problem is not None:
+            raise NoetherError("invalid_policy_path", f"cannot bind {host}: {problem[0]}", path=host,
+                               hint=problem[1])
 
 
 def prepare_launch(argv: list[str], *, policy: IsolationPolicy, limits: Limits, isolation: Isolation,

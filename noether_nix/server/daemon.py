@@ -43,6 +43,9 @@ from noether_nix.service.context import Peer
 from noether_nix.settings import Settings
 
 log = get_logger("noether.daemon")
+#: How long stopping waits, once the grace period is over, for cancelled runs to end
+#: and their clients to get their last line: the unit's TimeoutStopSec is grace + this + margin.
+STOP_AFTER_CANCEL_S = 6.0
 
 
 def _group_ids(names: list[str]) -> set[int]:
@@ -146,12 +149,13 @@ class Daemon:
             log.info("daemon_stopping", runs=len(self.runs.runs), grace_s=self.config.grace_s)
             with trio.move_on_after(self.config.grace_s):
                 await self.runs.wait_all()
-            # Runs still going are cancelled; each ends only once its sandboxes are gone.
+            # Runs still going are cancelled; each ends only once its sandboxes are gone
+            # (a cancelled sandbox is drained within seconds).
             self.runs.cancel_all()
-            with trio.move_on_after(self.config.grace_s):
+            with trio.move_on_after(STOP_AFTER_CANCEL_S):
                 await self.runs.wait_all()
             # Their clients get the last lines (a cancelled run's result) before connections close.
-            with trio.move_on_after(self.config.send_timeout_s):
+            with trio.move_on_after(STOP_AFTER_CANCEL_S):
                 for streamed in list(self.streams):
                     await streamed.closed.wait()
             front.cancel()
@@ -268,7 +272,7 @@ class Daemon:
 
 def run_daemon(config: Settings) -> int:
     setup(config.log_level)
-    _take_host(require_limits=not config.sandbox.allow_without_limits)
+    _take_host(require_limits=not config.sandbox.allow_without_limits, isolation=config.engine.isolation)
     listeners = systemd.listen_fds()
     path = None
     if not listeners:
@@ -290,14 +294,14 @@ def run_daemon(config: Settings) -> int:
     return 0
 
 
-def _take_host(*, require_limits: bool) -> None:
+def _take_host(*, require_limits: bool, isolation: str) -> None:
     """Move into the delegated cgroup's leaf (v2), then refuse to start on a
-    host whose Nix store or limits are unusable (``server/preflight.py``)."""
+    host whose Nix store, sandbox or limits are unusable (``server/preflight.py``)."""
     delegated = claim_v2()
     if delegated is not None:
         log.info("cgroup_delegated", cgroup=str(delegated))
     try:
-        refuse_if_unusable(require_limits=require_limits)
+        refuse_if_unusable(require_limits=require_limits, isolation=isolation)
     except NoetherError as e:
         systemd.notify(f"STATUS={e}")
         raise

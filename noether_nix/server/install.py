@@ -8,6 +8,14 @@ records each one with its hash in a root-owned manifest. :func:`uninstall`
 removes exactly what the manifest lists and is unchanged since, and leaves
 everything else: the state directory and its store, the accounts, a
 ``daemon.json`` the operator edited, the Nix store.
+
+The sysusers snippet also declares the dedicated sandbox users
+(``noether-sbx-0…63``, group ``noether-sbx``: who a sandbox started by root
+is, ``sandbox/identity.py``) and the tmpfiles snippet their lock directory
+``/run/noether-sandbox-uids``; install checks the users came out as the
+sandbox profile expects. Accounts are never removed: files and processes
+may still carry their uids, and a uid handed to another account later would
+own them.
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ from typing import Any
 import msgspec
 
 from noether_nix.errors import NoetherError
+from noether_nix.sandbox.bwrap import bwrap_works, find_bwrap
+from noether_nix.sandbox.identity import check_range
+from noether_nix.sandbox.profile import load_profile
 from noether_nix.settings import Settings
 
 UNITS = ("noether.service", "noether.socket", "noether-run@.service", "noether-run@.timer")
@@ -36,7 +47,7 @@ DEFAULT_SOCKET_GROUP = "noether-users"
 NIX_GROUP = "nix-users"  # Debian's group for nix-daemon's socket (nix-setup-systemd)
 MANIFEST = "etc/noether/install-manifest.json"
 #: Directories the tmpfiles snippet creates that uninstall may remove (when empty); /var/lib/noether stays.
-TMPFILES_DIRS = ("etc/noether", "etc/noether/graphs")
+TMPFILES_DIRS = ("etc/noether", "etc/noether/graphs", "run/noether-sandbox-uids")
 CONFIG = "etc/noether/daemon.json"
 #: Run by the root daemon's unit on cgroup v1 hosts; `+` = as root, outside the sandboxing.
 DELEGATE_HOOK = "ExecStartPre=+{noether} service delegate --user {user}"
@@ -195,8 +206,8 @@ def plan_install(opts: InstallOptions) -> tuple[list[PlannedFile], list[str]]:
             text = text.replace("Group=noether", f"Group={_primary_group(opts.user)}")
         files.append(PlannedFile(f"etc/systemd/system/{unit}", text))
     sysusers = (src / "noether.sysusers.conf").read_text()
-    if opts.user != DEFAULT_USER:  # an existing account: only the socket group may need creating
-        sysusers = "\n".join(ln for ln in sysusers.splitlines() if not ln.startswith("u ")) + "\n"
+    if opts.user != DEFAULT_USER:  # an existing account: not the daemon's (the sandbox users still)
+        sysusers = "\n".join(ln for ln in sysusers.splitlines() if not ln.startswith(f"u {DEFAULT_USER} ")) + "\n"
     sysusers = sysusers.replace(f"g {DEFAULT_SOCKET_GROUP} ", f"g {opts.socket_group} ")
     if opts.user != DEFAULT_USER and opts.user != "root" and _uid_of(opts.user) is None:
         raise NoetherError("usage", f"no user named {opts.user!r}: create it first, or omit --user "
@@ -264,6 +275,24 @@ def _need_root(root: Path) -> None:
                            hint="run it with sudo")
 
 
+def sandbox_users_problem() -> str | None:
+    """Why root-initiated sandboxes could not run as the dedicated sandbox users
+    of the default profile on this host, or None."""
+    try:
+        uids = load_profile("default").sandbox_uids
+        gid, users = check_range(uids)
+    except NoetherError as e:
+        return f"{e.message} ({e.hint})" if e.hint else e.message
+    path = find_bwrap()
+    if path is None:
+        return "bubblewrap is not installed (apt-get install bubblewrap): every sandboxed stage is refused"
+    ok, why = bwrap_works(path, as_uid=users[0], as_gid=gid)
+    if not ok:
+        return (f"bwrap cannot create its sandbox as a sandbox user (uid {users[0]}): {why}; runs started by root "
+                "are refused (unprivileged user namespaces must be enabled: user.max_user_namespaces > 0)")
+    return None
+
+
 def apply_install(opts: InstallOptions,
                   run: Callable[[list[str]], None] = _run) -> dict[str, Any]:
     root = Path(opts.root)
@@ -288,6 +317,9 @@ def apply_install(opts: InstallOptions,
         written.append("/" + f.path)
     if live:
         run(["systemd-sysusers", str(root / accounts[0].path)])
+        problem = sandbox_users_problem()
+        if problem is not None:
+            warnings.append(f"sandbox users: {problem}")
     for f in rest:
         if _write(root, f, manifest):
             written.append("/" + f.path)
@@ -347,6 +379,11 @@ def uninstall(root_dir: str = "/", run: Callable[[list[str]], None] = _run) -> d
             (root / d).rmdir()  # only if empty
     if _systemd_running(root):
         run(["systemctl", "daemon-reload"])
-    kept += [f"user {manifest.user} and group {manifest.socket_group} (accounts are never reused safely)",
+    kept += [f"user {manifest.user}, group {manifest.socket_group} and the sandbox users noether-sbx-0…63 "
+             "(group noether-sbx): accounts are never removed, their uids may still own files",
              "/var/lib/noether (the store, runs and keys)", "the Nix store"]
+    locks = root / "run/noether-sandbox-uids"
+    if locks.is_dir():
+        kept.append("/run/noether-sandbox-uids (lock files of sandbox users, which runs may still hold; "
+                    "/run is emptied at boot)")
     return {"removed": removed, "kept": kept}

@@ -1,10 +1,11 @@
 """What the daemon checks about its host before it serves anyone.
 
-A daemon whose Nix store is unusable, or that has no way to cap a stage's
-memory and processes, would accept every run and fail each one later (or,
-without limits, run it unbounded). :func:`preflight_host` names those
-problems up front; the daemon refuses to start with them (exit status
-:data:`EXIT_HOST_UNUSABLE`, which the unit does not restart on).
+A daemon whose Nix store is unusable, whose bwrap cannot build a sandbox,
+or that has no way to cap a stage's memory and processes, would accept
+every run and fail each one later (or, without limits, run it unbounded).
+:func:`preflight_host` names those problems up front; the daemon refuses to
+start with them (exit status :data:`EXIT_HOST_UNUSABLE`, which the unit
+does not restart on).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import shutil
 import socket
 
 from noether_nix.errors import NoetherError
+from noether_nix.sandbox.bwrap import bwrap_works, find_bwrap
 from noether_nix.sandbox.cgroups import ROOT, _own_paths, mechanisms
 
 #: EX_CONFIG: the host, not the daemon, needs fixing (noether.service has RestartPreventExitStatus=78).
@@ -95,19 +97,52 @@ def check_limits() -> NoetherError | None:
              "its ExecStartPre hands the service its memory and pids cgroups), or as root")
 
 
-def preflight_host(*, require_limits: bool = True) -> list[NoetherError]:
+#: What a failed probe's message points at, and the fix.
+_BWRAP_HINTS = (
+    ("hostname", "a seccomp filter refuses sethostname (systemd's ProtectHostname=yes does): remove it from the "
+                 "unit; the units `noether service install` writes do not set it"),
+    ("max_user_namespaces", "/proc/sys is read-only here (in a container: systemd-nspawn needs "
+                            "SYSTEMD_NSPAWN_API_VFS_WRITABLE=yes)"),
+    ("namespace", "enable unprivileged user namespaces (sysctl user.max_user_namespaces > 0, "
+                  "kernel.unprivileged_userns_clone=1) and let the unit create namespaces (no RestrictNamespaces=)"),
+)
+
+
+def check_sandbox(isolation: str = "auto") -> NoetherError | None:
+    """Can bwrap build the sandbox every sandboxed stage needs (as this
+    process, and as an unprivileged user when a root daemon starts sandboxes
+    for its peers)? ``isolation: none`` needs no sandbox."""
+    if isolation == "none":
+        return None
+    path = find_bwrap()
+    if path is None:
+        return NoetherError("isolation_unavailable", "bubblewrap (bwrap) is not installed: every sandboxed stage "
+                            "would be refused", hint="apt-get install bubblewrap")
+    probes: list[tuple[int | None, str]] = [(None, "")]
+    if os.geteuid() == 0:
+        probes.append((65534, " as an unprivileged user (the peers' and sandbox users' sandboxes)"))
+    for uid, who in probes:
+        ok, why = bwrap_works(path, as_uid=uid, as_gid=uid)
+        if not ok:
+            hint = next((h for key, h in _BWRAP_HINTS if key in why.lower()), "see `noether doctor`")
+            return NoetherError("isolation_unavailable", f"bwrap ({path}) cannot build a sandbox{who}: {why}",
+                                path=path, hint=hint)
+    return None
+
+
+def preflight_host(*, require_limits: bool = True, isolation: str = "auto") -> list[NoetherError]:
     """The problems that make this host unable to run sandboxed stages as
     configured; empty when it can. ``require_limits=False`` when the operator
     accepted running without cgroup limits."""
-    problems = [check_nix_store()]
+    problems = [check_nix_store(), check_sandbox(isolation)]
     if require_limits:
         problems.append(check_limits())
     return [p for p in problems if p is not None]
 
 
-def refuse_if_unusable(*, require_limits: bool = True) -> None:
+def refuse_if_unusable(*, require_limits: bool = True, isolation: str = "auto") -> None:
     """Raise one error naming every problem ``preflight_host`` finds."""
-    problems = preflight_host(require_limits=require_limits)
+    problems = preflight_host(require_limits=require_limits, isolation=isolation)
     if not problems:
         return
     raise NoetherError("host_unusable", "the daemon cannot run stages on this host: "

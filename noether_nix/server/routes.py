@@ -22,6 +22,7 @@ from noether_nix.errors import NoetherError, http_status
 from noether_nix.logs import get_logger
 from noether_nix.server.http import HttpConnection, SendState
 from noether_nix.server.protocol import Request, envelope
+from noether_nix.server.runs import RunHandle
 from noether_nix.server.stream import StreamedRun
 from noether_nix.service import endpoints as ep
 from noether_nix.service.context import Context, Peer
@@ -65,7 +66,9 @@ class Router:
                                     parse_qs(target.query, keep_blank_values=True), body)
             if endpoint.stream:
                 assert isinstance(params, Run)
-                handle = await self.daemon.runs.submit(ctx, params)
+                handle = await self._admit(http, ctx, params)
+                if handle is None:  # the client left while its run waited for a slot
+                    return False
                 streamed = StreamedRun(http, handle, fail)
                 self.daemon.streams.add(streamed)
                 try:
@@ -93,6 +96,21 @@ class Router:
             if http.state is SendState.IDLE:
                 await fail(NoetherError("internal_error", f"internal error: {type(e).__name__}: {e}", exit_code=3))
             return False
+
+
+    async def _admit(self, http: HttpConnection, ctx: Context, params: Run) -> RunHandle | None:
+        """Submit the run; a client that goes away while its run waits for a slot gives up its place."""
+        handle: RunHandle | None = None
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                await http.wait_closed()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            handle = await self.daemon.runs.submit(ctx, params)
+            nursery.cancel_scope.cancel()
+        return handle
 
 
 def _json_body(req: Request) -> Any:

@@ -47,7 +47,8 @@ class _Connection(sqlite3.Connection):
 
 def connect(path: Path) -> sqlite3.Connection:
     try:
-        _private(path)
+        if str(path) != ":memory:":  # an in-memory database has no file to keep private
+            _private(path)
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                check_same_thread=False, factory=_Connection)
         conn.execute("PRAGMA journal_mode=WAL")

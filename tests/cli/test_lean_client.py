@@ -65,8 +65,9 @@ def test_run_through_a_daemon_is_a_lean_client(tmp_path: Path) -> None:
 def test_help_lists_every_command_without_loading_them(tmp_path: Path) -> None:
     proc, modules = loaded(tmp_path, "--help")
     assert proc.returncode == 0
+    shown = " ".join(proc.stdout.split())  # argparse wraps long help lines
     for name, _module, help_text in COMMANDS:
-        assert name in proc.stdout and help_text in proc.stdout
+        assert name in shown and help_text in shown, name
     assert heavy(modules) == []
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import shutil
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -59,24 +57,9 @@ def test_fs_paths_must_exist_before_running() -> None:
     assert err["error"]["code"] == "execution failed" or "does not exist" in err["error"]["message"]
 
 
-def test_network_stage_reaches_a_local_server() -> None:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"  served locally \n")
-
-        def log_message(self, *a: Any) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{srv.server_address[1]}/"
-        out, _ = run("network.json", "--input", json.dumps({"url": url}))
-        assert out["data"]["output"] == "served locally"
-    finally:
-        srv.shutdown()
+def test_network_stage_reaches_a_local_server(local_http_server: str) -> None:
+    out, _ = run("network.json", "--input", json.dumps({"url": local_http_server}))
+    assert out["data"]["output"] == "served locally"
 
 
 @pytest.mark.parametrize(("budget", "rc"), [("12", 0), ("10", 2)])

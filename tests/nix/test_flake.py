@@ -74,6 +74,10 @@ def test_nixos_module_enables_the_socket_activated_service() -> None:
     defaults = json.loads((ROOT / "systemd" / "daemon.json").read_text())
     assert daemon_json == {**defaults, "max_queued_runs": 8}  # the file `noether service install` writes, overlaid
     assert cfg["users"]["groups"]["noether-users"] == {}  # the socket's group, as in the sysusers snippet
+    # The sandbox users, as in the sysusers snippet (root-initiated sandboxes run as them).
+    sbx = {k: v for k, v in cfg["users"]["users"].items() if k.startswith("noether-sbx-")}
+    assert len(sbx) == 64 and sbx["noether-sbx-63"]["uid"] == 80063 and sbx["noether-sbx-0"]["group"] == "noether-sbx"
+    assert cfg["users"]["groups"]["noether-sbx"] == {"gid": 80000}
     assert cfg["systemd"]["tmpfiles"]["packages"] == ["/standin/noether"]
     disabled = module.replace("enable = true", "enable = false")
     assert nix_eval(f"{disabled}.config") == {}

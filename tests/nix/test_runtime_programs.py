@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+from pathlib import Path
 
 import pytest
 import trio
@@ -177,3 +178,50 @@ def test_programs_survive_garbage_collection() -> None:
     assert not os.path.exists(prog.store_path)
     # The runtime is rooted on its own and survives both collections.
     assert os.path.exists(ensure_runtime("python").interpreter)
+
+
+def test_debian_node_externalized_builtins_are_carried_and_renamed(tmp_path: Path) -> None:
+    """Debian's node (--shared-builtin-*-path) reads /usr/share/nodejs/… at start: the import copies those
+    files into the runtime and renames each C string, in place, to the launcher's fd. The end-to-end run
+    with Debian's own node 18 is in tests/system (test_javascript_examples)."""
+    from noether_nix.nix.runtime import NODE_BUILTINS_FD, externalize_node_builtins
+
+    host = tmp_path / "host"
+    for rel, text in (("acorn/dist/acorn.js", "acorn"), ("undici/undici-fetch.js", "undici")):
+        (host / "usr/share/nodejs" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (host / "usr/share/nodejs" / rel).write_text(text)
+    staging = tmp_path / "staging"
+    (staging / "bin").mkdir(parents=True)
+    (staging / "lib").mkdir()
+    (staging / "bin/node").write_bytes(b"\x7fELF main")
+    config = b'"NODE_SHARED_BUILTIN_ACORN_PATH=/usr/share/nodejs/acorn/dist/acorn.js", '
+    lib = (b"\x7fELF\x00Cannot load externalized builtin\x00/usr/share/nodejs/acorn/dist/acorn.js\x00\x00"
+           b"internal/deps/acorn\x00/usr/share/nodejs/undici/undici-fetch.js\x00" + config)
+    (staging / "lib/libnode.so.108").write_bytes(lib)
+    assert externalize_node_builtins(staging, host)
+    patched = (staging / "lib/libnode.so.108").read_bytes()
+    assert len(patched) == len(lib)  # in place: nothing moves
+    fd = f"/proc/self/fd/{NODE_BUILTINS_FD}/".encode()
+    assert b"\x00" + fd + b"acorn/dist/acorn.js\x00" in patched
+    assert b"\x00" + fd + b"undici/undici-fetch.js\x00" in patched
+    assert patched.endswith(config)  # process.config's JSON is left alone
+    assert (staging / "share/nodejs/acorn/dist/acorn.js").read_text() == "acorn"
+    assert (staging / "share/nodejs/undici/undici-fetch.js").read_text() == "undici"
+    assert (staging / "bin/.node-wrapped").read_bytes() == b"\x7fELF main" and not (staging / "bin/node").exists()
+
+    # A builtin the host lacks is an import error naming it, not a node that aborts in every sandbox.
+    (host / "usr/share/nodejs/undici/undici-fetch.js").unlink()
+    (staging / "bin/.node-wrapped").rename(staging / "bin/node")
+    (staging / "lib/libnode.so.108").write_bytes(lib)
+    with pytest.raises(NoetherError, match=r"undici-fetch\.js when it starts"):
+        externalize_node_builtins(staging, host)
+
+
+def test_a_node_without_externalized_builtins_is_imported_as_it_is(tmp_path: Path) -> None:
+    from noether_nix.nix.runtime import externalize_node_builtins
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "bin/node").write_bytes(b"\x7fELF static node, no /usr/share/nodejs paths\x00")
+    assert not externalize_node_builtins(tmp_path, tmp_path)
+    assert (tmp_path / "bin/node").exists()

@@ -11,13 +11,11 @@ sandboxed stage, budget refusals, a failing stage and a timeout.
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -167,25 +165,6 @@ def test_concurrent_graphs_run_the_same(both: Both, specs: Path, name: str) -> N
         assert got["error_code"] == "budget_exceeded" and got["status"] is None
 
 
-@pytest.fixture
-def local_server() -> Iterator[str]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"  served locally \n")
-
-        def log_message(self, *a: Any) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/"
-    finally:
-        srv.shutdown()
-
-
 def example_cases(url: str) -> dict[str, tuple[list[str], int]]:
     return {
         "hello.json": ([], 0),
@@ -196,13 +175,13 @@ def example_cases(url: str) -> dict[str, tuple[list[str], int]]:
     }
 
 
-def test_every_example_runs_the_same(both: Both, local_server: str) -> None:
+def test_every_example_runs_the_same(both: Both, local_http_server: str) -> None:
     base = Path("/var/tmp/noether-example")  # files.json's paths
     shutil.rmtree(base, ignore_errors=True)
     (base / "out").mkdir(parents=True)
     share_with_sandbox(base / "out", writable=True)  # as the example's description says, for root
     (base / "in.txt").write_text("hello files\n")
-    cases = example_cases(local_server)
+    cases = example_cases(local_http_server)
     assert set(cases) == {p.name for p in EXAMPLES.glob("*.json")}, "a new example needs a parity case"
     for name, (args, rc) in cases.items():
         got = assert_same(both, EXAMPLES / name, args, rc)

@@ -485,3 +485,70 @@ def test_a_disallowed_peer_holds_no_slot_for_the_header_timeout(tmp_path: Path) 
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_a_detached_run_holds_no_connection_slot(tmp_path: Path) -> None:
+    # One connection per peer: while a detached run goes on without its client,
+    # that client's peer can still connect (the run is the daemon's, not the connection's).
+    proc, sock = start(tmp_path, {"max_connections_per_peer": 1})
+    try:
+        c = Client(str(sock))
+        spec = {"name": "slow_echo", "input": "Any", "output": "Any", "effects": ["NonDeterministic"],
+                "implementation": "import time\ndef execute(x):\n    time.sleep(3)\n    return x\n"}
+        assert c.request("POST", "/v1/stages", {"spec": spec, "build": True})[0] == 200
+        graph = {"description": "d", "version": "1", "root": {"op": "Stage", "id": "slow_echo"}}
+        events = c.run(graph, "later", {"detach": True})
+        run_id = next(events)["run_id"]
+        events.close()
+        deadline = time.monotonic() + 5  # the daemon sees the client leave a moment later
+        while (got := c.request("GET", "/v1/health"))[0] == 429 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status, health = got
+        assert status == 200 and health["data"]["runs_in_flight"] == 1  # still running, and we got in
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            run = c.request("GET", f"/v1/runs/{run_id}")[1]["data"]
+            if run["status"] != "running":
+                break
+            time.sleep(0.2)
+        assert run["status"] == "ok" and run["events"][-1]["output"] == "later"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def test_envelopes_carry_the_measured_duration(daemon: tuple[subprocess.Popen[bytes], Path]) -> None:
+    _, sock = daemon
+    c = Client(str(sock))
+    spec = {"name": "timed", "input": "Any", "output": "Any", "implementation": "def execute(x):\n    return x\n"}
+    status, added = c.request("POST", "/v1/stages", {"spec": spec, "build": True})  # a Nix build: tens of ms
+    assert status == 200 and added["meta"]["duration_ms"] >= added["data"]["program"]["build_ms"] > 0
+
+
+def test_a_client_that_leaves_while_queued_gives_up_its_place(tmp_path: Path) -> None:
+    proc, sock = start(tmp_path, {"max_runs": 1})
+    try:
+        c = Client(str(sock))
+        spec = {"name": "slow_echo", "input": "Any", "output": "Any", "effects": ["NonDeterministic"],
+                "implementation": "import time\ndef execute(x):\n    time.sleep(4)\n    return x\n"}
+        assert c.request("POST", "/v1/stages", {"spec": spec, "build": True})[0] == 200
+        graph = {"description": "d", "version": "1", "root": {"op": "Stage", "id": "slow_echo"}}
+        first = c.run(graph, "first")
+        assert next(first)["event"] == "run_accepted"  # holds the only slot
+        body = json.dumps({"graph": graph, "input": "second"}).encode()
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(sock))
+        s.sendall(b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        deadline = time.monotonic() + 10
+        while c.request("GET", "/v1/health")[1]["data"]["runs_queued"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        s.close()  # gone while queued
+        while c.request("GET", "/v1/health")[1]["data"]["runs_queued"] != 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(first)[-1]["output"] == "first"
+        time.sleep(0.5)
+        health = c.request("GET", "/v1/health")[1]["data"]
+        assert health["runs_queued"] == 0 and health["counters"]["runs_started"] == 1  # the second never ran
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)

@@ -26,13 +26,13 @@ root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_default_config_documents_every_key_and_loads_as_the_defaults() -> None:
     text = default_config()
     doc = json.loads(text)
-    def documented(kind: type[msgspec.Struct], section: dict[str, object]) -> None:
-        for key in msgspec.structs.fields(kind):
+    def documented(value: msgspec.Struct, section: dict[str, object]) -> None:
+        for key in msgspec.structs.fields(type(value)):
             assert key.name in section and len(str(section[f"//{key.name}"])) > 10, key.name
             if isinstance(key.default, msgspec.Struct) or key.default_factory not in (msgspec.NODEFAULT, list):
-                documented(type(getattr(Settings(), key.name)), section[key.name])  # type: ignore[arg-type]
+                documented(getattr(value, key.name), section[key.name])  # type: ignore[arg-type]
 
-    documented(Settings, doc)
+    documented(Settings(), doc)
     # as `noether daemon --config` reads it (comments dropped, no environment)
     loaded = build(strip_comments(doc), environ={})
     assert loaded == Settings(allowed_groups=["noether-users"])
@@ -98,7 +98,10 @@ def test_a_root_service_owns_the_store_and_needs_no_hand_over(tmp_path: Path) ->
     installed(tmp_path, user="root", socket_group="root")
     service = (tmp_path / "etc/systemd/system/noether.service").read_text()
     assert "User=root" in service and "Environment=NIX_REMOTE" not in service and "ExecStartPre" not in service
-    assert "u noether" not in (tmp_path / "etc/sysusers.d/noether.conf").read_text()
+    sysusers = (tmp_path / "etc/sysusers.d/noether.conf").read_text().splitlines()
+    assert not [ln for ln in sysusers if ln.startswith("u noether ")]
+    # A root daemon serving root is exactly who needs the sandbox users.
+    assert len([ln for ln in sysusers if ln.startswith("u noether-sbx-")]) == 64
 
 
 def test_install_refuses_an_unknown_user(tmp_path: Path) -> None:
@@ -169,3 +172,38 @@ print(json.dumps([str(delegation.claim_v2()), open('/proc/self/cgroup').read(),
         for d in (base / "daemon", base):
             if d.exists():
                 d.rmdir()
+
+
+def test_install_sets_up_the_sandbox_users_and_their_lock_directory(tmp_path: Path) -> None:
+    installed(tmp_path)
+    sysusers = (tmp_path / "etc/sysusers.d/noether.conf").read_text()
+    assert "g noether-sbx 80000" in sysusers and 'u noether-sbx-63 80063:noether-sbx' in sysusers
+    tmpfiles = (tmp_path / "etc/tmpfiles.d/noether.conf").read_text()
+    assert "d /run/noether-sandbox-uids 0700 root root -" in tmpfiles.splitlines()
+    service = (tmp_path / "etc/systemd/system/noether.service").read_text()
+    # ProtectHostname's seccomp filter refuses bwrap --hostname: every sandbox would be refused.
+    assert "ProtectHostname" not in "".join(ln for ln in service.splitlines() if not ln.startswith("#"))
+    assert "-/run/noether-sandbox-uids" in next(ln for ln in service.splitlines() if ln.startswith("ReadWritePaths="))
+    out = uninstall(str(tmp_path), run=lambda cmd: None)
+    assert any("noether-sbx-0" in k for k in out["kept"])  # accounts stay, by design
+
+
+def test_the_sandbox_check_names_why_bwrap_fails_and_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from noether_nix.sandbox import bwrap
+    from noether_nix.server import preflight
+    from noether_nix.server.preflight import check_sandbox
+
+    real = bwrap.find_bwrap()
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho \"bwrap: Can't set hostname to noether: Operation not permitted\" >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(preflight, "find_bwrap", lambda: str(fake))
+    err = check_sandbox("auto")
+    assert err is not None and err.code == "isolation_unavailable"
+    assert "Can't set hostname" in err.message and "ProtectHostname" in (err.hint or "")
+    assert check_sandbox("none") is None  # nothing to build
+    monkeypatch.setattr(preflight, "find_bwrap", lambda: None)
+    err = check_sandbox("bwrap")
+    assert err is not None and "not installed" in err.message
+    monkeypatch.setattr(preflight, "find_bwrap", lambda: real)
+    assert check_sandbox("auto") is None  # this host's bwrap works

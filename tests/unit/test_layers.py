@@ -23,6 +23,7 @@ LAZY_ALLOWED = {
     # the engine only for /compositions/run; a daemon loads the registry client only when configured.
     "registry/": "psycopg, embeddings and the engine are optional",
     "server/daemon.py": "the registry client is loaded only when a registry is configured",
+    "engine/engine.py": "the remote executor needs the remote extra (grpcio, protobuf): loaded only when configured",
 }
 
 
