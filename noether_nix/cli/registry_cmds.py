@@ -45,9 +45,12 @@ def registry_url() -> str | None:
 
 def client() -> Any:
     """A ``RegistryClient`` for the configured registry, or None."""
+    url = registry_url()
+    if not url:
+        return None  # and the registry client (an HTTP library) stays unloaded
     from noether_nix.registry.client import client_from_env
 
-    return client_from_env(registry_url())
+    return client_from_env(url)
 
 
 def install_source() -> None:

@@ -296,9 +296,11 @@ class Engine:
         executor = self.executor
         if not isinstance(executor, LocalExecutor):
             return
+        executor.warm_after = 0  # a daemon: every program's first call goes warm
         pool = executor.warm_pool()
         if pool is None:
             return
+        pool.warm_after = 0
         try:
             await pool.serve()
         finally:

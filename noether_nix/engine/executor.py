@@ -96,6 +96,10 @@ class LocalExecutor:
         self.warm_idle_s = warm_idle_s
         self._warm: WarmPool | None = None
 
+    #: Calls of a program that go cold before it gets a warm sandbox (``WarmPool.warm_after``);
+    #: the engine sets 0 for a daemon.
+    warm_after = 1
+
     def warm_pool(self) -> WarmPool | None:
         """This trio run's pool (one left by an earlier run, whose loop has ended, is killed)."""
         if self.warm_sandboxes <= 0:
@@ -105,7 +109,8 @@ class LocalExecutor:
             self._warm.abandon()
             self._warm = None
         if self._warm is None:
-            self._warm = WarmPool(max_sandboxes=self.warm_sandboxes, idle_s=self.warm_idle_s)
+            self._warm = WarmPool(max_sandboxes=self.warm_sandboxes, idle_s=self.warm_idle_s,
+                                  warm_after=self.warm_after)
         return self._warm
 
     async def close_idle(self) -> None:

@@ -341,10 +341,16 @@ class WarmSandbox:
 class WarmPool:
     """The warm sandboxes of one process (one trio run), bounded."""
 
-    def __init__(self, *, max_sandboxes: int = 8, idle_s: float = 60.0, max_calls: int = 10_000) -> None:
+    def __init__(self, *, max_sandboxes: int = 8, idle_s: float = 60.0, max_calls: int = 10_000,
+                 warm_after: int = 0) -> None:
         self.max_sandboxes = max_sandboxes
         self.idle_s = idle_s
         self.max_calls = max_calls
+        #: Calls of a program that go cold before a warm sandbox is started for it: 0 in a
+        #: daemon (more calls will come); 1 in a one-shot process, where a program called
+        #: once would only pay for a warm start it never uses.
+        self.warm_after = warm_after
+        self.seen: dict[WarmKey, int] = {}
         self.idle: dict[WarmKey, list[WarmSandbox]] = {}
         self.busy: set[WarmSandbox] = set()
         self.starting = 0
@@ -370,6 +376,13 @@ class WarmPool:
         if key in self.cold_keys:
             self.counters["cold_fallbacks"] += 1
             return None
+        if self.warm_after and key not in self.idle:
+            calls = self.seen.get(key, 0)
+            if calls < self.warm_after:
+                if len(self.seen) > 4096:
+                    self.seen.clear()
+                self.seen[key] = calls + 1
+                return None
         sandbox = await self._acquire(key, argv, policy=policy, limits=limits, profile=profile, env=env,
                                       run_as=run_as, cgroup_root=cgroup_root)
         if sandbox is None:

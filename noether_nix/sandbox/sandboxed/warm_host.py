@@ -34,7 +34,6 @@ usage.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import ctypes
 import json
@@ -137,7 +136,7 @@ def plan_fresh_mounts() -> tuple[list[str], list[str]]:
     return fresh, carried
 
 
-def load_program(argv: list[str]) -> tuple[types.CodeType, str | bytes, list[str], str, str | None]:
+def load_program(argv: list[str]) -> tuple[types.CodeType, list[str], str, str | None]:
     """The program's code object, its __main__ attributes and its sys.argv / sys.path[0]."""
     if argv[0] == "-c":
         source: str | bytes = argv[1]
@@ -147,24 +146,22 @@ def load_program(argv: list[str]) -> tuple[types.CodeType, str | bytes, list[str
             source = f.read()
         filename, run_argv, file_ = argv[0], list(argv), argv[0]
         path0 = os.path.dirname(os.path.realpath(argv[0]))
-    return compile(source, filename, "exec", dont_inherit=True), source, run_argv, path0, file_
+    return compile(source, filename, "exec", dont_inherit=True), run_argv, path0, file_
 
 
-def preload(source: str | bytes) -> None:
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module)
-    for name in sorted(names):
-        if name in PRELOAD:
-            with contextlib.suppress(Exception):  # the program will see the failure itself, in its call
-                __import__(name)
+def names_of(code: types.CodeType) -> set[str]:
+    """Every name the code (and the code nested in it) uses: imported modules among them."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= names_of(const)
+    return names
+
+
+def preload(code: types.CodeType) -> None:
+    for name in sorted(names_of(code) & PRELOAD):
+        with contextlib.suppress(Exception):  # the program will see the failure itself, in its call
+            __import__(name)
 
 
 def scope_ruleset() -> int:
@@ -198,8 +195,8 @@ class Host:
         self.modes = dict(FRESH)
         with open("/proc/sys/kernel/cap_last_cap") as f:
             self.last_cap = int(f.read())
-        self.code, source, self.argv, self.path0, self.file = load_program(config["argv"])
-        preload(source)
+        self.code, self.argv, self.path0, self.file = load_program(config["argv"])
+        preload(self.code)
         # What a fresh interpreter starts with, restored in every call's child.
         self.fresh_handlers: dict[int, Any] = {}
         for sig in range(1, signal.NSIG):
