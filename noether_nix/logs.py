@@ -8,11 +8,8 @@ nothing), so no log line may ever reach it. Modules take their logger from
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any
-
-import structlog
 
 _configured = False
 
@@ -20,6 +17,10 @@ _configured = False
 def setup(level: str = "info") -> None:
     """Log JSON lines to stderr at ``level`` and above (idempotent; the last call wins)."""
     global _configured
+    import logging
+
+    import structlog
+
     structlog.configure(
         processors=[structlog.processors.TimeStamper(fmt="iso"), structlog.processors.add_log_level,
                     structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
@@ -30,7 +31,23 @@ def setup(level: str = "info") -> None:
     _configured = True
 
 
+class _Logger:
+    """A module's logger: structlog (and what it imports: logging, asyncio, …) is
+    loaded when the first line is logged, not when the module is — most runs
+    log nothing, and a one-shot command should not pay for it."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        if not _configured:
+            setup()
+        import structlog
+
+        return getattr(structlog.get_logger(self._name), attr)
+
+
 def get_logger(name: str) -> Any:
-    if not _configured:
-        setup()
-    return structlog.get_logger(name)
+    return _Logger(name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from noether_nix.errors import NoetherError
@@ -55,9 +54,9 @@ def backend(args: argparse.Namespace) -> Backend:
 
 
 def read_json_file(path: str, *, what: str = "file") -> Any:
-    p = Path(path)
     try:
-        raw = p.read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         raise NoetherError("file_not_found", f"{what} not found", path=path) from None
     except OSError as e:
