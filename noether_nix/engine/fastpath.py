@@ -36,8 +36,8 @@ from noether_nix.model.types import (
 #: Calls per chunk: inputs are type-checked, outputs size-bounded and the run
 #: made cancellable (a trio checkpoint) once per chunk.
 CHUNK = 1024
-#: Calls timed one by one at the start of each chunk (the histogram's sample).
-SAMPLED_PER_CHUNK = 64
+#: Calls timed one by one at the start of each chunk (the histogram's sample: 1 in 64).
+SAMPLED_PER_CHUNK = 16
 #: Histogram bucket upper bounds in microseconds: 1 µs, 2 µs, 4 µs … 2^24 µs (~17 s), then "more".
 BOUNDS_US = tuple(1 << i for i in range(25))
 #: A Sequential this long or longer runs its consecutive Pure stdlib stages on the fast path.
@@ -72,12 +72,21 @@ def simple_types(t: NType) -> frozenset[type] | None:
     return None
 
 
+_TEXT = frozenset({str})
+
+
 def all_of(values: list[Any], types: frozenset[type] | None) -> bool:
     """Whether every value has one of ``types`` (a C-speed check), so no per-call check is needed."""
     if types is ANY:
         return True
     if types is None:
         return False
+    if types == _TEXT:
+        try:
+            "".join(values)  # one C pass that fails on anything but text
+        except TypeError:
+            return False
+        return True
     return set(map(type, values)) <= types
 
 
@@ -146,15 +155,18 @@ class OutputBound:
 
     def over(self, out: list[Any], chunk: list[Any]) -> bool:
         """After ``chunk`` was appended to ``out``: is ``out`` certainly over the limit?"""
-        types = set(map(type, chunk))
         n = len(chunk)
-        if types <= _SCALARS:
-            self.low += 2 * n
-            self.high += 33 * n  # a number's shortest form is at most 24 bytes, plus a comma
-        elif types == {str}:
-            chars = sum(map(len, chunk))
+        try:
+            chars = len("".join(chunk))  # text only (one C pass), else TypeError
+            types: set[type] = {str}
+        except TypeError:
+            types = set(map(type, chunk))
+        if types == {str}:
             self.low += chars + 3 * n  # quotes and a comma; at least one byte a character
             self.high += 6 * chars + 3 * n  # at most six (an escape)
+        elif types <= _SCALARS:
+            self.low += 2 * n
+            self.high += 33 * n  # a number's shortest form is at most 24 bytes, plus a comma
         else:
             size = encoded_size(chunk, self.limit)
             self.low += size - 1
