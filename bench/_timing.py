@@ -15,6 +15,10 @@ import time
 from collections.abc import Callable
 
 
+#: The CPU time (user + system) of the process ``spawn_ms`` ran last, in ms.
+last_cpu_ms: float | None = None
+
+
 def spawn_ms(argv: list[str], *, env: dict[str, str] | None = None, stdin: bytes | None = None,
              capture: bool = False, check: bool = True) -> tuple[float, bytes]:
     """Run ``argv`` to its end: the wall time from spawn to reaped, in ms, and its stdout when ``capture``."""
@@ -47,8 +51,11 @@ def spawn_ms(argv: list[str], *, env: dict[str, str] | None = None, stdin: bytes
         if out_r is not None:
             while chunk := os.read(out_r, 1 << 16):
                 chunks.append(chunk)
-        _, status = os.waitpid(pid, 0)
+        _, status, usage = os.wait4(pid, 0)
         took = (time.perf_counter() - started) * 1000
+        global last_cpu_ms
+        # CPU time of the process and every descendant it waited for (bwrap reaps its sandbox).
+        last_cpu_ms = (usage.ru_utime + usage.ru_stime) * 1000
     finally:
         for fd in (null, in_r, in_w, out_r, out_w):
             if fd is not None:
@@ -59,16 +66,22 @@ def spawn_ms(argv: list[str], *, env: dict[str, str] | None = None, stdin: bytes
 
 
 def interleave(cases: dict[str, Callable[[], float]], rounds: int, *, warmup: int = 1,
-               say: Callable[[str], None] | None = None) -> dict[str, list[float]]:
-    """Each case once per round (a rotating first case), after ``warmup`` untimed rounds."""
+               say: Callable[[str], None] | None = None,
+               cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """Each case once per round (a rotating first case), after ``warmup`` untimed rounds;
+    ``cpu`` collects the CPU time of the cases that ran one process (``spawn_ms``)."""
+    global last_cpu_ms
     names = list(cases)
     samples: dict[str, list[float]] = {n: [] for n in names}
     for r in range(warmup + rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
+            last_cpu_ms = None
             took = cases[name]()
             if r >= warmup:
                 samples[name].append(took)
+                if cpu is not None and last_cpu_ms is not None:
+                    cpu.setdefault(name, []).append(last_cpu_ms)
         if say:
             say(f"  round {r + 1}/{warmup + rounds}")
     return samples

@@ -267,7 +267,8 @@ def main() -> int:
             "venv_python_pass": lambda: spawn_ms([sys.executable, "-c", "pass"], env=bench.env)[0],
         }
         say("fast rows")
-        samples = interleave(fast, args.rounds, say=say)
+        cpu: dict[str, list[float]] = {}
+        samples = interleave(fast, args.rounds, say=say, cpu=cpu)
         slow: dict[str, Any] = {
             "floor_slow": bench.floor,
             "parallel_embedded": lambda: bench.cli("--local", "--json", "--no-cache", "--input", '"x"',
@@ -290,7 +291,7 @@ def main() -> int:
         results["health_warm"] = bench.health().get("warm_sandboxes")
     finally:
         bench.stop_daemon()
-    results.update({"samples": samples, "map": maps, "map_sizes": sizes, "load_after": load()})
+    results.update({"samples": samples, "cpu": cpu, "map": maps, "map_sizes": sizes, "load_after": load()})
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
@@ -298,11 +299,17 @@ def main() -> int:
     bare = min(stats(samples["python_pass"])[1], stats(samples["venv_python_pass"])[1])
     print(f"\nissue 16 peer table: {args.rounds} interleaved rounds ({args.slow_rounds} for the slow rows); "
           f"{results['load_before']} before, {results['load_after']} after")
-    print(f"{'measure':<58} {'median (min–max)':>30} {'ratio':>10}")
+    print(f"{'measure':<58} {'median (min–max)':>30} {'ratio':>10} {'CPU ms (ratio)':>18}")
+    cpu_floor = stats(cpu["floor"])[1] if "floor" in cpu else None
+    cpu_bare = min(stats(cpu[k])[1] for k in ("python_pass", "venv_python_pass")) if "python_pass" in cpu else None
 
     def row(label: str, key: str, against: float, unit: str = "ms") -> float:
         got = stats(samples[key])[1] / against
-        print(f"{label:<58} {fmt(samples[key], unit):>30} {got:>9.2f}×")
+        cpu_text = ""
+        if key in cpu:  # the process's own CPU time: what the load on the machine inflates least
+            base = cpu_bare if key in ("python_pass", "venv_python_pass", "version") else cpu_floor
+            cpu_text = f"{stats(cpu[key])[1]:.1f} ({stats(cpu[key])[1] / base:.2f}×)" if base else ""
+        print(f"{label:<58} {fmt(samples[key], unit):>30} {got:>9.2f}× {cpu_text:>18}")
         return got
 
     row("floor: planned bwrap argv + program, no supervisor", "floor", floor)
