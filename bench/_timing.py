@@ -14,7 +14,6 @@ import statistics
 import time
 from collections.abc import Callable
 
-
 #: The CPU time (user + system) of the process ``spawn_ms`` ran last, in ms.
 last_cpu_ms: float | None = None
 
