@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
 
 from noether_nix.errors import NoetherError
 
+TYPE_CHECKING = False  # no typing import on the CLI's entry (see errors.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     from noether_nix.backend import Backend
 
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, TextIO
 
 from noether_nix import __version__
 from noether_nix.errors import NoetherError
+
+TYPE_CHECKING = False  # no typing import on the CLI's entry (see errors.py)
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 
 class Invocation:

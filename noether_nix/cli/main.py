@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from noether_nix import __version__
 from noether_nix.cli.common import Args, CommandResult
 from noether_nix.cli.envelope import Invocation, dump, error_envelope, ok_envelope
 from noether_nix.errors import NoetherError
+
+TYPE_CHECKING = False  # no typing import on the CLI's entry (see errors.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class _Parser(argparse.ArgumentParser):

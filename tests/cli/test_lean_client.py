@@ -42,6 +42,7 @@ def test_version_loads_no_command_module(tmp_path: Path) -> None:
     assert proc.returncode == 0 and json.loads(proc.stdout)["data"] == {"version": "0.1.0"}
     assert heavy(modules) == []
     assert not [m for m in modules if m.startswith("noether_nix.cli.") and m.endswith("_cmds")], modules
+    assert "typing" not in modules and "msgspec" not in modules  # each costs about an interpreter start
 
 
 def test_run_through_a_daemon_is_a_lean_client(tmp_path: Path) -> None:
