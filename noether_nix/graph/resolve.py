@@ -69,7 +69,7 @@ def resolve_ref(store: StageStore, ref: str, pinning: str, path: str, warnings: 
     view, notes = source.lookup(store, ref)
     warnings.extend(Warning_(code, message, path) for code, message in notes)
     stage = _lookup(view, ref, pinning, path, warnings)
-    return _follow(view, stage, pinning, path, warnings)
+    return _follow(view, stage, pinning, path, warnings, local=None if source.own_lifecycles else store)
 
 
 def _lookup(store: StageLookup, ref: str, pinning: str, path: str, warnings: list[Warning_]) -> Stage:
@@ -131,7 +131,20 @@ def _lookup(store: StageLookup, ref: str, pinning: str, path: str, warnings: lis
                "legacy id, name)", path)
 
 
-def _follow(store: StageLookup, stage: Stage, pinning: str, path: str, warnings: list[Warning_]) -> Stage:
+def _drop_in(old: Stage, new: Stage) -> bool:
+    """``new`` can stand in for ``old`` without a user's say-so: the same name,
+    types and effects (its SignatureId), signed by the same key (or both unsigned)."""
+    return (new.computed_signature_id() == old.computed_signature_id()
+            and new.signer_public_key == old.signer_public_key)
+
+
+def _follow(store: StageLookup, stage: Stage, pinning: str, path: str, warnings: list[Warning_], *,
+            local: StageLookup | None = None) -> Stage:
+    """``stage``, or the end of its deprecation chain. With ``local`` (resolving
+    through a registry): a lifecycle the local store does not hold is the
+    registry's word, not part of the stage's id, so a successor it names is
+    followed only when it is a drop-in replacement (``_drop_in``); otherwise
+    the stage itself runs, with a warning."""
     if stage.state == "Tombstone":
         raise _err("stage_tombstoned", f"stage {stage.label()} is tombstoned and cannot run", path)
     if pinning == "both":
@@ -148,6 +161,12 @@ def _follow(store: StageLookup, stage: Stage, pinning: str, path: str, warnings:
         if nxt is None:
             raise _err("successor_missing", f"stage {stage.label()} is deprecated and its successor "
                        f"{stage.successor_id[:12]} is not in the store", path)
+        if local is not None and local.get(stage.id) is None and not _drop_in(stage, nxt):
+            warnings.append(Warning_("remote_successor_ignored", f"the registry says stage {stage.label()} is "
+                                     f"deprecated in favour of {nxt.label()}, which is not a drop-in replacement "
+                                     "(same name, types, effects and signer); running the deprecated stage "
+                                     "(name the successor to run it)", path))
+            break
         if nxt.id in seen or hops > MAX_DEPRECATION_HOPS:
             raise _err("deprecation_cycle", f"deprecation chain from {start.label()} loops or exceeds "
                        f"{MAX_DEPRECATION_HOPS} hops", path)

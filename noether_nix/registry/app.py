@@ -22,10 +22,12 @@ import trio
 
 from noether_nix import __version__
 from noether_nix.errors import NoetherError
+from noether_nix.graph.preflight import parse_capability_tokens, parse_effect_tokens
 from noether_nix.model.stage import stage_from_spec
 from noether_nix.registry.backend import LIFECYCLES, Backend
 from noether_nix.registry.config import RegistryConfig
 from noether_nix.registry.docs_page import DOCS_HTML
+from noether_nix.registry.search import MAX_QUERY_CHARS
 
 log = structlog.get_logger("noether.registry")
 
@@ -132,6 +134,32 @@ class RegistryApp:
 
     async def call_db(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         return await trio.to_thread.run_sync(lambda: fn(*args, **kw), limiter=self.db)
+
+    # ------------------------------------------------------------ embeddings, off the database slot
+
+    async def embed_missing(self) -> int:
+        """Vectors for the stages that have none: the provider is called between two
+        database calls, never inside one (a slow provider must not stall every
+        other request behind the one database slot)."""
+        b = self.backend
+        assert b.embeddings is not None
+        stage_ids, texts = await self.call_db(b.missing_vectors)
+        if not stage_ids:
+            return 0
+        vectors = await trio.to_thread.run_sync(b.embeddings.embed, texts, abandon_on_cancel=True)
+        n: int = await self.call_db(b.store_vectors, stage_ids, vectors)
+        return n
+
+    async def query_vector(self, q: str) -> Any:
+        """The query's vector, or the NoetherError that says why search is lexical this time."""
+        b = self.backend
+        assert b.embeddings is not None
+        try:
+            await self.embed_missing()
+            return await trio.to_thread.run_sync(b.embeddings.embed_query, q[:MAX_QUERY_CHARS],
+                                                 abandon_on_cancel=True)
+        except NoetherError as e:
+            return e
 
     # ------------------------------------------------------------ ASGI
 
@@ -278,7 +306,9 @@ class RegistryApp:
                 if not q.strip():
                     raise NoetherError("validation_failed", "give a query: /stages/search?q=…", path="q")
                 limit = _int(query, "limit", SEARCH_DEFAULT, 1, SEARCH_MAX)
-                return _ok(await self.call_db(b.search, q, lifecycle=_lifecycle(query), limit=limit))
+                lifecycle = _lifecycle(query)
+                qv = await self.query_vector(q) if b.embeddings is not None else None
+                return _ok(await self.call_db(b.search, q, lifecycle=lifecycle, limit=limit, query_vector=qv))
             case ["stages", ref] if method == "GET":
                 return _ok(b.export(await self.call_db(b.get, ref)))
             case ["stages"] if method == "POST":
@@ -323,6 +353,11 @@ class RegistryApp:
         if options.get("allow_unsigned") and not self.config.allow_unsigned_active:
             raise NoetherError("validation_failed", "this registry does not run unsigned stages",
                                path="options.allow_unsigned")
+        options["allow_effects"] = _within(options.get("allow_effects"), self.config.run_effects, "allow_effects",
+                                           "NOETHER_REGISTRY_RUN_EFFECTS", parse_effect_tokens)
+        options["allow_capabilities"] = _within(options.get("allow_capabilities"), self.config.run_capabilities,
+                                                "allow_capabilities", "NOETHER_REGISTRY_RUN_CAPABILITIES",
+                                                parse_capability_tokens)
         try:
             self.runs.acquire_nowait()
         except trio.WouldBlock:
@@ -334,6 +369,24 @@ class RegistryApp:
         if not req.dry_run:
             self.metrics.counters["runs_ok" if result.get("status") == "ok" else "runs_failed"] += 1
         return _ok(result)
+
+
+def _within(asked: Any, granted: list[str], option: str, setting: str,
+            parse: Callable[[list[str]], set[Any]]) -> list[str]:
+    """What a run may use: the operator's grant, or the part of it the run asks
+    for. A run's stages execute on this host as the registry's user, so a key
+    holder gets no effect (the network, the host's files) the operator did
+    not list."""
+    if asked is None:
+        return list(granted)
+    if not isinstance(asked, list) or not all(isinstance(t, str) for t in asked):
+        raise NoetherError("validation_failed", f"options.{option} must be a list of names", path=f"options.{option}")
+    extra = parse(asked) - parse(granted)
+    if extra:
+        names = ", ".join(sorted(str(e) for e in extra))
+        raise NoetherError("validation_failed", f"this registry runs no stage with {names} (the operator grants "
+                           f"{', '.join(granted) or 'nothing'} in {setting})", path=f"options.{option}")
+    return list(asked)
 
 
 class _LifecycleBody(msgspec.Struct):

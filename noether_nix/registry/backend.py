@@ -244,7 +244,10 @@ class Backend:
 
     # ------------------------------------------------------------ search
 
-    def search(self, query: str, *, lifecycle: str = "active", limit: int = 20) -> dict[str, Any]:
+    def search(self, query: str, *, lifecycle: str = "active", limit: int = 20,
+               query_vector: Vector | NoetherError | None = None) -> dict[str, Any]:
+        """``query_vector``: the query's embedding (or why there is none), computed by
+        the caller away from the database; without it, embedded here."""
         q = search.parse_query(query)
         if q.empty:
             return {"query": query, "results": [], "count": 0, "mode": "lexical"}
@@ -252,7 +255,12 @@ class Backend:
         mode, notes = "lexical", []
         if self.embeddings is not None:
             try:
-                rankings += self.vector_rankings(query, lifecycle)
+                if query_vector is None:
+                    self.embed_missing()
+                    query_vector = self.embeddings.embed_query(query[:search.MAX_QUERY_CHARS])
+                if isinstance(query_vector, NoetherError):
+                    raise query_vector
+                rankings += self.vector_rankings(query_vector, lifecycle)
                 mode = "hybrid"
             except NoetherError as e:
                 notes.append(f"embedding search skipped: {e}")
@@ -279,30 +287,40 @@ class Backend:
         t = search.index_texts(stage)
         return {"text": t.text, "signature": t.signature, "examples": t.examples or t.text}
 
-    def embed_missing(self, ids: list[str] | None = None) -> int:
-        """Compute and store the vectors of stages that have none for this model."""
+    def missing_vectors(self, ids: list[str] | None = None) -> tuple[list[str], list[str]]:
+        """(stage ids, their texts three by three) of the stages with no vectors for this model."""
         assert self.embeddings is not None
-        model = self.embeddings.model
         sql = ("SELECT content, lifecycle, successor_id FROM stages WHERE lifecycle != 'Tombstone' AND id NOT IN "
                "(SELECT stage_id FROM registry_vectors WHERE model = ?)")
-        stages = [s for s in self._stages(sql, (model,)) if ids is None or s.id in ids]
-        if not stages:
-            return 0
+        stages = [s for s in self._stages(sql, (self.embeddings.model,)) if ids is None or s.id in ids]
         texts = [self._vector_texts(s) for s in stages]
-        flat = [t[k] for t in texts for k in ("text", "signature", "examples")]
-        vectors = self.embeddings.embed(flat)
+        return [s.id for s in stages], [t[k] for t in texts for k in ("text", "signature", "examples")]
+
+    def embed_missing(self, ids: list[str] | None = None) -> int:
+        """Compute and store the vectors of stages that have none for this model
+        (the server does the three steps apart, off its database slot)."""
+        assert self.embeddings is not None
+        stage_ids, flat = self.missing_vectors(ids)
+        if not stage_ids:
+            return 0
+        return self.store_vectors(stage_ids, self.embeddings.embed(flat))
+
+    def store_vectors(self, stage_ids: list[str], vectors: list[Vector]) -> int:
+        assert self.embeddings is not None
+        model = self.embeddings.model
+        stages = [s for s in self._by_ids(stage_ids) if s.state != "Tombstone"]
+        index = {sid: i for i, sid in enumerate(stage_ids)}
         with write_txn(self.conn) as c:
-            for i, s in enumerate(stages):
+            for s in stages:
                 for j, kind in enumerate(("text", "signature", "examples")):
                     c.execute("DELETE FROM registry_vectors WHERE stage_id = ? AND kind = ? AND model = ?",
                               (s.id, kind, model))
                     c.execute("INSERT INTO registry_vectors (stage_id, kind, model, vector) VALUES (?, ?, ?, ?)",
-                              (s.id, kind, model, json.dumps(vectors[i * 3 + j])))
+                              (s.id, kind, model, json.dumps(vectors[index[s.id] * 3 + j])))
         return len(stages)
 
-    def vector_rankings(self, query: str, lifecycle: str) -> list[tuple[str, list[str]]]:
+    def vector_rankings(self, qv: Vector, lifecycle: str) -> list[tuple[str, list[str]]]:
         assert self.embeddings is not None
-        self.embed_missing()
         cond, args = self._lifecycle_cond(lifecycle, "s.lifecycle")
         ids = [r[0] for r in self.conn.execute(f"SELECT id FROM stages s WHERE {cond}", args).fetchall()]
         need = [i for i in ids if i not in self._vectors]
@@ -313,7 +331,6 @@ class Backend:
                     f"SELECT stage_id, kind, vector FROM registry_vectors WHERE model = ? AND stage_id IN ({marks})",
                     (self.embeddings.model, *chunk)).fetchall():
                 self._vectors.setdefault(sid, {})[kind] = json.loads(vec)
-        qv = self.embeddings.embed([query[:search.MAX_QUERY_CHARS]])[0]
         out = []
         for kind in ("text", "signature", "examples"):
             scored = [(cosine(qv, self._vectors[i][kind]), i) for i in ids if kind in self._vectors.get(i, {})]

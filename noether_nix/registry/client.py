@@ -21,6 +21,7 @@ import http.client
 import json
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ from noether_nix.store.remote import StageLookup
 from noether_nix.store.stages import StageStore
 
 PAGE = 200
+#: The most stages a listing takes from one registry (then registry_error).
+MAX_LISTED = 100_000
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 30.0
 _FULL_ID = re.compile(r"^[0-9a-f]{64}$")
@@ -102,6 +105,20 @@ class RegistryClient:
             payload = json.dumps(body, ensure_ascii=False).encode()
             headers["content-type"] = "application/json"
         conn = self._connection()
+        # The timeout bounds the whole request, not each read: at the deadline the
+        # socket is shut down, so a registry sending a byte at a time cannot hold us.
+        cut = threading.Event()
+
+        def deadline() -> None:
+            cut.set()
+            sock = conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        timer = threading.Timer(self.timeout, deadline)
+        timer.daemon = True
+        timer.start()
         try:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 # A server refusing the body (413) may close before reading it: its answer still counts.
@@ -110,12 +127,17 @@ class RegistryClient:
             raw = resp.read(MAX_RESPONSE_BYTES + 1)
             status = resp.status
         except (OSError, http.client.HTTPException) as e:
-            why = "timed out" if isinstance(e, (TimeoutError, socket.timeout)) else str(e) or type(e).__name__
+            timed_out = cut.is_set() or isinstance(e, (TimeoutError, socket.timeout))
+            why = f"timed out after {self.timeout:g} s" if timed_out else str(e) or type(e).__name__
             raise NoetherError("registry_unreachable", f"the registry at {self.url} is unreachable ({why})",
                                path=self.url, hint="check the URL (--registry / NOETHER_REGISTRY) and that "
                                "the registry is running") from None
         finally:
+            timer.cancel()
             conn.close()
+        if cut.is_set():
+            raise NoetherError("registry_unreachable", f"the registry at {self.url} is unreachable (timed out "
+                               f"after {self.timeout:g} s)", path=self.url)
         if len(raw) > MAX_RESPONSE_BYTES:
             raise NoetherError("registry_error", f"the registry at {self.url} sent an answer over "
                                f"{MAX_RESPONSE_BYTES} bytes", path=self.url)
@@ -123,6 +145,9 @@ class RegistryClient:
             doc = json.loads(raw)
         except ValueError:
             doc = None
+        except RecursionError:
+            raise NoetherError("registry_error", f"the registry at {self.url} sent an answer nested too deeply",
+                               path=self.url) from None
         if isinstance(doc, dict) and doc.get("ok") is True and "result" in doc:
             return doc["result"]
         raise self._error(status, doc, method, path)
@@ -168,7 +193,7 @@ class RegistryClient:
 
     def list_stages(self, lifecycle: str = "active", tag: str | None = None) -> list[Stage]:
         """Every stage of ``lifecycle``, paging like upstream's client (200 a page)."""
-        out: list[Stage] = []
+        out: dict[str, Stage] = {}
         offset = 0
         while True:
             query: dict[str, Any] = {"lifecycle": lifecycle, "limit": PAGE, "offset": offset}
@@ -178,11 +203,19 @@ class RegistryClient:
             if not isinstance(page, dict) or not isinstance(page.get("stages"), list):
                 raise NoetherError("registry_error", f"the registry at {self.url} sent a malformed stage list",
                                    path=self.url)
-            out.extend(verified_stage(doc, self.url) for doc in page["stages"])
+            known = len(out)
+            for doc in page["stages"]:
+                stage = verified_stage(doc, self.url)
+                out.setdefault(stage.id, stage)
             offset += len(page["stages"])
             total = page.get("total")
-            if not page["stages"] or not isinstance(total, int) or offset >= total:
-                return out
+            # A page that adds nothing new ends the listing too: a registry that
+            # sends the same page again (and a huge total) is not followed forever.
+            if not page["stages"] or not isinstance(total, int) or offset >= total or len(out) == known:
+                return list(out.values())
+            if len(out) > MAX_LISTED:
+                raise NoetherError("registry_error", f"the registry at {self.url} lists more than {MAX_LISTED} "
+                                   "stages", path=self.url)
 
     def search(self, query: str, limit: int = 20) -> Any:
         return self.request("GET", "/stages/search", query={"q": query, "limit": limit})
@@ -237,6 +270,9 @@ class RegistryCache:
         """Cache a verified stage (its lifecycle as the registry reports it now)."""
         store = self.store
         if store.get(stage.id) is None:
+            # Added Active, it deprecates the cached Active stages of its signature (as
+            # the registry did): resolution follows such a successor only when it is a
+            # drop-in by the same signer (graph.resolve._drop_in).
             store.add(stage)
         with write_txn(store.conn) as c:
             # Mirror the registry's lifecycle (the registry owns it; the content never changes).
@@ -291,6 +327,8 @@ class RegistrySource:
     A registry found unreachable is not asked again for ``retry_after_s``:
     the references after the first go straight to the cache, so a graph (or
     a daemon's runs) does not wait out a timeout per reference."""
+
+    own_lifecycles = False
 
     def __init__(self, client: RegistryClient, cache: RegistryCache | None = None, *,
                  retry_after_s: float = 30.0) -> None:

@@ -23,6 +23,8 @@ from noether_nix.store.stages import StageStore
 class DatabaseSource:
     """``RemoteSource`` over the registry's own stage table (its own connection)."""
 
+    own_lifecycles = True
+
     def __init__(self, reader: StageStore, origin: str) -> None:
         self.reader = reader
         self.origin = origin

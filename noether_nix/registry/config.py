@@ -5,15 +5,18 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from noether_nix.errors import NoetherError
+from noether_nix.graph.preflight import parse_capability_tokens, parse_effect_tokens
 from noether_nix.paths import noether_home
 from noether_nix.registry.embeddings import EmbeddingConfig
 from noether_nix.registry.embeddings import config_from_env as embedding_config_from_env
 
 DEFAULT_BIND = "127.0.0.1:3000"
+DEFAULT_RUN_EFFECTS = ("pure", "fallible", "non-deterministic")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
 
@@ -39,6 +42,11 @@ class RegistryConfig(msgspec.Struct, kw_only=True):
     read_timeout_s: float = 10.0
     #: Where POST /compositions/run keeps its engine state (Nix programs, pure cache, runs).
     work_home: str = ""
+    #: The effects and capabilities a run's stages may have (a run may ask for less,
+    #: never more): its sandboxes run on this host, as this registry's user, for
+    #: anyone with the key. Network, FsRead / FsWrite, Process, Llm only if listed.
+    run_effects: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_RUN_EFFECTS))
+    run_capabilities: list[str] = msgspec.field(default_factory=list)
     embeddings: EmbeddingConfig | None = None
 
     @property
@@ -85,6 +93,19 @@ def _number(env: Mapping[str, str], name: str, default: float, lo: float, hi: fl
     return value
 
 
+def _tokens(env: Mapping[str, str], name: str, default: list[str], parse: Any) -> list[str]:
+    """A comma-separated list of effect or capability names, checked."""
+    raw = env.get(name)
+    if raw is None:
+        return default
+    tokens = [t.strip() for t in raw.split(",") if t.strip()]
+    try:
+        parse(tokens)
+    except NoetherError as e:
+        raise NoetherError("invalid_config", f"{name}: {e.message}", path=name) from None
+    return tokens
+
+
 def config_from_env(env: Mapping[str, str] | None = None) -> RegistryConfig:
     env = os.environ if env is None else env
     home = noether_home()
@@ -104,6 +125,8 @@ def config_from_env(env: Mapping[str, str] | None = None) -> RegistryConfig:
         read_timeout_s=_number(env, "NOETHER_REGISTRY_READ_TIMEOUT_S", 10.0, 0.1, 3600),
         work_home=env.get("NOETHER_REGISTRY_WORK_HOME") or str(home / "registry-work"),
         embeddings=embedding_config_from_env(env),
+        run_effects=_tokens(env, "NOETHER_REGISTRY_RUN_EFFECTS", list(DEFAULT_RUN_EFFECTS), parse_effect_tokens),
+        run_capabilities=_tokens(env, "NOETHER_REGISTRY_RUN_CAPABILITIES", [], parse_capability_tokens),
     )
     parse_bind(cfg.bind)
     if cfg.stages_dir and not Path(cfg.stages_dir).is_dir():

@@ -25,8 +25,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -34,6 +36,21 @@ from noether_nix.errors import NoetherError
 from noether_nix.paths import noether_home
 
 Vector = list[float]
+#: Query vectors kept in memory (never in the cache file: queries come from anyone).
+QUERY_CACHE_ENTRIES = 1024
+#: After a failed request the endpoint is not asked again for this long (searches stay lexical).
+RETRY_AFTER_S = 30.0
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A 30x is an answer, not a new address: urllib would send the API key
+    (the Authorization header) along to wherever the endpoint points."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 _PRESETS = {
     "openai": ("OPENAI_API_BASE", "https://api.openai.com/v1", "OPENAI_API_KEY", "OPENAI_EMBEDDING_MODEL",
                "text-embedding-3-small"),
@@ -119,6 +136,8 @@ class EmbeddingProvider:
         self.config = config
         self._lock = threading.Lock()
         self._cache: dict[str, Vector] = self._load()
+        self._queries: OrderedDict[str, Vector] = OrderedDict()
+        self._down: tuple[float, NoetherError] | None = None
         self.calls = 0  # requests made to the endpoint (for /metrics and tests)
 
     @property
@@ -149,23 +168,58 @@ class EmbeddingProvider:
     def embed(self, texts: Sequence[str]) -> list[Vector]:
         """Normalised vectors for ``texts``, in order; raises ``embedding_failed``."""
         keys = [self._key(t) for t in texts]
+        # The lock guards the cache, never a request: a query waits for no batch.
         with self._lock:
             missing: dict[str, str] = {}
             for k, t in zip(keys, texts, strict=True):
                 if k not in self._cache:
                     missing.setdefault(k, t)
-            todo = list(missing.items())
-            for start in range(0, len(todo), self.config.batch_size):
-                if start and self.config.batch_delay_ms:
-                    time.sleep(self.config.batch_delay_ms / 1000)
-                chunk = todo[start:start + self.config.batch_size]
-                vectors = self._request([t for _, t in chunk])
+        todo = list(missing.items())
+        for start in range(0, len(todo), self.config.batch_size):
+            if start and self.config.batch_delay_ms:
+                time.sleep(self.config.batch_delay_ms / 1000)
+            chunk = todo[start:start + self.config.batch_size]
+            vectors = self._request([t for _, t in chunk])
+            with self._lock:
                 for (k, _), v in zip(chunk, vectors, strict=True):
                     self._cache[k] = normalise(v)
                 self._save()  # progressive: a later batch's failure keeps this one's work
+        with self._lock:
             return [self._cache[k] for k in keys]
 
+    def embed_query(self, text: str) -> Vector:
+        """The vector of a search query: from the file cache if a stage's text is
+        the same, else from a small in-memory cache, else the endpoint. Never
+        written to the file: anyone may search, and each distinct query would
+        otherwise stay on disk for good (the whole file rewritten each time)."""
+        key = self._key(text)
+        with self._lock:
+            found = self._cache.get(key) or self._queries.get(key)
+            if found is not None:
+                self._queries.pop(key, None)
+                self._queries[key] = found
+                return found
+        vector = normalise(self._request([text])[0])
+        with self._lock:
+            self._queries[key] = vector
+            while len(self._queries) > QUERY_CACHE_ENTRIES:
+                self._queries.popitem(last=False)
+        return vector
+
     def _request(self, texts: list[str]) -> list[Vector]:
+        down = self._down
+        if down is not None and time.monotonic() < down[0]:
+            raise NoetherError("embedding_failed", f"{down[1].message} (not asked again for {RETRY_AFTER_S:g} s)",
+                               path=down[1].path)
+        try:
+            vectors = self._call(texts)
+        except NoetherError as e:
+            self._down = (time.monotonic() + RETRY_AFTER_S, e)
+            raise
+        self._down = None
+        return vectors
+
+    def _call(self, texts: list[str]) -> list[Vector]:
         body = json.dumps({"model": self.config.model, "input": texts}).encode()
         headers = {"content-type": "application/json"}
         if self.config.api_key:
@@ -174,7 +228,7 @@ class EmbeddingProvider:
         req = urllib.request.Request(url, data=body, headers=headers, method="POST")
         self.calls += 1
         try:
-            with urllib.request.urlopen(req, timeout=self.config.timeout_s) as resp:
+            with _OPENER.open(req, timeout=self.config.timeout_s) as resp:
                 raw = resp.read(64 * 1024 * 1024)
         except urllib.error.HTTPError as e:
             raise NoetherError("embedding_failed", f"the embedding endpoint answered {e.code} {e.reason}",

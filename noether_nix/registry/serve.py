@@ -93,7 +93,7 @@ def prepare(backend: Backend, config: RegistryConfig) -> None:
 
 async def _embed_in_background(app: Any) -> None:
     try:
-        n = await app.call_db(app.backend.embed_missing)
+        n = await app.embed_missing()
         log.info("embeddings_ready", embedded=n)
     except NoetherError as e:
         log.warning("embeddings_failed", error=str(e))

@@ -37,6 +37,8 @@ _BOTS = "/google.devtools.remoteworkers.v1test2.Bots/"
 DEFAULT_BATCH_BYTES = 4 * 1024 * 1024 - 64 * 1024
 BYTESTREAM_CHUNK = 1024 * 1024
 MAX_MESSAGE = 64 * 1024 * 1024
+# Stage transitions recorded per operation (a server flapping between stages adds no more).
+MAX_STAGES = 32
 
 
 class RpcFailed(Exception):
@@ -332,7 +334,8 @@ class ReapiClient:
                 name = op.name or name
                 progress.operation = name
                 stage = _stage_name(op)
-                if stage and (not progress.stages or progress.stages[-1][1] != stage):
+                if stage and (not progress.stages or progress.stages[-1][1] != stage) \
+                        and len(progress.stages) < MAX_STAGES:
                     progress.stages.append((time.time(), stage))
                     if progress.on_stage is not None:
                         progress.on_stage(stage)

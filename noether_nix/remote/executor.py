@@ -18,6 +18,7 @@ with ``remote_no_worker``.
 from __future__ import annotations
 
 import contextlib
+import re as regex
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +28,7 @@ import trio
 
 from noether_nix.engine.executor import StageCall, StageOutcome
 from noether_nix.errors import NoetherError
-from noether_nix.remote.action import RESULT_FILE, EncodedAction, encode_call, key_of
+from noether_nix.remote.action import RESULT_FILE, EncodedAction, digest_of, encode_call, key_of
 from noether_nix.remote.client import Endpoint, Progress, ReapiClient, RpcFailed
 from noether_nix.remote.launcher import LaunchRecord
 from noether_nix.remote.protos import noether_reapi_pb2 as re
@@ -38,6 +39,17 @@ TRANSIENT = {"UNAVAILABLE", "UNKNOWN", "INTERNAL", "ABORTED", "RESOURCE_EXHAUSTE
 # Time allowed, besides the Action's own timeout, for a worker to fetch the
 # inputs, build the program (a cold Nix build) and upload the result.
 WORKER_OVERHEAD_S = 300.0
+# Times a Pure call whose operation the server lost is executed again.
+MAX_REEXECUTIONS = 2
+# What a server may say in an error code of ours (anything else is remote_failed).
+_CODE = regex.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def result_cap(call: StageCall) -> int:
+    """The largest result.json the worker can have written for ``call``: its
+    output and stderr tail under the call's caps, JSON-escaped, and the record
+    around them. A larger one is refused unread."""
+    return 2 * (call.limits.max_output_bytes + call.limits.max_stderr_bytes) + 1024 * 1024
 
 
 def _endpoint(s: RemoteSettings) -> Endpoint:
@@ -57,7 +69,10 @@ def _rpc_error(e: RpcFailed, what: str, url: str | None) -> NoetherError:
 def _ts(t: Any) -> str | None:
     if not t.seconds and not t.nanos:
         return None
-    return datetime.fromtimestamp(t.seconds + t.nanos / 1e9, UTC).isoformat()
+    try:
+        return datetime.fromtimestamp(t.seconds + t.nanos / 1e9, UTC).isoformat()
+    except (OverflowError, ValueError, OSError):  # a server's timestamp past year 9999 (or before year 1)
+        return None
 
 
 def _ms(a: Any, b: Any) -> int | None:
@@ -69,7 +84,7 @@ def _ms(a: Any, b: Any) -> int | None:
 def metadata_dict(md: Any) -> dict[str, Any]:
     """ExecutedActionMetadata as the trace records it."""
     return {
-        "worker": md.worker or None,
+        "worker": md.worker[:256] or None,
         "queued_at": _ts(md.queued_timestamp),
         "worker_start_at": _ts(md.worker_start_timestamp),
         "worker_completed_at": _ts(md.worker_completed_timestamp),
@@ -110,7 +125,7 @@ class RemoteExecutor:
                 raise _rpc_error(e, "the ActionCache lookup", url) from None
             if hit is not None and hit.exit_code == 0:
                 outcome = await self._outcome(client, enc, hit, cached=True, started=started, operation=None,
-                                              stages=[])
+                                              stages=[], cap=result_cap(call))
                 if outcome is not None:
                     return outcome
         try:
@@ -131,7 +146,7 @@ class RemoteExecutor:
             raise NoetherError("remote_failed", f"{call.label}: the cluster could not run it: "
                                f"{_code_name(status.code)}: {status.message or response.message}", exit_code=3)
         outcome = await self._outcome(client, enc, response.result, cached=response.cached_result, started=started,
-                                      operation=progress.operation, stages=progress.stages)
+                                      operation=progress.operation, stages=progress.stages, cap=result_cap(call))
         if outcome is not None and outcome.remote is not None and progress.reconnects:
             outcome.remote["reconnects"] = progress.reconnects
         if outcome is None:
@@ -145,15 +160,24 @@ class RemoteExecutor:
         token = trio.lowlevel.current_trio_token()
         scope = trio.CancelScope(deadline=trio.current_time() + s.queue_timeout_s)
         run_budget = call.limits.timeout_s + WORKER_OVERHEAD_S
+        # Executions started (1 + re-executions) and the one that moved the deadline:
+        # once per execution, however often a server says EXECUTING again.
+        attempt = {"started": 0, "extended": 0}
+
+        def extend() -> None:
+            if attempt["extended"] != attempt["started"]:
+                attempt["extended"] = attempt["started"]
+                scope.deadline = trio.current_time() + run_budget
 
         def on_stage(stage: str) -> None:  # on the gRPC thread: hand over to trio
             if stage in ("EXECUTING", "COMPLETED"):
                 with contextlib.suppress(trio.RunFinishedError):
-                    token.run_sync_soon(lambda: setattr(scope, "deadline", trio.current_time() + run_budget))
+                    token.run_sync_soon(extend)
 
         progress = Progress(on_stage)
         reconnect_until: float | None = None
         reuploads = 0
+        lost = 0
         name: str | None = None
         done = False
         try:
@@ -162,6 +186,7 @@ class RemoteExecutor:
                     try:
                         if name is None:
                             progress.stages.clear()
+                            attempt["started"] += 1
                             op = await client.execute(enc.action_digest, skip_cache_lookup=not enc.cacheable,
                                                       progress=progress)
                         else:
@@ -179,6 +204,12 @@ class RemoteExecutor:
                                     "remote_operation_lost", f"{call.label}: the server lost operation {name}; the "
                                     "stage is not Pure, so it is not run again (it may have had its effect)",
                                     exit_code=3) from None
+                            if lost >= MAX_REEXECUTIONS:
+                                raise NoetherError(
+                                    "remote_operation_lost", f"{call.label}: the server lost operation {name}, "
+                                    f"and its operations for this action {lost} times before; not executed again",
+                                    exit_code=3) from None
+                            lost += 1
                             name = None
                             progress.reconnects += 1
                             continue
@@ -226,16 +257,26 @@ class RemoteExecutor:
             await client.cancel_operation(name)
 
     async def _outcome(self, client: ReapiClient, enc: EncodedAction, result: Any, *, cached: bool, started: float,
-                       operation: str | None, stages: list[tuple[float, str]]) -> StageOutcome | None:
-        """The outcome ``result.json`` records, or None when it cannot be read."""
+                       operation: str | None, stages: list[tuple[float, str]], cap: int) -> StageOutcome | None:
+        """The outcome ``result.json`` records, or None when it cannot be read (the CAS lost it)."""
         out = next((f for f in result.output_files if f.path == RESULT_FILE), None)
         if out is None:
             return None
+        if not 0 <= out.digest.size_bytes <= cap:
+            raise NoetherError("remote_bad_result", f"the worker's result.json is said to be {out.digest.size_bytes} "
+                               f"bytes, more than this stage can have written ({cap}); it was not read",
+                               exit_code=3)
         data = out.contents if out.contents or out.digest.size_bytes == 0 else None
+        if data is not None and key_of(digest_of(data)) != key_of(out.digest):
+            raise NoetherError("remote_bad_result", "the server sent result.json inline with bytes that are not "
+                               f"those of its digest {key_of(out.digest)}", exit_code=3)
         if data is None:
             try:
                 data = (await client.read_blobs([out.digest]))[key_of(out.digest)]
-            except RpcFailed:
+            except RpcFailed as e:
+                if e.code == "DATA_LOSS":
+                    raise NoetherError("remote_bad_result", f"the CAS sent result.json with the wrong bytes: "
+                                       f"{e.details}", exit_code=3) from None
                 return None
         try:
             record = msgspec.json.decode(data, type=LaunchRecord)
@@ -245,7 +286,8 @@ class RemoteExecutor:
         if record.error is not None:
             md = metadata_dict(result.execution_metadata)
             where = f" (worker {md['worker']})" if md["worker"] else ""
-            raise NoetherError(record.error.code, record.error.message + where, exit_code=3)
+            code = record.error.code if _CODE.fullmatch(record.error.code) else "remote_failed"
+            raise NoetherError(code, record.error.message[:4000] + where, exit_code=3)
         if record.result is None:
             raise NoetherError("remote_bad_result", "the worker's result.json holds neither a result nor an error",
                                exit_code=3)

@@ -20,8 +20,11 @@ it ran and failed, 2 it was refused or could not be built.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import posixpath
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -92,6 +95,14 @@ def refusal(what: str) -> NoetherError:
     return NoetherError("remote_refused", f"this worker refuses the action: {what}", exit_code=3)
 
 
+def program_key(program: ProgramSpec) -> str:
+    """The id this worker builds and registers ``program`` under: a hash of
+    what the build depends on (language and code), never the submitter's
+    ``id``. A program registry keyed by the claimed id would let one
+    submitter plant code that every later Action naming that id runs."""
+    return hashlib.sha256(f"noether-remote-program\0{program.language}\0{program.code}".encode()).hexdigest()
+
+
 def admit(program: ProgramSpec, input_bytes: bytes, spec: SandboxSpec, grants: WorkerGrants) -> StageCall:
     """The stage call, if this worker may run it as asked; else ``remote_refused``."""
     if spec.profile != grants.profile:
@@ -110,10 +121,14 @@ def admit(program: ProgramSpec, input_bytes: bytes, spec: SandboxSpec, grants: W
         raise refusal(f"it needs {', '.join(missing)}, which this worker does not hold")
     maxima = load_profile(grants.profile).maxima
     for name in spec.limits.__struct_fields__:
+        value = getattr(spec.limits, name)
+        if not value > 0:  # -1 would be RLIM_INFINITY for the rlimits; NaN compares false
+            raise refusal(f"its limit {name}={value} is not positive")
         ceiling = maxima.get(name)
-        if ceiling is not None and getattr(spec.limits, name) > ceiling:
-            raise refusal(f"its limit {name}={getattr(spec.limits, name)} is above this worker's maximum {ceiling}")
-    call = StageCall(program_id=program.id, language=program.language, code=program.code, effects=spec.effects,
+        if ceiling is not None and value > ceiling:
+            raise refusal(f"its limit {name}={value} is above this worker's maximum {ceiling}")
+    call = StageCall(program_id=program_key(program), language=program.language, code=program.code,
+                     effects=spec.effects,
                      input=msgspec.json.decode(input_bytes), limits=spec.limits, isolation=spec.isolation,
                      label=f"stage {program.id[:16]}", run_as=grants.run_as(), env=spec.env, clear_env=spec.clear_env)
     derived = store_free_policy(call, grants.profile)
@@ -152,6 +167,30 @@ async def launch(files: dict[str, bytes], *, programs: Any, grants: WorkerGrants
     return (0 if outcome.ok else 1), msgspec.json.encode(record)
 
 
+def _read_regular(root: Path, name: str) -> bytes | None:
+    """The bytes of the regular file ``name`` in ``root``, never through a symlink; None for anything else."""
+    try:
+        fd = os.open(root / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return f.read()
+
+
+def write_result(root: Path, record: bytes) -> None:
+    """``result.json`` as a new file of ours: whatever the input root had under
+    that name (a symlink to a file of the runner's, say) is removed, never
+    written through."""
+    path = root / RESULT_FILE
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(record)
+
+
 def main(argv: list[str]) -> int:
     """``noether launch --protocol 1``: run the stage call in the current directory."""
     import trio
@@ -160,18 +199,19 @@ def main(argv: list[str]) -> int:
     files: dict[str, bytes] = {}
     for name in os.listdir(root):
         if name == RESULT_FILE:
-            continue
-        p = root / name
-        if name not in INPUT_FILES or p.is_symlink() or not p.is_file():
-            files[name] = b""  # decode_spec names what does not belong
-            continue
-        files[name] = p.read_bytes()
+            continue  # our output (a run before this one's): never read, replaced below
+        data = _read_regular(root, name) if name in INPUT_FILES else None
+        files[name] = b"" if data is None else data  # decode_spec names what does not belong
     grants = load_grants(os.environ.get(WORKER_CONFIG_ENV))
     home = noether_home()
     home.mkdir(parents=True, exist_ok=True)
     programs = ProgramRegistry(home / "noether.db")
     rc, record = trio.run(lambda: launch(files, programs=programs, grants=grants))
-    (root / RESULT_FILE).write_bytes(record)
+    try:
+        write_result(root, record)
+    except OSError as e:
+        print(f"noether launch: cannot write {RESULT_FILE}: {e.strerror}", file=sys.stderr)
+        return 2
     if rc == 2:
         print(msgspec.json.decode(record)["error"]["message"], file=sys.stderr)
     return rc

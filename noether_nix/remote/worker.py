@@ -31,6 +31,7 @@ from noether_nix.nix.registry import ProgramRegistry
 from noether_nix.nix.runtime import HOST_INTERPRETERS
 from noether_nix.paths import noether_home
 from noether_nix.remote.action import (
+    INPUT_FILE,
     INPUT_FILES,
     LAUNCHER_ARGV,
     P_CAPABILITY,
@@ -39,8 +40,10 @@ from noether_nix.remote.action import (
     P_NETWORK,
     P_OS,
     P_RUNTIME,
+    PROGRAM_FILE,
     PROTOCOL,
     RESULT_FILE,
+    SANDBOX_FILE,
     digest_of,
     key_of,
 )
@@ -48,6 +51,7 @@ from noether_nix.remote.client import Endpoint, ReapiClient, RpcFailed
 from noether_nix.remote.launcher import WorkerGrants, launch
 from noether_nix.remote.protos import noether_reapi_pb2 as re
 from noether_nix.remote.protos import noether_rwapi_pb2 as rw
+from noether_nix.settings import settings
 
 log = structlog.get_logger("noether.worker")
 
@@ -57,6 +61,25 @@ OK, CANCELLED, INVALID_ARGUMENT, DEADLINE_EXCEEDED, FAILED_PRECONDITION, INTERNA
 POLL_S = 30.0
 # Time a lease may take besides its Action's timeout: input fetch, a cold build, upload.
 OVERHEAD_S = 300.0
+# The largest Action, Command and input root Directory a lease may name (ours are a few hundred bytes).
+MAX_MESSAGE_BYTES = 1024 * 1024
+# The largest program spec (code) and sandbox spec; input.json may be as large as any value (engine.max_value_bytes).
+MAX_PROGRAM_BYTES = 16 * 1024 * 1024
+MAX_SANDBOX_BYTES = 1024 * 1024
+
+
+def input_caps() -> dict[str, int]:
+    """The largest each input file may be: a digest names its size, so a lease
+    naming more is refused before anything is fetched (the worker holds the
+    inputs in memory)."""
+    return {PROGRAM_FILE: MAX_PROGRAM_BYTES, SANDBOX_FILE: MAX_SANDBOX_BYTES,
+            INPUT_FILE: settings().engine.max_value_bytes}
+
+
+def check_size(what: str, digest: Any, cap: int) -> None:
+    if not 0 <= digest.size_bytes <= cap:
+        raise LeaseFailed(INVALID_ARGUMENT, f"refused: {what} is {digest.size_bytes} bytes, over this worker's "
+                          f"{cap}-byte cap")
 
 
 class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -255,7 +278,10 @@ class Worker:
             digest = re.Digest()
             if not payload.Unpack(digest):
                 raise LeaseFailed(INVALID_ARGUMENT, "the lease carries neither an Action nor its digest")
+            check_size("the Action", digest, MAX_MESSAGE_BYTES)
             action.ParseFromString(await self._blob(client, digest))
+        check_size("the Command", action.command_digest, MAX_MESSAGE_BYTES)
+        check_size("the input root", action.input_root_digest, MAX_MESSAGE_BYTES)
         command = re.Command()
         command.ParseFromString(await self._blob(client, action.command_digest))
         check_command(command, self.offered)
@@ -265,6 +291,9 @@ class Worker:
         names = [f.name for f in root.files]
         if root.directories or root.symlinks or sorted(names) != sorted(INPUT_FILES):
             raise LeaseFailed(INVALID_ARGUMENT, f"refused: the input root must hold exactly {', '.join(INPUT_FILES)}")
+        caps = input_caps()
+        for f in root.files:
+            check_size(f.name, f.digest, caps[f.name])
         blobs = await self._blobs(client, [f.digest for f in root.files])
         files = {f.name: blobs[key_of(f.digest)] for f in root.files}
         _now(md.input_fetch_completed_timestamp)

@@ -101,6 +101,7 @@ class Router:
     async def _admit(self, http: HttpConnection, ctx: Context, params: Run) -> RunHandle | None:
         """Submit the run; a client that goes away while its run waits for a slot gives up its place."""
         handle: RunHandle | None = None
+        refused: NoetherError | None = None
         async with trio.open_nursery() as nursery:
 
             async def watch() -> None:
@@ -108,8 +109,13 @@ class Router:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch)
-            handle = await self.daemon.runs.submit(ctx, params)
+            try:
+                handle = await self.daemon.runs.submit(ctx, params)
+            except NoetherError as e:  # raised here, not wrapped in the nursery's ExceptionGroup
+                refused = e
             nursery.cancel_scope.cancel()
+        if refused is not None:
+            raise refused
         return handle
 
 

@@ -32,6 +32,10 @@ class StageLookup(Protocol):
 class RemoteSource(Protocol):
     #: Where the stages come from (a registry URL); errors and warnings name it.
     origin: str
+    #: Whether the lifecycles it reports are this process's own (a registry
+    #: resolving from its own database). Otherwise they are another party's word,
+    #: and resolution follows a successor it names only when that is a drop-in.
+    own_lifecycles: bool
 
     def lookup(self, local: StageLookup, ref: str) -> tuple[StageLookup, list[tuple[str, str]]]:
         """A lookup that also finds ``ref`` remotely, and warnings as (code, message).

@@ -21,21 +21,14 @@ from noether_nix.sandbox.policy import IsolationPolicy, Limits, policy_from_effe
 from noether_nix.sandbox.profile import Profile, load_profile
 from noether_nix.sandbox.supervisor import Isolation, Result, run_sandboxed
 from noether_nix.sandbox.warm import WarmPool
+from tests.processes import marked_sandbox_pids, running
 
 Probe = Callable[..., Awaitable[Result]]
 
 
 def survivors(marker: str) -> list[int]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(int(pid))
-        except OSError:
-            continue
-    return found
+    """Processes of this test's sandboxes (found by their cgroups) that carry ``marker`` and still run."""
+    return [pid for pid in marked_sandbox_pids(marker) if running(pid)]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from noether_nix.client import Client
+from tests.processes import running, sandbox_pids
 
 HELLO = {"description": "d", "version": "1", "root": {"op": "Stage", "id": "text_upper"}}
 
@@ -190,7 +191,7 @@ def test_socket_activation_and_readiness(tmp_path: Path) -> None:
 
 def test_client_disconnect_cancels_the_run_and_kills_its_sandbox(daemon: tuple[subprocess.Popen[bytes], Path],
                                                                   tmp_path: Path) -> None:
-    _, sock = daemon
+    proc, sock = daemon
     spec = {"name": "forever", "input": "Any", "output": "Any", "effects": ["NonDeterministic"],
             "implementation": "import time\ndef execute(x):\n    while True:\n        time.sleep(0.05)\n"}
     c = Client(str(sock))
@@ -201,25 +202,26 @@ def test_client_disconnect_cancels_the_run_and_kills_its_sandbox(daemon: tuple[s
     for ev in events:
         if ev["event"] == "stage_started":
             break
+    _wait_for_sandbox(proc.pid)
     events.close()  # the client goes away mid-run
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        if not _stage_processes():
+        if not _stage_processes(proc.pid):
             break
         time.sleep(0.1)
-    assert _stage_processes() == []
+    assert _stage_processes(proc.pid) == []
 
 
-def _stage_processes() -> list[str]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                if b"noether-stage-" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    found.append(pid)
-            except OSError:
-                pass
-    return found
+def _stage_processes(daemon_pid: int) -> list[int]:
+    """The daemon's sandbox processes still running, found by the cgroups it made."""
+    return [pid for pid in sandbox_pids(daemon_pid) if running(pid)]
+
+
+def _wait_for_sandbox(daemon_pid: int) -> None:
+    deadline = time.monotonic() + 30  # the stage's program may still be building
+    while not _stage_processes(daemon_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _stage_processes(daemon_pid), "the stage's sandbox is not in a cgroup of the daemon's"
 
 
 def test_kill_9_leaves_no_sandbox_and_restart_keeps_the_store(tmp_path: Path) -> None:
@@ -233,12 +235,14 @@ def test_kill_9_leaves_no_sandbox_and_restart_keeps_the_store(tmp_path: Path) ->
     for ev in events:
         if ev["event"] == "stage_started":
             break
+    _wait_for_sandbox(proc.pid)
+    dead = proc.pid
     proc.kill()
     proc.wait(10)
     deadline = time.monotonic() + 5
-    while _stage_processes() and time.monotonic() < deadline:
+    while _stage_processes(dead) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _stage_processes() == []
+    assert _stage_processes(dead) == []
     proc2, sock2 = start(tmp_path)
     try:
         status, got = Client(str(sock2)).request("GET", f"/v1/stages/{added['data']['id']}")
