@@ -333,9 +333,11 @@ class WarmSandbox:
 
     def describe(self, now: float) -> dict[str, Any]:
         argv = self.key.argv
+        cgroup = self.launch.cgroup
         return {"program": argv[0] if argv[0] != "-c" else "-c", "peer_uid": None if self.key.run_as is None
                 else self.key.run_as[0], "calls": self.calls, "age_s": round(now - self.created, 1),
-                "idle_s": round(now - self.last_used, 1)}
+                "idle_s": round(now - self.last_used, 1),
+                "cgroup": next(iter(cgroup.dirs.values())).name if cgroup is not None and cgroup.dirs else None}
 
 
 class WarmPool:

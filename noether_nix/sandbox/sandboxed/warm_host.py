@@ -197,15 +197,12 @@ class Host:
             self.last_cap = int(f.read())
         self.code, self.argv, self.path0, self.file = load_program(config["argv"])
         preload(self.code)
-        # What a fresh interpreter starts with, restored in every call's child.
+        # The host ignores these; each call's child gets back what a fresh interpreter
+        # starts with (every other disposition the host never touched).
         self.fresh_handlers: dict[int, Any] = {}
-        for sig in range(1, signal.NSIG):
-            try:
-                self.fresh_handlers[sig] = signal.getsignal(sig)
-            except (OSError, ValueError):
-                continue
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
                     signal.SIGALRM, signal.SIGPIPE):
+            self.fresh_handlers[sig] = signal.getsignal(sig)
             signal.signal(sig, signal.SIG_IGN)
         check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
         check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
