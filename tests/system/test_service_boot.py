@@ -146,7 +146,7 @@ def start_sleeper(c: Container, n: int) -> tuple[subprocess.Popen[str], str]:
                what="the sleeper's sandbox", interval=0.2)
     assert client.poll() is None, client.communicate()
     running = running_runs()
-    assert len(running) == 1, runs
+    assert len(running) == 1, running
     return client, running[0]
 
 
