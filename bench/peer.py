@@ -219,7 +219,7 @@ class Bench:
     # ------------------------------------------------------------ map
 
     def map_once(self) -> dict[str, float]:
-        _, out = spawn_ms([sys.executable, "-c", MAP_DRIVER, str(MAP_N)], env=self.env, capture=True)
+        _, out = spawn_ms([sys.executable, "-P", "-c", MAP_DRIVER, str(MAP_N)], env=self.env, capture=True)
         return json.loads(out)  # type: ignore[no-any-return]
 
     def map_sizes(self) -> dict[str, int]:
