@@ -359,6 +359,8 @@ class WarmPool:
         self.cold_keys: dict[WarmKey, str] = {}
         self.closed = False
         self.changed = trio.Event()
+        #: How often ``serve`` woke up (a test checks it sleeps between events).
+        self.wakeups = 0
         self.token = trio.lowlevel.current_trio_token()
         self.counters = {k: 0 for k in ("started", "calls", "reused", "expired", "evicted", "retired", "broken",
                                         "start_failures", "cold_fallbacks")}
@@ -458,15 +460,18 @@ class WarmPool:
         self.changed.set()
 
     async def serve(self) -> None:
-        """Close idle sandboxes once they have been idle for ``idle_s`` (runs until cancelled)."""
+        """Close idle sandboxes once they have been idle for ``idle_s`` (runs until cancelled):
+        it sleeps until the next one is due or the pool changes, nothing else."""
         while not self.closed:
+            self.wakeups += 1
             if self.changed.is_set():
                 self.changed = trio.Event()
-            deadline = min((s.last_used + self.idle_s for v in self.idle.values() for s in v), default=None)
-            if deadline is None:
+            due = min((s.last_used + self.idle_s for v in self.idle.values() for s in v), default=None)
+            if due is None:
                 await self.changed.wait()
                 continue
-            with trio.move_on_at(deadline):
+            # ``last_used`` is time.monotonic(); trio's clock has an offset of its own, so wait relatively.
+            with trio.move_on_after(max(0.0, due - time.monotonic())):
                 await self.changed.wait()
             await self.expire()
 

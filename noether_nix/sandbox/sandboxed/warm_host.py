@@ -193,8 +193,11 @@ class Host:
         self.ruleset = scope_ruleset() if config["landlock"] else None
         self.fresh, self.carried = plan_fresh_mounts()
         self.modes = dict(FRESH)
-        with open("/proc/sys/kernel/cap_last_cap") as f:
-            self.last_cap = int(f.read())
+        # The capabilities left in the bounding set (bwrap keeps only the two it was asked to add):
+        # each call's child drops exactly these.
+        with open("/proc/self/status") as f:
+            bounding = next(int(line.split()[1], 16) for line in f if line.startswith("CapBnd:"))
+        self.bounding = [cap for cap in range(64) if bounding >> cap & 1]
         self.code, self.argv, self.path0, self.file = load_program(config["argv"])
         preload(self.code)
         # The host ignores these; each call's child gets back what a fresh interpreter
@@ -299,7 +302,7 @@ class Host:
             check(libc.syscall(ctypes.c_long(SYS_LANDLOCK_RESTRICT_SELF), ctypes.c_long(self.ruleset),
                                ctypes.c_ulong(0)), "landlock_restrict_self")
             os.close(self.ruleset)
-        for cap in range(self.last_cap + 1):
+        for cap in self.bounding:
             check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "prctl(PR_CAPBSET_DROP)")
         check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(PR_CAP_AMBIENT)")
         header = CapHeader(CAPABILITY_VERSION_3, 0)
