@@ -32,7 +32,15 @@ if lang == "python":
     lines = code.splitlines(keepends=True)
     future = "".join(ln for ln in lines if ln.startswith("from __future__ import"))
     code = "".join(ln for ln in lines if not ln.startswith("from __future__ import"))
-program = wrapper.replace("@RUNTIME_BIN@", env["runtime"] + "/bin").replace("@STAGE_CODE@", code)
+# One pass, so nothing substituted is substituted again. @STAGE_CODE_LITERAL@
+# is the code as a Python string literal (the python wrapper compiles it as a
+# file of its own, so tracebacks carry the stage's own line numbers).
+# @STAGE_CODE_JSON@ is the same as a JSON (and so JavaScript) string literal.
+import json, re
+parts = {"RUNTIME_BIN": env["runtime"] + "/bin", "STAGE_CODE": code, "STAGE_CODE_LITERAL": repr(original),
+         "STAGE_CODE_JSON": json.dumps(original)}
+program = re.sub(r"@(RUNTIME_BIN|STAGE_CODE_LITERAL|STAGE_CODE_JSON|STAGE_CODE)@", lambda m: parts[m.group(1)],
+                 wrapper)
 os.makedirs(out + "/bin")
 launcher = out + "/bin/stage"
 site = ""

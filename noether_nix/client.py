@@ -16,6 +16,8 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
+
 from noether_nix.errors import NoetherError
 from noether_nix.paths import default_socket
 
@@ -190,7 +192,7 @@ class Client:
             if resp.status != 200:
                 raise envelope_error(resp.status, _decode(resp.read(), resp.getheader("content-type")), self.path)
             for line in resp.lines():
-                yield json.loads(line)
+                yield stream_line(line, self.path)
         finally:
             sock.close()
 
@@ -198,6 +200,15 @@ class Client:
         """Stream a run's NDJSON events; the last one is its ``run_finished``."""
         return self.stream("POST", "/v1/runs", {"graph": graph, "input": input, "options": options or {}},
                            timeout=None)
+
+
+def stream_line(line: bytes, path: str) -> Any:
+    """One NDJSON line, strictly (no NaN, no lone surrogates: what the daemon never sends)."""
+    try:
+        return msgspec.json.decode(line)
+    except (msgspec.DecodeError, RecursionError) as e:
+        raise NoetherError("daemon_error", f"the daemon sent a line that is not JSON ({e}): {line[:80]!r}",
+                           path=path, exit_code=3) from None
 
 
 def envelope_error(status: int, doc: Any, path: str) -> NoetherError:

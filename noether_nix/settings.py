@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from noether_nix.errors import NoetherError
+from noether_nix.suggest import did_you_mean
 
 
 def _d(text: str) -> msgspec.Meta:
@@ -68,6 +69,9 @@ class EngineSettings(_Section):
         "warm sandboxes kept at once (a pre-started sandboxed interpreter per Python program, policy and peer, "
         "forking a fresh child per call; docs/security.md); 0: every sandboxed call starts cold")] = 8
     warm_idle_secs: Annotated[float, _d("seconds an idle warm sandbox is kept")] = 60.0
+    in_process_threads: Annotated[int, _d(
+        "worker threads for in-process work too large or too unpredictable for the daemon's event loop (pure "
+        "stages on large values or with regular expressions, kv and store stages, checking large values)")] = 4
     max_value_bytes: Annotated[int, _d(
         "the largest value (a run's input, a stage's input or output), in bytes of JSON")] = 32 * 1024 * 1024
     max_stored_runs: Annotated[int, _d("finished runs kept in the history (the oldest go first)")] = 10_000
@@ -77,6 +81,9 @@ class EngineSettings(_Section):
     pure_cache: Annotated[bool, _d("whether pure stages' results are cached")] = True
     pure_cache_max_entries: Annotated[int, _d("entries kept in the pure cache")] = 100_000
     refinement_checks: Annotated[bool, _d("whether refinement types are checked at run time")] = True
+    output_type_checks: Annotated[bool, _d(
+        "whether a stage's output must be of its declared output type (output_type_mismatch); off: "
+        "upstream's behaviour, which lets it through")] = True
     executor: Annotated[Literal["local", "remote"], _d(
         "where sandboxed stage calls run: on this host (local), or as Actions on the REAPI cluster named by "
         "engine.remote (remote; docs/scale-out.md)")] = "local"
@@ -252,9 +259,20 @@ def build(doc: dict[str, Any], environ: dict[str, str] | os._Environ[str] | None
 
 
 def _choices(error: str) -> str:
-    """", use one of …" when the setting the error is about takes one of a few words."""
-    where = error.rpartition("`$.")[2].rstrip("`").split(".")
+    """", use one of …" when the setting the error is about takes one of a few words;
+    "; did you mean `x`?" for a misspelt key."""
     kind: Any = msgspec.inspect.type_info(Settings)
+    if error.startswith("Object contains unknown field `"):
+        unknown = error[len("Object contains unknown field `"):].partition("`")[0]
+        section = error.partition(" - at `$")[2].rstrip("`").strip(".")
+        for part in [p for p in section.split(".") if p]:
+            while isinstance(kind, msgspec.inspect.Metadata):
+                kind = kind.type
+            kind = next((f.type for f in getattr(kind, "fields", ()) if f.encode_name == part), None)
+        while isinstance(kind, msgspec.inspect.Metadata):
+            kind = kind.type
+        return did_you_mean(unknown, [f.encode_name for f in getattr(kind, "fields", ())])
+    where = error.rpartition("`$.")[2].rstrip("`").split(".")
     for key in where:
         while isinstance(kind, msgspec.inspect.Metadata):
             kind = kind.type

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.sandbox_access import share_with_sandbox
+
+# Hypothesis: CI runs a fixed, reproducible budget (the same examples every
+# run, nothing remembered between runs); a developer's run explores at random
+# and remembers failures in .hypothesis/. HYPOTHESIS_PROFILE picks one.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 #: The fast tier (`./dev test --fast`): tests that need no Nix build, no sandbox, no
 #: daemon and no database — the model, graphs, the store, the pure stdlib, settings,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import msgspec
@@ -12,6 +11,18 @@ from noether_nix.client import Client
 from noether_nix.engine.events import Event
 from noether_nix.errors import NoetherError
 from noether_nix.service import endpoints as ep
+
+
+def event_of(raw: Any) -> Event | None:
+    """A decoded NDJSON line as the event it is; None for a kind this client does not know."""
+    if not isinstance(raw, dict):
+        raise NoetherError("daemon_error", f"the daemon sent an event that is not an object: {str(raw)[:80]!r}",
+                           exit_code=3)
+    try:
+        event: Event = msgspec.convert(raw, Event)
+    except (msgspec.ValidationError, UnicodeError):  # msgspec names a bad tag in its message (UnicodeError)
+        return None
+    return event
 
 
 class DaemonBackend(Backend):
@@ -30,10 +41,11 @@ class DaemonBackend(Backend):
         target, body = ep.target(endpoint, params)
         try:
             for raw in self.client.stream(endpoint.method, target, body, timeout=None):
-                if raw.get("event") == "run_finished":
+                event = event_of(raw)
+                if isinstance(raw, dict) and raw.get("event") == "run_finished":
                     return raw
-                with contextlib.suppress(msgspec.ValidationError):  # an event kind this client does not know
-                    on_event(msgspec.convert(raw, Event))
+                if event is not None:
+                    on_event(event)
         except OSError as e:
             raise NoetherError("daemon_unreachable", f"lost the daemon during the run: {e}", path=self.client.path,
                                exit_code=3) from None

@@ -23,6 +23,8 @@ class Args(argparse.Namespace):
     version: bool
     registry: str | None
     cmd: str | None
+    #: The human view (``cli.human.View``) when one is drawn, else None.
+    view: Any
 
 
 class CommandResult:

@@ -39,6 +39,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--max-output-bytes", type=int, help="per-stage stdout cap (may only lower the default)")
     p.add_argument("--isolate", choices=["auto", "bwrap", "none"], help="isolation backend (none is unsafe)")
     p.add_argument("--no-cache", action="store_true", help="do not use the pure-stage cache")
+    p.add_argument("--no-output-type-checks", action="store_true",
+                   help="let a stage return a value of another type than it declares (upstream's behaviour)")
     p.add_argument("--allow-read", action="append", default=[], metavar="PATH",
                    help="a file or directory read_file may read (repeatable)")
     p.add_argument("--allow-write", action="append", default=[], metavar="PATH",
@@ -94,6 +96,7 @@ def run_options(args: argparse.Namespace) -> dict[str, Any]:
         "isolate": getattr(args, "isolate", None),
         "optimize": not args.no_optimize,
         "cache": not getattr(args, "no_cache", False),
+        "output_type_checks": False if getattr(args, "no_output_type_checks", False) else None,
         "allow_unsigned": args.allow_unsigned,
         # Paths are the caller's: made absolute here, where the working directory means something.
         "allow_read": [os.path.abspath(p) for p in getattr(args, "allow_read", [])] or None,
@@ -152,7 +155,6 @@ def cmd_check(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> Any:
-    from noether_nix.cli.human import render_event
     from noether_nix.service.graph import run_report
 
     if args.dry_run:
@@ -160,18 +162,29 @@ def cmd_run(args: argparse.Namespace) -> Any:
     raw = read_json_file(args.graph, what="graph file")
     add_listed(args, raw)
     params = Run(graph=raw, input=read_input(args), options=run_options(args))
-    live = sys.stderr.isatty() and not args.json
+    view = getattr(args, "view", None)
+    if view is not None:  # the human view: stages live, then the output (cli.human)
+        with view.run_progress() as watch:
+            finished = backend(args).run(params, watch)
+    else:
+        finished = backend(args).run(params, _stderr_progress(live=sys.stderr.isatty() and not args.json))
+    data, err = run_report(finished)
+    return data if err is None else CommandResult(data, err)
+
+
+def _stderr_progress(*, live: bool) -> Any:
+    """Events while stdout carries the envelope: what stdout_write stages write goes to stderr, always;
+    one plain line per stage too when stderr is a terminal."""
+    from noether_nix.cli.human import render_event
 
     def on_event(ev: Any) -> None:
-        # What stdout_write stages write goes to stderr, always (stdout carries the envelope).
         if type(ev).__name__ == "StageOutput":
             sys.stderr.write(ev.text)
             sys.stderr.flush()
         elif live and (line := render_event(ev)):
             print(line, file=sys.stderr, flush=True)
 
-    data, err = run_report(backend(args).run(params, on_event))
-    return data if err is None else CommandResult(data, err)
+    return on_event
 
 
 def cmd_trace(args: argparse.Namespace) -> Any:
@@ -183,7 +196,11 @@ def cmd_runs(args: argparse.Namespace) -> Any:
 
 
 def cmd_warmup(args: argparse.Namespace) -> Any:
-    live = sys.stderr.isatty()
+    view = getattr(args, "view", None)
+    if view is not None:
+        with view.warmup_progress() as report:
+            return backend(args).warmup(args.refs, on_progress=report)
+    live = sys.stderr.isatty() and not args.json
 
     def progress(p: dict[str, Any]) -> None:
         if live:

@@ -1,11 +1,14 @@
 """``noether``: the command-line interface.
 
-Every command prints exactly one ACLI envelope on stdout, ok or not (a
-failed command's envelope carries its ``error``, and its ``data`` where
-there is some, such as a failed run's trace), and exits with upstream's
-codes (1 input/reference, 2 check/policy, 3 execution). Logs and live
-progress go to stderr. Commands talk to a ``Backend``: the live daemon, or
-this process (embedded).
+For programs (stdout not a terminal, or ``--json``), every command prints
+exactly one ACLI envelope on stdout, ok or not (a failed command's envelope
+carries its ``error``, and its ``data`` where there is some, such as a
+failed run's trace); logs, and live progress when stderr is a terminal, go
+to stderr. For people (stdout a terminal, or ``--human``), the same data
+and errors are drawn as a view (``cli.human``), with live progress. Either
+way the exit codes are upstream's (1 input/reference, 2 check/policy, 3
+execution). Commands talk to a ``Backend``: the live daemon, or this
+process (embedded).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 from noether_nix import __version__
 from noether_nix.cli.common import Args, CommandResult
 from noether_nix.cli.envelope import Invocation, dump, error_envelope, ok_envelope
+from noether_nix.cli.human import wants_human
 from noether_nix.errors import NoetherError
 
 TYPE_CHECKING = False  # no typing import on the CLI's entry (see errors.py)
@@ -25,6 +29,16 @@ if TYPE_CHECKING:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
+        import re
+
+        from noether_nix.suggest import did_you_mean
+
+        # "invalid choice: 'rnu' (choose from 'version', 'run', …)": name the closest command.
+        found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if found:
+            choices = re.findall(r"'([^']*)'", found.group(2))
+            message = message.replace(found.group(0), f"invalid choice: {found.group(1)!r}"
+                                      f"{did_you_mean(found.group(1), choices)}")
         raise NoetherError("usage", message, hint=f"see `{self.prog} --help`", exit_code=2)
 
 
@@ -38,9 +52,10 @@ def global_flags(suppress: bool) -> _Parser:
     g.add_argument("--local", action="store_true", default=argparse.SUPPRESS if suppress else False,
                    help="run embedded, even when a daemon is live")
     g.add_argument("--human", action="store_true", default=argparse.SUPPRESS if suppress else False,
-                   help="print a view for reading instead of the JSON envelope")
+                   help="print the view for reading (the default when stdout is a terminal)")
     g.add_argument("--json", action="store_true", default=argparse.SUPPRESS if suppress else False,
-                   help="print the JSON envelope, and no live progress")
+                   help="print the JSON envelope, and no live progress (the default when stdout is not a "
+                        "terminal)")
     g.add_argument("--registry", metavar="URL", default=default,
                    help="a stage registry to merge with the local store (wins over $NOETHER_REGISTRY)")
     return p
@@ -122,11 +137,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     inv = Invocation("noether")
-    human = "--human" in argv  # known before parsing, so a usage error is shown the same way
+    human = wants_human(argv)  # known before parsing, so a usage error is shown the same way
+    view = None
     try:
         parser = build_parser(argv)
         args: Args = parser.parse_args(argv)  # type: ignore[assignment]
-        human = bool(args.human)
+        human = wants_human(argv, human=bool(args.human), json_flag=bool(args.json))
         if args.version and args.cmd is None:
             print(f"noether {__version__}")
             return 0
@@ -149,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         from noether_nix.cli import common
 
         common.registry_flag = args.registry  # installed as a stage source once a local backend is chosen
+        if human:
+            view = _human_view()
+        args.view = view  # handlers draw live progress on it (None: the envelope, progress on stderr)
         result = args.handler(args)
     except NoetherError as e:
         result = CommandResult(None, e)
@@ -156,12 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         result = CommandResult(None, NoetherError("interrupted", "interrupted", exit_code=130))
     data, err = (result.data, result.error) if isinstance(result, CommandResult) else (result, None)
     if human:
-        from noether_nix.cli.human import render
-
+        view = view or _human_view()
         if data is not None:
-            print(render(inv.command, data))
+            view.show(inv.command, data)
         if err is not None:
-            print(f"error [{err.code}]: {err}" + (f"\nhint: {err.hint}" if err.hint else ""), file=sys.stderr)
+            view.show_error(err, inv.command)
             return err.exit_code
         return 0
     if err is not None:
@@ -169,6 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     dump(ok_envelope(inv, data))
     return 0
+
+
+def _human_view() -> Any:
+    from noether_nix import logs
+    from noether_nix.cli.human import make_view
+
+    logs.setup(human=True)  # a log line on a terminal reads as a sentence, not JSON
+    return make_view()
 
 
 if __name__ == "__main__":

@@ -51,17 +51,28 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     registry_cmds.extend_stage_commands(stage, common)  # search, sync; list/get/add/lifecycle merge a registry
 
 
-def signed_stage_json(spec_path: str) -> dict[str, Any]:
+def signed_stage_json(spec_path: str, doc: Any = None) -> dict[str, Any]:
     """A spec file parsed and signed here, with the user's author key, in both modes."""
     from noether_nix.model.stage import stage_from_spec, stage_to_json
     from noether_nix.store.signing import sign_for_store
 
-    return stage_to_json(sign_for_store(stage_from_spec(read_json_file(spec_path, what="spec file"),
-                                                        path=spec_path)))
+    if doc is None:
+        doc = read_json_file(spec_path, what="spec file")
+    return stage_to_json(sign_for_store(stage_from_spec(doc, path=spec_path)))
 
 
 def cmd_add(args: argparse.Namespace) -> Any:
-    return backend(args).stage_add(signed_stage_json(args.spec), draft=args.draft, build=not args.no_build)
+    from noether_nix.model.stage import spec_lifecycle
+
+    doc = read_json_file(args.spec, what="spec file")
+    stage_json = signed_stage_json(args.spec, doc)
+    # The file's own "lifecycle": "Draft" is honoured (--draft says the same).
+    draft = args.draft or spec_lifecycle(doc, path=args.spec) == "Draft"
+    view = getattr(args, "view", None)
+    if view is None or args.no_build or not stage_json.get("implementation_code"):
+        return backend(args).stage_add(stage_json, draft=draft, build=not args.no_build)
+    with view.status(f"building the program of {stage_json.get('name') or stage_json['id'][:8]}…"):
+        return backend(args).stage_add(stage_json, draft=draft, build=True)
 
 
 def cmd_get(args: argparse.Namespace) -> Any:
@@ -86,5 +97,10 @@ def cmd_verify(args: argparse.Namespace) -> Any:
 def cmd_test(args: argparse.Namespace) -> Any:
     from noether_nix.service.stage_test import stage_test_error
 
-    data = backend(args).stage_test(args.ref)
+    view = getattr(args, "view", None)
+    if view is None:
+        data = backend(args).stage_test(args.ref)
+    else:
+        with view.status("running the stages on their examples…"):
+            data = backend(args).stage_test(args.ref)
     return CommandResult(data, stage_test_error(data))

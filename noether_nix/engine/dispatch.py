@@ -11,6 +11,9 @@ attributes of the entry, not names checked here.
 
 from __future__ import annotations
 
+import functools
+import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -19,6 +22,7 @@ from noether_nix.engine.events import StageOutput
 from noether_nix.engine.executor import StageCall, outcome_value
 from noether_nix.engine.grants import fs_wall
 from noether_nix.engine.higher_order import run_higher_order
+from noether_nix.engine.offload import off_loop, small
 from noether_nix.engine.options import StageError
 from noether_nix.engine.state import IN_PROCESS, RunState, Usage
 from noether_nix.errors import NoetherError
@@ -31,7 +35,7 @@ from noether_nix.sandbox.policy import policy_from_effects
 from noether_nix.sandbox.profile import load_profile
 from noether_nix.sandbox.session import SandboxSession, open_session
 from noether_nix.sandbox.supervisor import Isolation as SandboxIsolation
-from noether_nix.stdlib._shapes import StageFailure, optional_text
+from noether_nix.stdlib._shapes import DEADLINE, StageFailure, optional_text
 from noether_nix.stdlib.registry import (
     STDLIB,
     ArrowUnavailable,
@@ -79,7 +83,11 @@ async def _stdlib(run: RunState, entry: Entry, stage: Stage, value: Any, path: s
                              "store", path)
         if category == "pure":
             assert entry.impl is not None
-            return entry.impl(value), IN_PROCESS
+            # Small values inline (a thread hop costs more than the work); large
+            # ones, and stages whose work can outgrow their input, on a worker thread.
+            if not entry.off_loop and small(value):
+                return entry.impl(value), IN_PROCESS
+            return await _in_process(run, entry.impl, value, label, path)
         if category in ("kv", "store"):
             impl = run.services.builtins[entry.name]
             if entry.per_peer and not run.store_writes:
@@ -89,8 +97,10 @@ async def _stdlib(run: RunState, entry: Entry, stage: Stage, value: Any, path: s
                     ns = optional_text(value, "namespace")
                     value = {**value, "namespace": f"peer-{run.requester_uid}/{ns or ''}"}
                 elif category == "store":  # only the requester's own traces
-                    return impl(value, visible_to=run.requester_uid), IN_PROCESS
-            return impl(value), IN_PROCESS
+                    impl = functools.partial(impl, visible_to=run.requester_uid)
+            # They wait on the database (a writer elsewhere holds it up to its busy
+            # timeout) and their work grows with the store: never on the event loop.
+            return await _in_process(run, impl, value, label, path)
         if category == "stream":
             return await _stream(run, stage, value, path), IN_PROCESS
     except StageFailure as e:
@@ -123,6 +133,27 @@ async def _stdlib(run: RunState, entry: Entry, stage: Stage, value: Any, path: s
                          path)
     assert category == "process", category
     return await _process_stage(run, stage, entry.name, value, path)
+
+
+async def _in_process(run: RunState, impl: Callable[[Any], Any], value: Any, label: str,
+                      path: str) -> tuple[Any, Usage]:
+    """An in-process implementation on a worker thread, within the stage's time budget.
+    Work that can check the clock (a regular expression) stops at the budget by
+    itself (``DEADLINE``); other work is abandoned to its thread."""
+    budget = run.limits.timeout_s
+    token = DEADLINE.set(time.monotonic() + budget)  # the worker thread runs in a copy of this context
+    try:
+        out = await off_loop(impl, value, limiter=run.services.thread_limiter, budget_s=budget,
+                             what=f"stage {label}", path=path)
+    except (StageError, TimeoutError) as e:
+        if isinstance(e, StageError) and e.code != "stage_timed_out":
+            raise
+        raise StageError("stage_timed_out", f"stage {label} ran past its {budget:g} s budget in the daemon's "
+                         "process and was stopped", path, usage=Usage(isolation="in-process", status="timed_out"),
+                         details={"status": "timed_out", "budget_s": budget}) from None
+    finally:
+        DEADLINE.reset(token)
+    return out, IN_PROCESS
 
 
 async def _stream(run: RunState, stage: Stage, value: Any, path: str) -> Any:

@@ -26,6 +26,7 @@ from noether_nix.engine.executor import Executor, LocalExecutor, StageCall, Stag
 from noether_nix.engine.fastpath import FastPure, simple_types
 from noether_nix.engine.grants import check_grants
 from noether_nix.engine.interpreter import Emit, Interpreter
+from noether_nix.engine.offload import maybe_off_loop, small
 from noether_nix.engine.options import Isolation, RunOptions, StageError
 from noether_nix.engine.state import Dispatch, StageFacts
 from noether_nix.errors import NoetherError
@@ -34,7 +35,7 @@ from noether_nix.graph.preflight import PolicyOptions, is_stdlib, needs_sandbox
 from noether_nix.logs import get_logger
 from noether_nix.model.effects import EffectKind
 from noether_nix.model.stage import Stage
-from noether_nix.model.values import outer_refinements
+from noether_nix.model.values import check_value, outer_refinements
 from noether_nix.nix.registry import ProgramRegistry
 from noether_nix.sandbox.bwrap import bwrap_works, find_bwrap
 from noether_nix.sandbox.identity import check_grant_access
@@ -48,6 +49,7 @@ from noether_nix.store.kv import KvStore
 from noether_nix.store.runs import RunStore
 from noether_nix.store.stages import StageStore
 from noether_nix.store.stdlib_seed import ensure_stdlib
+from noether_nix.store.upstream import import_home_store
 
 __all__ = ["Engine", "Executor", "RunFinished", "RunOptions", "RunResult", "StageCall", "StageError",
            "StageOutcome", "sandbox_usable"]
@@ -78,6 +80,8 @@ def _fast_pure(stage: Stage) -> FastPure | None:
     entry = STDLIB.get(stage.name or "") if is_stdlib(stage) else None
     if entry is None or entry.category != "pure" or entry.impl is None:
         return None
+    if entry.off_loop:  # its work can outgrow its input (regular expressions): each call off the event loop
+        return None
     if outer_refinements(stage.input) or outer_refinements(stage.output):
         return None
     return FastPure(entry.impl, simple_types(stage.input))
@@ -97,6 +101,8 @@ class Engine:
         self.config = config if config is not None else settings().engine
         self.store = store or StageStore()
         ensure_stdlib(self.store)
+        if store is None:  # a store of this home's own: upstream's store.json there comes in once
+            import_home_store(self.store)
         conn = self.store.conn
         self.cache = PureCache(conn, max_entries=self.config.pure_cache_max_entries)
         self.runs = RunStore(conn, keep_runs=self.config.max_stored_runs, keep_bytes=self.config.max_stored_runs_bytes,
@@ -107,6 +113,7 @@ class Engine:
         self._executor = executor
         self._dispatch = dispatch_fn or dispatch
         self._process_limiter: trio.CapacityLimiter | None = None
+        self._thread_limiter: trio.CapacityLimiter | None = None
         self._facts: dict[str, StageFacts] = {}  # by stage ID: content-addressed, so never stale
         self._limits: Limits | None = None
         #: Keep warm sandboxes between runs (a daemon, which runs ``serve_warm``); else
@@ -131,6 +138,7 @@ class Engine:
                 self._executor = RemoteExecutor(msgspec.structs.replace(remote, profile=self.config.sandbox_profile))
             else:
                 self._executor = LocalExecutor(self.programs, profile=self.config.sandbox_profile,
+                                               threads=self.thread_limiter,
                                                warm_sandboxes=self.config.warm_sandboxes,
                                                warm_idle_s=self.config.warm_idle_secs)
         return self._executor
@@ -140,6 +148,12 @@ class Engine:
         if self._process_limiter is None:
             self._process_limiter = trio.CapacityLimiter(self.config.process_concurrency)
         return self._process_limiter
+
+    @property
+    def thread_limiter(self) -> trio.CapacityLimiter:
+        if self._thread_limiter is None:
+            self._thread_limiter = trio.CapacityLimiter(self.config.in_process_threads)
+        return self._thread_limiter
 
     def facts(self, stage: Stage) -> StageFacts:
         found = self._facts.get(stage.id)
@@ -158,7 +172,18 @@ class Engine:
         """The engine's limits (its profile's, with the settings' overrides), lowered by the run's options."""
         if self._limits is None:
             self._limits = engine_limits(self.config, load_profile(self.config.sandbox_profile))
-        return self._limits.lowered(timeout_s=options.timeout_secs, max_output_bytes=options.max_output_bytes)
+        base = self._limits
+        # Asking for more than the ceiling is an error, never a silent cap.
+        for asked, ceiling, flag, unit in ((options.timeout_secs, base.timeout_s, "timeout_secs", " s"),
+                                           (options.max_output_bytes, base.max_output_bytes, "max_output_bytes",
+                                            " bytes")):
+            if asked is not None and asked > ceiling:
+                raise NoetherError("invalid_limit", f"--{flag.replace('_', '-')} {asked:g} is over the {ceiling:g}{unit} "
+                                   "maximum here: a run may lower the per-stage limit, not raise it",
+                                   path=f"options.{flag}", exit_code=2,
+                                   hint=f"ask for at most {ceiling:g}, or raise engine.{flag} in the settings "
+                                        "(up to the sandbox profile's maximum)")
+        return base.lowered(timeout_s=options.timeout_secs, max_output_bytes=options.max_output_bytes)
 
     # ------------------------------------------------------------ isolation
 
@@ -176,6 +201,9 @@ class Engine:
 
     def prepare(self, graph: Any, input: Any, options: RunOptions, *, check_input: bool = False) -> PreparedGraph:
         check_grants(options)
+        self.limits_for(options)  # a limit over the ceiling is refused before any graph work
+        # A run's input is a value like any other: within the caps, and JSON.
+        check_value(input, self.config.max_value_bytes, what="the run's input", path="input")
         return prepare(graph, store=self.store, input=input, check_input=check_input, options=CheckOptions(
             allow_effects=options.allow_effects, allow_capabilities=options.allow_capabilities,
             budget_cents=options.budget_cents, allow_unsigned=options.allow_unsigned,
@@ -200,7 +228,9 @@ class Engine:
         host, every sandbox). Its last event is its ``RunFinished``, also
         when it is cancelled: that one is emitted, stored, and then the
         cancellation goes on."""
-        prepared = self.prepare(graph, input, options)
+        # Checking a large graph or input takes seconds: not on the event loop.
+        prepared = await maybe_off_loop(small(graph) and small(input), self.prepare, graph, input, options,
+                                        limiter=self.thread_limiter)
         if self.isolation_mode(options) == "bwrap":  # root's sandboxes run as noether-sbx users: can they use the grants?
             check_grant_access(options.allow_read or [], writable=False, run_as=run_as, flag="--allow-read")
             check_grant_access(options.allow_write or [], writable=True, run_as=run_as, flag="--allow-write")
@@ -229,6 +259,9 @@ class Engine:
                 if not self.keep_warm:
                     run.cleanup.push_async_callback(self.close_warm)
                 output = await run.exec(prepared.root, input, "root")
+            # Stage outputs are checked as they come; what Parallel, Let or Const put
+            # together at the root is checked here.
+            await maybe_off_loop(small(output), self._check_output, output, limiter=self.thread_limiter)
         except NoetherError as e:
             status, error = "failed", e.to_dict()
             if e.code == "budget_exceeded":
@@ -248,9 +281,16 @@ class Engine:
                     with trio.move_on_after(_LAST_EVENT_GRACE_S):
                         await _emit_last(run, finished)
             raise
-        finished = self._finish(run, prepared, started, started_wall, status, output, error, record)
+        # Storing a large output (measured, encoded, written) is work for a thread; the run
+        # is stored once, so a cancellation waits for it.
+        with trio.CancelScope(shield=True):
+            finished = await maybe_off_loop(small(output), self._finish, run, prepared, started, started_wall, status,
+                                            output, error, record, limiter=self.thread_limiter)
         await _emit_last(run, finished)
         return finished
+
+    def _check_output(self, output: Any) -> None:
+        check_value(output, self.config.max_value_bytes, what="the run's output", path="root")
 
     def _finish(self, run: Interpreter, p: PreparedGraph, started: float, started_wall: datetime, status: RunStatus,
                 output: Any, error: dict[str, Any] | None, record: bool) -> RunFinished:

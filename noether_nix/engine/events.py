@@ -51,6 +51,15 @@ class StageFinished(_Ev, frozen=True, tag="stage_finished"):
     message: str | None = None
 
 
+class StageProgress(_Ev, frozen=True, tag="stage_progress"):
+    """How far a stage that runs another on each item (map, filter, reduce) has got:
+    sent when it starts, now and then while it runs, and when it is done."""
+
+    node_path: str
+    done: int
+    total: int
+
+
 class StageOutput(_Ev, frozen=True, tag="stage_output"):
     """Text a stage wrote to the run's output stream (stdout_write)."""
 
@@ -82,4 +91,4 @@ class RunFinished(_Ev, frozen=True, tag="run_finished"):
     cache: dict[str, int]
 
 
-Event = Union[RunAccepted, StageStarted, StageFinished, StageOutput, RunWarning, RunFinished]
+Event = Union[RunAccepted, StageStarted, StageFinished, StageProgress, StageOutput, RunWarning, RunFinished]

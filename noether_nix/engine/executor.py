@@ -11,11 +11,14 @@ in-memory one. Nothing above this module knows how a program is launched.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, Protocol
 
 import msgspec
 import trio
 
+from noether_nix.engine.offload import INLINE_MAX_BYTES, maybe_off_loop, small
 from noether_nix.engine.options import Isolation, StageError
 from noether_nix.model.effects import EffectSet
 from noether_nix.model.jcs import serde_compact
@@ -71,27 +74,105 @@ class Executor(Protocol):
     async def execute(self, call: StageCall) -> StageOutcome: ...
 
 
+#: How much of what a stage printed is kept with its trace entry and error (the tail, in characters).
+LOG_KEEP = 8192
+_TRACEBACK = "Traceback (most recent call last):"
+_STAGE_FRAME = re.compile(r'^  File "stage\.py", line (\d+), in (.+)$', re.M)
+_JS_FRAME_LINE = re.compile(r"^\s+at \S")
+_JS_STAGE_FRAME = re.compile(r"^\s+at (?:(\S+) \()?stage\.js:(\d+):\d+\)?$", re.M)
+
+
+def stage_log(text: str, keep: int = LOG_KEEP) -> str | None:
+    """What a stage printed (its stdout and stderr, in order), its last ``keep`` characters
+    from a line start; None when it printed nothing."""
+    if not text.strip():
+        return None
+    if len(text) <= keep:
+        return text
+    tail = text[-keep:]
+    cut = tail.find("\n")
+    return "…\n" + (tail[cut + 1:] if 0 <= cut < len(tail) - 1 else tail)
+
+
+def split_traceback(log: str) -> tuple[str, str | None, str, str | None]:
+    """A failed stage's output as (what it printed, the traceback it ended with, the error line,
+    where in the stage's own code it was raised): a Python traceback (``File "stage.py", line 2,
+    in helper``) or a JavaScript stack (``at helper (stage.js:3:9)``); else (log, None, its last line, None)."""
+    at = log.rfind(_TRACEBACK)
+    if at >= 0:  # Python: the error is the traceback's last line, the place its last stage.py frame
+        trace = log[at:].rstrip("\n")
+        frames = _STAGE_FRAME.findall(trace)
+        where = f"stage.py line {frames[-1][0]}, in {frames[-1][1]}" if frames else None
+        return log[:at], trace, trace.splitlines()[-1], where
+    lines = log.splitlines()
+    first_frame = next((i for i, line in enumerate(lines) if _JS_FRAME_LINE.match(line)), None)
+    trace = "\n".join(lines[first_frame - 1:]) if first_frame else ""
+    frame = _JS_STAGE_FRAME.search(trace)
+    if first_frame and frame:  # JavaScript: the error is the line above its first frame
+        start = first_frame - 1
+        where = f"stage.js line {frame.group(2)}, in {frame.group(1) or 'the stage'}"
+        return "\n".join(lines[:start]) + ("\n" if start else ""), trace, lines[start], where
+    return log, None, lines[-1] if lines else "", None
+
+
 def outcome_value(outcome: StageOutcome, label: str, node_path: str) -> Any:
-    """The output of a successful outcome; a failed one as the ``stage_<status>`` error users see."""
+    """The output of a successful outcome; a failed one as the ``stage_<status>`` error users see.
+
+    Its message ends with the stage's own error line (an exception with the
+    line of the stage's code it was raised at); its details keep what the
+    stage printed and its traceback."""
     if outcome.ok:
         return outcome.output
     tail = outcome.stderr_tail.strip()
-    detail = tail.splitlines()[-1] if tail else ""
+    printed, traceback, detail, where = split_traceback(tail)
+    if where:
+        detail += f" ({where})"
     message = outcome.message if outcome.status != "error" else f"exited with status {outcome.exit_code}"
-    if detail and detail not in message:
+    if outcome.status == "error" and traceback is not None:
+        message = detail  # the exception says more than the exit status
+    elif detail and detail not in message:
         message += f": {detail}"
-    raise StageError(f"stage_{outcome.status}", f"{label} failed: {message}", node_path,
-                     details={"status": outcome.status, "stderr_tail": outcome.stderr_tail[-2000:]})
+    details: dict[str, Any] = {"status": outcome.status, "stderr_tail": outcome.stderr_tail[-2000:]}
+    if traceback is not None:
+        details["traceback"] = stage_log(traceback)
+    if printed.strip():
+        details["printed"] = stage_log(printed)
+    raise StageError(f"stage_{outcome.status}", f"{label} failed: {message}", node_path, details=details)
+
+
+def parse_output(raw: bytes) -> tuple[bool, Any]:
+    """A program's stdout as the one JSON value it must be: ``(True, value)``,
+    or ``(False, why not)``.
+
+    msgspec reads strict JSON. What it refuses but Python's reader takes (NaN,
+    Infinity, 1e400, lone surrogates) is read, and then refused with its own
+    code by the value checks every stage output passes (``model.values.check_value``);
+    what neither reads is the program breaking the protocol."""
+    try:
+        return True, msgspec.json.decode(raw)
+    except RecursionError:
+        return False, "it is nested deeper than can be read"
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        strict_reason = str(e)
+    try:
+        return True, json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        return False, "it is nested deeper than can be read"
+    except ValueError:  # not JSON at all, not UTF-8, or an integer of thousands of digits
+        return False, strict_reason
 
 
 class LocalExecutor:
     """Build with Nix on this host, run under bwrap on this host: a Python
     program in a warm sandbox when one can serve it (``sandbox.warm``), else cold."""
 
-    def __init__(self, programs: ProgramRegistry, *, profile: str = "default", warm_sandboxes: int = 0,
+    def __init__(self, programs: ProgramRegistry, *, profile: str = "default",
+                 threads: trio.CapacityLimiter | None = None, warm_sandboxes: int = 0,
                  warm_idle_s: float = 60.0) -> None:
         self.programs = programs
         self.profile_name = profile
+        #: Worker threads for encoding large inputs and reading large outputs (``engine.offload``).
+        self.threads = threads
         self.warm_sandboxes = warm_sandboxes
         self.warm_idle_s = warm_idle_s
         self._warm: WarmPool | None = None
@@ -135,17 +216,27 @@ class LocalExecutor:
         policy = policy_from_effects(call.effects, profile=profile, store_paths=closure)
         if call.clear_env:
             policy = msgspec.structs.replace(policy, env_allowlist=[])
-        stdin = serde_compact(call.input)
+        stdin = await maybe_off_loop(small(call.input), serde_compact, call.input, limiter=self.threads)
+        # stdout is read here, not by the sandbox layer: strictly, and off the event loop when large.
         result = None
         pool = self.warm_pool() if call.isolation == "bwrap" and call.language == "python" else None
         if pool is not None:
             result = await pool.run(program.argv, policy=policy, limits=call.limits, profile=profile, stdin=stdin,
-                                    env=call.env, run_as=call.run_as)
+                                    env=call.env, run_as=call.run_as, expect_json=False)
         if result is None:
             result = await run_sandboxed(program.argv, policy=policy, limits=call.limits, stdin=stdin,
                                          isolation=SandboxIsolation(call.isolation), profile=profile, env=call.env,
-                                         run_as=call.run_as)
-        return StageOutcome(status=result.status.value, message=result.message, isolation=result.isolation,
-                            output=result.output, exit_code=result.exit_code, stderr_tail=result.stderr_tail,
+                                         run_as=call.run_as, expect_json=False)
+        status, message, output = result.status.value, result.message, None
+        if result.ok:
+            raw = result.stdout_bytes or b""
+            ok, parsed = await maybe_off_loop(len(raw) <= INLINE_MAX_BYTES, parse_output, raw, limiter=self.threads)
+            if ok:
+                output = parsed
+            else:
+                shown = raw[:200].decode("utf-8", "replace")
+                status, message = "protocol_error", f"stdout must be exactly one JSON value ({parsed}); got: {shown!r}"
+        return StageOutcome(status=status, message=message, isolation=result.isolation,
+                            output=output, exit_code=result.exit_code, stderr_tail=result.stderr_tail,
                             wall_ms=result.wall_ms, cpu_ms=result.cpu_ms, max_rss_kb=result.max_rss_kb,
                             build_ms=program.build_ms if program.built else None)

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from noether_nix.model.jcs import encoded_size
+from noether_nix.model.jcs import encoded_size, size_bounds
 from noether_nix.model.types import (
     AnyType,
     BoolType,
@@ -139,6 +139,17 @@ class Summary:
                 "duration_ms": int((time.monotonic() - self.started) * 1000), "isolation": "in-process",
                 "summary": {"calls": self.calls, "failures": self.failures, "first_error": self.first_error,
                             "histogram": self.histogram()}}
+
+
+#: A chunk whose input is at most this many bytes of JSON runs on the event loop (a few
+#: times ``engine.offload.INLINE_MAX_BYTES``, split over many cheap calls); a larger
+#: one goes to a worker thread.
+CHUNK_INLINE_BYTES = 256 * 1024
+
+
+def chunk_is_small(chunk: list[Any]) -> bool:
+    bounds = size_bounds(chunk)
+    return bounds is not None and bounds[1] <= CHUNK_INLINE_BYTES
 
 
 _SCALARS = frozenset({int, float, bool, type(None)})

@@ -17,10 +17,12 @@ from typing import Any
 import msgspec
 import trio
 
+from noether_nix.engine.boundary import check_output
 from noether_nix.engine.budget import Budget
-from noether_nix.engine.events import Event, StageFinished, StageStarted
+from noether_nix.engine.events import Event, RunWarning, StageFinished, StageStarted
 from noether_nix.engine.executor import StageCall, outcome_value
 from noether_nix.engine.fastpath import LONG_SEQUENTIAL, FastPure, Summary
+from noether_nix.engine.offload import maybe_off_loop, off_loop, small
 from noether_nix.engine.options import (
     ATTEMPT,
     Isolation,
@@ -49,7 +51,7 @@ from noether_nix.graph.preflight import REMOTE_EFFECTS, PolicyOptions
 from noether_nix.model.jcs import value_hash
 from noether_nix.model.stage import Stage
 from noether_nix.model.types import display, display_refinement
-from noether_nix.model.values import check_refinement, check_value_size, conforms, outer_refinements
+from noether_nix.model.values import check_refinement, check_value, conforms, outer_refinements
 from noether_nix.sandbox.policy import Limits
 from noether_nix.sandbox.supervisor import RunAs
 from noether_nix.stdlib._shapes import StageFailure
@@ -94,6 +96,7 @@ class Interpreter:
         self.dropped_entries = 0
         self.dropped_events = 0
         self.checks = options.refinement_checks and services.config.refinement_checks
+        self.output_checks = options.output_type_checks and services.config.output_type_checks
         #: The pure cache is shared by the daemon's writers; every other peer has its own.
         self.cache_namespace = cache_namespace(store_writes, requester_uid)
 
@@ -186,8 +189,9 @@ class Interpreter:
 
     async def fast_stages(self, run: list[tuple[StageNode, Stage, FastPure]], value: Any, path: str,
                           first: int) -> Any:
-        """Consecutive Pure stdlib stages of a Sequential, each output the next input: sizes
-        checked as ``run_stage`` checks them, no events, one summary entry."""
+        """Consecutive Pure stdlib stages of a Sequential, each output the next input: each
+        value checked as ``run_stage`` checks it, each call on a worker thread when its
+        value is large (``engine.offload``); no events, one summary entry."""
         summary = Summary()
         max_bytes = self.services.config.max_value_bytes
         clock = time.perf_counter_ns
@@ -195,17 +199,21 @@ class Interpreter:
             for k, (node, stage, fast) in enumerate(run):
                 at = f"{path}.stages[{first + k}]"
                 value = _apply_config(value, node.config)
-                check_value_size(value, max_bytes, what=f"the input of stage {stage.label()}", path=at)
+                label = stage.label()
+                check_value(value, max_bytes, what=f"the input of stage {label}", path=at)
                 t = clock()
                 try:
-                    value = fast.impl(value)
+                    value = await maybe_off_loop(small(value), fast.impl, value, limiter=self.services.thread_limiter,
+                                                 budget_s=self.limits.timeout_s, what=f"stage {label}", path=at)
                 except (StageFailure, NoetherError) as e:
+                    if isinstance(e, StageError) and e.code == "stage_timed_out":
+                        raise
                     summary.calls += 1
-                    message = f"stage {stage.label()} failed: {e.message if isinstance(e, NoetherError) else e}"
+                    message = f"stage {label} failed: {e.message if isinstance(e, NoetherError) else e}"
                     raise StageError("stage_failed", message, at, usage=IN_PROCESS) from None
                 summary.sample(clock() - t)
                 summary.calls += 1
-                check_value_size(value, max_bytes, what=f"the output of stage {stage.label()}", path=at)
+                check_value(value, max_bytes, what=f"the output of stage {label}", path=at)
                 if k % 1024 == 1023:
                     await trio.lowlevel.checkpoint()  # stay cancellable
         except NoetherError as e:
@@ -257,7 +265,13 @@ class Interpreter:
         await self.emit(StageStarted(self.run_id, attempt=attempt, node_path=path, stage_id=program_id, name=label))
         started = time.monotonic()
         usage = Usage()
+        limit = self.services.config.max_value_bytes
+
+        def check(v: Any, side: str) -> None:
+            check_value(v, limit, what=f"the {side} of {label}", path=path)
+
         try:
+            await maybe_off_loop(small(value), check, value, "input", limiter=self.services.thread_limiter)
             async with self.limiter, self.services.process_limiter:
                 outcome = await self.services.executor.execute(StageCall(
                     program_id=program_id, language="python", code=code, effects=REMOTE_EFFECTS,
@@ -265,13 +279,15 @@ class Interpreter:
                     run_as=self.run_as, label=label))
             usage = Usage.of(outcome)
             out = outcome_value(outcome, label, path)
+            await maybe_off_loop(small(out), check, out, "output", limiter=self.services.thread_limiter)
             err = conforms(out, node.output, "output")
             if err:
                 raise StageError("remote_output_mismatch", f"{label} returned a value that is not "
                                  f"{display(node.output)}: {err}", path)
         except NoetherError as e:
             await self.emit(StageFinished(self.run_id, attempt=attempt, node_path=path, stage_id=program_id,
-                                          name=label, status=usage.status or "error", message=e.message,
+                                          name=label, status=usage.status if usage.status not in (None, "ok")
+                                          else "error", message=e.message,
                                           wall_ms=_ms_since(started)))
             raise
         await self.emit(StageFinished(self.run_id, attempt=attempt, node_path=path, stage_id=program_id, name=label,
@@ -288,13 +304,34 @@ class Interpreter:
                 raise StageError("refinement_violation", f"stage {stage.label()}: {side} refinement violation "
                                  f"({display_refinement(r)}): {why}", path)
 
-    async def run_stage(self, stage: Stage, value: Any, path: str) -> Any:
-        services = self.services
-        max_bytes = services.config.max_value_bytes
-        check_value_size(value, max_bytes, what=f"the input of stage {stage.label()}", path=path)
+    def _accept_input(self, stage: Stage, value: Any, path: str) -> str:
+        """Check a stage's input (a JSON value within the caps, its refinements); its hash."""
+        check_value(value, self.services.config.max_value_bytes, what=lambda: f"the input of stage {stage.label()}",
+                    path=path)
         in_hash = value_hash(value)
         if self.checks:
             self._refinements(stage, "input", value, path)
+        return in_hash
+
+    def _accept_output(self, stage: Stage, out: Any, path: str) -> str:
+        """Check a stage's output as its input is checked; its hash."""
+        check_value(out, self.services.config.max_value_bytes, what=lambda: f"the output of stage {stage.label()}",
+                    path=path)
+        if self.checks:
+            self._refinements(stage, "output", out, path)
+        return value_hash(out)
+
+    async def off_loop(self, fn: Callable[..., str], stage: Stage, value: Any, path: str) -> str:
+        """``fn(stage, value, path)`` on a worker thread: checking and hashing 30 MB of JSON
+        takes seconds the event loop does not have (small values are done inline)."""
+        return await off_loop(fn, stage, value, path, limiter=self.services.thread_limiter,
+                              budget_s=self.limits.timeout_s, what=f"checking a value of stage {stage.label()}",
+                              path=path)
+
+    async def run_stage(self, stage: Stage, value: Any, path: str) -> Any:
+        services = self.services
+        in_hash = (self._accept_input(stage, value, path) if small(value)
+                   else await self.off_loop(self._accept_input, stage, value, path))
         facts = services.facts(stage)
         attempt = ATTEMPT.get()
         cacheable = self.options.cache and services.config.pure_cache and facts.cacheable
@@ -302,7 +339,7 @@ class Interpreter:
             hit, out = services.cache.get(stage.id, in_hash, namespace=self.cache_namespace)
             if hit:
                 self.hits += 1
-                out_hash = value_hash(out)
+                out_hash = await maybe_off_loop(small(out), value_hash, out, limiter=services.thread_limiter)
                 await self.emit(StageFinished(self.run_id, attempt=attempt, node_path=path, stage_id=stage.id,
                                               name=stage.name, status="cached", cached=True, input_hash=in_hash,
                                               output_hash=out_hash))
@@ -323,28 +360,32 @@ class Interpreter:
             else:
                 async with self.limiter, services.process_limiter:
                     out, usage = await self.dispatch(self, stage, value, path)
-            check_value_size(out, max_bytes, what=f"the output of stage {stage.label()}", path=path)
-            if self.checks:
-                self._refinements(stage, "output", out, path)
+            out_hash = (self._accept_output(stage, out, path) if small(out)
+                        else await self.off_loop(self._accept_output, stage, out, path))
+            # The declared output type, enforced at the boundary (engine.boundary).
+            warning = check_output(stage, out, usage, path) if self.output_checks else None
         except NoetherError as e:
             if isinstance(e, StageError) and e.usage is not None:
                 usage = e.usage
             wall = _ms_since(started)
+            # A stage that ran fine but whose output was refused has failed all the same.
+            status = usage.status if usage.status not in (None, "ok") else "error"
             await self.emit(StageFinished(self.run_id, attempt=attempt, node_path=path, stage_id=stage.id,
-                                          name=stage.name, status=usage.status or "error", wall_ms=wall,
+                                          name=stage.name, status=status, wall_ms=wall,
                                           spent_cents=cost, input_hash=in_hash, message=e.message,
                                           build_ms=usage.build_ms, isolation=usage.isolation))
             self.record(_entry(stage, path, {"Failed": {"code": e.code, "message": e.message}}, wall,
                                in_hash, None, spent_cents=cost, **_extra(usage)))
             raise
         wall = _ms_since(started)
-        out_hash = value_hash(out)
         if cacheable:
             services.cache.put(stage.id, in_hash, out, namespace=self.cache_namespace)
         await self.emit(StageFinished(self.run_id, attempt=attempt, node_path=path, stage_id=stage.id, name=stage.name,
                                       status="ok", wall_ms=wall, cpu_ms=usage.cpu_ms, max_rss_kb=usage.max_rss_kb,
                                       build_ms=usage.build_ms, spent_cents=cost, input_hash=in_hash,
                                       output_hash=out_hash, isolation=usage.isolation))
+        if warning is not None:
+            await self.emit(RunWarning(self.run_id, code="printed_not_returned", message=warning, node_path=path))
         self.record(_entry(stage, path, "Ok", wall, in_hash, out_hash, spent_cents=cost, **_extra(usage)))
         return out
 
@@ -355,7 +396,7 @@ def _ms_since(started: float) -> int:
 
 def _extra(usage: Usage) -> dict[str, Any]:
     return {k: v for k, v in msgspec.structs.asdict(usage).items()
-            if v is not None and k in ("cpu_ms", "max_rss_kb", "build_ms", "isolation", "cached", "remote")}
+            if v is not None and k in ("cpu_ms", "max_rss_kb", "build_ms", "isolation", "cached", "remote", "log")}
 
 
 def _entry(stage: Stage, path: str, status: Any, wall: int, in_hash: str, out_hash: str | None,

@@ -16,6 +16,7 @@ import msgspec
 import trio
 
 from noether_nix.errors import NoetherError
+from noether_nix.suggest import unknown_keys
 
 IsolateChoice = Literal["auto", "bwrap", "none"]
 #: How a run's sandboxed stages are isolated: bwrap, or explicitly nothing.
@@ -33,6 +34,8 @@ class RunOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cache: bool = True
     allow_unsigned: bool = False
     refinement_checks: bool = True
+    #: Whether a stage's output must be of its declared output type (off: upstream's behaviour).
+    output_type_checks: bool = True
     detach: bool = False
     #: Absolute paths (directories or files) read_file may read / write_file
     #: may write under; each stage sees only the granted path it needs.
@@ -53,6 +56,9 @@ def decode_options(raw: Any) -> RunOptions:
     opts = dict(raw) if isinstance(raw, dict) else raw
     if isinstance(opts, dict) and opts.pop("detached", False):  # an accepted spelling of `detach`
         opts["detach"] = True
+    if isinstance(opts, dict):
+        unknown_keys(opts, RunOptions.__struct_fields__, what="run options", path="options", code="usage")
+        opts = {k: v for k, v in opts.items() if not k.startswith("_")}  # comments
     try:
         return msgspec.convert(opts if opts is not None else {}, RunOptions)
     except msgspec.ValidationError as e:

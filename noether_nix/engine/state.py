@@ -16,7 +16,7 @@ import msgspec
 import trio
 
 from noether_nix.engine.events import Event
-from noether_nix.engine.executor import Executor, StageOutcome
+from noether_nix.engine.executor import Executor, StageOutcome, stage_log
 from noether_nix.engine.fastpath import FastPure
 from noether_nix.engine.options import Isolation, RunOptions
 from noether_nix.graph.preflight import PolicyOptions
@@ -41,12 +41,14 @@ class Usage(msgspec.Struct, kw_only=True, omit_defaults=True):
     #: Served from the executor's cache (a remote ActionCache hit), and where it ran.
     cached: bool | None = None
     remote: dict[str, Any] | None = None
+    #: What the stage printed (stdout and stderr, in order; a bounded tail), kept in its trace entry.
+    log: str | None = None
 
     @classmethod
     def of(cls, outcome: StageOutcome) -> Usage:
         return cls(isolation=outcome.isolation, status=outcome.status, cpu_ms=outcome.cpu_ms,
                    max_rss_kb=outcome.max_rss_kb, build_ms=outcome.build_ms, cached=outcome.cached or None,
-                   remote=outcome.remote)
+                   remote=outcome.remote, log=stage_log(outcome.stderr_tail))
 
 
 IN_PROCESS = Usage(isolation="in-process")
@@ -80,6 +82,10 @@ class Services(Protocol):
 
     @property
     def process_limiter(self) -> trio.CapacityLimiter: ...
+
+    #: Worker threads for in-process work off the event loop (``engine.offload``).
+    @property
+    def thread_limiter(self) -> trio.CapacityLimiter: ...
 
     def facts(self, stage: Stage) -> StageFacts: ...
 

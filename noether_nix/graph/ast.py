@@ -1,18 +1,25 @@
 """The Lagrange composition graph (spec §5.1–5.2) as msgspec Structs.
 
-Nodes are internally tagged on ``"op"``; unknown fields are ignored, as
-upstream does. Parsing reports the first problem with the JSON path of the
-offending node (``root.stages[2].branches.a: missing "op"``).
+Nodes are internally tagged on ``"op"``. Unlike upstream, which ignores
+them, an unknown field of a node or of the graph file is an error with the
+closest known name (a misspelt ``"pining"`` must not silently mean the
+default); keys starting with ``_`` (``"_comment"``) are comments, and the
+graph file's ``ui`` (upstream's browser build) is allowed. Parsing reports
+the first problem with the JSON path of the offending node
+(``root.stages[2].branches.a: missing "op"``).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Literal, Union
 
 import msgspec
 
 from noether_nix.errors import NoetherError
+from noether_nix.model.jcs import encoded_size
 from noether_nix.model.types import NType, parse_type, to_json
+from noether_nix.suggest import unknown_keys
 
 
 class _Node(msgspec.Struct, frozen=True, tag_field="op"):
@@ -103,6 +110,12 @@ _FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
+#: Fields a node may have besides its required ones (and ``op``).
+_OPTIONAL: dict[str, tuple[str, ...]] = {"Stage": ("pinning", "config"), "Retry": ("delay_ms",)}
+#: The graph file's own fields: upstream's three, our ``stages``, and upstream's browser-build ``ui``.
+GRAPH_FIELDS = ("description", "version", "root", "stages", "ui")
+
+
 #: Deepest nesting of nodes, and of JSON inside a Const value or a config.
 #: Upstream's serde_json refuses documents deeper than 128 levels, so no
 #: graph upstream accepts is refused here; the bound keeps every recursive
@@ -120,7 +133,9 @@ def _too_deep(path: str, what: str) -> NoetherError:
 
 
 def _check_value_depth(value: Any, path: str) -> None:
-    """Iteratively, so a hostile value cannot exhaust the stack before it is refused."""
+    """Iteratively, so a hostile value cannot exhaust the stack before it is refused;
+    then what JSON cannot carry (NaN, infinities, integers beyond a double, lone
+    surrogates), which would make the graph's identity uncomputable."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         v, depth = stack.pop()
@@ -128,6 +143,12 @@ def _check_value_depth(value: Any, path: str) -> None:
             if depth > MAX_DEPTH:
                 raise _too_deep(path, "JSON value")
             stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    try:
+        encoded_size(value, sys.maxsize, strict=True)
+    except NoetherError as e:
+        raise NoetherError(e.code, f"the value {e.message}", path=path) from None
+    except TypeError as e:
+        raise _bad(path, str(e)) from None
 
 
 def _locate(raw: Any, path: str, depth: int = 1) -> Any:
@@ -147,6 +168,8 @@ def _locate(raw: Any, path: str, depth: int = 1) -> Any:
     op = raw["op"]
     if not isinstance(op, str) or op not in _FIELDS:
         raise _bad(f"{path}.op", f"unknown op {op!r} (known: {', '.join(OPS)})")
+    unknown_keys(raw, ("op", *(f for f, _ in _FIELDS[op]), *_OPTIONAL.get(op, ())), what=f"{op} node", path=path,
+                 code="invalid_graph")
     out = dict(raw)
     for name, kind in _FIELDS[op]:
         if name not in raw:
@@ -209,9 +232,10 @@ def parse_node(raw: Any, *, path: str = "root") -> Node:
 
 
 def parse_graph(raw: Any, *, path: str = "graph") -> Graph:
-    """Parse a graph file: ``description``, ``version``, ``root``; other keys ignored."""
+    """Parse a graph file: ``description``, ``version``, ``root`` (and ``stages``, ``ui``, ``_…`` comments)."""
     if not isinstance(raw, dict):
         raise _bad(path, "a graph file must be a JSON object")
+    unknown_keys(raw, GRAPH_FIELDS, what="graph file", path=path, code="invalid_graph")
     for key in ("description", "version", "root"):
         if key not in raw:
             raise _bad(path, f'missing "{key}"')

@@ -115,6 +115,21 @@ class _Checker:
         if isinstance(res, Incompatible):
             self.error("type_mismatch", mismatch.format(out=display(out_t), inp=display(in_t), reason=res), path)
 
+    def describe(self, node: Node, side: str) -> str:
+        """Who produces (``side="out"``) or takes (``"in"``) a value at an edge: the stage, named."""
+        while True:
+            match node:
+                case StageNode():
+                    return f"stage {self.res.stage_for(node).label()}"
+                case SequentialNode(stages=ss) if ss:
+                    node = ss[-1] if side == "out" else ss[0]
+                case RetryNode(stage=inner):
+                    node = inner
+                case RemoteStageNode(url=u):
+                    return f"RemoteStage {u}"
+                case _:
+                    return f"the {type(node).__name__.removesuffix('Node')} node"
+
     def infer(self, node: Node, path: str) -> tuple[NType, NType]:
         match node:
             case StageNode():
@@ -130,9 +145,11 @@ class _Checker:
                 types = [self.infer(child, f"{path}.stages[{i}]") for i, child in enumerate(ss)]
                 self._nondeterministic_feeding_pure(ss, path)
                 for i in range(len(types) - 1):
-                    self.edge(types[i][1], types[i + 1][0], f"{path}.stages[{i + 1}]", f"sequential position {i}",
-                              f"type mismatch at position {i}: output {{out}} is not subtype of input {{inp}}: "
-                              "{reason}")
+                    who, whom = self.describe(ss[i], "out"), self.describe(ss[i + 1], "in")
+                    self.edge(types[i][1], types[i + 1][0], f"{path}.stages[{i + 1}]",
+                              f"sequential position {i} ({who} → {whom})",
+                              f"type mismatch at position {i}: {_esc(who)} outputs {{out}}, but {_esc(whom)} takes "
+                              "{inp}: {reason}")
                 return types[0][0], types[-1][1]
             case ParallelNode(branches=bs):
                 if not bs:
@@ -153,9 +170,10 @@ class _Checker:
                 fan_outs: list[NType] = []
                 for i, t in enumerate(ts):
                     ft_in, ft_out = self.infer(t, f"{path}.targets[{i}]")
-                    self.edge(s_out, ft_in, f"{path}.targets[{i}]", f"fanout target {i}",
-                              f"fanout target {i}: source output {{out}} is not subtype of target input {{inp}}: "
-                              "{reason}")
+                    who, whom = self.describe(s, "out"), self.describe(t, "in")
+                    self.edge(s_out, ft_in, f"{path}.targets[{i}]", f"fanout target {i} ({who} → {whom})",
+                              f"fanout target {i}: the source, {_esc(who)}, outputs {{out}}, but the target, "
+                              f"{_esc(whom)}, takes {{inp}}: {{reason}}")
                     fan_outs.append(self.subst.apply(ft_out))
                 return s_in, ListType(fan_outs[0] if len(fan_outs) == 1 else union(fan_outs))
             case MergeNode(sources=ss, target=t):
@@ -164,11 +182,12 @@ class _Checker:
                     return ANY, self.infer(t, f"{path}.target")[1]
                 m_in: dict[str, NType] = {}
                 m_out: dict[str, NType] = {}
-                for i, src in enumerate(ss):
-                    m_in[f"source_{i}"], m_out[f"source_{i}"] = self.infer(src, f"{path}.sources[{i}]")
+                for i, source in enumerate(ss):
+                    m_in[f"source_{i}"], m_out[f"source_{i}"] = self.infer(source, f"{path}.sources[{i}]")
                 mt_in, mt_out = self.infer(t, f"{path}.target")
-                self.edge(RecordType(m_out), mt_in, f"{path}.target", "merge",
-                          "merge: merged type {out} is not subtype of target input {inp}: {reason}")
+                whom = self.describe(t, "in")
+                self.edge(RecordType(m_out), mt_in, f"{path}.target", f"merge (→ {whom})",
+                          f"merge: the sources give {{out}}, but the target, {_esc(whom)}, takes {{inp}}: {{reason}}")
                 return RecordType(m_in), mt_out
             case RetryNode(stage=s, max_attempts=n):
                 retries = n > 1
@@ -276,6 +295,11 @@ class _Checker:
                       "let body: it receives the record {out} but its input is {inp}: {reason}")
         let_in: NType = ANY if forced_any or not required else RecordType(required)
         return let_in, body_out
+
+
+def _esc(text: str) -> str:
+    """User text (a stage's name) inside a message template that is ``str.format``-ed."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 _FRESH = re.compile(r"^(.*)#\d+$")

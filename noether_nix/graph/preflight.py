@@ -18,7 +18,7 @@ from noether_nix.graph.ast import (
 from noether_nix.graph.resolve import Resolution
 from noether_nix.model.effects import Effect, EffectKind, EffectSet, Fallible, Network, Pure
 from noether_nix.model.signing import SignatureStatus, public_key_hex, stdlib_key, verify_id
-from noether_nix.model.stage import CAPABILITIES, Stage
+from noether_nix.model.stage import CAPABILITIES, LANGUAGES, Stage
 from noether_nix.stdlib.registry import STDLIB
 
 STDLIB_PUBLIC_KEY = public_key_hex(stdlib_key())
@@ -58,6 +58,29 @@ def needs_sandbox(stage: Stage) -> bool:
         entry = STDLIB.get(stage.name or "")
         return entry is None or entry.sandboxed
     return True
+
+
+def unrunnable_language(stage: Stage) -> str | None:
+    """The language of a stage's code when this engine cannot run it (upstream's Rust stages), else None."""
+    lang = stage.implementation_language
+    if stage.implementation_code is not None and lang is not None and lang not in LANGUAGES:
+        return lang
+    return None
+
+
+def check_runnable(stage: Stage, path: str) -> None:
+    """Refuse, before anything runs, a stage whose code is in a language this engine stores but cannot run."""
+    lang = unrunnable_language(stage)
+    if lang is not None:
+        raise NoetherError(
+            "language_not_runnable",
+            f"stage {stage.label()} is written in {lang.capitalize()}, which noether-nix stores but cannot run "
+            f"(it runs {', '.join(LANGUAGES)})",
+            path=path,
+            hint="upstream builds such stages for the browser (`noether build --target browser`); to run this "
+                 "graph here, give the stage a Python, JavaScript or Bash implementation",
+            exit_code=2,
+        )
 
 
 def parse_effect_tokens(tokens: list[str]) -> set[EffectKind]:
@@ -163,6 +186,7 @@ def check_stage_policy(
     (with ``isolation``) whether it can be sandboxed here. Used for every
     stage of a graph before it runs, and by the engine for the stages a
     higher-order stage (map, retry, race, …) names at run time."""
+    check_runnable(stage, path)
     if allowed is None and opts.allow_effects is not None:
         allowed = parse_effect_tokens(opts.allow_effects)
     if caps is None and opts.allow_capabilities is not None:

@@ -18,6 +18,7 @@ from noether_nix.graph.ast import Node, StageNode, walk
 from noether_nix.model.stage import Stage
 from noether_nix.store.remote import FALLBACK_CODES, StageLookup, remote_source
 from noether_nix.store.stages import StageStore
+from noether_nix.suggest import did_you_mean
 
 MAX_DEPRECATION_HOPS = 10
 
@@ -127,7 +128,9 @@ def _lookup(store: StageLookup, ref: str, pinning: str, path: str, warnings: lis
         return pick[0]
     if len(pick) > 1:
         raise _ambiguous(ref, "name", pick, path)
-    raise _err("stage_not_found", f"no stage matches {ref!r} (tried id, id prefix, signature id, "
+    names = getattr(store, "names", None)
+    suggestion = did_you_mean(ref, names()) if names is not None else ""
+    raise _err("stage_not_found", f"no stage matches {ref!r}{suggestion} (tried id, id prefix, signature id, "
                "legacy id, name)", path)
 
 

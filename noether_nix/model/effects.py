@@ -14,6 +14,7 @@ from typing import Any, Union
 import msgspec
 
 from noether_nix.errors import NoetherError
+from noether_nix.suggest import did_you_mean
 
 
 class _E(msgspec.Struct, frozen=True, tag_field="effect"):
@@ -203,8 +204,9 @@ def parse_effect(value: Any, *, path: str = "effect") -> Effect:
                     f"effect {value!r} needs a path: write {{\"effect\": \"FsRead\", \"path\": \"/abs/path\"}}",
                     path=path,
                 )
-            known = ", ".join(t.__struct_config__.tag for t in _VARIANTS)  # type: ignore[attr-defined]
-            raise NoetherError("unknown_effect", f"unknown effect {value!r} (known: {known})", path=path)
+            names = [t.__struct_config__.tag for t in _VARIANTS]  # type: ignore[attr-defined]
+            raise NoetherError("unknown_effect", f"unknown effect {value!r}{did_you_mean(value.strip(), names)} "
+                               f"(known: {', '.join(names)})", path=path)
         return e
     if isinstance(value, dict):
         try:

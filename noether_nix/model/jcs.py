@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -244,6 +245,51 @@ def size_bounds(value: Any, depth: int = 0) -> tuple[int, int] | None:
     return low, high
 
 
+def quick_valid(value: Any, limit: int, max_depth: int) -> bool:
+    """True when a list or dict is certainly a value ``encoded_size(…, strict=True)``
+    would accept within ``limit`` bytes and ``max_depth`` levels: its size bounded
+    (``size_bounds``), its text all Unicode, its numbers finite and its integers
+    within 64 bits — checked container by container with C-speed passes, never
+    value by value. False means "walk it" (it may well be valid)."""
+    bounds = size_bounds(value)
+    return bounds is not None and bounds[1] <= limit and _leaves_valid(value, 1, min(max_depth, 64))
+
+
+def _text_valid(strs: list[str]) -> bool:
+    joined = "".join(strs)
+    if joined.isascii():
+        return True
+    try:
+        joined.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def _leaves_valid(value: Any, depth: int, max_depth: int) -> bool:
+    if depth >= max_depth:
+        return False
+    if type(value) is dict:
+        if not _text_valid(list(value)):
+            return False
+        items = list(value.values())
+    else:
+        items = value
+    types = set(map(type, items))
+    strs = items if types == {str} else [x for x in items if type(x) is str] if str in types else []
+    if strs and not _text_valid(strs):
+        return False
+    if float in types and not math.isfinite(math.fsum(x for x in items if type(x) is float)):
+        return False  # NaN or an infinity (or a sum that overflows: then walk it)
+    if int in types:
+        ints = [x for x in items if type(x) is int]
+        if min(ints) < _I64_MIN or max(ints) > _U64_MAX:
+            return False
+    if types & _CONTAINERS:
+        return all(_leaves_valid(x, depth + 1, max_depth) for x in items if type(x) in _CONTAINERS)
+    return True
+
+
 def fits(value: Any, limit: int) -> bool:
     """Whether ``serde_compact(value)`` is at most ``limit`` bytes: from ``size_bounds`` when
     they decide, else counted by ``encoded_size`` (never encoded)."""
@@ -256,12 +302,17 @@ def fits(value: Any, limit: int) -> bool:
     return encoded_size(value, limit) <= limit
 
 
-def encoded_size(value: Any, limit: int) -> int:
+def encoded_size(value: Any, limit: int, *, strict: bool = False, max_depth: int | None = None) -> int:
     """The length in bytes of ``serde_compact(value)``, counted without building it
     and only up to ``limit``: past the limit the count stops and a number
     larger than ``limit`` comes back. Time is bounded by the limit (every
     step counts at least one byte), memory by the value's depth, so a 1 GB
-    value costs no more to refuse than a value just over the limit."""
+    value costs no more to refuse than a value just over the limit.
+
+    ``strict`` refuses, on the way, what JSON cannot carry (``NoetherError``
+    without a path): NaN, an infinity or an integer beyond a double's range
+    (``non_finite_number``), text with a lone surrogate (``invalid_text``);
+    ``max_depth`` refuses arrays and objects nested deeper (``value_too_deep``)."""
     total = 0
     stack: list[Iterator[Any]] = [iter((value,))]
     while stack:
@@ -270,16 +321,24 @@ def encoded_size(value: Any, limit: int) -> int:
             if t is str:
                 if total + len(v) + 2 > limit:  # every character is at least one byte
                     return total + len(v) + 2
+                if strict and not v.isascii():
+                    _check_text(v)
                 total += _str_size(v)
             elif v is None or v is True:
                 total += 4
             elif v is False:
                 total += 5
             elif t is int:
+                if strict and not _I64_MIN <= v <= _U64_MAX:
+                    _check_big_int(v)
                 total += _int_size(v)
             elif t is float:
+                if strict and not math.isfinite(v):
+                    raise NoetherError("non_finite_number", f"holds {v!r}, which JSON cannot carry")
                 total += len(_msgspec_encode(v))  # msgspec's shortest form is as long as ryu's
             elif t is list or t is tuple:
+                if max_depth is not None and len(stack) > max_depth:
+                    raise _too_deep(max_depth)
                 total += 2 + max(len(v) - 1, 0)  # brackets and commas
                 if total > limit:
                     return total
@@ -288,12 +347,16 @@ def encoded_size(value: Any, limit: int) -> int:
                     break
                 continue
             elif t is dict:
+                if max_depth is not None and len(stack) > max_depth:
+                    raise _too_deep(max_depth)
                 total += 2 + max(2 * len(v) - 1, 0)  # braces, colons and commas
                 for k in v:  # the keys now, the values on the stack
                     if type(k) is not str:
                         raise TypeError(f"not a JSON object key: {type(k).__name__}")
                     if total + len(k) + 2 > limit:
                         return total + len(k) + 2
+                    if strict and not k.isascii():
+                        _check_text(k)
                     total += _str_size(k)
                 if total > limit:
                     return total
@@ -314,6 +377,28 @@ def encoded_size(value: Any, limit: int) -> int:
 
 
 _msgspec_encode = msgspec.json.Encoder().encode
+
+#: The largest integer a double holds (beyond it upstream's serde_json, which
+#: reads such literals as f64, refuses the number).
+_F64_INT_MAX = int(sys.float_info.max)
+
+
+def _check_text(s: str) -> None:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise NoetherError("invalid_text", f"holds text with a lone surrogate (U+{ord(s[e.start]):04X} at "
+                           f"character {e.start}), which is not Unicode text") from None
+
+
+def _check_big_int(v: int) -> None:
+    if v.bit_length() > 1024 or abs(v) > _F64_INT_MAX:
+        raise NoetherError("non_finite_number", f"holds an integer of {v.bit_length()} bits, beyond the range "
+                           "of the double JSON numbers are read as")
+
+
+def _too_deep(max_depth: int) -> NoetherError:
+    return NoetherError("value_too_deep", f"is nested deeper than {max_depth} levels of arrays and objects")
 
 
 def _str_size(s: str) -> int:

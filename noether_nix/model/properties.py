@@ -8,6 +8,7 @@ import msgspec
 
 from noether_nix.errors import NoetherError
 from noether_nix.model.jcs import jcs
+from noether_nix.suggest import did_you_mean
 
 
 class _P(msgspec.Struct, frozen=True, tag_field="kind", omit_defaults=True):
@@ -52,6 +53,9 @@ class FieldTypeIn(_P, frozen=True, tag="field_type_in"):
 
 Property = Union[SetMember, RangeProperty, FieldLengthEq, FieldLengthMax, SubsetOf, Equals, FieldTypeIn]
 _JSON_TYPES = ("null", "bool", "number", "string", "array", "object")
+KINDS: tuple[str, ...] = tuple(t.__struct_config__.tag for t in Property.__args__)  # type: ignore[attr-defined]
+#: ``Range`` → ``range``, ``FieldLengthMax`` → ``field_length_max``, …
+_CAMEL = {"".join(w.capitalize() for w in k.split("_")): k for k in KINDS}
 
 
 def parse_properties(value: Any, *, path: str = "properties") -> list[Property]:
@@ -62,6 +66,14 @@ def parse_properties(value: Any, *, path: str = "properties") -> list[Property]:
         raise NoetherError("invalid_spec", "properties must be an array", path=path)
     out: list[Property] = []
     for i, p in enumerate(value):
+        if isinstance(p, dict) and isinstance(p.get("kind"), str):
+            kind = p["kind"]
+            if _CAMEL.get(kind):
+                # Upstream's own example (property-annotated) writes kinds in CamelCase.
+                p = {**p, "kind": _CAMEL[kind]}
+            elif kind not in KINDS:
+                raise NoetherError("invalid_property", f"unknown property kind {kind!r}{did_you_mean(kind, KINDS)} "
+                                   f"(known: {', '.join(KINDS)})", path=f"{path}[{i}]")
         try:
             prop = msgspec.convert(p, Property)
         except msgspec.ValidationError as e:

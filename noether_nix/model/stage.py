@@ -12,8 +12,13 @@ from noether_nix.model.effects import EffectSet, effect_set_from_json, parse_eff
 from noether_nix.model.identity import code_hash, signature_id, stage_id
 from noether_nix.model.properties import Property, parse_properties
 from noether_nix.model.types import NType, parse_type, to_json
+from noether_nix.suggest import did_you_mean, unknown_keys
 
+#: Languages this engine runs.
 LANGUAGES = ("python", "javascript", "bash")
+#: Languages upstream stores (and builds for the browser) that this engine keeps but cannot run:
+#: such a stage is stored with its ID and refused, with the reason, when a graph would run it.
+STORED_ONLY_LANGUAGES = ("rust",)
 _LANGUAGE_ALIASES = {"python3": "python", "py": "python", "js": "javascript", "node": "javascript", "sh": "bash"}
 CAPABILITIES = ("Network", "FsRead", "FsWrite", "Gpu", "Llm", "Process")
 
@@ -184,10 +189,10 @@ def normalise_language(lang: Any, *, path: str) -> str:
     if not isinstance(lang, str):
         raise NoetherError("invalid_spec", "language must be a string", path=path)
     norm = _LANGUAGE_ALIASES.get(lang.strip().lower(), lang.strip().lower())
-    if norm not in LANGUAGES:
+    if norm not in LANGUAGES and norm not in STORED_ONLY_LANGUAGES:
         raise NoetherError(
             "unsupported_language",
-            f"language {lang!r} is not supported (supported: {', '.join(LANGUAGES)})",
+            f"language {lang!r} is not supported{did_you_mean(norm, LANGUAGES)} (supported: {', '.join(LANGUAGES)})",
             path=path,
         )
     return norm
@@ -265,12 +270,48 @@ def _capabilities(value: Any, *, path: str) -> list[str]:
     return sorted(set(caps), key=CAPABILITIES.index)
 
 
+#: The fields of the simple spec format (spec §3.3), ``lifecycle`` ("Draft" or "Active") included.
+SIMPLE_SPEC_FIELDS = ("name", "description", "input", "output", "effects", "language", "implementation",
+                      "examples", "tags", "aliases", "properties", "capabilities", "ui_style", "lifecycle")
+#: The lifecycles a spec may ask for (upstream's schema): the rest are reached by transitions.
+SPEC_LIFECYCLES = ("Draft", "Active")
+_STAGE_FIELDS = (*_FIELD_ORDER, "canonical_id")
+_SIGNATURE_FIELDS = ("input", "output", "effects", "implementation_hash")
+
+
 def is_simple_spec(doc: Any) -> bool:
-    return isinstance(doc, dict) and "name" in doc and "implementation" in doc and "id" not in doc
+    """The simple format is any spec that is not a full Stage JSON (which has an ``id`` and a ``signature``).
+
+    Upstream also requires ``name`` and ``implementation``; here a spec that
+    misspells one of them is still read as a simple spec, so the error names
+    the misspelt key instead of a missing ``id``."""
+    return isinstance(doc, dict) and "id" not in doc and "signature" not in doc
+
+
+def spec_lifecycle(doc: Any, *, path: str = "spec") -> str | None:
+    """The lifecycle a spec file asks for (``"Draft"`` or ``"Active"``), or None when it says nothing.
+
+    A simple spec may ask for Draft or Active only; a full Stage JSON's
+    lifecycle is checked when it is decoded."""
+    if not isinstance(doc, dict) or "lifecycle" not in doc:
+        return None
+    lc = doc["lifecycle"]
+    if lc in SPEC_LIFECYCLES:
+        return str(lc)
+    if is_simple_spec(doc):
+        shown = lc if isinstance(lc, str) else msgspec.json.encode(lc).decode()
+        raise NoetherError("invalid_spec", f"unknown lifecycle {shown!r}{did_you_mean(shown, SPEC_LIFECYCLES)} "
+                           "(a spec may ask for Draft or Active)", path=f"{path}.lifecycle")
+    return None
 
 
 def stage_from_simple_spec(doc: dict[str, Any], *, path: str = "spec") -> Stage:
     """Build an unsigned Draft stage from the simple spec format."""
+    unknown_keys(doc, SIMPLE_SPEC_FIELDS, what="stage spec", path=path, code="invalid_spec")
+    spec_lifecycle(doc, path=path)
+    if "implementation" not in doc:
+        raise NoetherError("invalid_spec", 'missing "implementation" (the stage\'s code, or {"code", "language"})',
+                           path=f"{path}.implementation")
     name = doc.get("name")
     if not isinstance(name, str) or not name.strip():
         raise NoetherError("invalid_spec", "name must be a non-empty string", path=f"{path}.name")
@@ -335,6 +376,11 @@ def stage_from_spec(doc: Any, *, path: str = "spec") -> Stage:
     """
     if is_simple_spec(doc):
         return stage_from_simple_spec(doc, path=path)
+    if isinstance(doc, dict):
+        unknown_keys(doc, _STAGE_FIELDS, what="stage", path=path, code="invalid_stage")
+        if isinstance(doc.get("signature"), dict):
+            unknown_keys(doc["signature"], _SIGNATURE_FIELDS, what="stage signature", path=f"{path}.signature",
+                         code="invalid_stage")
     stage = stage_from_json(doc, path=path)
     check_identity(stage, path=path)
     if stage.implementation_language == "python" and stage.implementation_code:

@@ -14,6 +14,7 @@ import msgspec
 
 from noether_nix.errors import NoetherError
 from noether_nix.model.jcs import serde_compact
+from noether_nix.suggest import did_you_mean
 
 _TAG = "kind"
 
@@ -179,6 +180,11 @@ def from_json(value: Any, *, path: str = "type") -> NType:
         return t
     except msgspec.ValidationError as e:
         text, where = _err_path(str(e), path)
+        if where.endswith(".kind") and text.startswith("Invalid value "):
+            # A misspelt kind: name the kinds there are, and the closest one.
+            bad = text[len("Invalid value "):].strip("'")
+            text = f"unknown type kind {bad!r}{did_you_mean(bad, KIND_NAMES)} (known kinds: {', '.join(KIND_NAMES)})"
+            raise NoetherError("invalid_type", text, path=where) from None
         raise NoetherError("invalid_type", f"invalid type: {text}", path=where) from None
 
 
@@ -213,16 +219,20 @@ def _sorted_records(t: NType) -> NType:
 # ---------------------------------------------------------------- shorthand
 
 
-def normalize_shorthand(value: Any) -> Any:
+def normalize_shorthand(value: Any, path: str = "type") -> Any:
     """Rewrite spec-file shorthand into the canonical form (spec §1.2).
 
     Unlike upstream, a canonical ``List``/``Stream`` value is normalised as a
     *type* (upstream treats it as a map of types and corrupts
     ``{"kind":"List","value":{"kind":"Text"}}``), ``Var`` keeps its name, and
-    ``RecordWith`` fields are normalised too.
+    ``RecordWith`` fields are normalised too. A name that is no type kind
+    (``"Numbr"``, at any depth) is refused here, with the closest kind.
     """
     if isinstance(value, str):
-        return {"kind": value} if value in _PRIMS else value
+        if value in _PRIMS:
+            return {"kind": value}
+        raise NoetherError("invalid_type", f"unknown type kind {value!r}{did_you_mean(value, KIND_NAMES)} "
+                           f"(known kinds: {', '.join(KIND_NAMES)})", path=path)
     if isinstance(value, dict):
         if "kind" in value:
             kind = value["kind"]
@@ -230,63 +240,58 @@ def normalize_shorthand(value: Any) -> Any:
                 return dict(value)
             v = value["value"]
             out = dict(value)
+            at = f"{path}.value"
             if kind in ("List", "Stream"):
-                out["value"] = normalize_shorthand(v)
+                out["value"] = normalize_shorthand(v, at)
             elif kind == "Map" and isinstance(v, dict):
-                out["value"] = {k: normalize_shorthand(x) for k, x in v.items()}
+                out["value"] = {k: normalize_shorthand(x, f"{at}.{k}") for k, x in v.items()}
             elif kind == "Map" and isinstance(v, list) and len(v) == 2:
-                out["value"] = {"key": normalize_shorthand(v[0]), "value": normalize_shorthand(v[1])}
+                out["value"] = {"key": normalize_shorthand(v[0], f"{at}[0]"),
+                                "value": normalize_shorthand(v[1], f"{at}[1]")}
             elif kind == "Record" and isinstance(v, dict):
-                out["value"] = {k: normalize_shorthand(x) for k, x in v.items()}
+                out["value"] = {k: normalize_shorthand(x, f"{at}.{k}") for k, x in v.items()}
             elif kind == "Union" and isinstance(v, list):
-                out["value"] = [normalize_shorthand(x) for x in v]
+                out["value"] = [normalize_shorthand(x, f"{at}[{i}]") for i, x in enumerate(v)]
             elif kind == "RecordWith" and isinstance(v, dict):
                 rw = dict(v)
                 if isinstance(rw.get("fields"), dict):
-                    rw["fields"] = {k: normalize_shorthand(x) for k, x in rw["fields"].items()}
+                    rw["fields"] = {k: normalize_shorthand(x, f"{at}.fields.{k}") for k, x in rw["fields"].items()}
                 out["value"] = rw
             elif kind == "Refined" and isinstance(v, dict):
                 rf = dict(v)
                 if "base" in rf:
-                    rf["base"] = normalize_shorthand(rf["base"])
+                    rf["base"] = normalize_shorthand(rf["base"], f"{at}.base")
                 out["value"] = rf
             return out
         if "List" in value:
-            return {"kind": "List", "value": normalize_shorthand(value["List"])}
+            return {"kind": "List", "value": normalize_shorthand(value["List"], f"{path}.List")}
         if "Stream" in value:
-            return {"kind": "Stream", "value": normalize_shorthand(value["Stream"])}
+            return {"kind": "Stream", "value": normalize_shorthand(value["Stream"], f"{path}.Stream")}
         if "Map" in value and isinstance(value["Map"], list) and len(value["Map"]) == 2:
             k, v = value["Map"]
-            return {"kind": "Map", "value": {"key": normalize_shorthand(k), "value": normalize_shorthand(v)}}
+            return {"kind": "Map", "value": {"key": normalize_shorthand(k, f"{path}.Map[0]"),
+                                             "value": normalize_shorthand(v, f"{path}.Map[1]")}}
         if "Record" in value and isinstance(value["Record"], list):
             fields: dict[str, Any] = {}
-            for entry in value["Record"]:
+            for i, entry in enumerate(value["Record"]):
                 if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
                     # Upstream silently skips malformed entries; we refuse them.
                     raise NoetherError(
                         "invalid_type",
                         f"Record shorthand entries must be [\"name\", type], got {entry!r}",
+                        path=f"{path}.Record[{i}]",
                     )
-                fields[entry[0]] = normalize_shorthand(entry[1])
+                fields[entry[0]] = normalize_shorthand(entry[1], f"{path}.Record[{i}][1]")
             return {"kind": "Record", "value": fields}
         if "Union" in value and isinstance(value["Union"], list):
-            return {"kind": "Union", "value": [normalize_shorthand(x) for x in value["Union"]]}
+            return {"kind": "Union", "value": [normalize_shorthand(x, f"{path}.Union[{i}]")
+                                               for i, x in enumerate(value["Union"])]}
     return value
 
 
 def parse_type(value: Any, *, path: str = "type") -> NType:
     """Parse a type as written in a spec file: canonical or shorthand."""
-    if isinstance(value, str) and value not in _PRIMS:
-        known = ", ".join(KIND_NAMES)
-        raise NoetherError(
-            "invalid_type", f"unknown type kind {value!r} (known kinds: {known})", path=path
-        )
-    try:
-        normalized = normalize_shorthand(value)
-    except NoetherError as e:
-        e.path = e.path or path
-        raise
-    return from_json(normalized, path=path)
+    return from_json(normalize_shorthand(value, path), path=path)
 
 
 # ---------------------------------------------------------------- ordering

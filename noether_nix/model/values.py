@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Any
 
 from noether_nix.errors import NoetherError
-from noether_nix.model.jcs import fits, serde_compact
+from noether_nix.model.jcs import encoded_size, fits, quick_valid, serde_compact
 from noether_nix.model.types import (
     AnyType,
     BoolType,
@@ -59,6 +60,38 @@ def check_value_size(value: Any, limit: int, *, what: str, path: str | None = No
     """Raise ``value_too_large`` (see ``value_too_large``) for a value over ``limit`` bytes."""
     err = value_too_large(value, limit, what=what, path=path)
     if err is not None:
+        raise err
+
+
+#: Deepest nesting of arrays and objects in a value that crosses a boundary
+#: (a run's input, a stage's input and output, a run's output): upstream's
+#: serde_json refuses deeper documents, and the bound keeps every recursive
+#: pass over values (hashing, type checks) well inside Python's stack.
+MAX_VALUE_DEPTH = 128
+
+
+def check_value(value: Any, limit: int, *, what: str | Callable[[], str], path: str | None = None,
+                max_depth: int = MAX_VALUE_DEPTH) -> None:
+    """Refuse what no value may be: larger than
+    ``limit`` bytes (``value_too_large``), nested deeper than ``max_depth``
+    (``value_too_deep``), or holding what JSON cannot carry — NaN, infinities,
+    integers beyond a double (``non_finite_number``), lone surrogates
+    (``invalid_text``). One early-stopping walk (``model.jcs.encoded_size``);
+    ``what`` (or what it returns) names the value in the error."""
+    if type(value) is str and value.isascii() and 6 * len(value) + 2 <= limit:
+        return  # the commonest value, on every stage call: even escaped it fits, and ASCII is valid text
+    if type(value) in (list, dict) and quick_valid(value, limit, max_depth):
+        return  # a large list or record of plain values, checked a container at a time
+    try:
+        size = encoded_size(value, limit, strict=True, max_depth=max_depth)
+    except NoetherError as e:
+        what = what() if callable(what) else what
+        raise NoetherError(e.code, f"{what} {e.message}", path=path, exit_code=3,
+                           hint="JSON values only: finite numbers, Unicode text, at most "
+                                f"{max_depth} levels of nesting") from None
+    if size > limit:
+        err = value_too_large(value, limit, what=what() if callable(what) else what, path=path)
+        assert err is not None
         raise err
 
 

@@ -22,7 +22,7 @@ from noether_nix.proc import run_sync_killable
 from noether_nix.settings import settings
 
 # Part of every program's derivation: bump it when a wrapper's behaviour changes.
-WRAPPER_VERSION = "4"
+WRAPPER_VERSION = "6"
 _WRAPPER_FILES = {"python": "python.py.in", "javascript": "javascript.js.in", "bash": "bash.sh.in"}
 
 
@@ -32,6 +32,12 @@ class Program(msgspec.Struct, frozen=True):
     closure: list[str]  # store paths the sandbox must ro-bind
     built: bool  # False when the registry already had it
     build_ms: int
+
+
+def registry_key(runtime: Runtime) -> str:
+    """What a built program is recorded under besides its stage: the runtime and the wrapper's
+    version, so a new wrapper means a new build rather than the old program found again."""
+    return f"{runtime.store_path}?wrapper={WRAPPER_VERSION}"
 
 
 def wrapper_source(language: str) -> str:
@@ -60,11 +66,12 @@ def build_stage_program(stage_id: str, language: str, code: str, *, registry: Pr
     """The stage's program, built on first request and looked up afterwards."""
     lang = normalise_language(language)
     runtime: Runtime = ensure_runtime(lang)
-    hit = registry.get(stage_id, runtime.store_path)
+    key = registry_key(runtime)
+    hit = registry.get(stage_id, key)
     if hit is not None:
         return Program(hit.program, [f"{hit.program}/bin/stage"], hit.closure, built=False, build_ms=0)
-    with _key_lock((stage_id, runtime.store_path)):
-        hit = registry.get(stage_id, runtime.store_path)
+    with _key_lock((stage_id, key)):
+        hit = registry.get(stage_id, key)
         if hit is not None:
             return Program(hit.program, [f"{hit.program}/bin/stage"], hit.closure, built=False, build_ms=0)
         return _build(stage_id, lang, code, runtime, registry, timeout_s)
@@ -99,7 +106,7 @@ def _build(stage_id: str, lang: str, code: str, runtime: Runtime, registry: Prog
         e.path = e.path or stage_id
         raise
     build_ms = int((time.monotonic() - started) * 1000)
-    registry.record(stage_id, runtime.store_path, out, str(root), build_ms, closure)
+    registry.record(stage_id, registry_key(runtime), out, str(root), build_ms, closure)
     return Program(out, [f"{out}/bin/stage"], closure, built=True, build_ms=build_ms)
 
 

@@ -34,6 +34,8 @@ class HttpConnection:
         self.header_timeout_s = header_timeout_s
         self.send_timeout_s = send_timeout_s
         self.state = SendState.IDLE
+        #: The request being answered is a HEAD: its answer has a head and no body.
+        self.head_request = False
 
     # ------------------------------------------------------------ reading
 
@@ -49,6 +51,8 @@ class HttpConnection:
                 except h11.RemoteProtocolError as e:
                     raise ProtocolError(400, "bad_request", f"malformed HTTP: {e}") from None
                 if event is h11.NEED_DATA:
+                    if self.conn.they_are_waiting_for_100_continue:
+                        await self._send(h11.InformationalResponse(status_code=100, headers=[]))
                     data = await self.stream.receive_some(65536)
                     self.conn.receive_data(data)
                     if not data and self.conn.their_state is h11.IDLE:
@@ -56,10 +60,12 @@ class HttpConnection:
                     continue
                 if isinstance(event, h11.Request):
                     head = event
+                    self.head_request = event.method == b"HEAD"
                     if head_only:
                         return request_from(head, b"")
+                    # h11 has checked it is digits; never parse a thousand of them.
                     length = dict((k.lower(), v) for k, v in event.headers).get(b"content-length")
-                    if length is not None and int(length) > self.max_body:
+                    if length is not None and (len(length) > 18 or int(length) > self.max_body):
                         raise ProtocolError(413, "body_too_large", f"request body over {self.max_body} bytes")
                 elif isinstance(event, h11.Data):
                     body.extend(event.data)
@@ -95,6 +101,8 @@ class HttpConnection:
 
     async def write(self, data: bytes) -> None:
         assert self.state is SendState.STREAMING, self.state
+        if self.head_request:  # HEAD: the head says what a GET would send, and nothing follows
+            return
         await self._send(h11.Data(data=data))
 
     async def end(self) -> None:
@@ -114,6 +122,7 @@ class HttpConnection:
             return False
         self.conn.start_next_cycle()
         self.state = SendState.IDLE
+        self.head_request = False
         return True
 
     async def aclose(self) -> None:

@@ -18,8 +18,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import msgspec
 import trio
 
+from noether_nix.engine.offload import INLINE_MAX_BYTES, maybe_off_loop
 from noether_nix.errors import NoetherError, http_status
 from noether_nix.logs import get_logger
+from noether_nix.model.values import MAX_VALUE_DEPTH
 from noether_nix.server.http import HttpConnection, SendState
 from noether_nix.server.protocol import Request, envelope
 from noether_nix.server.runs import RunHandle
@@ -61,9 +63,14 @@ class Router:
             ctx = self.context(peer)
             if endpoint.write:
                 ctx.need_writer()
-            body = _json_body(req) if endpoint.has_body else None
-            params = ep.params_from(endpoint, {k: unquote(v) for k, v in raw_path_params.items()},
-                                    parse_qs(target.query, keep_blank_values=True), body)
+            def decode() -> Any:
+                body = _json_body(req) if endpoint.has_body else None
+                return ep.params_from(endpoint, {k: unquote(v) for k, v in raw_path_params.items()},
+                                      parse_qs(target.query, keep_blank_values=True), body)
+
+            # Reading megabytes of JSON takes a tenth of a second: not on the event loop.
+            params = await maybe_off_loop(len(req.body) <= INLINE_MAX_BYTES, decode,
+                                          limiter=self.daemon.engine.thread_limiter)
             if endpoint.stream:
                 assert isinstance(params, Run)
                 handle = await self._admit(http, ctx, params)
@@ -76,9 +83,15 @@ class Router:
                 finally:
                     self.daemon.streams.discard(streamed)
                 return False
-            out = endpoint.resolve()(ctx, params)
-            if inspect.isawaitable(out):
-                out = await out
+            handler = endpoint.resolve()
+            if inspect.iscoroutinefunction(handler):
+                out = await handler(ctx, params)
+            elif len(req.body) > INLINE_MAX_BYTES:
+                # Checking a large graph or importing a large store takes seconds: off the event loop.
+                out = await trio.to_thread.run_sync(handler, ctx, params, abandon_on_cancel=True,
+                                                    limiter=self.daemon.engine.thread_limiter)
+            else:
+                out = handler(ctx, params)
             if isinstance(out, bytes):
                 await http.answer(200, out, "text/plain; version=0.0.4")
             else:
@@ -91,6 +104,12 @@ class Router:
             return True
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             return False
+        except RecursionError:  # values are depth-checked where they enter; this is the last line
+            if http.state is not SendState.IDLE:
+                return False
+            await fail(NoetherError("value_too_deep", "the request nests values too deeply to process",
+                                    hint=f"at most {MAX_VALUE_DEPTH} levels of arrays and objects"))
+            return True
         except Exception as e:  # one bad request must never take the daemon down
             log.exception("request_failed", method=req.method, target=req.target)
             if http.state is SendState.IDLE:
@@ -122,8 +141,11 @@ class Router:
 def _json_body(req: Request) -> Any:
     try:
         return msgspec.json.decode(req.body or b"{}")
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise NoetherError("invalid_json", f"request body is not JSON: {e}", path="body") from None
+    except RecursionError:  # msgspec's reader stops where Python's stack would
+        raise NoetherError("invalid_json", "request body is nested too deeply to read", path="body",
+                           hint=f"values may nest at most {MAX_VALUE_DEPTH} levels of arrays and objects") from None
 
 
 def _ms(started: float) -> int:

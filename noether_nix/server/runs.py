@@ -129,7 +129,10 @@ class RunManager:
                 del self.waiting_by_peer[uid]
         handle = RunHandle(uuid.uuid4().hex, uid, options.detach, self.send_timeout_s)
         try:
-            await self.nursery.start(self._run, handle, ctx, params, peer_slot)
+            # Shielded: once it has its slots the run starts (and releases them itself);
+            # a cancelled caller must not release them a second time.
+            with trio.CancelScope(shield=True):
+                await self.nursery.start(self._run, handle, ctx, params, peer_slot)
         except BaseException:
             self.slots.release()
             peer_slot.release()

@@ -17,10 +17,15 @@ import msgspec
 import trio
 
 from noether_nix.engine.events import RunFinished
+from noether_nix.engine.offload import maybe_off_loop, small
 from noether_nix.errors import NoetherError
 from noether_nix.server.http import HttpConnection
 from noether_nix.server.protocol import json_line
 from noether_nix.server.runs import Refused, RunHandle
+
+
+def _line(item: Any) -> bytes:
+    return json_line(msgspec.to_builtins(item))
 
 
 class StreamState(enum.Enum):
@@ -71,9 +76,11 @@ class StreamedRun:
                 if self.state is StreamState.WAITING:
                     await self.http.start(200, "application/x-ndjson")
                     self.state = StreamState.STREAMING
-                await self.http.write(json_line(msgspec.to_builtins(item)))
-                if isinstance(item, RunFinished):
+                if isinstance(item, RunFinished):  # the one event that carries a value: encoded off the loop if large
+                    line = await maybe_off_loop(small(item.output), _line, item)
+                    await self.http.write(line)
                     break
+                await self.http.write(_line(item))
             if self.state is StreamState.WAITING:  # ended before its first event
                 await self.send_error(NoetherError("cancelled", "the run was cancelled before it started",
                                                    exit_code=3))

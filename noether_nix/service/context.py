@@ -81,9 +81,11 @@ class Context:
             else:
                 from noether_nix.store.stages import StageStore
                 from noether_nix.store.stdlib_seed import ensure_stdlib
+                from noether_nix.store.upstream import import_home_store
 
                 self._store = StageStore()
                 ensure_stdlib(self._store)
+                import_home_store(self._store)
         return self._store
 
     @property

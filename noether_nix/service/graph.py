@@ -35,12 +35,27 @@ async def run_graph(ctx: Context, p: Run, *, emit: Callable[[Event], Awaitable[N
 
 
 def find_run(ctx: Context, p: Ref) -> dict[str, Any]:
-    """A run by its id, else the latest run of a composition id (of those the peer may see)."""
+    """A run by its id, else the latest run of a composition id (of those the peer may see);
+    a unique prefix of either does too (``noether trace 3fa8``)."""
     runs, mine = ctx.runs, ctx.peer.visible_to
     run = runs.get(p.ref, visible_to=mine) or runs.latest(p.ref, visible_to=mine)
-    if run is None:
-        raise NoetherError("trace_not_found", f"no run or composition {p.ref!r}", path=p.ref)
-    return run
+    if run is not None:
+        return run
+    run_ids, comp_ids = runs.ids_with_prefix(p.ref.strip(), visible_to=mine)
+    found = [("run", r) for r in run_ids] + [("composition", c) for c in comp_ids]
+    if len(found) == 1:
+        kind, full = found[0]
+        run = runs.get(full, visible_to=mine) if kind == "run" else runs.latest(full, visible_to=mine)
+        if run is not None:
+            return run
+    if len(found) > 1:
+        listing = ", ".join(f"{kind} {full[:12]}" for kind, full in found[:6])
+        raise NoetherError("ambiguous_reference", f"{p.ref!r} is the start of {len(found)}"
+                           f"{'+' if len(run_ids) >= 10 or len(comp_ids) >= 10 else ''} ids: {listing}",
+                           path=p.ref, hint="give more of the id",
+                           details={"candidates": [full for _, full in found]})
+    raise NoetherError("trace_not_found", f"no run or composition {p.ref!r}", path=p.ref,
+                       hint="`noether runs` lists recent runs")
 
 
 def latest_trace(ctx: Context, p: Ref) -> dict[str, Any]:
@@ -79,5 +94,6 @@ def run_report(result: dict[str, Any]) -> tuple[dict[str, Any], NoetherError | N
     if not err:
         return data, None
     code = 2 if err.get("code") == "budget_exceeded" else 3
-    return data, NoetherError(err["code"], f"execution failed: {err['message']}", path=err.get("path"),
-                              exit_code=code)
+    inner = NoetherError.from_dict(err)  # its message without the path it starts with
+    return data, NoetherError(inner.code, f"execution failed: {inner.message}", path=inner.path, hint=inner.hint,
+                              details=inner.details or None, exit_code=code)

@@ -16,7 +16,7 @@ from typing import Any
 
 from noether_nix.engine.engine import Engine, RunOptions
 from noether_nix.errors import NoetherError
-from noether_nix.graph.preflight import is_stdlib
+from noether_nix.graph.preflight import is_stdlib, unrunnable_language
 from noether_nix.model.effects import EffectKind
 from noether_nix.model.jcs import jcs
 from noether_nix.model.stage import Stage
@@ -49,6 +49,9 @@ def skip_reason(stage: Stage) -> str | None:
         return "NoExamples"
     if stage.implementation_code is None and not is_stdlib(stage):
         return "NoImplementation"
+    lang = unrunnable_language(stage)
+    if lang is not None:
+        return f"NotRunnableHere ({lang})"
     return None
 
 

@@ -41,33 +41,53 @@ def store_stage(store: StageStore, stage: Stage, *, draft: bool = False) -> dict
 
 async def add_stage(ctx: Context, p: StageAdd) -> dict[str, Any]:
     """``stage add``: store the stage (signed: a valid embedded signature is
-    kept, an unsigned stage is signed with the author key), then build its
-    program unless ``build`` is false."""
-    from noether_nix.model.stage import stage_from_spec
+    kept, an unsigned stage is signed with the author key), building its
+    program first unless ``build`` is false.
+
+    Honest: a stage whose program cannot be built is not added (the build's
+    error is the command's error); a simple spec's ``"lifecycle": "Draft"``
+    keeps it a Draft; a stage in a language this engine stores but cannot
+    run (upstream's Rust) is stored, with a warning saying so."""
+    from noether_nix.graph.preflight import unrunnable_language
+    from noether_nix.model.stage import is_simple_spec, spec_lifecycle, stage_from_spec
     from noether_nix.nix.registry import ProgramRegistry
     from noether_nix.store.signing import sign_for_store
 
     stage = sign_for_store(stage_from_spec(p.spec))
+    # A simple spec sent as it is (the API) says itself; the CLI reads the file and passes `draft`.
+    draft = p.draft or (is_simple_spec(p.spec) and spec_lifecycle(p.spec) == "Draft")
     store = ctx.store
-    out = store_stage(store, stage, draft=p.draft)
-    if "note" not in out and stage.implementation_code and stage.implementation_language and p.build:
-        out["program"] = await _build_now(ProgramRegistry(store.conn), stage)
+    existing = store.get(stage.id)
+    if existing is not None:
+        return {"id": stage.id, "lifecycle": existing.state.lower(), "note": "already exists"}
+    program: dict[str, Any] | None = None
+    warnings: list[str] = []
+    lang = unrunnable_language(stage)
+    if lang is not None:
+        warnings.append(f"stage {stage.label()} is written in {lang.capitalize()}: it is stored with its ID, "
+                        "but noether-nix cannot run it, and a graph that uses it is refused before it runs")
+    elif stage.implementation_code and stage.implementation_language and p.build:
+        program = await _build_now(ProgramRegistry(store.conn), stage)
+    out = store_stage(store, stage, draft=draft)
+    if program is not None:
+        out["program"] = program
+    if warnings:
+        out["warnings"] = warnings
     return out
 
 
 async def _build_now(registry: ProgramRegistry, stage: Stage) -> dict[str, Any]:
-    """Build the new stage's program right away, so its first run does not wait.
-
-    A build failure does not undo the add: the stage is stored, and the
-    failure is reported here and again, with its cause, on first use.
-    """
+    """Build the new stage's program before it is stored, so a stage that cannot
+    be built is never added (and its first run does not wait for the build)."""
     from noether_nix.nix.programs import build_stage_program_async
 
     try:
         prog = await build_stage_program_async(stage.id, stage.implementation_language or "",
                                                stage.implementation_code or "", registry=registry)
     except NoetherError as e:
-        return {"built": False, "error": e.to_dict()}
+        e.hint = (f"{e.hint}; " if e.hint else "") + ("the stage was not added: fix it and add it again "
+                                                      "(--no-build stores it without building its program)")
+        raise
     return {"built": True, "store_path": prog.store_path, "build_ms": prog.build_ms}
 
 

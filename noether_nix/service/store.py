@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from noether_nix.errors import NoetherError
-from noether_nix.model.signing import SignatureStatus, verify_id
-from noether_nix.model.stage import Stage, check_identity, stage_from_json
+from noether_nix.model.stage import Stage
 from noether_nix.service.context import Context
 from noether_nix.service.endpoints import Import, NoParams
+from noether_nix.store.upstream import stage_from_store_entry
 
 
 def import_stages(ctx: Context, p: Import) -> dict[str, Any]:
@@ -21,12 +21,7 @@ def import_stages(ctx: Context, p: Import) -> dict[str, Any]:
     errors: list[dict[str, Any]] = []
     for i, raw in enumerate(doc["stages"]):
         try:
-            stage = stage_from_json(raw, path=f"stages[{i}]")
-            check_identity(stage, path=f"stages[{i}]")
-            status = verify_id(stage.id, stage.ed25519_signature, stage.signer_public_key)
-            if status in (SignatureStatus.BAD_SIGNATURE, SignatureStatus.MALFORMED):
-                raise NoetherError(f"signature_{status.value}", f"signature {status.value}", path=f"stages[{i}]")
-            stages.append(stage)
+            stages.append(stage_from_store_entry(raw, path=f"stages[{i}]"))
         except NoetherError as e:
             errors.append({"index": i, "error": e.to_dict(), "where": f"{source}: stages[{i}]"})
     if errors:

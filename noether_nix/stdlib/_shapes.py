@@ -7,7 +7,9 @@ input never escapes as a TypeError or KeyError.
 
 from __future__ import annotations
 
+import contextvars
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +20,17 @@ Impl = Callable[[Any], Any]
 
 class StageFailure(Exception):
     """A stage could not produce an output for this input; the message says why."""
+
+
+#: When (``time.monotonic()``) the in-process stage being run must be done by;
+#: set by the engine around the call, None when unbounded.
+DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("noether_stage_deadline", default=None)
+
+
+def time_left() -> float | None:
+    """Seconds left before ``DEADLINE`` (at least a millisecond), or None."""
+    deadline = DEADLINE.get()
+    return None if deadline is None else max(deadline - time.monotonic(), 0.001)
 
 
 def registrar(table: dict[str, Impl]) -> Callable[[str], Callable[[Impl], Impl]]:

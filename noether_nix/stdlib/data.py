@@ -11,6 +11,8 @@ import io
 import re
 from typing import Any
 
+import regex
+
 from noether_nix.model.jcs import jcs
 from noether_nix.model.values import json_type_name
 from noether_nix.stdlib._shapes import (
@@ -24,6 +26,7 @@ from noether_nix.stdlib._shapes import (
     optional_text,
     registrar,
     show,
+    time_left,
 )
 
 IMPLS: dict[str, Impl] = {}
@@ -235,10 +238,12 @@ def _check(data: Any, schema: Any, at: str, errors: list[str]) -> None:
         pattern = schema.get("pattern")
         if isinstance(pattern, str):
             try:
-                if re.search(pattern, data) is None:
-                    fail(f"text does not match pattern {pattern!r}")
-            except re.error as e:
+                compiled = regex.compile(pattern, flags=regex.V0)
+            except regex.error as e:
                 raise StageFailure(f"schema pattern {pattern!r} is not a valid regex: {e}") from None
+            # A schema's pattern is the caller's: bounded by the stage's time budget.
+            if compiled.search(data, concurrent=True, timeout=time_left()) is None:
+                fail(f"text does not match pattern {pattern!r}")
     if is_number(data):
         if is_number(schema.get("minimum")) and data < schema["minimum"]:
             fail(f"{data} is less than the minimum {schema['minimum']}")

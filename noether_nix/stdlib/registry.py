@@ -132,6 +132,10 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
     #: A requester who may not change the store sees only its own part of
     #: the state it touches (its kv namespace, its own runs' traces).
     per_peer: bool = False
+    #: Its work can grow much faster than its input (a regular expression can
+    #: backtrack for ever on a short text; a replacement multiplies lengths):
+    #: it never runs on the daemon's event loop, however small its input.
+    off_loop: bool = False
 
     @property
     def sandboxed(self) -> bool:
@@ -158,6 +162,8 @@ def _entries() -> dict[str, Entry]:
         "store_add": {"writers_only": True},
         "trace_read": {"per_peer": True},
         **{name: {"per_peer": True} for name in _KV},
+        **{name: {"off_loop": True} for name in ("regex_match", "regex_replace", "text_replace", "text_template",
+                                               "json_schema_validate")},
     }
     for category, names in groups:
         for name in names:

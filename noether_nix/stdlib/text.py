@@ -10,6 +10,8 @@ import re
 from functools import lru_cache
 from typing import Any
 
+import regex
+
 from noether_nix.stdlib._shapes import (
     Impl,
     StageFailure,
@@ -20,6 +22,7 @@ from noether_nix.stdlib._shapes import (
     registrar,
     show,
     text_of,
+    time_left,
 )
 
 IMPLS: dict[str, Impl] = {}
@@ -161,14 +164,22 @@ def _translate(pattern: str) -> str:
 
 
 @lru_cache(maxsize=256)
-def _compile(pattern: str) -> re.Pattern[str]:
+def _compile(pattern: str) -> regex.Pattern[str]:
+    # The ``regex`` module (re's syntax and meaning, ``V0``) because a user's
+    # pattern can backtrack for ever: it stops at the stage's time budget
+    # (``TimeoutError``) and lets other threads run meanwhile (``concurrent``).
     try:
-        return re.compile(_translate(pattern))
-    except re.error as e:
+        return regex.compile(_translate(pattern), flags=regex.V0)
+    except regex.error as e:
         raise StageFailure(f"invalid regex {pattern!r}: {e}") from None
 
 
-def _regex(record: dict[str, Any]) -> re.Pattern[str]:
+def user_search(pattern: regex.Pattern[str], text: str) -> regex.Match[str] | None:
+    """``pattern.search(text)`` within the stage's time budget (``TimeoutError`` past it)."""
+    return pattern.search(text, concurrent=True, timeout=time_left())
+
+
+def _regex(record: dict[str, Any]) -> regex.Pattern[str]:
     return _compile(field_text(record, "pattern"))
 
 
@@ -176,7 +187,7 @@ def _regex(record: dict[str, Any]) -> re.Pattern[str]:
 def regex_match(value: Any) -> Any:
     record = need_record(value, "text", "pattern")
     text = field_text(record, "text")
-    m = _regex(record).search(text)
+    m = user_search(_regex(record), text)
     if m is None:
         return {"full_match": None, "groups": [], "matched": False}
     # A group that took no part in the match is "" (the output type is
@@ -188,7 +199,7 @@ def regex_match(value: Any) -> Any:
 _REPLACEMENT_REF = re.compile(r"\$(?:(\$)|\{([^}]*)\}|([_0-9A-Za-z]+))")
 
 
-def _expand(template: str, m: re.Match[str]) -> str:
+def _expand(template: str, m: regex.Match[str]) -> str:
     def ref(r: re.Match[str]) -> str:
         if r.group(1):
             return "$"
@@ -207,7 +218,7 @@ def _expand(template: str, m: re.Match[str]) -> str:
 def regex_replace(value: Any) -> Any:
     record = need_record(value, "text", "pattern", "replacement")
     text, replacement = field_text(record, "text"), field_text(record, "replacement")
-    regex = _regex(record)
+    pattern = _regex(record)
     if "$" not in replacement:
-        return regex.sub(lambda _m: replacement, text)
-    return regex.sub(lambda m: _expand(replacement, m), text)
+        return pattern.sub(lambda _m: replacement, text, concurrent=True, timeout=time_left())
+    return pattern.sub(lambda m: _expand(replacement, m), text, concurrent=True, timeout=time_left())

@@ -42,6 +42,7 @@ CREATE INDEX IF NOT EXISTS runs_started ON runs(started_at);
 # Covers the retention queries: they read no trace or events.
 RETENTION_INDEX = "CREATE INDEX IF NOT EXISTS runs_retention ON runs(started_at, status, stored_bytes)"
 
+_HEX = set("0123456789abcdef")
 KEEP_RUNS = 10_000
 KEEP_BYTES = 1 << 30
 MAX_RUN_BYTES = 16 << 20
@@ -141,6 +142,21 @@ class RunStore:
                 (composition_id, *args),
             ).fetchone()
         )
+
+    def ids_with_prefix(self, prefix: str, *, visible_to: int | None = None,
+                        limit: int = 10) -> tuple[list[str], list[str]]:
+        """Run ids and composition ids (distinct) that start with ``prefix``, at most ``limit`` of each."""
+        p = prefix.lower()
+        if not p or not set(p) <= _HEX:
+            return [], []
+        mine, args = self._mine(visible_to)
+        runs = [r[0] for r in self.conn.execute(
+            f"SELECT run_id FROM runs WHERE run_id >= ? AND run_id < ?{mine} ORDER BY started_at DESC LIMIT ?",
+            (p, p + "g", *args, limit))]
+        comps = [r[0] for r in self.conn.execute(
+            f"SELECT DISTINCT composition_id FROM runs WHERE composition_id >= ? AND composition_id < ?{mine}"
+            " LIMIT ?", (p, p + "g", *args, limit))]
+        return runs, comps
 
     def recent(self, limit: int = 20, *, visible_to: int | None = None) -> list[dict[str, Any]]:
         mine, args = self._mine(visible_to)

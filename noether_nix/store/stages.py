@@ -28,6 +28,7 @@ from noether_nix.model.stage import (
 )
 from noether_nix.paths import db_path
 from noether_nix.store.db import connect, write_txn
+from noether_nix.suggest import did_you_mean
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stages (
@@ -111,6 +112,11 @@ class StageStore:
     def all(self) -> list[Stage]:
         return self._select("1", ())
 
+    def names(self) -> list[str]:
+        """The names of the stages that may still be used (not Tombstoned), for "did you mean"."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT name FROM stages WHERE name IS NOT NULL AND lifecycle != 'Tombstone'")]
+
     def count(self) -> dict[str, int]:
         rows = self.conn.execute("SELECT lifecycle, count(*) FROM stages GROUP BY lifecycle").fetchall()
         return {k: v for k, v in rows}
@@ -150,7 +156,8 @@ class StageStore:
             raise _ambiguous(ref, "name", pick)
         raise NoetherError(
             "stage_not_found",
-            f"no stage matches {ref!r} (tried id, id prefix, signature id, legacy id, name)",
+            f"no stage matches {ref!r}{did_you_mean(ref, self.names())} (tried id, id prefix, signature id, "
+            "legacy id, name)",
             path=ref,
         )
 

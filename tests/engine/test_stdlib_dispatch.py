@@ -244,7 +244,7 @@ async def test_a_graph_written_against_upstreams_legacy_ids_runs(engine: Engine)
 
 async def test_arrow_round_trip_runs_in_a_sandbox_with_pinned_pyarrow(engine: Engine) -> None:
     records = [{"a": 1, "b": "x"}, {"a": 2, "b": None}]
-    res = await run(engine, "arrow_from_records", records, timeout_secs=120)
+    res = await run(engine, "arrow_from_records", records)  # the default 30 s per stage
     encoded = ok(res)
     assert res.trace["stages"][0]["isolation"] == "bwrap"
     import base64
@@ -252,7 +252,7 @@ async def test_arrow_round_trip_runs_in_a_sandbox_with_pinned_pyarrow(engine: En
     import pyarrow as pa  # the test checks the bytes with the host's own pyarrow
 
     assert pa.ipc.open_stream(base64.b64decode(encoded)).read_all().to_pylist() == records
-    assert ok(await run(engine, "records_to_arrow", encoded, timeout_secs=120)) == records
+    assert ok(await run(engine, "records_to_arrow", encoded)) == records
     assert "not valid base64" in failed(await run(engine, "records_to_arrow", "%%%"), "stage_error")["message"]
 
 
@@ -407,12 +407,17 @@ async def test_retry_attempts_are_bounded_and_cancellable(engine: Engine, add: A
     assert ticks >= 900
 
 
-async def test_a_value_too_deep_to_process_fails_the_run_not_the_engine(engine: Engine) -> None:
+async def test_a_value_too_deep_to_process_is_refused_not_the_engine(engine: Engine) -> None:
     deep: Any = "x"
     for _ in range(5000):
         deep = [deep]
-    err = failed(await run(engine, "to_json", deep), "value_too_deep")
-    assert "nested too deeply" in err["message"]
+    with pytest.raises(NoetherError) as refused:  # as the run's input: refused before it starts
+        await run(engine, "to_json", deep)
+    assert refused.value.code == "value_too_deep" and refused.value.path == "input"
+    # Built by a stage inside the run: that stage fails, whether Python could hold the value or not.
+    for depth in (129, 5000):
+        err = failed(await run(engine, "parse_json", "[" * depth + "]" * depth), "value_too_deep")
+        assert err["path"] == "root", err
     assert ok(await run(engine, "text_upper", "still serving")) == "STILL SERVING"
 
 

@@ -53,7 +53,15 @@ def test_sequential_mismatch(store: StageStore) -> None:
     e = fail(store, seq(S("to_num"), S("to_num")))
     assert e.code == "type_mismatch"
     assert e.path == "root.stages[1]"
-    assert e.message == "type mismatch at position 0: output Number is not subtype of input Text: expected Text, got Number"
+    # Both stages are named, not just the position.
+    to_num = label(store, "to_num")
+    assert e.message == (f"type mismatch at position 0: stage {to_num} outputs Number, but stage {to_num} takes Text: "
+                         "expected Text, got Number")
+    e = fail(store, seq(S("num_to_text"), seq(S("to_num"), S("greet"))))
+    assert e.path == "root.stages[1].stages[1]"
+    assert e.message == (f"type mismatch at position 0: stage {to_num} outputs Number, but stage "
+                         f"{label(store, 'greet')} takes Record {{ name: Text }}: expected Record {{ name: Text }}, "
+                         "got Number")
 
 
 def test_every_error_is_reported(store: StageStore) -> None:
@@ -72,14 +80,15 @@ def test_branch_predicate_must_be_bool(store: StageStore) -> None:
 def test_fanout_target_mismatch(store: StageStore) -> None:
     e = fail(store, {"op": "Fanout", "source": S("to_num"), "targets": [S("num_to_text"), S("to_num")]})
     assert e.path == "root.targets[1]"
-    assert e.message == ("fanout target 1: source output Number is not subtype of target input Text: "
-                         "expected Text, got Number")
+    to_num = label(store, "to_num")
+    assert e.message == (f"fanout target 1: the source, stage {to_num}, outputs Number, but the target, stage "
+                         f"{to_num}, takes Text: expected Text, got Number")
 
 
 def test_merge_mismatch(store: StageStore) -> None:
     e = fail(store, {"op": "Merge", "sources": [S("to_num")], "target": S("greet")})
-    assert e.message == ("merge: merged type Record { source_0: Number } is not subtype of target input "
-                         "Record { name: Text }: missing required field `name`")
+    assert e.message == ("merge: the sources give Record { source_0: Number }, but the target, stage "
+                         f"{label(store, 'greet')}, takes Record {{ name: Text }}: missing required field `name`")
 
 
 def test_empty_nodes(store: StageStore) -> None:
@@ -96,8 +105,8 @@ def test_unification_failure_names_both_types(store: StageStore) -> None:
     e = fail(store, seq(S("paid"), S("head")))
     assert e.code == "unification_failed"
     assert e.path == "root.stages[1]"
-    assert e.message == ("type-variable unification failed at sequential position 0: "
-                         "cannot unify Number with List<<T#2>>: Number vs List<<T#2>>")
+    assert e.message == (f"type-variable unification failed at sequential position 0 (stage {label(store, 'paid')} "
+                         f"→ stage {label(store, 'head')}): cannot unify Number with List<<T#2>>: Number vs List<<T#2>>")
 
 
 def test_identity_at_two_types_in_one_graph(store: StageStore) -> None:

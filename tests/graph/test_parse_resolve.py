@@ -200,3 +200,44 @@ def test_a_hex_name_that_is_also_an_id_prefix_is_ambiguous(store: StageStore, ad
     assert ei.value.message == (f"stage reference {prefix!r} is an id prefix of {other.label()} and the name of "
                                 f"{named.label()}")
     assert ei.value.hint == "write the full id of the stage you mean"
+
+
+@pytest.mark.parametrize(("raw", "says"), [
+    ({"op": "Stage", "id": "a", "pining": "both"},
+     "root: unknown field `pining` in Stage node; did you mean `pinning`?"),
+    # Upstream's docs/concepts.md spells Retry's delay `backoff_ms`; its code (and ours) reads delay_ms.
+    ({"op": "Retry", "stage": {"op": "Stage", "id": "a"}, "max_attempts": 2, "backoff_ms": 5},
+     "root: unknown field `backoff_ms` in Retry node; did you mean `delay_ms`?"),
+    ({"op": "Sequential", "stages": [{"op": "Const", "value": 1, "vale": 2}]},
+     "root.stages[0]: unknown field `vale` in Const node; did you mean `value`?"),
+    ({"op": "Parallel", "branches": {"a": {"op": "Stage", "id": "a", "confg": {}}}},
+     "root.branches.a: unknown field `confg` in Stage node; did you mean `config`?"),
+])
+def test_unknown_node_fields_are_errors_with_a_suggestion(raw: Any, says: str) -> None:
+    with pytest.raises(NoetherError) as ei:
+        parse_graph(graph(raw))
+    assert ei.value.code == "invalid_graph"
+    assert str(ei.value) == says
+
+
+def test_unknown_graph_fields_are_errors_but_comments_and_ui_are_not() -> None:
+    with pytest.raises(NoetherError) as ei:
+        parse_graph({"description": "t", "version": "1", "rot": {"op": "Const", "value": 1}, "root": {}})
+    assert str(ei.value) == "graph: unknown field `rot` in graph file; did you mean `root`?"
+    # The shapes of upstream's example graphs: `_comment` on nodes, `ui` beside the root.
+    g = parse_graph({"description": "t", "version": "0.1.0", "ui": {"atoms": {}}, "_note": "x",
+                     "root": {"op": "Sequential", "stages": [
+                         {"op": "RemoteStage", "url": "http://localhost:8080", "input": "Any", "output": "Any",
+                          "_comment": "backend"},
+                         {"op": "Stage", "id": "4d76a323", "_comment": "ui stage"}]}})
+    assert isinstance(g.root, SequentialNode) and len(g.root.stages) == 2
+
+
+def test_unknown_run_options_are_errors_with_a_suggestion() -> None:
+    from noether_nix.engine.options import decode_options
+
+    with pytest.raises(NoetherError) as ei:
+        decode_options({"budget_cent": 5})
+    assert ei.value.code == "usage" and ei.value.exit_code == 2
+    assert str(ei.value) == "options: unknown field `budget_cent` in run options; did you mean `budget_cents`?"
+    assert decode_options({"_comment": "x", "budget_cents": 5}).budget_cents == 5

@@ -39,13 +39,26 @@ def test_effects_as_names_and_objects() -> None:
     ("over", "code", "path", "fragment"),
     [
         ({"effects": ["Teleport"]}, "unknown_effect", "spec.effects[0]", "unknown effect 'Teleport'"),
+        ({"effects": ["Netwrok"]}, "unknown_effect", "spec.effects[0]", "unknown effect 'Netwrok'; did you mean `Network`?"),
         ({"effects": [{"effect": "FsRead", "path": "data"}]}, "invalid_effect", "spec.effects[0]", "absolute"),
         ({"effects": [{"effect": "FsWrite", "path": "/a/../etc"}]}, "invalid_effect", "spec.effects[0]", "'..'"),
-        ({"input": "Txt"}, "invalid_type", "spec.input", "unknown type kind 'Txt'"),
-        ({"output": {"kind": "Lst", "value": "Text"}}, "invalid_type", "spec.output.kind", "Invalid value 'Lst'"),
+        ({"input": "Txt"}, "invalid_type", "spec.input", "unknown type kind 'Txt'; did you mean `Text`? (known kinds: "
+         "Any, Bool, Bytes, List, Map, Null, Number, Record, Stream, Text, Union, VNode, Var, RecordWith, Refined)"),
+        ({"output": {"kind": "Lst", "value": "Text"}}, "invalid_type", "spec.output.kind",
+         "unknown type kind 'Lst'; did you mean `List`?"),
+        ({"input": {"Record": [["n", "Numbr"]]}}, "invalid_type", "spec.input.Record[0][1]",
+         "unknown type kind 'Numbr'; did you mean `Number`?"),
+        ({"output": {"kind": "Record", "value": {"items": {"List": "Txt"}}}}, "invalid_type",
+         "spec.output.value.items.List", "unknown type kind 'Txt'; did you mean `Text`?"),
         ({"implementation": "def run(x):\n    return x\n"}, "missing_execute", "spec.implementation", "def execute(input)"),
         ({"implementation": "def execute(:\n"}, "invalid_implementation", "spec.implementation", "does not parse"),
         ({"language": "cobol"}, "unsupported_language", "spec.language", "'cobol' is not supported"),
+        ({"language": "pyhton"}, "unsupported_language", "spec.language",
+         "language 'pyhton' is not supported; did you mean `python`?"),
+        ({"effect": ["Network"]}, "invalid_spec", "spec", "unknown field `effect` in stage spec; did you mean `effects`?"),
+        ({"exmaples": []}, "invalid_spec", "spec", "unknown field `exmaples` in stage spec; did you mean `examples`?"),
+        ({"lifecycle": "Drafty"}, "invalid_spec", "spec.lifecycle",
+         "unknown lifecycle 'Drafty'; did you mean `Draft`? (a spec may ask for Draft or Active)"),
         ({"examples": [{"input": 1}]}, "invalid_spec", "spec.examples[0]", '"output"'),
         ({"tags": ["ok", 3]}, "invalid_spec", "spec.tags", "array of strings"),
     ],
@@ -92,7 +105,51 @@ def test_full_stage_json_with_forged_id_is_refused() -> None:
 def test_properties_parse_and_unknown_kind_is_refused() -> None:
     s = stage_from_spec(spec(properties=[{"kind": "range", "field": "output", "min": 0}]))
     assert len(s.properties) == 1
+    # Upstream's own example writes kinds in CamelCase: the same kinds.
+    camel = stage_from_spec(spec(properties=[{"kind": "Range", "field": "output", "min": 0}]))
+    assert camel.properties == s.properties
     with pytest.raises(NoetherError) as ei:
-        stage_from_spec(spec(properties=[{"kind": "Range", "field": "output"}]))
+        stage_from_spec(spec(properties=[{"kind": "Rnage", "field": "output"}]))
     assert ei.value.code == "invalid_property"
     assert ei.value.path == "spec.properties[0]"
+    assert ei.value.message.startswith("unknown property kind 'Rnage'; did you mean `range`?")
+
+
+def test_a_misspelt_implementation_is_named_not_a_missing_id() -> None:
+    doc = spec()
+    doc["implementaton"] = doc.pop("implementation")
+    with pytest.raises(NoetherError) as ei:
+        stage_from_spec(doc, path="impl.json")
+    assert str(ei.value) == "impl.json: unknown field `implementaton` in stage spec; did you mean `implementation`?"
+    assert ei.value.hint is not None and "implementation" in ei.value.hint
+    del doc["implementaton"]
+    with pytest.raises(NoetherError) as ei:
+        stage_from_spec(doc)
+    assert ei.value.message.startswith('missing "implementation"')
+
+
+def test_comment_keys_and_the_requested_lifecycle() -> None:
+    from noether_nix.model.stage import spec_lifecycle
+
+    assert stage_from_spec(spec(_comment="a note", _author={"x": 1})).name == "add1"
+    assert spec_lifecycle(spec(lifecycle="Draft")) == "Draft"
+    assert spec_lifecycle(spec(lifecycle="Active")) == "Active"
+    assert spec_lifecycle(spec()) is None
+
+
+def test_a_full_stage_json_with_an_unknown_field_is_refused() -> None:
+    doc = stage_to_json(stage_from_spec(spec()))
+    doc["descripton"] = "x"
+    with pytest.raises(NoetherError) as ei:
+        stage_from_spec(doc, path="s.json")
+    assert str(ei.value) == "s.json: unknown field `descripton` in stage; did you mean `description`?"
+    doc = stage_to_json(stage_from_spec(spec()))
+    doc["signature"]["efects"] = doc["signature"].pop("effects")
+    with pytest.raises(NoetherError) as ei:
+        stage_from_spec(doc, path="s.json")
+    assert str(ei.value) == "s.json.signature: unknown field `efects` in stage signature; did you mean `effects`?"
+
+
+def test_rust_specs_are_stored_with_their_ids() -> None:
+    s = stage_from_spec(spec(language="rust", implementation="pub fn execute(x: f64) -> f64 { x + 1.0 }"))
+    assert s.implementation_language == "rust" and s.id == s.computed_id()

@@ -81,7 +81,7 @@ def test_shorthand(short: Any, canonical: Any) -> None:
     ("bad", "path", "fragment"),
     [
         ("Txt", "t", "unknown type kind 'Txt'"),
-        ({"kind": "Record", "value": {"a": {"kind": "Nope"}}}, "t.value", "Invalid value 'Nope'"),
+        ({"kind": "Record", "value": {"a": {"kind": "Nope"}}}, "t.value", "unknown type kind 'Nope' (known kinds: "),
         ({"Record": [["a"]]}, "t", "Record shorthand"),
         (42, "t", "invalid type"),
     ],

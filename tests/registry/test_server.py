@@ -189,6 +189,9 @@ def test_body_cap_and_slow_bodies(start_registry: Any, backend_env: dict[str, st
         assert data.startswith(b"HTTP/1.1 408"), data
         assert time.monotonic() - started < 8
     assert curl(f"{reg.url}/health")[0] == 200
+    deadline = time.monotonic() + 10  # the log line is read from the server's stderr by a thread
+    while not any(e["status"] == 408 for e in reg.events("request")) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert any(e["status"] == 408 for e in reg.events("request"))
 
 

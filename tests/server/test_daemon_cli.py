@@ -141,9 +141,11 @@ def test_stage_commands(setup: Setup, tmp_path: Path) -> None:
 def test_human_output(setup: Setup) -> None:
     assert setup.via("stage", "add", "--no-build", setup.spec("add1", ADD1)).returncode == 0
     text = setup.same("--human", "stage", "list", "--tag", TAG)
-    assert "add1" in text and "(1 stages)" in text
+    assert "add1" in text and "1 stage\n" in text
     assert "total" in setup.same("store", "stats", "--human")
-    assert "error [stage_not_found]" in setup.same("stage", "get", "nope", "--human", rc=1)
+    assert "error[stage_not_found]: no stage matches 'nope'" in setup.same("stage", "get", "nope", "--human", rc=1)
+    # A typo is answered with the name it most likely meant.
+    assert "did you mean `add1`?" in setup.same("stage", "get", "ad1", "--human", rc=1)
 
 
 def test_check_and_dry_run(setup: Setup, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from noether_nix.engine.engine import Engine, RunOptions
+from noether_nix.errors import NoetherError
 from noether_nix.paths import db_path
 from noether_nix.settings import EngineSettings
 from noether_nix.store.db import connect
@@ -170,9 +171,22 @@ async def test_a_value_over_the_cap_fails_the_stage_with_value_too_large(small_h
     assert res.status == "failed" and res.error is not None
     assert res.error["code"] == "value_too_large"
     assert "the output of stage" in res.error["message"] and "256 KiB" in res.error["message"]
-    too_big = await small_history_engine.run(HELLO, "b" * 300_000, RunOptions())
+    # Three outputs under the cap, put together by Parallel: the next stage's input is over it.
+    three = {"op": "Parallel", "branches": {k: {"op": "Stage", "id": "to_json"} for k in "abc"}}
+    g = {"description": "d", "version": "1", "root": {"op": "Sequential", "stages": [
+        three, {"op": "Stage", "id": "identity"}]}}
+    too_big = await small_history_engine.run(g, "\"" * 50_000, RunOptions(optimize=False))
     assert too_big.error is not None and too_big.error["code"] == "value_too_large"
-    assert "the input of stage" in too_big.error["message"]
+    assert "the input of stage identity" in too_big.error["message"], too_big.error
+    # At the root, the run's own output.
+    g = {"description": "d", "version": "1", "root": three}
+    too_big = await small_history_engine.run(g, "\"" * 50_000, RunOptions(optimize=False))
+    assert too_big.error is not None and too_big.error["code"] == "value_too_large"
+    assert "the run's output" in too_big.error["message"], too_big.error
+    # The run's input, refused before the run starts.
+    with pytest.raises(NoetherError) as refused:
+        await small_history_engine.run(HELLO, "b" * 300_000, RunOptions())
+    assert refused.value.code == "value_too_large" and refused.value.path == "input"
 
 
 def test_stored_traces_are_compressed_and_old_plain_rows_still_read() -> None:

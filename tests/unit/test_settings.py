@@ -42,6 +42,8 @@ def test_toml_works_too(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("doc", "says"), [
     ({"max_run": 3}, "max_run"),  # unknown key: an error naming it
+    ({"max_runz": 3}, "unknown field `max_runz`; did you mean `max_runs`?"),
+    ({"engine": {"timeout_sec": 3}}, "unknown field `timeout_sec` - at `$.engine`; did you mean `timeout_secs`?"),
     ({"engine": {"isolation": "docker"}}, "use one of: auto, bwrap, none"),
     ({"nix": {"build_concurrency": "many"}}, "$.nix.build_concurrency"),
 ])
@@ -73,10 +75,14 @@ def test_limits_come_from_the_profile_and_stop_at_its_maxima() -> None:
     with pytest.raises(NoetherError) as ei:
         engine_limits(EngineSettings(timeout_secs=profile.maxima["timeout_s"] + 1), profile)
     assert ei.value.code == "invalid_config" and "maximum" in ei.value.message
-    # A run may lower them, never raise them.
+    # A run may lower them, never raise them: asking for more is an error that says so, not a silent cap.
     engine = Engine(EngineSettings(timeout_secs=20))
     assert engine.limits_for(RunOptions(timeout_secs=5)).timeout_s == 5
-    assert engine.limits_for(RunOptions(timeout_secs=500)).timeout_s == 20
+    with pytest.raises(NoetherError) as ei:
+        engine.limits_for(RunOptions(timeout_secs=500))
+    assert (ei.value.code, ei.value.exit_code, ei.value.path) == ("invalid_limit", 2, "options.timeout_secs")
+    assert ei.value.message == ("--timeout-secs 500 is over the 20 s maximum here: a run may lower the per-stage "
+                                "limit, not raise it")
 
 
 def test_the_default_tree_is_what_an_empty_file_gives() -> None:

@@ -1,0 +1,130 @@
+"""Every value is a JSON value within the caps (security findings 4 and 9).
+
+A run's input, every stage's input and output (sandboxed, in-process or
+from the run's process host) and the run's output are checked where they
+enter: too large (``value_too_large``), nested too deeply
+(``value_too_deep``), numbers JSON cannot carry — NaN, infinities, integers
+beyond a double (``non_finite_number``) — and text with lone surrogates
+(``invalid_text``). None of them becomes ``null``, none is an
+``internal_error``, and none stops the engine serving the next run.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from noether_nix.engine.engine import Engine, RunOptions, RunResult
+from noether_nix.errors import NoetherError, http_status
+from noether_nix.settings import EngineSettings
+from tests.engine.conftest import AddStage, graph
+
+# Writes its input text to stdout as it is, bypassing the wrapper's JSON encoder.
+EMIT_RAW = ("import os\n"
+            "def execute(text):\n"
+            "    os.write(1, text.encode('utf-8', 'surrogatepass'))\n"
+            "    os._exit(0)\n")
+
+NON_JSON_OUTPUTS = [
+    ("NaN", "non_finite_number"),
+    ("Infinity", "non_finite_number"),
+    ("-Infinity", "non_finite_number"),
+    ("1e400", "non_finite_number"),
+    ('{"a": [1, -1e999]}', "non_finite_number"),
+    ("9" * 400, "non_finite_number"),  # an integer no double holds
+    ('"\\ud800"', "invalid_text"),  # a lone surrogate
+    ('{"k\\udfff": 1}', "invalid_text"),
+    ("[" * 200 + "]" * 200, "value_too_deep"),
+    ("9" * 5000, "stage_protocol_error"),  # no reader takes it
+    ("[" * 100_000 + "]" * 100_000, "stage_protocol_error"),
+    ("{not json", "stage_protocol_error"),
+    ("1 2", "stage_protocol_error"),
+]
+
+
+def failed(res: RunResult, code: str) -> dict[str, Any]:
+    assert res.status == "failed", res.output
+    assert res.error is not None and res.error["code"] == code, res.error
+    return res.error
+
+
+@pytest.fixture
+def emit_raw(add: AddStage) -> str:
+    return add("emit_raw", EMIT_RAW, input="Text", output="Any").id
+
+
+@pytest.mark.parametrize(("raw", "code"), NON_JSON_OUTPUTS, ids=[c[0][:12] for c in NON_JSON_OUTPUTS])
+async def test_a_stage_output_json_cannot_carry_is_a_stage_error_with_a_code(engine: Engine, emit_raw: str,
+                                                                             raw: str, code: str) -> None:
+    res = await engine.run(graph({"op": "Stage", "id": emit_raw}), raw, RunOptions())
+    err = failed(res, code)
+    assert err["path"] == "root"
+    entry = res.trace["stages"][-1]
+    assert entry["status"]["Failed"]["code"] == code  # the trace says which stage, and why
+    assert res.output is None
+
+
+async def test_the_output_is_checked_inside_concurrent_graphs(engine: Engine, emit_raw: str) -> None:
+    fine = {"op": "Stage", "id": "text_upper"}
+    bad = {"op": "Sequential", "stages": [{"op": "Const", "value": "NaN"}, {"op": "Stage", "id": emit_raw}]}
+    parallel = {"op": "Parallel", "branches": {"fine": fine, "bad": bad}}
+    failed(await engine.run(graph(parallel), "x", RunOptions()), "non_finite_number")
+    fanout = {"op": "Fanout", "source": {"op": "Const", "value": "1e400"}, "targets": [
+        {"op": "Stage", "id": emit_raw}, {"op": "Stage", "id": "text_upper"}]}
+    failed(await engine.run(graph(fanout), None, RunOptions()), "non_finite_number")
+    mapped = await engine.run(graph({"op": "Stage", "id": "map"}),
+                              {"items": ["1", "2", '"\\udc00"'], "stage_id": emit_raw}, RunOptions())
+    err = failed(mapped, "invalid_text")
+    assert err["path"] == "root.items[2]"
+    ok = await engine.run(graph({"op": "Stage", "id": "map"}), {"items": ["1", "[2.5]"], "stage_id": emit_raw},
+                          RunOptions())
+    assert ok.status == "ok" and ok.output == [1, [2.5]]
+
+
+async def test_an_in_process_stage_output_is_checked_too(engine: Engine) -> None:
+    # parse_json reads "\ud800" as a lone surrogate: refused, not an internal error when hashed.
+    res = await engine.run(graph({"op": "Stage", "id": "parse_json"}), '"\\ud800"', RunOptions())
+    failed(res, "invalid_text")
+    assert (await engine.run(graph({"op": "Stage", "id": "text_upper"}), "next", RunOptions())).output == "NEXT"
+
+
+@pytest.mark.parametrize(("value", "code"), [
+    (math.nan, "non_finite_number"),
+    ([1.0, math.inf], "non_finite_number"),
+    (10**400, "non_finite_number"),
+    ({"t": "\udc80"}, "invalid_text"),
+    ("x" * 5000, "value_too_large"),
+])
+async def test_a_run_input_json_cannot_carry_is_refused_before_the_run(value: Any, code: str) -> None:
+    engine = Engine(EngineSettings(max_value_bytes=4096))
+    with pytest.raises(NoetherError) as refused:
+        await engine.run(graph({"op": "Stage", "id": "identity"}), value, RunOptions())
+    assert refused.value.code == code and refused.value.path == "input"
+    assert 400 <= http_status(refused.value) < 500
+    assert engine.runs.recent() == []  # nothing ran, nothing was stored
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400), math.nan, "\udc80", {"\ud800": 1}])
+def test_a_graph_constant_json_cannot_carry_is_an_input_error(engine: Engine, value: Any) -> None:
+    with pytest.raises(NoetherError) as refused:
+        engine.check(graph({"op": "Const", "value": [value]}), None, RunOptions())
+    assert refused.value.code in ("non_finite_number", "invalid_text") and refused.value.path == "root.value"
+    assert http_status(refused.value) == 400
+
+
+async def test_what_let_and_fanout_put_together_is_capped_at_the_root() -> None:
+    # Each stage output is under the cap; the run's output built from them is not.
+    engine = Engine(EngineSettings(max_value_bytes=64 << 10))
+    text = "x" * (24 << 10)
+    let = {"op": "Let", "bindings": {k: {"op": "Stage", "id": "text_upper"} for k in ("a", "b", "c")},
+           "body": {"op": "Stage", "id": "identity"}}
+    err = failed(await engine.run(graph(let), text, RunOptions(optimize=False)), "value_too_large")
+    assert "the input of stage identity" in err["message"]
+    fanout = {"op": "Fanout", "source": {"op": "Stage", "id": "identity"},
+              "targets": [{"op": "Stage", "id": "text_upper"}] * 3}
+    err = failed(await engine.run(graph(fanout), text, RunOptions(optimize=False)), "value_too_large")
+    assert "the run's output" in err["message"] and err["path"] == "root"
+    stored = engine.runs.get(engine.runs.recent(1)[0]["run_id"])
+    assert stored is not None and stored["status"] == "failed"
