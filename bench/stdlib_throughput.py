@@ -4,9 +4,10 @@ Usage: .venv/bin/python bench/stdlib_throughput.py [N]   (default N = 100000)
 
 1. Through the engine (the target, >= 50,000 calls/s): one run of the graph
    ``map`` with ``{"items": N texts, "stage_id": "text_upper"}``, in a
-   throwaway NOETHER_HOME. Each of the N inner calls is a traced stage run
-   (events, input/output hashes, budget), and the run's trace is stored.
-   Best of 3 runs (the first includes nothing extra: no Nix, no sandbox).
+   throwaway NOETHER_HOME, with ``trace: "full"``: each of the N inner calls
+   is a traced stage run (events, input/output hashes, budget), and the
+   run's trace is stored. Best of 3 runs (no Nix, no sandbox). The default
+   (summarised) trace is bench/peer.py's map row.
 2. The stage functions alone, ``PURE[name](value)``, over N distinct inputs,
    median of 5 runs: what the engine adds is the difference.
 """
@@ -37,7 +38,7 @@ def through_engine(n: int, runs: int = 3) -> float:
     for _ in range(runs):
         async def once() -> float:
             start = time.perf_counter()
-            res = await engine.run(graph, {"items": items, "stage_id": "text_upper"}, RunOptions())
+            res = await engine.run(graph, {"items": items, "stage_id": "text_upper"}, RunOptions(trace="full"))
             took = time.perf_counter() - start
             assert res.status == "ok" and res.output[-1] == items[-1].upper(), res.error
             assert len(res.trace["stages"]) == n + 1

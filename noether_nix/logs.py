@@ -2,21 +2,25 @@
 
 Standard output belongs to the command's envelope (or, for the daemon, to
 nothing), so no log line may ever reach it. Modules take their logger from
-``get_logger``, which configures structlog on first use; the daemon calls
-``setup`` itself to choose its level.
+``get_logger``; structlog is loaded and configured when the first line is
+logged (most one-shot commands log nothing); the daemon calls ``setup``
+itself to choose its level.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any
+
+_configured = False
 
 
 def _import_structlog() -> Any:
     """structlog, imported without rich: structlog loads rich (and pygments) whenever it is
     installed, for pretty tracebacks these JSON lines never use. rich is the terminal view's
     library (``cli.human``); a command that prints JSON must not pay for loading it."""
+    if "structlog" in sys.modules:
+        return sys.modules["structlog"]
     blocked = "rich" not in sys.modules
     if blocked:
         sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` raises ImportError
@@ -28,14 +32,13 @@ def _import_structlog() -> Any:
     return module
 
 
-structlog = _import_structlog()
-_configured = False
-
-
 def setup(level: str = "info", *, human: bool = False) -> None:
     """Log JSON lines to stderr at ``level`` and above (idempotent; the last call wins);
     ``human``: one readable line each instead (the CLI's view on a terminal)."""
     global _configured
+    import logging
+
+    structlog = _import_structlog()
     render: Any = _human_line if human else structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[structlog.processors.TimeStamper(fmt="iso"), structlog.processors.add_log_level,
@@ -69,7 +72,21 @@ class _Stderr:
         sys.stderr.flush()
 
 
+class _Logger:
+    """A module's logger: structlog (and what it imports: logging, asyncio, …) is
+    loaded when the first line is logged, not when the module is — most runs
+    log nothing, and a one-shot command should not pay for it."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        if not _configured:
+            setup()
+        return getattr(_import_structlog().get_logger(self._name), attr)
+
+
 def get_logger(name: str) -> Any:
-    if not _configured:
-        setup()
-    return structlog.get_logger(name)
+    return _Logger(name)

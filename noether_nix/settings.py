@@ -65,6 +65,10 @@ class EngineSettings(_Section):
     max_pids: Annotated[int | None, _d("process cap per sandbox (cgroup pids.max); null: the profile's")] = None
     run_concurrency: Annotated[int, _d("stages running at once in one run")] = 8
     process_concurrency: Annotated[int, _d("sandboxed stages running at once in this process")] = 16
+    warm_sandboxes: Annotated[int, _d(
+        "warm sandboxes kept at once (a pre-started sandboxed interpreter per Python program, policy and peer, "
+        "forking a fresh child per call; docs/security.md); 0: every sandboxed call starts cold")] = 8
+    warm_idle_secs: Annotated[float, _d("seconds an idle warm sandbox is kept")] = 60.0
     in_process_threads: Annotated[int, _d(
         "worker threads for in-process work too large or too unpredictable for the daemon's event loop (pure "
         "stages on large values or with regular expressions, kv and store stages, checking large values)")] = 4

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import msgspec
 
 from noether_nix.errors import NoetherError
 
+TYPE_CHECKING = False  # no typing import on the CLI's entry (see errors.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     from noether_nix.backend import Backend
 
 
@@ -36,26 +35,38 @@ class CommandResult:
         self.error = error
 
 
+#: ``--registry URL`` of this invocation (``registry_cmds.registry_url`` falls back to the settings).
+registry_flag: str | None = None
+
+
 def backend(args: argparse.Namespace) -> Backend:
     """The live daemon's backend (``--socket``, ``$NOETHER_SOCKET``, the default
-    socket), or the embedded one (``--local``, or no daemon)."""
+    socket), or the embedded one (``--local``, or no daemon). Embedded, graph
+    resolution in this process falls back to the configured registry; through a
+    daemon the daemon resolves, and this process loads none of it."""
     from noether_nix.backend import select
 
     found: Backend | None = getattr(args, "_backend", None)
     if found is None:
         found = select(local=bool(getattr(args, "local", False)), socket=getattr(args, "socket", None))
+        if found.mode == "local":
+            from noether_nix.cli.registry_cmds import install_source
+
+            install_source()
         args._backend = found
     return found
 
 
 def read_json_file(path: str, *, what: str = "file") -> Any:
-    p = Path(path)
     try:
-        raw = p.read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         raise NoetherError("file_not_found", f"{what} not found", path=path) from None
     except OSError as e:
         raise NoetherError("io_error", f"cannot read {what}: {e.strerror}", path=path) from None
+    import msgspec
+
     try:
         return msgspec.json.decode(raw)
     except msgspec.DecodeError as e:
@@ -63,6 +74,8 @@ def read_json_file(path: str, *, what: str = "file") -> Any:
 
 
 def parse_json_arg(text: str, *, what: str) -> Any:
+    import msgspec
+
     try:
         return msgspec.json.decode(text.encode())
     except msgspec.DecodeError as e:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, TextIO
 
 from noether_nix import __version__
 from noether_nix.errors import NoetherError
+
+TYPE_CHECKING = False  # no typing import on the CLI's entry (see errors.py)
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 
 class Invocation:
@@ -42,3 +45,12 @@ def dump(doc: Any, stream: TextIO | None = None) -> None:
     out = stream or sys.stdout
     out.write(json.dumps(doc, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
     out.flush()
+
+
+def wants_human(argv: list[str], *, human: bool | None = None, json_flag: bool | None = None) -> bool:
+    """The human view: asked for with ``--human``, or stdout is a terminal and ``--json`` was not given."""
+    human = "--human" in argv if human is None else human
+    json_flag = "--json" in argv if json_flag is None else json_flag
+    if human:
+        return True
+    return not json_flag and sys.stdout.isatty()

@@ -49,6 +49,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="a variable env_get may see: NAME copies yours, NAME=VALUE sets it (repeatable)")
     p.add_argument("--stdin", action="store_true",
                    help="pass your standard input to stdin_read stages (the input then comes from --input)")
+    p.add_argument("--full-trace", action="store_true",
+                   help="trace every call of a Pure stdlib stage inside map/filter/reduce and long Sequentials "
+                   "(default: one summary entry per loop: count, failures, timing histogram, first error)")
     p.set_defaults(handler=cmd_run, command="run")
 
     p = sub.add_parser("trace", help="show the latest trace of a composition, or a run's trace", parents=[common])
@@ -100,6 +103,7 @@ def run_options(args: argparse.Namespace) -> dict[str, Any]:
         "allow_write": [os.path.abspath(p) for p in getattr(args, "allow_write", [])] or None,
         "env": _env_option(getattr(args, "env", [])),
         "stdin": sys.stdin.read() if getattr(args, "stdin", False) else None,
+        "trace": "full" if getattr(args, "full_trace", False) else None,
     }
     return {k: v for k, v in options.items() if v is not None}
 
@@ -119,11 +123,13 @@ def _env_option(entries: list[str]) -> dict[str, str] | None:
 
 def add_listed(args: argparse.Namespace, raw: Any) -> None:
     """Add the spec files a graph lists under ``stages`` (our extension), signed, before it runs."""
-    from noether_nix.cli.stage_cmds import signed_stage_json
-
     listed = raw.get("stages", []) if isinstance(raw, dict) else []
     if not isinstance(listed, list):
         raise NoetherError("invalid_graph", "must be an array of spec file paths", path="stages")
+    if not listed:
+        return
+    from noether_nix.cli.stage_cmds import signed_stage_json
+
     base = Path(args.graph).parent
     specs = []
     for i, rel in enumerate(listed):

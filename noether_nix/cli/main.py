@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from noether_nix import __version__
 from noether_nix.cli.common import Args, CommandResult
-from noether_nix.cli.envelope import Invocation, dump, error_envelope, ok_envelope
-from noether_nix.cli.human import wants_human
+from noether_nix.cli.envelope import Invocation, dump, error_envelope, ok_envelope, wants_human
 from noether_nix.errors import NoetherError
+
+TYPE_CHECKING = False  # no typing import on the CLI's entry (see errors.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,37 +60,76 @@ def global_flags(suppress: bool) -> _Parser:
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from noether_nix.cli import (
-        daemon_cmds,
-        doctor,
-        graph_cmds,
-        registry_cmds,
-        service_cmds,
-        stage_cmds,
-        store_cmds,
-        worker_cmds,
-    )
-    from noether_nix.sandbox import cli as sandbox_cli
+#: Every command: (name, the module that registers it, its one-line help). A
+#: command's module is imported only when that command runs, so `noether
+#: version` or a command talking to a live daemon never loads the engine, the
+#: sandbox or Nix (bench/cli_startup.py measures it); the others appear in
+#: ``--help`` from this table alone.
+COMMANDS: tuple[tuple[str, str | None, str], ...] = (
+    ("version", None, "print the version"),
+    ("stage", "noether_nix.cli.stage_cmds", "manage stages"),
+    ("check", "noether_nix.cli.graph_cmds", "parse, resolve, type-check and pre-flight a graph"),
+    ("run", "noether_nix.cli.graph_cmds", "run a graph"),
+    ("trace", "noether_nix.cli.graph_cmds", "show the latest trace of a composition, or a run's trace"),
+    ("runs", "noether_nix.cli.graph_cmds", "list recent runs"),
+    ("warmup", "noether_nix.cli.graph_cmds", "build the Nix programs of Active stages ahead of time"),
+    ("store", "noether_nix.cli.store_cmds", "the stage store"),
+    ("doctor", "noether_nix.cli.doctor", "report sandbox, limits and Nix status"),
+    ("daemon", "noether_nix.cli.daemon_cmds", "serve the engine on a Unix socket"),
+    ("service", "noether_nix.cli.service_cmds", "install or remove the systemd service (as root)"),
+    ("registry", "noether_nix.cli.registry_cmds", "serve a stage registry"),
+    ("sandbox", "noether_nix.sandbox.cli", "run a command under an isolation policy"),
+    ("worker", "noether_nix.cli.worker_cmds", "serve stage calls from an REAPI cluster (Remote Workers API)"),
+    ("launch", "noether_nix.cli.worker_cmds", "run the stage call in the current directory (an REAPI Action's command)"),
+)
+#: Global options that take a value (so the word after them is not the command).
+_VALUED_GLOBALS = ("--socket", "--registry")
+
+
+def command_word(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names (the first word that is not a global option), or None."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--":
+            return None
+        elif word in _VALUED_GLOBALS:
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``argv``, only the command it names is fully registered
+    (its module imported), every other one is a stub carrying its help line."""
+    import importlib
 
     p = _Parser(prog="noether", description="Run Noether graphs in Nix-built sandboxes.",
                 parents=[global_flags(suppress=False)])
     p.add_argument("--version", action="store_true", help="print the version")
     common = global_flags(suppress=True)
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser, metavar="COMMAND")
-
-    v = sub.add_parser("version", help="print the version", parents=[common])
-    v.set_defaults(handler=lambda a: {"version": __version__}, command="version")
-
-    stage_cmds.register(sub, common)
-    graph_cmds.register(sub, common)
-    store_cmds.register(sub, common)
-    doctor.register(sub, common)
-    daemon_cmds.register(sub)
-    service_cmds.register(sub, common)
-    registry_cmds.register(sub, common)
-    sandbox_cli.register(sub)
-    worker_cmds.register(sub)
+    wanted = command_word(argv) if argv is not None else None
+    load = {module for name, module, _ in COMMANDS if argv is None or name == wanted}
+    registered: set[str] = set()
+    for name, module, help_text in COMMANDS:
+        if name in sub.choices:
+            continue
+        if module is None:
+            v = sub.add_parser(name, help=help_text, parents=[common])
+            v.set_defaults(handler=lambda a: {"version": __version__}, command="version")
+        elif module in load:
+            if module not in registered:
+                registered.add(module)
+                mod = importlib.import_module(module)
+                if module.endswith(("daemon_cmds", "sandbox.cli", "worker_cmds")):
+                    mod.register(sub)
+                else:
+                    mod.register(sub, common)
+        else:
+            sub.add_parser(name, help=help_text, parents=[common])
     return p
 
 
@@ -98,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     human = wants_human(argv)  # known before parsing, so a usage error is shown the same way
     view = None
     try:
-        parser = build_parser()
+        parser = build_parser(argv)
         args: Args = parser.parse_args(argv)  # type: ignore[assignment]
         human = wants_human(argv, human=bool(args.human), json_flag=bool(args.json))
         if args.version and args.cmd is None:
@@ -120,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             raise NoetherError("usage", "--socket needs a path", exit_code=2)
         if args.registry == "":
             raise NoetherError("usage", "--registry needs a URL", path="--registry", exit_code=2)
-        from noether_nix.cli import registry_cmds
+        from noether_nix.cli import common
 
-        registry_cmds.configure(args.registry)
+        common.registry_flag = args.registry  # installed as a stage source once a local backend is chosen
         if human:
             view = _human_view()
         args.view = view  # handlers draw live progress on it (None: the envelope, progress on stderr)

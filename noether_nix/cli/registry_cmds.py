@@ -20,11 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from noether_nix.cli import common
 from noether_nix.cli.common import CommandResult
 from noether_nix.errors import NoetherError
 
 Handler = Callable[[argparse.Namespace], Any]
-_flag_url: str | None = None
 
 
 # ---------------------------------------------------------------- configuration
@@ -33,22 +33,24 @@ _flag_url: str | None = None
 def configure(flag_url: str | None) -> None:
     """Install the registry (``--registry URL``, else ``$NOETHER_REGISTRY``) as this
     process's remote stage source."""
-    global _flag_url
-    _flag_url = flag_url
+    common.registry_flag = flag_url
     install_source()
 
 
 def registry_url() -> str | None:
     from noether_nix.settings import settings
 
-    return _flag_url or settings().registry.url
+    return common.registry_flag or settings().registry.url
 
 
 def client() -> Any:
     """A ``RegistryClient`` for the configured registry, or None."""
+    url = registry_url()
+    if not url:
+        return None  # and the registry client (an HTTP library) stays unloaded
     from noether_nix.registry.client import client_from_env
 
-    return client_from_env(registry_url())
+    return client_from_env(url)
 
 
 def install_source() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from noether_nix.cli import registry_cmds
 from noether_nix.cli.common import CommandResult, backend, read_json_file
-from noether_nix.service.stages import LIST_LIFECYCLES
+from noether_nix.service.endpoints import LIST_LIFECYCLES
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:

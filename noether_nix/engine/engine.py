@@ -23,6 +23,7 @@ from noether_nix.engine.builtin import kv_impls, store_impls
 from noether_nix.engine.dispatch import dispatch
 from noether_nix.engine.events import RunAccepted, RunFinished, RunStatus, RunWarning
 from noether_nix.engine.executor import Executor, LocalExecutor, StageCall, StageOutcome
+from noether_nix.engine.fastpath import FastPure, simple_types
 from noether_nix.engine.grants import check_grants
 from noether_nix.engine.interpreter import Emit, Interpreter
 from noether_nix.engine.offload import maybe_off_loop, small
@@ -30,11 +31,11 @@ from noether_nix.engine.options import Isolation, RunOptions, StageError
 from noether_nix.engine.state import Dispatch, StageFacts
 from noether_nix.errors import NoetherError
 from noether_nix.graph.check import CheckOptions, PreparedGraph, check_report, prepare
-from noether_nix.graph.preflight import PolicyOptions, needs_sandbox
+from noether_nix.graph.preflight import PolicyOptions, is_stdlib, needs_sandbox
 from noether_nix.logs import get_logger
 from noether_nix.model.effects import EffectKind
 from noether_nix.model.stage import Stage
-from noether_nix.model.values import check_value
+from noether_nix.model.values import check_value, outer_refinements
 from noether_nix.nix.registry import ProgramRegistry
 from noether_nix.sandbox.bwrap import bwrap_works, find_bwrap
 from noether_nix.sandbox.identity import check_grant_access
@@ -42,6 +43,7 @@ from noether_nix.sandbox.policy import Limits
 from noether_nix.sandbox.profile import Profile, load_profile
 from noether_nix.sandbox.supervisor import RunAs
 from noether_nix.settings import EngineSettings, settings
+from noether_nix.stdlib.registry import STDLIB
 from noether_nix.store.cache import PureCache
 from noether_nix.store.kv import KvStore
 from noether_nix.store.runs import RunStore
@@ -73,6 +75,18 @@ def engine_limits(config: EngineSettings, profile: Profile) -> Limits:
                                max_pids=config.max_pids)
 
 
+def _fast_pure(stage: Stage) -> FastPure | None:
+    """What the fast path needs, for an in-process Pure stdlib stage without refinements."""
+    entry = STDLIB.get(stage.name or "") if is_stdlib(stage) else None
+    if entry is None or entry.category != "pure" or entry.impl is None:
+        return None
+    if entry.off_loop:  # its work can outgrow its input (regular expressions): each call off the event loop
+        return None
+    if outer_refinements(stage.input) or outer_refinements(stage.output):
+        return None
+    return FastPure(entry.impl, simple_types(stage.input))
+
+
 def _is_cancellation(e: BaseException) -> bool:
     if isinstance(e, trio.Cancelled):
         return True
@@ -102,6 +116,9 @@ class Engine:
         self._thread_limiter: trio.CapacityLimiter | None = None
         self._facts: dict[str, StageFacts] = {}  # by stage ID: content-addressed, so never stale
         self._limits: Limits | None = None
+        #: Keep warm sandboxes between runs (a daemon, which runs ``serve_warm``); else
+        #: each run closes the idle ones as it ends (an embedded run is one process).
+        self.keep_warm = False
 
     # ------------------------------------------------------------ what runs share
 
@@ -121,7 +138,9 @@ class Engine:
                 self._executor = RemoteExecutor(msgspec.structs.replace(remote, profile=self.config.sandbox_profile))
             else:
                 self._executor = LocalExecutor(self.programs, profile=self.config.sandbox_profile,
-                                               threads=self.thread_limiter)
+                                               threads=self.thread_limiter,
+                                               warm_sandboxes=self.config.warm_sandboxes,
+                                               warm_idle_s=self.config.warm_idle_secs)
         return self._executor
 
     @property
@@ -141,9 +160,11 @@ class Engine:
         if found is None:
             sandboxed = needs_sandbox(stage)
             kinds = set(stage.effects.kinds())
-            found = StageFacts(sandboxed=sandboxed, cost_cents=stage.effects.cost_cents(),
+            cost = stage.effects.cost_cents()
+            found = StageFacts(sandboxed=sandboxed, cost_cents=cost,
                                cacheable=sandboxed and EffectKind.PURE in kinds
-                               and kinds <= {EffectKind.PURE, EffectKind.FALLIBLE})
+                               and kinds <= {EffectKind.PURE, EffectKind.FALLIBLE},
+                               fast=None if sandboxed or cost else _fast_pure(stage))
             self._facts[stage.id] = found
         return found
 
@@ -235,6 +256,8 @@ class Engine:
             for w in prepared.warnings:
                 await run.emit(RunWarning(run.run_id, code=w.code, message=w.message, node_path=w.node_path))
             async with run.cleanup:  # the run's process host and the like: closed and waited for
+                if not self.keep_warm:
+                    run.cleanup.push_async_callback(self.close_warm)
                 output = await run.exec(prepared.root, input, "root")
             # Stage outputs are checked as they come; what Parallel, Let or Const put
             # together at the root is checked here.
@@ -298,6 +321,34 @@ class Engine:
             last = msgspec.to_builtins(msgspec.structs.replace(finished, trace={}))
             self.runs.finish(run.run_id, status, trace, [*run.events, last], run.budget.spent_cents)
         return finished
+
+    # ------------------------------------------------------------ warm sandboxes
+
+    async def close_warm(self) -> None:
+        """Close the idle warm sandboxes (shielded: they are gone when this returns)."""
+        if isinstance(self._executor, LocalExecutor):
+            with trio.CancelScope(shield=True):
+                await self._executor.close_idle()
+
+    async def serve_warm(self) -> None:
+        """Expire idle warm sandboxes until cancelled, then close them all (the daemon runs this)."""
+        self.keep_warm = True
+        executor = self.executor
+        if not isinstance(executor, LocalExecutor):
+            return
+        executor.warm_after = 0  # a daemon: every program's first call goes warm
+        pool = executor.warm_pool()
+        if pool is None:
+            return
+        pool.warm_after = 0
+        try:
+            await pool.serve()
+        finally:
+            with trio.CancelScope(shield=True):
+                await executor.aclose()
+
+    def describe_warm(self) -> dict[str, Any] | None:
+        return self._executor.describe_warm() if isinstance(self._executor, LocalExecutor) else None
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         return self.runs.get(run_id)

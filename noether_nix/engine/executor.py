@@ -28,6 +28,7 @@ from noether_nix.sandbox.policy import Limits, policy_from_effects
 from noether_nix.sandbox.profile import load_profile
 from noether_nix.sandbox.supervisor import Isolation as SandboxIsolation
 from noether_nix.sandbox.supervisor import RunAs, run_sandboxed
+from noether_nix.sandbox.warm import WarmPool
 
 
 class StageCall(msgspec.Struct, frozen=True, kw_only=True):
@@ -165,14 +166,51 @@ def parse_output(raw: bytes) -> tuple[bool, Any]:
 
 
 class LocalExecutor:
-    """Build with Nix on this host, run under bwrap on this host."""
+    """Build with Nix on this host, run under bwrap on this host: a Python
+    program in a warm sandbox when one can serve it (``sandbox.warm``), else cold."""
 
     def __init__(self, programs: ProgramRegistry, *, profile: str = "default",
-                 threads: trio.CapacityLimiter | None = None) -> None:
+                 threads: trio.CapacityLimiter | None = None, warm_sandboxes: int = 0,
+                 warm_idle_s: float = 60.0) -> None:
         self.programs = programs
         self.profile_name = profile
         #: Worker threads for encoding large inputs and reading large outputs (``engine.offload``).
         self.threads = threads
+        self.warm_sandboxes = warm_sandboxes
+        self.warm_idle_s = warm_idle_s
+        self._warm: WarmPool | None = None
+
+    #: Calls of a program that go cold before it gets a warm sandbox (``WarmPool.warm_after``);
+    #: the engine sets 0 for a daemon.
+    warm_after = 1
+
+    def warm_pool(self) -> WarmPool | None:
+        """This trio run's pool (one left by an earlier run, whose loop has ended, is killed)."""
+        if self.warm_sandboxes <= 0:
+            return None
+        token = trio.lowlevel.current_trio_token()
+        if self._warm is not None and self._warm.token is not token:
+            self._warm.abandon()
+            self._warm = None
+        if self._warm is None:
+            self._warm = WarmPool(max_sandboxes=self.warm_sandboxes, idle_s=self.warm_idle_s,
+                                  warm_after=self.warm_after)
+        return self._warm
+
+    async def close_idle(self) -> None:
+        """Close the idle warm sandboxes (the end of an embedded run)."""
+        if self._warm is not None and self._warm.token is trio.lowlevel.current_trio_token():
+            await self._warm.close_idle()
+
+    async def aclose(self) -> None:
+        if self._warm is not None and self._warm.token is trio.lowlevel.current_trio_token():
+            await self._warm.aclose()
+        self._warm = None
+
+    def describe_warm(self) -> dict[str, Any]:
+        if self._warm is None:
+            return {"max_sandboxes": self.warm_sandboxes, "idle_expiry_s": self.warm_idle_s, "busy": [], "idle": []}
+        return self._warm.describe()
 
     async def execute(self, call: StageCall) -> StageOutcome:
         program = await build_stage_program_async(call.program_id, call.language, call.code, registry=self.programs)
@@ -183,9 +221,15 @@ class LocalExecutor:
             policy = msgspec.structs.replace(policy, env_allowlist=[])
         stdin = await maybe_off_loop(small(call.input), serde_compact, call.input, limiter=self.threads)
         # stdout is read here, not by the sandbox layer: strictly, and off the event loop when large.
-        result = await run_sandboxed(program.argv, policy=policy, limits=call.limits, stdin=stdin,
-                                     isolation=SandboxIsolation(call.isolation), profile=profile, env=call.env,
-                                     run_as=call.run_as, expect_json=False)
+        result = None
+        pool = self.warm_pool() if call.isolation == "bwrap" and call.language == "python" else None
+        if pool is not None:
+            result = await pool.run(program.argv, policy=policy, limits=call.limits, profile=profile, stdin=stdin,
+                                    env=call.env, run_as=call.run_as, expect_json=False)
+        if result is None:
+            result = await run_sandboxed(program.argv, policy=policy, limits=call.limits, stdin=stdin,
+                                         isolation=SandboxIsolation(call.isolation), profile=profile, env=call.env,
+                                         run_as=call.run_as, expect_json=False)
         status, message, output = result.status.value, result.message, None
         if result.ok:
             raw = result.stdout_bytes or b""

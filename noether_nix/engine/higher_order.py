@@ -18,14 +18,24 @@ from typing import Any
 import trio
 
 from noether_nix.engine.events import RunWarning, StageProgress
-from noether_nix.engine.options import RetriesExhausted, with_retries
-from noether_nix.engine.state import RunState
+from noether_nix.engine.fastpath import (
+    CHUNK,
+    FastPure,
+    OutputBound,
+    Summary,
+    all_of,
+    chunk_is_small,
+    index_of_failure,
+)
+from noether_nix.engine.offload import maybe_off_loop, small
+from noether_nix.engine.options import ATTEMPT, RetriesExhausted, StageError, with_retries
+from noether_nix.engine.state import IN_PROCESS, RunState
 from noether_nix.errors import NoetherError
 from noether_nix.graph.preflight import check_stage_policy, needs_sandbox
 from noether_nix.graph.resolve import Warning_, resolve_ref
 from noether_nix.model.stage import Stage
 from noether_nix.model.types import display
-from noether_nix.model.values import conforms
+from noether_nix.model.values import check_value, check_value_size, conforms
 from noether_nix.stdlib._shapes import StageFailure, need_list, need_record
 
 #: At most one progress event per map (filter, reduce) this often, between its first and its last.
@@ -92,33 +102,29 @@ class HigherOrder:
         return stage
 
     async def call(self, stage: Stage, value: Any, path: str) -> Any:
-        why = conforms(value, stage.input, "input")
-        if why:
-            raise HigherOrderError("stage_input_mismatch", f"stage {stage.label()} (called by {self.label}) expects "
-                                   f"{display(stage.input)}: {why}", path)
+        self.check_input(stage, value, path)
         return await self.run.run_stage(stage, value, path)
 
-    async def progress(self, done: int, total: int) -> None:
-        """A ``StageProgress`` event (the CLI's progress bar); between the first and the
-        last, at most one every ``PROGRESS_EVERY_S``."""
-        now = time.monotonic()
-        if 0 < done < total and now - self.last_progress < PROGRESS_EVERY_S:
-            return
-        self.last_progress = now
-        await self.run.emit(StageProgress(self.run.run_id, node_path=self.path, done=done, total=total))
+    def item_path(self, i: int) -> str:
+        return f"{self.path}.items[{i}]"
 
-    async def each(self, stage: Stage, values: list[Any], paths: list[str]) -> list[Any]:
-        """``stage`` on every value: in order in-process, concurrently (bounded
-        by the run's limiter) when each call is a sandbox."""
+    async def each(self, stage: Stage, values: list[Any]) -> list[Any]:
+        """``stage`` on every value (at ``item_path(i)``): a Pure stdlib stage on the fast
+        path (``engine.fastpath``), other in-process ones in order, concurrently
+        (bounded by the run's limiter) when each call is a sandbox."""
         total = len(values)
         await self.progress(0, total)
         if not needs_sandbox(stage):
-            out = []
-            for i, (v, p) in enumerate(zip(values, paths, strict=True)):
-                if i % 1024 == 1023:
-                    await trio.lowlevel.checkpoint()  # stay cancellable on long lists
-                    await self.progress(i, total)
-                out.append(await self.call(stage, v, p))
+            fast = self.run.services.facts(stage).fast
+            if fast is not None and self.run.options.trace == "summary":
+                out = await self.fast_each(stage, fast, values)
+            else:
+                out = []
+                for i, v in enumerate(values):
+                    if i % 1024 == 1023:
+                        await trio.lowlevel.checkpoint()  # stay cancellable on long lists
+                        await self.progress(i, total)
+                    out.append(await self.call(stage, v, self.item_path(i)))
         else:
             done = 0
 
@@ -129,21 +135,77 @@ class HigherOrder:
                 await self.progress(done, total)
                 return result
 
-            out = await self.run.gather([(stage, v, p) for v, p in zip(values, paths, strict=True)], counted)
+            out = await self.run.gather([(stage, v, self.item_path(i)) for i, v in enumerate(values)], counted)
         await self.progress(total, total)
         return out
+
+    async def fast_each(self, stage: Stage, fast: FastPure, values: list[Any]) -> list[Any]:
+        """``each`` for a Pure stdlib stage: a chunk at a time, one summary trace entry. A
+        chunk small enough runs on the event loop (a checkpoint after each), a larger one
+        on a worker thread within the stage's time budget (``engine.offload``)."""
+        summary = Summary()
+        out: list[Any] = []
+        bound = OutputBound(self.run.services.config.max_value_bytes)
+        threads = self.run.services.thread_limiter
+        what = f"stage {stage.label()} (called by {self.label})"
+        try:
+            for start in range(0, len(values), CHUNK):
+                chunk = values[start:start + CHUNK]
+                if not all_of(chunk, fast.input_types):
+                    for j, v in enumerate(chunk):  # the first value of the wrong type, named as `call` would
+                        self.check_input(stage, v, self.item_path(start + j))
+                inline = chunk_is_small(chunk)
+                try:
+                    out += await maybe_off_loop(inline, summary.call_chunk, fast.impl, chunk, limiter=threads,
+                                                budget_s=self.run.limits.timeout_s, what=what,
+                                                path=self.item_path(start))
+                except (StageFailure, NoetherError) as failure:
+                    if isinstance(failure, StageError) and failure.code == "stage_timed_out":
+                        raise
+                    j, e = await maybe_off_loop(inline, index_of_failure, fast.impl, chunk, limiter=threads,
+                                                budget_s=self.run.limits.timeout_s, what=what,
+                                                path=self.item_path(start))
+                    summary.calls += j + 1
+                    message = f"stage {stage.label()} failed: {e.message if isinstance(e, NoetherError) else e}"
+                    raise StageError("stage_failed", message, self.item_path(start + j), usage=IN_PROCESS) from None
+                if bound.over(out, out[start:]):  # fail now, not once the whole list is in memory
+                    check_value_size(out, bound.limit, what=f"the output of stage {self.label}", path=self.path)
+                await trio.lowlevel.checkpoint()  # stay cancellable on long lists
+                await self.progress(start + len(chunk), len(values))
+        except NoetherError as e:
+            summary.failed(e.code, e.message, e.path or self.item_path(summary.calls))
+            raise
+        finally:
+            self.run.record(summary.entry(stage_id=stage.id, name=stage.name, node_path=f"{self.path}.items[*]",
+                                          attempt=ATTEMPT.get()))
+        return out
+
+    def check_input(self, stage: Stage, value: Any, path: str) -> None:
+        why = conforms(value, stage.input, "input")
+        if why:
+            raise HigherOrderError("stage_input_mismatch", f"stage {stage.label()} (called by {self.label}) expects "
+                                   f"{display(stage.input)}: {why}", path)
+
+    async def progress(self, done: int, total: int) -> None:
+        """A ``StageProgress`` event (the CLI's progress bar); between the first and the
+        last, at most one every ``PROGRESS_EVERY_S``."""
+        now = time.monotonic()
+        if 0 < done < total and now - self.last_progress < PROGRESS_EVERY_S:
+            return
+        self.last_progress = now
+        await self.run.emit(StageProgress(self.run.run_id, node_path=self.path, done=done, total=total))
 
     # -------------------------------------------------------- the stages
 
     async def map(self, value: Any) -> Any:
         items = _list(value, "items")
         inner = await self.resolve(_field(value, "stage_id"), "stage_id")
-        return await self.each(inner, items, [f"{self.path}.items[{i}]" for i in range(len(items))])
+        return await self.each(inner, items)
 
     async def filter(self, value: Any) -> Any:
         items = _list(value, "items")
         inner = await self.resolve(_field(value, "stage_id"), "stage_id")
-        keep = await self.each(inner, items, [f"{self.path}.items[{i}]" for i in range(len(items))])
+        keep = await self.each(inner, items)
         for i, k in enumerate(keep):
             if not isinstance(k, bool):
                 raise HigherOrderError("stage_failed", f"stage {self.label}: predicate {inner.label()} returned "
@@ -155,11 +217,54 @@ class HigherOrder:
         inner = await self.resolve(_field(value, "stage_id"), "stage_id")
         acc = _field(value, "initial")
         await self.progress(0, len(items))
-        for i, item in enumerate(items):
-            if i % 1024 == 1023:
-                await trio.lowlevel.checkpoint()  # stay cancellable on long lists
-            acc = await self.call(inner, {"accumulator": acc, "item": item}, f"{self.path}.items[{i}]")
-            await self.progress(i + 1, len(items))
+        fast = self.run.services.facts(inner).fast if not needs_sandbox(inner) else None
+        if fast is not None and self.run.options.trace == "summary":
+            acc = await self.fast_reduce(inner, fast, items, acc)
+        else:
+            for i, item in enumerate(items):
+                if i % 1024 == 1023:
+                    await trio.lowlevel.checkpoint()  # stay cancellable on long lists
+                acc = await self.call(inner, {"accumulator": acc, "item": item}, self.item_path(i))
+                await self.progress(i + 1, len(items))
+        await self.progress(len(items), len(items))
+        return acc
+
+    async def fast_reduce(self, stage: Stage, fast: FastPure, items: list[Any], acc: Any) -> Any:
+        """``reduce`` for a Pure stdlib stage: every call checked, one summary trace entry.
+        The accumulator grows call by call: it is checked on each, and a call on a large
+        one runs on a worker thread within the stage's time budget."""
+        summary = Summary()
+        limit = self.run.services.config.max_value_bytes
+        threads = self.run.services.thread_limiter
+        clock = time.perf_counter_ns
+        try:
+            for i, item in enumerate(items):
+                path = self.item_path(i)
+                arg = {"accumulator": acc, "item": item}
+                self.check_input(stage, arg, path)
+                check_value(acc, limit, what=lambda: f"the input of stage {stage.label()}", path=path)
+                t = clock()
+                try:
+                    acc = await maybe_off_loop(small(arg), fast.impl, arg, limiter=threads,
+                                               budget_s=self.run.limits.timeout_s, path=path,
+                                               what=f"stage {stage.label()} (called by {self.label})")
+                except (StageFailure, NoetherError) as e:
+                    if isinstance(e, StageError) and e.code == "stage_timed_out":
+                        raise
+                    summary.calls += 1
+                    message = f"stage {stage.label()} failed: {e.message if isinstance(e, NoetherError) else e}"
+                    raise StageError("stage_failed", message, path, usage=IN_PROCESS) from None
+                summary.sample(clock() - t)
+                summary.calls += 1
+                if i % CHUNK == CHUNK - 1:
+                    await trio.lowlevel.checkpoint()  # stay cancellable on long lists
+                    await self.progress(i + 1, len(items))
+        except NoetherError as e:
+            summary.failed(e.code, e.message, e.path or self.path)
+            raise
+        finally:
+            self.run.record(summary.entry(stage_id=stage.id, name=stage.name, node_path=f"{self.path}.items[*]",
+                                          attempt=ATTEMPT.get()))
         return acc
 
     async def retry(self, value: Any) -> Any:

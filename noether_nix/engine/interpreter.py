@@ -21,6 +21,7 @@ from noether_nix.engine.boundary import check_output
 from noether_nix.engine.budget import Budget
 from noether_nix.engine.events import Event, RunWarning, StageFinished, StageStarted
 from noether_nix.engine.executor import StageCall, outcome_value
+from noether_nix.engine.fastpath import LONG_SEQUENTIAL, FastPure, Summary
 from noether_nix.engine.offload import maybe_off_loop, off_loop, small
 from noether_nix.engine.options import (
     ATTEMPT,
@@ -30,7 +31,7 @@ from noether_nix.engine.options import (
     StageError,
     with_retries,
 )
-from noether_nix.engine.state import Dispatch, Services, Usage
+from noether_nix.engine.state import IN_PROCESS, Dispatch, Services, Usage
 from noether_nix.errors import NoetherError
 from noether_nix.graph.ast import (
     BranchNode,
@@ -53,6 +54,7 @@ from noether_nix.model.types import display, display_refinement
 from noether_nix.model.values import check_refinement, check_value, conforms, outer_refinements
 from noether_nix.sandbox.policy import Limits
 from noether_nix.sandbox.supervisor import RunAs
+from noether_nix.stdlib._shapes import StageFailure
 from noether_nix.stdlib.registry import remote_call_program
 from noether_nix.store.cache import cache_namespace
 
@@ -125,6 +127,8 @@ class Interpreter:
             case ConstNode(value=v):
                 return v
             case SequentialNode(stages=ss):
+                if len(ss) >= LONG_SEQUENTIAL and self.options.trace == "summary":
+                    return await self.long_sequential(ss, value, path)
                 for i, s in enumerate(ss):
                     value = await self.exec(s, value, f"{path}.stages[{i}]")
                 return value
@@ -159,6 +163,67 @@ class Interpreter:
             case RemoteStageNode():
                 return await self.remote(node, value, path)
         raise AssertionError(node)
+
+    async def long_sequential(self, ss: list[Node], value: Any, path: str) -> Any:
+        """A long Sequential: each run of two or more consecutive Pure stdlib stages on the
+        fast path (``engine.fastpath``), one summary trace entry per run; the rest as usual."""
+        i = 0
+        while i < len(ss):
+            run: list[tuple[StageNode, Stage, FastPure]] = []
+            while i + len(run) < len(ss):
+                node = ss[i + len(run)]
+                if not isinstance(node, StageNode):
+                    break
+                stage = self.p.resolution.stage_for(node)
+                fast = self.services.facts(stage).fast
+                if fast is None:
+                    break
+                run.append((node, stage, fast))
+            if len(run) >= 2:
+                value = await self.fast_stages(run, value, path, i)
+                i += len(run)
+            else:
+                value = await self.exec(ss[i], value, f"{path}.stages[{i}]")
+                i += 1
+        return value
+
+    async def fast_stages(self, run: list[tuple[StageNode, Stage, FastPure]], value: Any, path: str,
+                          first: int) -> Any:
+        """Consecutive Pure stdlib stages of a Sequential, each output the next input: each
+        value checked as ``run_stage`` checks it, each call on a worker thread when its
+        value is large (``engine.offload``); no events, one summary entry."""
+        summary = Summary()
+        max_bytes = self.services.config.max_value_bytes
+        clock = time.perf_counter_ns
+        try:
+            for k, (node, stage, fast) in enumerate(run):
+                at = f"{path}.stages[{first + k}]"
+                value = _apply_config(value, node.config)
+                label = stage.label()
+                check_value(value, max_bytes, what=f"the input of stage {label}", path=at)
+                t = clock()
+                try:
+                    value = await maybe_off_loop(small(value), fast.impl, value, limiter=self.services.thread_limiter,
+                                                 budget_s=self.limits.timeout_s, what=f"stage {label}", path=at)
+                except (StageFailure, NoetherError) as e:
+                    if isinstance(e, StageError) and e.code == "stage_timed_out":
+                        raise
+                    summary.calls += 1
+                    message = f"stage {label} failed: {e.message if isinstance(e, NoetherError) else e}"
+                    raise StageError("stage_failed", message, at, usage=IN_PROCESS) from None
+                summary.sample(clock() - t)
+                summary.calls += 1
+                check_value(value, max_bytes, what=f"the output of stage {label}", path=at)
+                if k % 1024 == 1023:
+                    await trio.lowlevel.checkpoint()  # stay cancellable
+        except NoetherError as e:
+            summary.failed(e.code, e.message, e.path or path)
+            raise
+        finally:
+            self.record(summary.entry(stage_id=None, name=None, attempt=ATTEMPT.get(),
+                                      node_path=f"{path}.stages[{first}..{first + len(run) - 1}]"))
+        await trio.lowlevel.checkpoint()
+        return value
 
     async def concurrently(self, jobs: list[tuple[Node, Any, str]]) -> list[Any]:
         return await self.gather(jobs, self.exec)

@@ -45,6 +45,10 @@ class RunOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     env: dict[str, str] | None = None
     #: The text stdin_read returns (the client's standard input).
     stdin: str | None = None
+    #: ``summary``: the Pure stdlib calls inside map/filter/reduce and long Sequentials
+    #: are one trace entry each (count, failures, timing histogram, first error);
+    #: ``full``: every call is traced, with its own events (``engine.fastpath``).
+    trace: Literal["summary", "full"] = "summary"
 
 
 def decode_options(raw: Any) -> RunOptions:

@@ -17,6 +17,7 @@ import trio
 
 from noether_nix.engine.events import Event
 from noether_nix.engine.executor import Executor, StageOutcome, stage_log
+from noether_nix.engine.fastpath import FastPure
 from noether_nix.engine.options import Isolation, RunOptions
 from noether_nix.graph.preflight import PolicyOptions
 from noether_nix.model.stage import Stage
@@ -60,6 +61,9 @@ class StageFacts(msgspec.Struct, frozen=True):
     #: Pure and worth remembering: in-process stdlib stages cost less than a lookup.
     cacheable: bool
     cost_cents: int
+    #: An in-process Pure stdlib stage that is free and has no refinement to
+    #: check: what the fast path needs to run it in bulk (``engine.fastpath``).
+    fast: FastPure | None = None
 
 
 class Services(Protocol):
@@ -108,7 +112,12 @@ class RunState(Protocol):
     resource_lock: trio.Lock
     resources: dict[str, Any]
 
+    #: Whether refinement types are checked in this run.
+    checks: bool
+
     async def emit(self, ev: Event) -> None: ...
+
+    def record(self, entry: dict[str, Any]) -> None: ...
 
     async def run_stage(self, stage: Stage, value: Any, path: str) -> Any: ...
 

@@ -152,18 +152,154 @@ def jcs(value: Any) -> bytes:
     return "".join(out).encode("utf-8")
 
 
+_LEAVES = frozenset({str, bool, type(None)})
+_CONTAINERS = frozenset({list, dict})
+_C_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True, check_circular=False,
+                             allow_nan=False).encode
+
+
+def _plain(v: Any, depth: int = 0) -> bool:
+    """Whether ``v`` holds nothing but lists, dicts with text keys, text, booleans, null and
+    integers serde_json reads as integers: then the C encoder writes exactly the serde-compact
+    form (same escapes, keys in code point order = UTF-8 byte order), container by container
+    checked, not value by value."""
+    if depth > 64:
+        return False
+    t = type(v)
+    if t is list:
+        types = set(map(type, v))
+    elif t is dict:
+        if not set(map(type, v)) <= {str}:
+            return False
+        types = set(map(type, v.values()))
+        v = v.values()
+    else:
+        return t in _LEAVES or (t is int and _I64_MIN <= v <= _U64_MAX)
+    if not types <= _LEAVES | _CONTAINERS | {int}:
+        return False
+    if int in types:
+        ints = [x for x in v if type(x) is int]
+        if min(ints) < _I64_MIN or max(ints) > _U64_MAX:
+            return False
+    if types & _CONTAINERS:
+        return all(_plain(x, depth + 1) for x in v if type(x) in _CONTAINERS)
+    return True
+
+
 def serde_compact(value: Any, *, sort_keys: bool = True) -> bytes:
     """serde_json::to_vec of a value.
 
     ``sort_keys=True`` matches ``serde_json::Value`` (BTreeMap) objects;
     ``False`` keeps dict insertion order, for Rust structs whose field
-    order the caller has reproduced.
+    order the caller has reproduced. A value without floats (``_plain``)
+    is written by the C encoder.
     """
     if type(value) is str:  # the commonest stage value, hashed twice per stage call
         return _quote(value).encode("utf-8")
+    if sort_keys and type(value) in _CONTAINERS and _plain(value):
+        return _C_ENCODE(value).encode("utf-8")
     out: list[str] = []
     _encode(value, out, ryu_number, _plain_key if sort_keys else None)
     return "".join(out).encode("utf-8")
+
+
+def size_bounds(value: Any, limit: int, depth: int = 0) -> tuple[int, int] | None:
+    """Cheap lower and upper bounds on ``len(serde_compact(value))`` for a list or dict of
+    JSON values, measured container by container: a size check far from its limit needs
+    no walk of every string. None for anything else, nested past 64 levels, or once the
+    upper bound passes ``limit`` (undecided: the caller counts, with ``encoded_size``,
+    which stops at the limit) — so the walk of a huge nested value stops early too."""
+    t = type(value)
+    if depth > 64:
+        return None
+    if t is list:
+        items = value
+        low = high = 2 + max(len(value) - 1, 0)
+    elif t is dict:
+        if not set(map(type, value)) <= {str}:
+            return None
+        keys = sum(map(len, value))
+        low = 2 + max(2 * len(value) - 1, 0) + keys + 2 * len(value)
+        high = low + 5 * keys
+        items = list(value.values())
+    else:
+        return None
+    types = set(map(type, items))
+    if not types <= _LEAVES | _CONTAINERS | {int, float}:
+        return None
+    if types == {str}:
+        strs = items
+    else:
+        strs = [x for x in items if type(x) is str] if str in types else []
+    chars = sum(map(len, strs))
+    low += chars + 2 * len(strs)
+    high += 6 * chars + 2 * len(strs)  # an escape is at most six bytes, a UTF-8 character four
+    nested = [x for x in items if type(x) in _CONTAINERS] if types & _CONTAINERS else []
+    scalars = len(items) - len(strs) - len(nested)
+    low += scalars
+    high += 26 * scalars  # a number's shortest form is at most 24 bytes
+    if high > limit:
+        return None
+    for x in nested:
+        inner = size_bounds(x, limit - high, depth + 1)
+        if inner is None:
+            return None
+        low += inner[0]
+        high += inner[1]
+    return low, high
+
+
+def quick_valid(value: Any, limit: int, max_depth: int) -> bool:
+    """True when a list or dict is certainly a value ``encoded_size(…, strict=True)``
+    would accept within ``limit`` bytes and ``max_depth`` levels: its size bounded
+    (``size_bounds``), its text all Unicode, its numbers finite and its integers
+    within 64 bits — checked container by container with C-speed passes, never
+    value by value. False means "walk it" (it may well be valid)."""
+    bounds = size_bounds(value, limit)
+    return bounds is not None and bounds[1] <= limit and _leaves_valid(value, 1, min(max_depth, 64))
+
+
+def _text_valid(strs: list[str]) -> bool:
+    joined = "".join(strs)
+    if joined.isascii():
+        return True
+    try:
+        joined.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def _leaves_valid(value: Any, depth: int, max_depth: int) -> bool:
+    if depth >= max_depth:
+        return False
+    if type(value) is dict:
+        if not _text_valid(list(value)):
+            return False
+        items = list(value.values())
+    else:
+        items = value
+    types = set(map(type, items))
+    strs = items if types == {str} else [x for x in items if type(x) is str] if str in types else []
+    if strs and not _text_valid(strs):
+        return False
+    if float in types and not math.isfinite(math.fsum(x for x in items if type(x) is float)):
+        return False  # NaN or an infinity (or a sum that overflows: then walk it)
+    if int in types:
+        ints = [x for x in items if type(x) is int]
+        if min(ints) < _I64_MIN or max(ints) > _U64_MAX:
+            return False
+    if types & _CONTAINERS:
+        return all(_leaves_valid(x, depth + 1, max_depth) for x in items if type(x) in _CONTAINERS)
+    return True
+
+
+def fits(value: Any, limit: int) -> bool:
+    """Whether ``serde_compact(value)`` is at most ``limit`` bytes: from ``size_bounds`` when
+    they decide, else counted by ``encoded_size`` (never encoded, and only up to the limit)."""
+    if size_bounds(value, limit) is not None:
+        return True
+    return encoded_size(value, limit) <= limit
 
 
 def encoded_size(value: Any, limit: int, *, strict: bool = False, max_depth: int | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import functools
 import hashlib
 import os
 import secrets
@@ -41,8 +42,11 @@ def sign_id(key: nacl.signing.SigningKey, stage_id: str) -> str:
     return key.sign(stage_id.encode("ascii")).signature.hex()
 
 
+@functools.lru_cache(maxsize=4096)
 def verify_id(stage_id: str, signature_hex: str | None, public_key_hex: str | None) -> SignatureStatus:
-    """Distinguish unsigned, malformed (bad hex/length, half-signed), bad and valid."""
+    """Distinguish unsigned, malformed (bad hex/length, half-signed), bad and valid.
+    A pure function of its arguments, so remembered: a daemon verifies each
+    (stage, signature, key) once, not on every run that uses it."""
     if signature_hex is None and public_key_hex is None:
         return SignatureStatus.UNSIGNED
     if signature_hex is None or public_key_hex is None:

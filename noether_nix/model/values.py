@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from noether_nix.errors import NoetherError
-from noether_nix.model.jcs import encoded_size, serde_compact
+from noether_nix.model.jcs import encoded_size, fits, quick_valid, serde_compact
 from noether_nix.model.types import (
     AnyType,
     BoolType,
@@ -48,7 +48,7 @@ def size_text(n: int) -> str:
 def value_too_large(value: Any, limit: int, *, what: str, path: str | None = None) -> NoetherError | None:
     """The ``value_too_large`` error if ``value``'s JSON encoding is over ``limit`` bytes,
     else None; measured with an early stop (``model.jcs.encoded_size``), never serialised."""
-    if encoded_size(value, limit) <= limit:
+    if fits(value, limit):
         return None
     return NoetherError("value_too_large", f"{what} is larger than the {size_text(limit)} a value may have",
                         path=path, exit_code=3, details={"limit_bytes": limit},
@@ -80,6 +80,8 @@ def check_value(value: Any, limit: int, *, what: str | Callable[[], str], path: 
     ``what`` (or what it returns) names the value in the error."""
     if type(value) is str and value.isascii() and 6 * len(value) + 2 <= limit:
         return  # the commonest value, on every stage call: even escaped it fits, and ASCII is valid text
+    if type(value) in (list, dict) and quick_valid(value, limit, max_depth):
+        return  # a large list or record of plain values, checked a container at a time
     try:
         size = encoded_size(value, limit, strict=True, max_depth=max_depth)
     except NoetherError as e:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
+import weakref
 from importlib import resources
 
 import msgspec
@@ -117,10 +119,29 @@ def ensure_builder_runtime() -> Runtime:
 _build_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("noether_build_limiter")
 
 
+#: Programs this process already found or built, per registry, by (stage, language):
+#: a stage run after the first needs no worker thread (whose start can cost more than
+#: a warm stage run). A program whose store path is gone is looked up again.
+_known: weakref.WeakKeyDictionary[ProgramRegistry, dict[tuple[str, str], Program]] = weakref.WeakKeyDictionary()
+
+
 async def build_stage_program_async(stage_id: str, language: str, code: str, *,
                                     registry: ProgramRegistry, timeout_s: float | None = None) -> Program:
     """The same, off the trio thread, with at most ``nix.build_concurrency`` builds at
     once; cancelling the caller kills the build."""
+    memo = _known.setdefault(registry, {})
+    known = memo.get((stage_id, language))
+    if known is not None and os.path.exists(known.store_path):
+        return msgspec.structs.replace(known, built=False, build_ms=0)
+    program = await _build_in_thread(stage_id, language, code, registry=registry, timeout_s=timeout_s)
+    if len(memo) > 4096:
+        memo.clear()
+    memo[(stage_id, language)] = program
+    return program
+
+
+async def _build_in_thread(stage_id: str, language: str, code: str, *,
+                           registry: ProgramRegistry, timeout_s: float | None) -> Program:
     concurrency = max(1, settings().nix.build_concurrency)
     try:
         limiter = _build_limiter.get()

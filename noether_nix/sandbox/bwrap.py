@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
+import hashlib
 import os
 import shutil
 import stat
 import subprocess
+import time
+from pathlib import Path
 
 from noether_nix.errors import NoetherError
 from noether_nix.logs import get_logger
+from noether_nix.paths import noether_home, private_dir
 from noether_nix.sandbox.policy import IsolationPolicy, Limits, bind_refusal
 from noether_nix.sandbox.profile import Profile
 
@@ -54,12 +59,54 @@ def bwrap_version(path: str) -> str:
     return out.strip().split()[-1] if out.strip() else "unknown"
 
 
+#: How long a successful probe is believed by other processes of the same user (``_probe_record``).
+PROBE_TTL_S = 600.0
+#: What decides whether the probe can succeed, besides bwrap itself and the uid.
+_PROBE_INPUTS = ("/proc/sys/kernel/random/boot_id", "/proc/sys/user/max_user_namespaces",
+                 "/proc/sys/kernel/unprivileged_userns_clone", "/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
+
+
+def _probe_record(path: str, as_uid: int | None, as_gid: int | None) -> Path | None:
+    """Where a successful probe is remembered: a file in the user's private cache whose
+    name covers bwrap's file, the uid, this boot and the sysctls that allow user
+    namespaces. A change of any of them, or ``PROBE_TTL_S``, means a new probe."""
+    parts = [path, str(as_uid), str(as_gid)]
+    try:
+        st = os.stat(path)
+        parts.append(f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_mode}")
+        for f in _PROBE_INPUTS:
+            with contextlib.suppress(OSError), open(f) as fh:
+                parts.append(f + "=" + fh.read().strip())
+        cache = private_dir(noether_home() / "cache")
+    except OSError:
+        return None
+    return cache / f"bwrap-works-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:32]}"
+
+
 @functools.cache
-def bwrap_works(path: str, *, as_uid: int | None = None, as_gid: int | None = None) -> tuple[bool, str]:
+def bwrap_works(path: str, *, as_uid: int | None = None, as_gid: int | None = None,
+                fresh: bool = False) -> tuple[bool, str]:
     """Can bwrap create every namespace we ask for on this host (started as
     ``as_uid``: a root daemon starts its peers' sandboxes as the peer, and
     root's own as a dedicated sandbox user, which needs unprivileged user
-    namespaces)?"""
+    namespaces)? A success is remembered for ``PROBE_TTL_S`` (``_probe_record``),
+    so a one-shot process does not start bwrap twice before its first stage;
+    ``fresh`` always probes (doctor, preflight). A wrong belief fails closed: the
+    run's own bwrap then fails to start."""
+    record = None if fresh else _probe_record(path, as_uid, as_gid)
+    if record is not None:
+        with contextlib.suppress(OSError):
+            st = os.stat(record, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and time.time() - st.st_mtime < PROBE_TTL_S:
+                return True, ""
+    ok, why = _probe(path, as_uid=as_uid, as_gid=as_gid)
+    if ok and record is not None:
+        with contextlib.suppress(OSError):
+            os.close(os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    return ok, why
+
+
+def _probe(path: str, *, as_uid: int | None, as_gid: int | None) -> tuple[bool, str]:
     def drop() -> None:
         if as_uid is not None:
             os.setgroups([])
@@ -111,6 +158,7 @@ def build_argv(
     seccomp_fd: int | None,
     bind_fds: BindFds | None = None,
     args_fd: int | None = None,
+    warm_host: bool = False,
 ) -> list[str]:
     """bwrap's argv.
 
@@ -143,6 +191,8 @@ def build_argv(
         "--uid", "65534",
         "--gid", "65534",
         "--cap-drop", "ALL",
+        # A warm host makes each call's namespaces and mounts, then drops both (sandbox.warm).
+        *(["--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP"] if warm_host else []),
         "--hostname", HOSTNAME,
         "--proc", "/proc",
         "--dev", "/dev",

@@ -144,6 +144,21 @@ class RunCgroup:
                 return True
         return False
 
+    def event_counts(self) -> tuple[int, int]:
+        """(OOM kills, process-count refusals) counted in this cgroup so far."""
+        def count(text: str | None, key: str) -> int:
+            for line in (text or "").splitlines():
+                k, _, v = line.partition(" ")
+                if k == key and v.strip().isdigit():
+                    return int(v)
+            return 0
+
+        if self.version == 2:
+            oom = count(self._read("", "memory.events"), "oom_kill")
+        else:
+            oom = count(self._read("memory", "memory.oom_control"), "oom_kill")
+        return oom, count(self._read("" if self.version == 2 else "pids", "pids.events"), "max")
+
     def max_rss_kb(self) -> int | None:
         raw = self._read("", "memory.peak") if self.version == 2 else self._read("memory", "memory.max_usage_in_bytes")
         return int(raw) // 1024 if raw and raw.strip().isdigit() else None

@@ -23,6 +23,7 @@ import msgspec
 
 from noether_nix.errors import NoetherError
 from noether_nix.logs import get_logger
+from noether_nix.paths import noether_home, private_dir
 from noether_nix.sandbox import landlock
 from noether_nix.sandbox.bwrap import (
     BindFds,
@@ -43,7 +44,7 @@ from noether_nix.sandbox.identity import (
 )
 from noether_nix.sandbox.policy import IsolationPolicy, Limits
 from noether_nix.sandbox.profile import Profile
-from noether_nix.sandbox.seccomp import compile_filter, filter_fd
+from noether_nix.sandbox.seccomp import cached_filter, filter_fd
 from noether_nix.settings import settings
 
 log = get_logger("noether.sandbox")
@@ -89,11 +90,38 @@ def require_bwrap(*, as_uid: int | None = None, as_gid: int | None = None) -> st
 _seccomp_cache: dict[tuple[tuple[str, ...], bool], bytes] = {}
 
 
-def seccomp_program(profile: Profile, *, deny_unix_sockets: bool = False) -> bytes:
-    key = (tuple(profile.seccomp_deny), deny_unix_sockets)
+#: What a warm host may do that its calls may not: make each call's mount and
+#: IPC namespaces and mount its tmpfs (``sandbox.warm``). Each call's child
+#: loads the full filter on top before any of the program's code runs.
+WARM_HOST_ALLOWS = frozenset({"mount", "umount2", "unshare"})
+
+
+def seccomp_program(profile: Profile, *, deny_unix_sockets: bool = False, warm_host: bool = False) -> bytes:
+    """The profile's filter (``warm_host``: the warm host's, without ``WARM_HOST_ALLOWS``):
+    compiled once per process, and once per user (kept in the home's cache)."""
+    deny = tuple(d for d in profile.seccomp_deny if not (warm_host and d in WARM_HOST_ALLOWS))
+    key = (deny, deny_unix_sockets)
     if key not in _seccomp_cache:
-        _seccomp_cache[key] = compile_filter(list(key[0]), deny_unix_sockets=deny_unix_sockets)
+        _seccomp_cache[key] = cached_filter(list(key[0]), deny_unix_sockets=deny_unix_sockets,
+                                            cache_dir=_filter_cache_dir())
     return _seccomp_cache[key]
+
+
+def _filter_cache_dir() -> Path | None:
+    try:
+        return private_dir(noether_home() / "cache")
+    except OSError:
+        return None
+
+
+def landlock_scoped(bwrap: str) -> bool:
+    """Whether each sandbox started through ``bwrap`` gets a Landlock domain of its own (see ``landlock``)."""
+    return landlock.available() and not bwrap_is_setuid(bwrap)
+
+
+def unix_sockets_denied(policy: IsolationPolicy, bwrap: str) -> bool:
+    """A Network sandbox without Landlock scoping may not create unix sockets (see ``landlock``)."""
+    return policy.network and not landlock_scoped(bwrap)
 
 
 def limits_allowed_missing(profile: Profile) -> bool:
@@ -159,7 +187,7 @@ class Launch:
         procs = self.cgroup.procs_files() if self.cgroup else []
         run_as = self.run_as
         dedicated = self.dedicated
-        scope = landlock.restrictor() if self.mode == "bwrap" and not bwrap_is_setuid(self.argv[0]) else None
+        scope = landlock.restrictor() if self.mode == "bwrap" and landlock_scoped(self.argv[0]) else None
 
         def setup() -> None:
             # Runs in the child between fork and exec: join the run's cgroup
@@ -240,19 +268,31 @@ def _check_bind_access(policy: IsolationPolicy, fds: BindFds, gid: int) -> None:
 
 def prepare_launch(argv: list[str], *, policy: IsolationPolicy, limits: Limits, isolation: Isolation,
                    profile: Profile, env: dict[str, str] | None, run_as: RunAs | None,
-                   cgroup_root: Path | None = None) -> Launch:
+                   cgroup_root: Path | None = None, warm_host: bool = False,
+                   extra_fds: list[int] | None = None) -> Launch:
     """Plan starting ``argv`` under ``isolation`` (see the module doc). The
     caller starts ``launch.argv`` with ``launch.env`` and
     ``launch.preexec(limits)``, passing ``launch.fds``, then calls
-    ``close_fds`` and, once it is gone, ``finish``."""
-    check_env(env)
+    ``close_fds`` and, once it is gone, ``finish``.
+
+    ``warm_host``: ``argv`` is a warm host (``sandbox.warm``): the same sandbox,
+    but it keeps CAP_SYS_ADMIN and CAP_SETPCAP inside its user namespace and
+    runs under the filter without ``WARM_HOST_ALLOWS``. ``extra_fds`` are
+    handed to the program and closed with the launch's own (also when this raises)."""
+    try:
+        check_env(env)
+        if warm_host and isolation.mode != "bwrap":
+            raise NoetherError("isolation_unavailable", "a warm sandbox needs bwrap")
+    except BaseException:
+        close_all(extra_fds or [])
+        raise
     child_env = _sandbox_env(profile, policy, env)
     if isolation.mode == "none":
         log.warning("unsandboxed_run", argv=argv[:1], why="isolation none was requested explicitly")
-        return Launch(list(argv), child_env, [], RunCgroup.create(limits.memory_bytes, limits.max_pids,
+        return Launch(list(argv), child_env, list(extra_fds or []), RunCgroup.create(limits.memory_bytes, limits.max_pids,
                                                                  root=cgroup_root), run_as, None, "none")
     lease: UidLease | None = None
-    fds: list[int] = []
+    fds: list[int] = list(extra_fds or [])  # ours from here on, closed on any failure
     cgroup: RunCgroup | None = None
     try:
         if needs_dedicated_uid(run_as):
@@ -262,8 +302,8 @@ def prepare_launch(argv: list[str], *, policy: IsolationPolicy, limits: Limits, 
             bwrap = require_bwrap(as_uid=profile.sandbox_uids.base, as_gid=lease.gid)
         else:
             bwrap = require_bwrap()
-        deny_unix = policy.network and not (landlock.available() and not bwrap_is_setuid(bwrap))
-        fds.append(filter_fd(seccomp_program(profile, deny_unix_sockets=deny_unix)))
+        deny_unix = unix_sockets_denied(policy, bwrap)
+        fds.append(filter_fd(seccomp_program(profile, deny_unix_sockets=deny_unix, warm_host=warm_host)))
         seccomp_fd = fds[-1]
         # A peer's sandbox binds by name with the peer's own rights; every
         # other one binds what was checked, by fd.
@@ -274,7 +314,7 @@ def prepare_launch(argv: list[str], *, policy: IsolationPolicy, limits: Limits, 
             _check_bind_access(policy, bind_fds, lease.gid)
         fds.append(args_fd(setenv_args(child_env)))
         full = build_argv(bwrap, argv, policy=policy, limits=limits, profile=profile, seccomp_fd=seccomp_fd,
-                          bind_fds=bind_fds, args_fd=fds[-1])
+                          bind_fds=bind_fds, args_fd=fds[-1], warm_host=warm_host)
         cgroup = RunCgroup.create(limits.memory_bytes, limits.max_pids, root=cgroup_root)
         check_limits(cgroup, dedicated=lease is not None, profile=profile)
     except BaseException:

@@ -7,6 +7,7 @@ profile without touching code.
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -38,19 +39,37 @@ class Profile(msgspec.Struct, frozen=True):
     allow_without_limits: bool = False
 
 
+_BESIDE = Path(__file__).resolve().parent / "profiles"
+#: Decoded profiles by (path, inode, size, mtime): a profile is read once until its file changes.
+_decoded: dict[tuple[str, int, int, int], Profile] = {}
+
+
 def _candidates(name: str) -> list[Path]:
     dirs = [Path(d) for d in settings().sandbox.profiles_path]
-    dirs += [Path("/etc/noether/sandboxes"), _PACKAGED, Path(__file__).resolve().parent / "profiles"]
+    dirs += [Path("/etc/noether/sandboxes"), _PACKAGED, _BESIDE]
     return [d / f"{name}.json" for d in dirs]
 
 
 def load_profile(name_or_path: str = "default") -> Profile:
     paths = [Path(name_or_path)] if name_or_path.endswith(".json") else _candidates(name_or_path)
     for p in paths:
-        if p.is_file():
-            try:
-                return msgspec.json.decode(p.read_bytes(), type=Profile)
-            except (msgspec.ValidationError, msgspec.DecodeError) as e:
-                raise NoetherError("invalid_profile", f"sandbox profile is invalid: {e}", path=str(p)) from None
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        key = (str(p), st.st_ino, st.st_size, st.st_mtime_ns)
+        found = _decoded.get(key)
+        if found is not None:
+            return found
+        try:
+            profile = msgspec.json.decode(p.read_bytes(), type=Profile)
+        except (msgspec.ValidationError, msgspec.DecodeError) as e:
+            raise NoetherError("invalid_profile", f"sandbox profile is invalid: {e}", path=str(p)) from None
+        if len(_decoded) > 64:
+            _decoded.clear()
+        _decoded[key] = profile
+        return profile
     raise NoetherError("profile_not_found", f"no sandbox profile {name_or_path!r}",
                        hint=f"looked in: {', '.join(str(p) for p in paths)}")

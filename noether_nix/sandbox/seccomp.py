@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import json
 import os
 import stat
+from pathlib import Path
 
 from noether_nix.errors import NoetherError
 
@@ -45,6 +48,11 @@ TIOCLINUX = 0x541C
 _LOW32 = 0xFFFFFFFF
 _CLONE_NAMESPACES = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
 _AF_UNIX = 1
+#: Part of every cached filter's key: bump it when ``compile_filter``'s rules change.
+FILTER_VERSION = "1"
+#: Where libseccomp usually lives; its file is part of the cache key (an upgrade recompiles).
+_LIBSECCOMP = ("/usr/lib/x86_64-linux-gnu/libseccomp.so.2", "/usr/lib/aarch64-linux-gnu/libseccomp.so.2",
+               "/usr/lib64/libseccomp.so.2", "/usr/lib/libseccomp.so.2", "/lib/x86_64-linux-gnu/libseccomp.so.2")
 
 
 def compile_filter(deny: list[str], *, deny_unix_sockets: bool = False) -> bytes:
@@ -112,6 +120,60 @@ def compile_filter(deny: list[str], *, deny_unix_sockets: bool = False) -> bytes
         f.export_bpf(out)
         out.seek(0)
         return out.read()
+
+
+def _libseccomp_identity() -> str:
+    for path in _LIBSECCOMP:
+        with contextlib.suppress(OSError):
+            real = os.path.realpath(path)
+            st = os.stat(real)
+            return f"{real}:{st.st_size}:{st.st_mtime_ns}"
+    return "unknown"
+
+
+def cache_key(deny: list[str], *, deny_unix_sockets: bool) -> str:
+    doc = {"v": FILTER_VERSION, "deny": sorted(deny), "unix": deny_unix_sockets, "arch": os.uname().machine,
+           "reviewed": REVIEWED_MAX, "lib": _libseccomp_identity()}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _trusted(fd: int) -> bool:
+    st = os.fstat(fd)
+    return (stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+            and 0 < st.st_size <= 1 << 20 and st.st_size % 8 == 0)
+
+
+def cached_filter(deny: list[str], *, deny_unix_sockets: bool = False, cache_dir: Path | None) -> bytes:
+    """``compile_filter``'s program, kept on disk under ``cache_dir`` (the
+    user's private home): loading libseccomp and compiling the filter cost
+    tens of milliseconds per process, reading it back well under one. The
+    key covers the rules' inputs, the rules' version and the libseccomp
+    file; a file that is not ours, is writable by others or has an
+    impossible size is ignored and rewritten. Without ``cache_dir``, compiled."""
+    if cache_dir is None:
+        return compile_filter(deny, deny_unix_sockets=deny_unix_sockets)
+    path = cache_dir / f"seccomp-{cache_key(deny, deny_unix_sockets=deny_unix_sockets)}.bpf"
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if _trusted(fd):
+                with os.fdopen(os.dup(fd), "rb") as f:
+                    data = f.read()
+                if len(data) % 8 == 0 and data:
+                    return data
+        finally:
+            os.close(fd)
+    program = compile_filter(deny, deny_unix_sockets=deny_unix_sockets)
+    with contextlib.suppress(OSError):  # a cache that cannot be written is only slower
+        tmp = cache_dir / f".{path.name}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, program)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    return program
 
 
 def filter_fd(program: bytes) -> int:

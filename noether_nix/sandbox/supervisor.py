@@ -15,8 +15,9 @@ import enum
 import json
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import msgspec
 import trio
@@ -92,9 +93,6 @@ async def run_sandboxed(
 async def _supervise(launch: Launch, stdin: bytes, limits: Limits, expect_json: bool, started: float) -> Result:
     import subprocess
 
-    def elapsed() -> int:
-        return int((time.monotonic() - started) * 1000)
-
     argv, cgroup, mode = launch.argv, launch.cgroup, launch.mode
     try:
         proc = await spawn(
@@ -114,9 +112,6 @@ async def _supervise(launch: Launch, stdin: bytes, limits: Limits, expect_json: 
     finally:
         launch.close_fds()
     assert proc.stdin and proc.stdout and proc.stderr
-    stdout = bytearray()
-    stderr_tail = bytearray()
-    verdict: Status | None = None
 
     def kill_tree() -> None:
         proc.kill_group()
@@ -124,23 +119,58 @@ async def _supervise(launch: Launch, stdin: bytes, limits: Limits, expect_json: 
         if cgroup is not None:
             cgroup.kill()
 
+    async def wait() -> None:
+        await proc.wait()
+
+    try:
+        ex = await exchange(proc.stdin, proc.stdout, proc.stderr, stdin, limits, wait=wait, kill_tree=kill_tree,
+                            exited=lambda: proc.returncode is not None)
+    finally:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(5):
+                await proc.wait()
+            await proc.aclose()
+    return verdict(ex, proc.returncode, limits=limits, cgroup=cgroup, mode=mode, expect_json=expect_json,
+                   wall_ms=int((time.monotonic() - started) * 1000),
+                   cpu_ms=cgroup.cpu_ms() if cgroup else None, max_rss_kb=cgroup.max_rss_kb() if cgroup else None)
+
+
+class Exchange(msgspec.Struct):
+    """What one run wrote, and whether the supervisor stopped it."""
+
+    stdout: bytes
+    stderr_tail: str
+    verdict: Status | None  # TIMED_OUT or OUTPUT_LIMIT when the supervisor killed it
+
+
+async def exchange(stdin_stream: Any, stdout_stream: Any, stderr_stream: Any, stdin: bytes, limits: Limits, *,
+                   wait: Callable[[], Awaitable[None]], kill_tree: Callable[[], None],
+                   exited: Callable[[], bool]) -> Exchange:
+    """Feed ``stdin``, read stdout with a running byte count (killing the tree past
+    the cap, so our memory stays bounded) and keep stderr's tail, until ``wait``
+    returns, within the timeout. On any way out but a clean exit (timeout,
+    cap, cancellation) the tree is killed; the caller still waits for it."""
+    stdout = bytearray()
+    stderr_tail = bytearray()
+    stopped: Status | None = None
+
     async def feed() -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await proc.stdin.send_all(stdin)  # type: ignore[union-attr]
+            await stdin_stream.send_all(stdin)
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await proc.stdin.aclose()  # type: ignore[union-attr]
+            await stdin_stream.aclose()
 
     async def read_stdout() -> None:
-        nonlocal verdict
-        while chunk := await proc.stdout.receive_some(65536):  # type: ignore[union-attr]
+        nonlocal stopped
+        while chunk := await stdout_stream.receive_some(65536):
             if len(stdout) + len(chunk) > limits.max_output_bytes:
-                verdict = verdict or Status.OUTPUT_LIMIT
+                stopped = stopped or Status.OUTPUT_LIMIT
                 kill_tree()
                 return
             stdout.extend(chunk)
 
     async def read_stderr() -> None:
-        while chunk := await proc.stderr.receive_some(65536):  # type: ignore[union-attr]
+        while chunk := await stderr_stream.receive_some(65536):
             stderr_tail.extend(chunk)
             if len(stderr_tail) > limits.max_stderr_bytes:
                 del stderr_tail[: len(stderr_tail) - limits.max_stderr_bytes]
@@ -152,34 +182,45 @@ async def _supervise(launch: Launch, stdin: bytes, limits: Limits, expect_json: 
                 nursery.start_soon(feed)
                 nursery.start_soon(read_stdout)
                 nursery.start_soon(read_stderr)
-                await proc.wait()
+                await wait()
         if timeout_scope.cancelled_caught:
-            verdict = Status.TIMED_OUT
+            stopped = Status.TIMED_OUT
     except trio.Cancelled:
         cancelled = True
         raise
     finally:
-        if proc.returncode is None or verdict is not None or cancelled:
+        if not exited() or stopped is not None or cancelled:
             kill_tree()
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(5):
-                await proc.wait()
-            await proc.aclose()
-    rc = proc.returncode
-    tail = stderr_tail.decode("utf-8", "replace")
+    return Exchange(bytes(stdout), stderr_tail.decode("utf-8", "replace"), stopped)
+
+
+class CgroupEvents(Protocol):
+    """What ``verdict`` asks of a run's cgroup: did it kill for memory, refuse a process?"""
+
+    def oom_killed(self) -> bool: ...
+
+    def pids_exhausted(self) -> bool: ...
+
+
+def verdict(ex: Exchange, rc: int | None, *, limits: Limits, cgroup: CgroupEvents | None,
+            mode: Literal["bwrap", "none"],
+            expect_json: bool, wall_ms: int, cpu_ms: int | None, max_rss_kb: int | None) -> Result:
+    """One run's Result from what it wrote, how it ended (``rc``: its exit code,
+    or minus the signal that killed it) and its cgroup's events."""
+    tail = ex.stderr_tail
     usage: dict[str, Any] = {
-        "wall_ms": elapsed(),
-        "cpu_ms": cgroup.cpu_ms() if cgroup else None,
-        "max_rss_kb": cgroup.max_rss_kb() if cgroup else None,
+        "wall_ms": wall_ms,
+        "cpu_ms": cpu_ms,
+        "max_rss_kb": max_rss_kb,
         "stderr_tail": tail,
         "isolation": mode,
-        "stdout_bytes": None if expect_json else bytes(stdout),
+        "stdout_bytes": None if expect_json else ex.stdout,
     }
-    if verdict is Status.TIMED_OUT:
-        return Result(status=verdict, message=f"timed out after {limits.timeout_s:g}s; the process tree was killed",
+    if ex.verdict is Status.TIMED_OUT:
+        return Result(status=ex.verdict, message=f"timed out after {limits.timeout_s:g}s; the process tree was killed",
                       **usage)
-    if verdict is Status.OUTPUT_LIMIT:
-        return Result(status=verdict, message=f"stdout passed the {limits.max_output_bytes}-byte cap; "
+    if ex.verdict is Status.OUTPUT_LIMIT:
+        return Result(status=ex.verdict, message=f"stdout passed the {limits.max_output_bytes}-byte cap; "
                       "the process tree was killed", **usage)
     if cgroup is not None and rc != 0 and cgroup.oom_killed():
         return Result(status=Status.MEMORY_LIMIT, exit_code=rc,
@@ -198,7 +239,7 @@ async def _supervise(launch: Launch, stdin: bytes, limits: Limits, expect_json: 
     if rc != 0:
         first = tail.strip().splitlines()[-1] if tail.strip() else "no error output"
         return Result(status=Status.ERROR, exit_code=rc, message=f"exited with status {rc}: {first}", **usage)
-    raw = bytes(stdout)
+    raw = ex.stdout
     if not expect_json:
         return Result(status=Status.OK, exit_code=0, message="ok", **usage)
     try:

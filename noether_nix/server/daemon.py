@@ -94,6 +94,7 @@ class Daemon:
     def __init__(self, config: Settings, engine: Engine | None = None) -> None:
         self.config = config
         self.engine = engine or Engine(config.engine)
+        self.engine.keep_warm = True  # warm sandboxes outlive runs (serve_warm expires them)
         me = os.getuid()
         self.allowed = set(config.allowed_uids if config.allowed_uids is not None else {me, 0})
         self.writers = set(config.write_uids) if config.write_uids is not None else self.allowed
@@ -133,6 +134,7 @@ class Daemon:
                     for listener in trio_listeners:
                         front.start_soon(trio.serve_listeners, self.handle, [listener])
                     nursery.start_soon(self._warmup)
+                    nursery.start_soon(self.engine.serve_warm)  # idle warm sandboxes expire; all close at the end
                     systemd.notify("READY=1\nSTATUS=serving")
                     interval = systemd.watchdog_interval()
                     if interval is not None:

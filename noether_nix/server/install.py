@@ -286,7 +286,7 @@ def sandbox_users_problem() -> str | None:
     path = find_bwrap()
     if path is None:
         return "bubblewrap is not installed (apt-get install bubblewrap): every sandboxed stage is refused"
-    ok, why = bwrap_works(path, as_uid=users[0], as_gid=gid)
+    ok, why = bwrap_works(path, as_uid=users[0], as_gid=gid, fresh=True)
     if not ok:
         return (f"bwrap cannot create its sandbox as a sandbox user (uid {users[0]}): {why}; runs started by root "
                 "are refused (unprivileged user namespaces must be enabled: user.max_user_namespaces > 0)")

@@ -122,7 +122,7 @@ def check_sandbox(isolation: str = "auto") -> NoetherError | None:
     if os.geteuid() == 0:
         probes.append((65534, " as an unprivileged user (the peers' and sandbox users' sandboxes)"))
     for uid, who in probes:
-        ok, why = bwrap_works(path, as_uid=uid, as_gid=uid)
+        ok, why = bwrap_works(path, as_uid=uid, as_gid=uid, fresh=True)
         if not ok:
             hint = next((h for key, h in _BWRAP_HINTS if key in why.lower()), "see `noether doctor`")
             return NoetherError("isolation_unavailable", f"bwrap ({path}) cannot build a sandbox{who}: {why}",

@@ -29,7 +29,7 @@ async def health(ctx: Context, p: NoParams) -> dict[str, Any]:
     return {"status": "stopping" if d.runs.stopping else "ok", "pid": os.getpid(),
             "uptime_s": int(time.time() - d.started), "runs_in_flight": len(d.runs.runs),
             "runs_queued": d.runs.waiting, "store": d.engine.store.count(), "warmup": d.warmup,
-            **host, "counters": dict(d.counters)}
+            "warm_sandboxes": d.engine.describe_warm(), **host, "counters": dict(d.counters)}
 
 
 async def host_description(d: Daemon) -> dict[str, Any]:

@@ -21,11 +21,11 @@ def describe_sandbox() -> dict[str, Any]:
     path = find_bwrap()
     out: dict[str, Any] = {"bwrap": path, "usable": False}
     if path:
-        ok, why = bwrap_works(path)
+        ok, why = bwrap_works(path, fresh=True)
         out.update({"version": bwrap_version(path), "usable": ok, "error": None if ok else why})
         if ok and os.geteuid() == 0:
             # A root daemon runs other users' sandboxes as them (unprivileged user namespaces).
-            peer_ok, peer_why = bwrap_works(path, as_uid=65534)
+            peer_ok, peer_why = bwrap_works(path, as_uid=65534, fresh=True)
             out["peer_sandboxes"] = True if peer_ok else f"unavailable: {peer_why}"
     try:
         compile_filter(["ptrace"])

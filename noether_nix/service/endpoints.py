@@ -27,6 +27,10 @@ from noether_nix.errors import NoetherError
 # handlers (this module must stay light: clients import it).
 
 
+#: The lifecycles ``stage list --lifecycle`` accepts.
+LIST_LIFECYCLES = ("draft", "active", "deprecated", "tombstone", "all")
+
+
 class NoParams(msgspec.Struct, forbid_unknown_fields=True):
     pass
 

@@ -10,13 +10,19 @@ from noether_nix.model.signing import SignatureStatus, verify_id
 from noether_nix.model.stage import Stage, stage_to_json
 from noether_nix.model.types import display
 from noether_nix.service.context import Context
-from noether_nix.service.endpoints import Lifecycle, NoParams, Ref, StageAdd, StageList
+from noether_nix.service.endpoints import (
+    LIST_LIFECYCLES,
+    Lifecycle,
+    NoParams,
+    Ref,
+    StageAdd,
+    StageList,
+)
 from noether_nix.store.stages import StageStore
 
 if TYPE_CHECKING:
     from noether_nix.nix.registry import ProgramRegistry
 
-LIST_LIFECYCLES = ("draft", "active", "deprecated", "tombstone", "all")
 # The lifecycle a stage may be moved to, by the command's own name.
 TRANSITIONS = {"activate": "Active", "deprecate": "Deprecated", "tombstone": "Tombstone"}
 

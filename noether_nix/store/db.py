@@ -2,7 +2,11 @@
 
 Several processes (the daemon, CLI invocations) may open it at once; WAL
 plus a busy timeout gives readers that never block and serialised writers.
-``synchronous=FULL`` makes an acknowledged commit survive a crash.
+``synchronous=FULL`` makes an acknowledged commit survive a crash. The run
+history alone is written ``durable=False`` (``synchronous=NORMAL``): its
+commits are not flushed one by one (an fsync each cost more than a warm
+stage run), so a power loss may drop the newest history rows; it never
+corrupts the file, and a crash of the process alone loses nothing.
 
 It holds every peer's kv values and traces: the file is created 0600 before
 SQLite sees it (SQLite would make it 0644), so its ``-wal`` and ``-shm``
@@ -70,14 +74,21 @@ def _private(path: Path) -> None:
 
 
 @contextmanager
-def write_txn(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """An IMMEDIATE transaction: take the write lock up front, roll back on error."""
+def write_txn(conn: sqlite3.Connection, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    """An IMMEDIATE transaction: take the write lock up front, roll back on error.
+    ``durable=False``: committed without its own fsync (see the module doc)."""
     with _WRITE_LOCK:
-        conn.execute("BEGIN IMMEDIATE")
+        if not durable:
+            conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+        finally:
+            if not durable:
+                conn.execute("PRAGMA synchronous=FULL")

@@ -4,7 +4,10 @@ The history is bounded: a stored run (its trace and events) is capped at
 ``max_run_bytes`` — past it, stage entries and events are dropped from the
 end and single oversized ones replaced, with a marker that says what went —
 and finished runs are kept up to ``keep_runs`` runs and ``keep_bytes``
-bytes, oldest dropped first, applied each time a run is stored.
+bytes, oldest dropped first, applied each time a run is stored. Traces and
+events are stored zlib-compressed (rows written before are plain JSON text
+and read as such); the caps count the JSON, the history's byte total the
+compressed rows.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import json
 import os
 import sqlite3
 import time
+import zlib
 from typing import Any
 
 import msgspec
 
-from noether_nix.model.jcs import encoded_size
+from noether_nix.model.jcs import encoded_size, fits
 from noether_nix.store.db import write_txn
 
 SCHEMA = """
@@ -65,7 +69,7 @@ class RunStore:
 
     def start(self, run_id: str, composition_id: str, requester_uid: int | None = None) -> None:
         """``requester_uid``: the daemon peer who started it (None: an embedded run)."""
-        with write_txn(self.conn) as c:
+        with write_txn(self.conn, durable=False) as c:
             c.execute(
                 "INSERT INTO runs (run_id, composition_id, status, started_at, owner_pid, requester_uid)"
                 " VALUES (?, ?, 'running', ?, ?, ?)",
@@ -76,12 +80,13 @@ class RunStore:
         self, run_id: str, status: str, trace: dict[str, Any], events: list[Any], spent_cents: int
     ) -> None:
         trace_json, events_json = cap_stored_run(run_id, trace, events, self.max_run_bytes)
-        with write_txn(self.conn) as c:
+        trace_blob, events_blob = pack(trace_json), pack(events_json)
+        with write_txn(self.conn, durable=False) as c:
             c.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, trace = ?, events = ?, spent_cents = ?,"
                 " stored_bytes = ? WHERE run_id = ?",
-                (status, time.time(), trace_json.decode(), events_json.decode(), spent_cents,
-                 len(trace_json) + len(events_json), run_id),
+                (status, time.time(), trace_blob, events_blob, spent_cents, len(trace_blob) + len(events_blob),
+                 run_id),
             )
             self._retain(c)
 
@@ -113,8 +118,8 @@ class RunStore:
             "started_at": started,
             "finished_at": finished,
             "spent_cents": spent,
-            "trace": json.loads(trace) if trace else None,
-            "events": json.loads(events) if events else [],
+            "trace": unpack(trace) if trace else None,
+            "events": unpack(events) if events else [],
         }
 
     _COLS = "run_id, composition_id, status, started_at, finished_at, spent_cents, trace, events"
@@ -179,6 +184,18 @@ class RunStore:
             return len(dead)
 
 
+def pack(doc: bytes) -> bytes:
+    """A stored trace or event list: its JSON, zlib-compressed."""
+    return zlib.compress(doc, 3)
+
+
+def unpack(stored: str | bytes) -> Any:
+    """A stored trace or event list back as JSON builtins (compressed, or plain text from before)."""
+    if isinstance(stored, bytes):
+        return json.loads(zlib.decompress(stored))
+    return json.loads(stored)
+
+
 # Room kept for the markers that say what a capped run lost.
 _MARKER_ROOM = 1024
 # Fields that identify a stage entry or an event; kept when the rest of it is too large to store.
@@ -195,7 +212,7 @@ def cap_stored_run(run_id: str, trace: dict[str, Any], events: list[Any], cap: i
     """
     item_cap = max(cap // 4, 1)
     replaced = 0
-    if events and isinstance(events[-1], dict) and "output" in events[-1]:
+    if events and isinstance(events[-1], dict) and "output" in events[-1] and not fits(events[-1]["output"], item_cap):
         size = encoded_size(events[-1]["output"], item_cap)
         if size > item_cap:
             events = [*events[:-1], {**events[-1], "output": _too_large(size, exact=False)}]

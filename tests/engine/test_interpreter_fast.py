@@ -187,3 +187,78 @@ async def test_stage_events_pair_up(engine: Engine) -> None:
     started = sorted(e.node_path for e in events if isinstance(e, StageStarted))
     finished = sorted(e.node_path for e in events if isinstance(e, StageFinished))
     assert started == finished == ["root.branches.a", "root.branches.b"]
+
+
+# ------------------------------------------------------------ the fast Pure path (engine.fastpath)
+
+
+def summaries(res: RunFinished) -> list[dict[str, Any]]:
+    return [e for e in res.trace["stages"] if "summary" in e]
+
+
+async def test_pure_stdlib_calls_in_map_filter_reduce_are_one_summary_entry(engine: Engine) -> None:
+    events: list[Event] = []
+
+    async def emit(ev: Event) -> None:
+        events.append(ev)
+
+    items = [f"w{i}" for i in range(3000)]
+    res = await engine.run(graph(stage("map", stage_id="text_upper")), items, OPTS, emit=emit)
+    assert res.output == [i.upper() for i in items]
+    (entry,) = summaries(res)
+    assert entry["node_path"] == "root.items[*]" and entry["name"] == "text_upper" and entry["status"] == "Ok"
+    summary = entry["summary"]
+    assert summary["calls"] == 3000 and summary["failures"] == 0 and summary["first_error"] is None
+    assert summary["histogram"]["sampled"] == sum(summary["histogram"]["counts"]) > 0
+    assert len(res.trace["stages"]) == 2  # map's own entry and the summary
+    assert not [e for e in events if isinstance(e, StageStarted) and e.name == "text_upper"]  # no per-call events
+    full = RunOptions(isolate="none", cache=False, trace="full")
+    res = await engine.run(graph(stage("filter", stage_id="to_bool")), [0, 1, "yes", 0, 2], OPTS)
+    traced = await engine.run(graph(stage("filter", stage_id="to_bool")), [0, 1, "yes", 0, 2], full)
+    assert res.status == "ok" and res.output == traced.output and len(res.output) >= 2
+    assert summaries(res)[0]["summary"]["calls"] == 5 and summaries(traced) == []
+    # to_text as a reducer: the accumulator is the text of the previous step's record.
+    res = await engine.run(graph(stage("reduce", stage_id="to_text", initial="")), [1, 2, 3], OPTS)
+    traced = await engine.run(graph(stage("reduce", stage_id="to_text", initial="")), [1, 2, 3], full)
+    assert res.status == "ok" and res.output == traced.output and '"item":3' in res.output
+    assert summaries(res)[0]["summary"]["calls"] == 3 and len(traced.trace["stages"]) == 4
+
+
+async def test_the_fast_path_fails_as_the_traced_path_does(engine: Engine) -> None:
+    """The same error code, message and node path, and the summary counts the failure."""
+    bad = ["a", "b", 3, "d"]
+    fast = await engine.run(graph(stage("map", stage_id="text_upper")), bad, OPTS)
+    full = await engine.run(graph(stage("map", stage_id="text_upper")), bad, RunOptions(isolate="none", cache=False,
+                                                                                            trace="full"))
+    assert fast.status == full.status == "failed"
+    assert fast.error == full.error and fast.error is not None
+    assert fast.error["code"] == "stage_input_mismatch" and fast.error["path"] == "root.items[2]"
+    (entry,) = summaries(fast)
+    assert entry["summary"]["failures"] == 1 and entry["summary"]["first_error"]["path"] == "root.items[2]"
+    # A failure inside the implementation: stage_failed at the item that failed.
+    fast = await engine.run(graph(stage("map", stage_id="to_number")), ["1", "2", "x", "4"], OPTS)
+    full = await engine.run(graph(stage("map", stage_id="to_number")), ["1", "2", "x", "4"],
+                            RunOptions(isolate="none", cache=False, trace="full"))
+    assert fast.error == full.error and fast.error is not None and fast.error["path"] == "root.items[2]"
+
+
+async def test_a_long_sequential_of_pure_stdlib_stages_is_summarised(engine: Engine) -> None:
+    chain = [stage("text_upper"), stage("text_lower")] * 20
+    res = await engine.run(graph({"op": "Sequential", "stages": chain}), "MiXeD", OPTS)
+    assert res.status == "ok" and res.output == "mixed"
+    (entry,) = summaries(res)
+    assert entry["node_path"] == "root.stages[0..39]" and entry["summary"]["calls"] == 40
+    short = await engine.run(graph({"op": "Sequential", "stages": chain[:4]}), "MiXeD", OPTS)
+    assert summaries(short) == [] and len(short.trace["stages"]) == 4  # a short one is traced stage by stage
+    full = await engine.run(graph({"op": "Sequential", "stages": chain}), "MiXeD",
+                            RunOptions(isolate="none", cache=False, trace="full"))
+    assert full.output == "mixed" and len(full.trace["stages"]) == 40
+
+
+async def test_the_fast_path_keeps_the_value_size_limit(engine: Engine) -> None:
+    small = Engine(EngineSettings(max_value_bytes=64 * 1024), store=engine.store, executor=InMemoryExecutor())
+    items = ["x" * 100] * 500  # 51 KB in, and upper-cased the same size: fits
+    assert (await small.run(graph(stage("map", stage_id="text_upper")), items, OPTS)).status == "ok"
+    items = ["\u0390" * 100] * 150  # 30 KB in; each character upper-cases to three (6 bytes): 90 KB out
+    res = await small.run(graph(stage("map", stage_id="text_upper")), items, OPTS)
+    assert res.status == "failed" and res.error is not None and res.error["code"] == "value_too_large"

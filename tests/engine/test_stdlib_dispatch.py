@@ -50,7 +50,12 @@ def failed(res: RunResult, code: str) -> dict[str, Any]:
 
 
 async def test_map_runs_the_named_stage_on_every_item_and_traces_each(engine: Engine) -> None:
+    # A Pure stdlib stage's calls are one summary entry; every call is traced on request.
     res = await run(engine, "map", {"items": ["a", "bc"], "stage_id": "text_upper"})
+    assert ok(res) == ["A", "BC"]
+    (inner,) = [e for e in res.trace["stages"] if e["name"] == "text_upper"]
+    assert inner["node_path"] == "root.items[*]" and inner["summary"]["calls"] == 2
+    res = await run(engine, "map", {"items": ["a", "bc"], "stage_id": "text_upper"}, trace="full")
     assert ok(res) == ["A", "BC"]
     inner = [e for e in res.trace["stages"] if e["name"] == "text_upper"]
     assert [e["node_path"] for e in inner] == ["root.items[0]", "root.items[1]"]
@@ -420,7 +425,7 @@ async def test_a_huge_map_keeps_a_bounded_trace(engine: Engine, monkeypatch: pyt
     import noether_nix.engine.interpreter as engine_module
 
     monkeypatch.setattr(engine_module, "MAX_TRACE_ENTRIES", 10)
-    res = await run(engine, "map", {"items": ["a"] * 20, "stage_id": "text_upper"})
+    res = await run(engine, "map", {"items": ["a"] * 20, "stage_id": "text_upper"}, trace="full")
     assert ok(res) == ["A"] * 20
     assert len(res.trace["stages"]) == 10
     assert res.trace["dropped"]["entries"] == 11  # 20 inner calls and the map itself, 10 kept

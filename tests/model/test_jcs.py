@@ -7,9 +7,17 @@ import random
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from noether_nix.model.jcs import ecmascript_number, jcs, ryu_number, serde_compact
+from noether_nix.model.jcs import (
+    ecmascript_number,
+    fits,
+    jcs,
+    ryu_number,
+    serde_compact,
+    size_bounds,
+)
 from tests.model.strategies import json_values
 
 
@@ -82,3 +90,57 @@ def test_round_trip(v: Any) -> None:
     assert _num_eq(json.loads(serde_compact(v)), v)
     # Canonical bytes are a fixpoint.
     assert jcs(json.loads(jcs(v))) == jcs(v)
+
+
+# A value without floats is written by the C encoder; it must be byte for byte the Python one.
+_wide_ints = st.integers(min_value=-(2**70), max_value=2**70)
+_mixed: st.SearchStrategy[Any] = st.recursive(
+    st.none() | st.booleans() | _wide_ints | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=6), children, max_size=5),
+    max_leaves=30,
+)
+
+
+def _python_encoder(value: Any) -> bytes:
+    from noether_nix.model import jcs as module
+
+    out: list[str] = []
+    module._encode(value, out, ryu_number, module._plain_key)
+    return "".join(out).encode("utf-8")
+
+
+@settings(max_examples=500)
+@given(_mixed)
+def test_the_fast_serde_compact_is_the_python_one_and_bounds_hold(value: Any) -> None:
+    try:
+        expected = _python_encoder(value)
+    except UnicodeEncodeError:  # a lone surrogate: neither encoder writes it
+        return
+    got = serde_compact(value)
+    assert got == expected
+    bounds = size_bounds(value, 1 << 30)
+    if bounds is not None:
+        assert bounds[0] <= len(got) <= bounds[1]
+        tight = size_bounds(value, bounds[1] - 1)  # a limit under the upper bound: undecided
+        assert tight is None
+    assert fits(value, len(got)) and not fits(value, len(got) - 1)
+
+
+def test_bounds_stop_at_their_limit_on_a_huge_value() -> None:
+    """A value of a million records (a GB of JSON held in a few MB: one record shared)
+    is not walked to the end to be refused: the walk stops once past the limit."""
+    import time
+
+    huge = [{"text": "x" * 1000}] * 1_000_000
+    started = time.process_time()
+    assert size_bounds(huge, 1 << 20) is None and not fits(huge, 1 << 20)
+    assert time.process_time() - started < 1.0  # was 15 s of CPU (every record walked)
+
+
+def test_what_goes_to_the_c_encoder() -> None:
+    from noether_nix.model.jcs import _plain
+
+    assert _plain(["a", {"b": [True, None, 2**63]}])
+    assert not _plain([1.5]) and not _plain([2**64]) and not _plain({"a": [0.0]})  # ryu writes floats
+    assert serde_compact([2**64]) == b"[1.8446744073709552e19]"  # past u64: serde_json reads a float
+    assert serde_compact(["\u2028\x1f\"\\"]) == '["\u2028\\u001f\\"\\\\"]'.encode()

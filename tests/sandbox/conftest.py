@@ -20,6 +20,7 @@ from noether_nix.model.effects import EffectSet, parse_effect_list
 from noether_nix.sandbox.policy import IsolationPolicy, Limits, policy_from_effects
 from noether_nix.sandbox.profile import Profile, load_profile
 from noether_nix.sandbox.supervisor import Isolation, Result, run_sandboxed
+from noether_nix.sandbox.warm import WarmPool
 from tests.processes import marked_sandbox_pids, running
 
 Probe = Callable[..., Awaitable[Result]]
@@ -52,8 +53,19 @@ def python_runtime(nix_store_exists: None, tmp_path_factory: pytest.TempPathFact
             os.environ["NOETHER_HOME"] = home
 
 
+#: How a probe runs: a cold sandbox, or a call of a warm sandbox (``sandbox.warm``)
+#: that has already served a call of the same program (the same hostile code, run
+#: once before on the same warm host, whose result is thrown away).
+PATHS = ("cold", "warm")
+
+
+@pytest.fixture(params=PATHS)
+def sandbox_path(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def probe(python_runtime: str) -> Probe:
+def probe(python_runtime: str, sandbox_path: str) -> Probe:
     async def run(code: str, *, effects: list[Any] | None = None, stdin: Any = None,
                   limits: Limits | None = None, expect_json: bool = True, policy: IsolationPolicy | None = None,
                   profile: Profile | None = None, env: dict[str, str] | None = None,
@@ -66,21 +78,34 @@ def probe(python_runtime: str) -> Probe:
             policy = policy_from_effects(es, profile=profile)
         import json
 
-        result = await run_sandboxed(
-            [python_runtime, "-c", f"# {marker}\n{code}", *(args or [])],
-            policy=policy,
-            limits=limits or Limits(timeout_s=5),
-            stdin=json.dumps(stdin).encode(),
-            isolation=Isolation("bwrap"),
-            expect_json=expect_json,
-            profile=profile,
-            env=env,
-            cgroup_root=cgroup_root,
-        )
+        how: dict[str, Any] = {"policy": policy, "limits": limits or Limits(timeout_s=5),
+                               "stdin": json.dumps(stdin).encode(), "expect_json": expect_json, "profile": profile,
+                               "env": env, "cgroup_root": cgroup_root}
+        argv = [python_runtime, "-c", f"# {marker}\n{code}", *(args or [])]
+        if sandbox_path == "cold":
+            result = await run_sandboxed(argv, isolation=Isolation("bwrap"), **how)
+        else:
+            result = await run_warm(argv, how)
         assert survivors(marker) == [], "a sandboxed process survived its run"
         return result
 
     return run
+
+
+async def run_warm(argv: list[str], how: dict[str, Any]) -> Result:
+    """``argv`` as the second call of a warm sandbox; a run the cold path refuses is refused the same way."""
+    pool = WarmPool(max_sandboxes=1)
+    try:
+        first = await pool.run(argv, **how)
+        if first is None:
+            await run_sandboxed(argv, isolation=Isolation("bwrap"), **how)  # raises what a cold start raises
+            raise AssertionError(f"the warm path was not taken: {pool.cold_keys or pool.counters}")
+        result = await pool.run(argv, **how)
+        assert result is not None, pool.counters
+        assert pool.counters["cold_fallbacks"] == 0
+        return result
+    finally:
+        await pool.aclose()
 
 
 def sandbox_processes(marker: str) -> list[psutil.Process]:

@@ -187,3 +187,17 @@ async def test_a_value_over_the_cap_fails_the_stage_with_value_too_large(small_h
     with pytest.raises(NoetherError) as refused:
         await small_history_engine.run(HELLO, "b" * 300_000, RunOptions())
     assert refused.value.code == "value_too_large" and refused.value.path == "input"
+
+
+def test_stored_traces_are_compressed_and_old_plain_rows_still_read() -> None:
+    conn = connect(db_path())
+    runs = RunStore(conn)
+    store_run(runs, "big", stages=2000)
+    row = conn.execute("SELECT trace, stored_bytes FROM runs WHERE run_id = 'big'").fetchone()
+    plain = len(msgspec.json.encode(runs.get("big")["trace"]))  # type: ignore[index]
+    assert isinstance(row[0], bytes) and row[1] < plain // 5, (row[1], plain)  # 2,000 alike entries squeeze well
+    assert len(runs.get("big")["trace"]["stages"]) == 2000  # type: ignore[index]
+    conn.execute("INSERT INTO runs (run_id, composition_id, status, started_at, trace, events, stored_bytes)"
+                 " VALUES ('before', 'c', 'ok', 1, '{\"stages\": []}', '[]', 17)")
+    before = runs.get("before")
+    assert before is not None and before["trace"] == {"stages": []} and before["events"] == []

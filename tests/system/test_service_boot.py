@@ -137,12 +137,16 @@ def start_sleeper(c: Container, n: int) -> tuple[subprocess.Popen[str], str]:
     client = subprocess.Popen(c.command(f"cd /root/t && {CLI} run --json --input '{{\"n\": {n}}}' sleeper-graph.json",
                                         env={"NOETHER_SOCKET": SOCK}),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_until(lambda: bool(run_cgroups(c)) or client.poll() is not None, 180, what="the sleeper's sandbox",
-               interval=0.2)
+    def running_runs() -> list[str]:
+        runs = json.loads(c.sh(f"curl -sf --unix-socket {SOCK} 'http://x/v1/runs?limit=5'").stdout)["data"]["runs"]
+        return [r["run_id"] for r in runs if r["status"] == "running"]
+
+    # Its sandbox may be a warm one kept from an earlier run (its cgroup already there): the run must be going too.
+    wait_until(lambda: (bool(run_cgroups(c)) and bool(running_runs())) or client.poll() is not None, 180,
+               what="the sleeper's sandbox", interval=0.2)
     assert client.poll() is None, client.communicate()
-    runs = json.loads(c.sh(f"curl -sf --unix-socket {SOCK} 'http://x/v1/runs?limit=5'").stdout)["data"]["runs"]
-    running = [r["run_id"] for r in runs if r["status"] == "running"]
-    assert len(running) == 1, runs
+    running = running_runs()
+    assert len(running) == 1, running
     return client, running[0]
 
 
@@ -245,7 +249,11 @@ def test_stage_limits_stop_a_fork_bomb_and_a_memory_balloon(box: Container) -> N
     assert 16 <= out["data"]["output"] < 128, out  # pids.max (128 with the stage's own process) stopped it
     rc, out = noether_run(box, "/root/t/balloon-graph.json", "--timeout-secs", "20")
     assert rc != 0 and out["error"]["code"] == "stage_memory_limit", out
-    assert not run_cgroups(box)  # each run's cgroup is gone with it
+    # Each run's own cgroups are gone with it; what is left are the warm sandboxes the daemon keeps
+    # for the next call (each shown in its health, with its cgroup), not a run's.
+    warm = health(box)["warm_sandboxes"]
+    kept = {s["cgroup"] for s in warm["idle"] + warm["busy"]}
+    assert {p.rsplit("/", 1)[1] for p in run_cgroups(box)} <= kept, (run_cgroups(box), warm)
 
 
 # ---------------------------------------------------------------------- lifecycle

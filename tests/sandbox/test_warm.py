@@ -1,0 +1,266 @@
+"""Warm sandboxes (``sandbox.warm``): a call of a warm sandbox sees nothing of
+the calls before it, holds nothing a cold sandbox would not, and the pool
+stays bounded. (The whole escape suite runs on both paths: ``probe`` in
+conftest.py is parametrised cold / warm.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from noether_nix.model.effects import EffectSet
+from noether_nix.sandbox import landlock
+from noether_nix.sandbox.identity import RunAs
+from noether_nix.sandbox.policy import Limits, policy_from_effects
+from noether_nix.sandbox.profile import load_profile
+from noether_nix.sandbox.supervisor import Result, Status
+from noether_nix.sandbox.warm import WarmPool, python_target
+from tests.sandbox.conftest import survivors
+
+#: Each call reports what it can see of earlier calls, then leaves a trace of
+#: every kind behind: files, IPC objects, a process, module state, the
+#: environment, signal dispositions, rlimits, the working directory.
+LEAVE_AND_LOOK = r"""
+import ctypes, json, os, random, resource, signal, socket, sys, time, uuid
+libc = ctypes.CDLL(None, use_errno=True)
+seen = {}
+seen["work"] = sorted(os.listdir("/work"))
+seen["tmp"] = sorted(os.listdir("/tmp"))
+seen["shm"] = sorted(os.listdir("/dev/shm"))
+seen["sysv"] = {k: open("/proc/sysvipc/" + k).read().splitlines()[1:] for k in ("shm", "msg", "sem")}
+mq = libc.mq_open(b"/noether-warm-mq", os.O_RDONLY)  # exists only if an earlier call made it
+seen["mq"] = mq >= 0
+seen["procs"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+seen["json_mark"] = getattr(json, "noether_mark", None)
+seen["builtin_mark"] = hasattr(__builtins__, "noether_mark") if not isinstance(__builtins__, dict) else "noether_mark" in __builtins__
+seen["modules"] = "noether_warm_leftover" in sys.modules or "xml.dom.minidom" in sys.modules
+seen["env"] = os.environ.get("NOETHER_LEFTOVER")
+seen["sigusr1"] = signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN
+seen["sigint"] = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+seen["nofile"] = resource.getrlimit(resource.RLIMIT_NOFILE)
+seen["cwd"] = os.getcwd()
+seen["umask"] = os.umask(0o022)
+seen["random"] = [random.random(), os.urandom(8).hex(), str(uuid.uuid4())]
+abstract = socket.socket(socket.AF_UNIX)
+try:
+    abstract.bind(b"\0noether-warm-abstract")
+    seen["abstract_free"] = True
+except OSError:
+    seen["abstract_free"] = False
+seen["name"] = __name__
+seen["argv"] = sys.argv[:1]
+# Leave something of every kind behind.
+for d in ("/work", "/tmp", "/dev/shm"):
+    open(d + "/left-behind", "w").write("x")
+libc.shmget(0x4e4f4554, 4096, 0o1600)  # IPC_CREAT | 0600
+libc.msgget(0x4e4f4554, 0o1600)
+libc.semget(0x4e4f4554, 1, 0o1600)
+fd = libc.mq_open(b"/noether-warm-mq", os.O_CREAT | os.O_RDWR, 0o600, None)
+seen["mq_created"] = fd >= 0
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        while True:
+            time.sleep(0.1)
+    os._exit(0)
+json.noether_mark = "from an earlier call"
+import builtins
+builtins.noether_mark = 1
+sys.modules["noether_warm_leftover"] = sys
+import xml.dom.minidom
+os.environ["NOETHER_LEFTOVER"] = "1"
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_NOFILE, (17, 17))
+os.umask(0o000)
+os.chdir("/tmp")
+print(json.dumps(seen))
+"""
+
+
+def pure_policy() -> Any:
+    return policy_from_effects(EffectSet.pure(), profile=load_profile())
+
+
+async def calls(pool: WarmPool, argv: list[str], n: int, **kw: Any) -> list[Result]:
+    out = []
+    for _ in range(n):
+        r = await pool.run(argv, policy=kw.pop("policy", pure_policy()), limits=kw.get("limits", Limits(timeout_s=10)),
+                           profile=load_profile(), stdin=b"null", **{k: v for k, v in kw.items() if k != "limits"})
+        assert r is not None, pool.counters
+        out.append(r)
+    return out
+
+
+async def test_a_warm_call_sees_nothing_of_the_previous_call(python_runtime: str) -> None:
+    marker = "noether-warm-leftovers"
+    pool = WarmPool(max_sandboxes=1)
+    try:
+        first, second, third = await calls(pool, [python_runtime, "-c", f"# {marker}\n{LEAVE_AND_LOOK}"], 3)
+    finally:
+        await pool.aclose()
+    assert survivors(marker) == []
+    assert pool.counters["started"] == 1 and pool.counters["reused"] == 2, pool.counters  # one host served all three
+    looks = [json.loads(r.stdout_bytes or b"null") if r.output is None else r.output for r in (first, second, third)]
+    assert all(r.status is Status.OK for r in (first, second, third)), [r.message for r in (first, second, third)]
+    assert looks[0]["mq_created"], "the probe could not create a POSIX message queue: it proves nothing"
+    for look in looks:
+        assert look["work"] == [] and look["tmp"] == [] and look["shm"] == [], look  # files
+        assert look["sysv"] == {"shm": [], "msg": [], "sem": []} and look["mq"] is False, look  # IPC
+        assert look["abstract_free"] is True
+        assert len(look["procs"]) <= 3, look["procs"]  # bwrap's init, the host, this call: no leftover process
+        assert look["json_mark"] is None and look["builtin_mark"] is False and look["modules"] is False  # globals
+        assert look["env"] is None and look["sigusr1"] is False and look["sigint"] is True
+        assert look["nofile"][0] != 17 and look["cwd"] == "/work" and look["umask"] != 0
+        assert look["name"] == "__main__" and look["argv"] == ["-c"]
+    randoms = [tuple(look["random"]) for look in looks]
+    for i in range(3):  # every source of randomness differs between calls
+        assert len({r[i] for r in randoms}) == 3, randoms
+
+
+async def test_a_call_has_no_capability_and_the_full_filter(python_runtime: str) -> None:
+    code = ("import json\nprint(json.dumps({l.split(':')[0]: l.split(':')[1].strip() for l in "
+            "open('/proc/self/status').read().splitlines() if l.startswith(('Cap', 'Seccomp', 'NoNew'))}))")
+    pool = WarmPool(max_sandboxes=1)
+    try:
+        (r,) = await calls(pool, [python_runtime, "-c", code], 1)
+    finally:
+        await pool.aclose()
+    status = r.output
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(status[cap], 16) == 0, status
+    assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+    assert int(status["Seccomp_filters"]) == 2  # the host's, and the full one on top
+
+
+async def test_a_call_cannot_touch_its_host(python_runtime: str) -> None:
+    """Neither its memory (ptrace, /proc/PID/mem) nor, with Landlock scoping, a signal."""
+    code = r"""
+import json, os, signal
+host = os.getppid()
+out = {}
+try:
+    open("/proc/%d/mem" % host, "rb").read(1); out["mem"] = "read"
+except OSError as e:
+    out["mem"] = e.errno
+try:
+    os.listdir("/proc/%d/fd" % host); out["fds"] = "listed"
+except OSError as e:
+    out["fds"] = e.errno
+try:
+    os.kill(host, signal.SIGSTOP); out["signal"] = "sent"
+except OSError as e:
+    out["signal"] = e.errno
+try:
+    os.kill(1, signal.SIGKILL); out["init"] = "sent"
+except OSError as e:
+    out["init"] = e.errno
+print(json.dumps(out))
+"""
+    pool = WarmPool(max_sandboxes=1)
+    try:
+        first, second = await calls(pool, [python_runtime, "-c", code], 2)
+    finally:
+        await pool.aclose()
+    assert first.output["mem"] != "read" and first.output["fds"] != "listed", first.output
+    if landlock.available():
+        assert first.output["signal"] == 1 and first.output["init"] == 1, first.output  # EPERM: out of its domain
+    assert second.status is Status.OK and pool.counters["reused"] == 1  # the host served on
+
+
+async def test_a_timeout_kills_the_warm_sandbox_and_the_next_call_starts_fresh(python_runtime: str) -> None:
+    code = "import json, sys, time\nif json.load(sys.stdin) == 'slow':\n    time.sleep(30)\nprint(json.dumps('ok'))"
+    pool = WarmPool(max_sandboxes=1)
+    argv = [python_runtime, "-c", code]
+    how: dict[str, Any] = {"policy": pure_policy(), "limits": Limits(timeout_s=1), "profile": load_profile()}
+    try:
+        slow = await pool.run(argv, stdin=b'"slow"', **how)
+        assert slow is not None and slow.status is Status.TIMED_OUT
+        fast = await pool.run(argv, stdin=b'"fast"', **how)
+        assert fast is not None and fast.output == "ok"
+        assert pool.counters["started"] == 2 and pool.counters["broken"] == 1, pool.counters
+    finally:
+        await pool.aclose()
+
+
+async def test_the_pool_is_bounded_and_idle_sandboxes_expire(python_runtime: str) -> None:
+    pool = WarmPool(max_sandboxes=1, idle_s=30)
+    a = [python_runtime, "-c", "print(1)"]
+    b = [python_runtime, "-c", "print(2)"]
+    try:
+        await calls(pool, a, 1)
+        await calls(pool, b, 1)  # the one sandbox a used makes room for b's
+        assert pool.counters["evicted"] == 1 and pool.size == 1
+        described = pool.describe()
+        assert len(described["idle"]) == 1 and described["idle"][0]["calls"] == 1
+        assert await pool.expire(now=time.monotonic()) == 0  # not idle long enough yet
+        assert await pool.expire(now=time.monotonic() + 31) == 1
+        assert pool.size == 0 and pool.counters["expired"] == 1
+    finally:
+        await pool.aclose()
+
+
+async def test_serve_expires_idle_sandboxes_without_polling(python_runtime: str) -> None:
+    pool = WarmPool(max_sandboxes=2, idle_s=1.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pool.serve)
+        await calls(pool, [python_runtime, "-c", "print(1)"], 1)
+        assert pool.size == 1
+        with trio.fail_after(10):
+            while pool.size:
+                await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    assert pool.counters["expired"] == 1
+    # It slept until the pool changed and until the sandbox was due: a handful of wake-ups, not a spin.
+    assert pool.wakeups <= 5, pool.wakeups
+    await pool.aclose()
+
+
+async def test_peers_never_share_a_warm_sandbox(python_runtime: str, tmp_path: Path) -> None:
+    """A call for another host user gets a sandbox of its own (started as that user)."""
+    if os.geteuid() != 0:
+        pytest.skip("only root starts sandboxes for other users")
+    code = "import json, os\nprint(json.dumps(os.getuid()))"
+    pool = WarmPool(max_sandboxes=4)
+    argv = [python_runtime, "-c", code]
+    try:
+        await calls(pool, argv, 1)  # root's own: a dedicated sandbox user
+        await calls(pool, argv, 1, run_as=RunAs(uid=65534, gid=65534))
+        await calls(pool, argv, 1)
+        assert pool.counters["started"] == 2 and pool.counters["reused"] == 1, pool.counters
+        peers = sorted(str(s["peer_uid"]) for s in pool.describe()["idle"])
+        assert peers == ["65534", "None"]
+    finally:
+        await pool.aclose()
+
+
+def test_only_python_programs_a_host_can_start_alike_go_warm(tmp_path: Path) -> None:
+    script = tmp_path / "stage"
+    script.write_text("#!/nix/store/x-python/bin/python3\nprint(1)\n")
+    flagged = tmp_path / "flagged"
+    flagged.write_text("#!/nix/store/x-python/bin/python3 -S\nprint(1)\n")
+    shell = tmp_path / "sh"
+    shell.write_text("#!/bin/bash\necho 1\n")
+    assert python_target([str(script)]) == ("/nix/store/x-python/bin/python3", [str(script)])
+    assert python_target(["/x/bin/python3", "-c", "print(1)", "a"]) == ("/x/bin/python3", ["-c", "print(1)", "a"])
+    for argv in ([str(flagged)], [str(shell)], ["/x/bin/python3", "-I", "-c", "x"], ["/x/bin/python3", "-c"],
+                 ["--ro-bind", "/", "/host"], []):
+        assert python_target(argv) is None, argv
+
+
+async def test_a_sandbox_that_cannot_go_warm_runs_cold(python_runtime: str) -> None:
+    """A program the warm host cannot run is reported as such: the caller runs it cold."""
+    pool = WarmPool(max_sandboxes=1)
+    try:
+        got = await pool.run([python_runtime, "-I", "-c", "print(1)"], policy=pure_policy(),
+                             limits=Limits(timeout_s=5), profile=load_profile(), stdin=b"")
+        assert got is None
+    finally:
+        await pool.aclose()
+
