@@ -12,6 +12,8 @@ import logging
 import sys
 from typing import Any
 
+from noether_nix.terminal import visible
+
 
 def _import_structlog() -> Any:
     """structlog, imported without rich: structlog loads rich (and pygments) whenever it is
@@ -56,7 +58,8 @@ def _human_line(_logger: Any, _name: str, event: dict[str, Any]) -> str:
     if message is None:
         fields = ", ".join(f"{k}={v}" for k, v in event.items())
         message = name.replace("_", " ") + (f" ({fields})" if fields else "")
-    return f"noether: {level}: {message}"
+    # On a terminal: what a log line quotes (a stage's name, a path, an error) is shown, never obeyed.
+    return visible(f"noether: {level}: {message}")
 
 
 class _Stderr:
