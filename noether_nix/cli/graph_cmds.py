@@ -38,7 +38,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout-secs", type=float, help="per-stage wall-clock timeout (may only lower the default)")
     p.add_argument("--max-output-bytes", type=int, help="per-stage stdout cap (may only lower the default)")
     p.add_argument("--isolate", choices=["auto", "bwrap", "none"], help="isolation backend (none is unsafe)")
-    p.add_argument("--no-cache", action="store_true", help="do not use the pure-stage cache")
+    p.add_argument("--no-cache", action="store_true", help="run every stage: no cached result is used (the pure-stage cache, a remote ActionCache)")
     p.add_argument("--no-output-type-checks", action="store_true",
                    help="let a stage return a value of another type than it declares (upstream's behaviour)")
     p.add_argument("--allow-read", action="append", default=[], metavar="PATH",

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import trio
 
 from noether_nix.engine.events import StageOutput
@@ -69,6 +70,8 @@ async def dispatch(run: RunState, stage: Stage, value: Any, path: str) -> tuple[
 
 async def run_program(run: RunState, call: StageCall, path: str) -> tuple[Any, Usage]:
     """``call`` through the run's executor: its output, or its failure as a ``StageError``."""
+    if not run.options.cache:
+        call = msgspec.structs.replace(call, use_cache=False)
     outcome = await run.services.executor.execute(call)
     usage = Usage.of(outcome)
     try:

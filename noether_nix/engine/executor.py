@@ -46,6 +46,9 @@ class StageCall(msgspec.Struct, frozen=True, kw_only=True):
     #: the profile's allowlist (env_get sees exactly the run's variables).
     env: dict[str, str] | None = None
     clear_env: bool = False
+    #: False under ``--no-cache``: an executor with a cache of its own (a remote
+    #: ActionCache) runs the call instead of answering from it.
+    use_cache: bool = True
 
 
 class StageOutcome(msgspec.Struct, kw_only=True):

@@ -190,14 +190,18 @@ class RegistryApp:
                    (b"x-noether-registry-version", __version__.encode())]
         if resp.status == 413:
             headers.append((b"connection", b"close"))
-        with trio.move_on_after(self.config.request_timeout_s):
-            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-            await send({"type": "http.response.body", "body": resp.body})
-        ms = (time.monotonic() - started) * 1000
-        self.metrics.observe(method, route, resp.status, ms)
-        client = scope.get("client") or ("", 0)
-        log.info("request", method=method, path=scope.get("path"), route=route, status=resp.status,
-                 code=resp.code, duration_ms=round(ms, 2), bytes_out=len(resp.body), client=client[0])
+        try:
+            with trio.move_on_after(self.config.request_timeout_s):
+                await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+                await send({"type": "http.response.body", "body": resp.body})
+        finally:
+            # Logged and counted even when the client has gone before the answer's
+            # last byte (a client given a 408 often closes after reading its head).
+            ms = (time.monotonic() - started) * 1000
+            self.metrics.observe(method, route, resp.status, ms)
+            client = scope.get("client") or ("", 0)
+            log.info("request", method=method, path=scope.get("path"), route=route, status=resp.status,
+                     code=resp.code, duration_ms=round(ms, 2), bytes_out=len(resp.body), client=client[0])
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         cap = self.config.max_body_bytes

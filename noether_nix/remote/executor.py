@@ -118,7 +118,7 @@ class RemoteExecutor:
         client = await self.client()
         url = self.settings.url
         started = time.monotonic()
-        if enc.cacheable:
+        if enc.cacheable and call.use_cache:
             try:
                 hit = await client.get_action_result(enc.action_digest, inline=[RESULT_FILE])
             except RpcFailed as e:
@@ -187,7 +187,7 @@ class RemoteExecutor:
                         if name is None:
                             progress.stages.clear()
                             attempt["started"] += 1
-                            op = await client.execute(enc.action_digest, skip_cache_lookup=not enc.cacheable,
+                            op = await client.execute(enc.action_digest, skip_cache_lookup=not (enc.cacheable and call.use_cache),
                                                       progress=progress)
                         else:
                             op = await client.wait_execution(name, progress)

@@ -153,6 +153,17 @@ async def test_second_run_of_a_pure_call_comes_from_the_action_cache(executor: R
     assert second.remote is not None and second.remote["operation"] is None  # one ActionCache round trip
 
 
+async def test_a_call_without_cache_runs_on_a_worker_even_when_the_action_cache_has_it(
+        executor: RemoteExecutor, cluster: Cluster) -> None:
+    c = call("def execute(x):\n    return sorted(x, reverse=True)\n", [3, 1, 2])
+    first = await executor.execute(c)
+    fresh = await executor.execute(msgspec.structs.replace(c, use_cache=False))
+    again = await executor.execute(c)
+    assert first.output == fresh.output == again.output == [3, 2, 1]
+    assert not first.cached and not fresh.cached and again.cached
+    assert fresh.remote is not None and fresh.remote["operation"] is not None  # executed, not looked up
+
+
 async def test_impure_and_failed_calls_are_never_cached(executor: RemoteExecutor, cluster: Cluster) -> None:
     impure = call("import random\ndef execute(x):\n    return random.random()\n", None,
                   effects=EffectSet.of([NonDeterministic()]))

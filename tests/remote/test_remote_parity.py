@@ -123,18 +123,22 @@ def test_every_example_runs_the_same_remotely(both: Both, cluster: Cluster, loca
 
 
 def test_a_pure_graph_run_again_comes_from_the_action_cache(both: Both, specs: Path) -> None:
-    """With the daemon's own pure cache off (--no-cache), the second run of a
-    Pure graph is answered by the cluster's ActionCache, and the trace says so."""
+    """A Pure graph run with --no-cache runs on the cluster (and leaves nothing in
+    the daemon's own pure cache); run again, the cluster's ActionCache answers and
+    the trace says so; run with --no-cache again, no cache answers: a worker runs it."""
     path = specs / "pure_twice.json"
     path.write_text(json.dumps({"description": "pure twice", "version": "1", "stages": ["py_upper.json"],
                                 "root": {"op": "Stage", "id": "py_upper"}}))
-    args = ["run", str(path), "--json", "--no-cache", "--input", '"cache me remotely"']
-    first, second = both.via_daemon(*args), both.via_daemon(*args)
-    assert first[1]["data"]["output"] == second[1]["data"]["output"] == "CACHE ME REMOTELY"
-    (e1,), (e2,) = first[1]["data"]["trace"]["stages"], second[1]["data"]["trace"]["stages"]
+    args = ["run", str(path), "--json", "--input", '"cache me remotely"']
+    first, second, third = (both.via_daemon(*args, "--no-cache"), both.via_daemon(*args),
+                            both.via_daemon(*args, "--no-cache"))
+    for run in (first, second, third):
+        assert run[1]["data"]["output"] == "CACHE ME REMOTELY"
+    (e1,), (e2,), (e3,) = (run[1]["data"]["trace"]["stages"] for run in (first, second, third))
     assert "cached" not in e1 and e1["remote"]["worker"] in ("parity-1", "parity-2")
     assert e2["cached"] is True and e2["remote"]["cached"] is True
-    assert e2["remote"]["action_digest"] == e1["remote"]["action_digest"]
+    assert e2["remote"]["action_digest"] == e1["remote"]["action_digest"] == e3["remote"]["action_digest"]
+    assert "cached" not in e3 and e3["remote"]["cached"] is False and e3["remote"]["worker"] in ("parity-1", "parity-2")
 
 
 def test_an_impure_graph_is_never_served_from_the_action_cache(both: Both, specs: Path) -> None:
