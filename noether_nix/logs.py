@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from noether_nix.terminal import visible
+
 _configured = False
 
 
@@ -59,7 +61,8 @@ def _human_line(_logger: Any, _name: str, event: dict[str, Any]) -> str:
     if message is None:
         fields = ", ".join(f"{k}={v}" for k, v in event.items())
         message = name.replace("_", " ") + (f" ({fields})" if fields else "")
-    return f"noether: {level}: {message}"
+    # On a terminal: what a log line quotes (a stage's name, a path, an error) is shown, never obeyed.
+    return visible(f"noether: {level}: {message}")
 
 
 class _Stderr:

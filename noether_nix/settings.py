@@ -149,7 +149,8 @@ class Settings(_Section):
         "group names whose members may connect, resolved at start (noether.socket's SocketGroup)")] = \
         msgspec.field(default_factory=list)
     write_uids: Annotated[list[int] | None, _d(
-        "uids that may change the store, run unsigned stages and grant file access; null: allowed_uids")] = None
+        "uids that may change the store, run unsigned stages, grant file access and (with "
+        "allow_unsandboxed_runs) run without a sandbox; null: allowed_uids")] = None
     max_body_bytes: Annotated[int, _d("largest request body accepted")] = 8 * 1024 * 1024
     header_timeout_s: Annotated[float, _d("seconds a client has to send its request")] = 10.0
     max_connections: Annotated[int, _d("connections served at once")] = 256
@@ -166,7 +167,8 @@ class Settings(_Section):
     send_timeout_s: Annotated[float, _d(
         "seconds a streaming client may stop reading before its run counts as abandoned")] = 30.0
     allow_unsandboxed_runs: Annotated[bool, _d(
-        "whether a client may ask for isolate: none (stages then run as the daemon's user)")] = False
+        "whether a writer (write_uids) may ask for isolate: none (stages then run as the daemon's user); "
+        "other peers never may")] = False
     log_level: Annotated[Literal["debug", "info", "warning", "error"], _d("log lines below this level are dropped")] = "info"
     # ---- everything runs share
     engine: Annotated[EngineSettings, _d("ceilings for every run; a run may lower them, never raise them")] = \

@@ -176,10 +176,12 @@ def _stderr_progress(*, live: bool) -> Any:
     """Events while stdout carries the envelope: what stdout_write stages write goes to stderr, always;
     one plain line per stage too when stderr is a terminal."""
     from noether_nix.cli.human import render_event
+    from noether_nix.terminal import visible
 
     def on_event(ev: Any) -> None:
         if type(ev).__name__ == "StageOutput":
-            sys.stderr.write(ev.text)
+            # On a terminal the text is shown, never obeyed (no escape sequence reaches it); into a file, as it is.
+            sys.stderr.write(visible(ev.text) if sys.stderr.isatty() else ev.text)
             sys.stderr.flush()
         elif live and (line := render_event(ev)):
             print(line, file=sys.stderr, flush=True)

@@ -13,6 +13,12 @@ isolation, cache and build. Stages a map, filter or reduce runs on each
 item become a progress bar. Then the output, and a one-line summary.
 Colours follow rich's rules: none when ``NO_COLOR`` is set or the output
 is not a terminal.
+
+Much of what is shown comes from others (a stage's output and what it
+printed, names and descriptions from a store or a registry, messages that
+quote a graph): every such text is shown, never obeyed — its control
+characters spelt out (``noether_nix.terminal.visible``: no escape sequence
+reaches the terminal) and its brackets never read as rich markup.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+from noether_nix.terminal import visible
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -138,13 +146,13 @@ def render_event(ev: Any) -> str | None:
     """A run event as one plain line, for progress on a terminal stderr while stdout carries JSON."""
     kind = type(ev).__name__
     if kind == "StageStarted":
-        return f"  {RUNNING} {ev.name or ev.stage_id[:8]}  {ev.node_path}"
+        return visible(f"  {RUNNING} {ev.name or ev.stage_id[:8]}  {ev.node_path}")
     if kind == "StageFinished":
         mark, line = stage_line(ev.name or ev.stage_id[:8], ev.node_path, ev.status, wall_ms=ev.wall_ms,
                                 isolation=ev.isolation, build_ms=ev.build_ms, attempt=ev.attempt, cached=ev.cached)
-        return f"  {mark} {line}"
+        return visible(f"  {mark} {line}")
     if kind == "RunWarning":
-        return f"  ! {ev.message}"
+        return visible(f"  ! {ev.message}")
     return None
 
 
@@ -188,7 +196,7 @@ class View:
         message = err.message
         if command == "run" and message.startswith("execution failed: "):
             message = message[len("execution failed: "):]
-        c.print(f"[bold red]error[/][red]\\[{err.code}][/]: {_esc(message)}")
+        c.print(f"[bold red]error[/][red]\\[{_esc(err.code)}][/]: {_esc(message)}")
         if err.path:
             c.print(f"  [dim]at[/] {_esc(err.path)}")
         details = err.details or {}
@@ -198,9 +206,9 @@ class View:
             c.print(_indent(printed, 4), style="yellow", markup=False, highlight=False)
         if details.get("traceback"):
             c.print(_indent(details["traceback"], 2), markup=False, highlight=False)
-        elif not printed and details.get("stderr_tail", "").strip() and "\n" in details["stderr_tail"].strip():
+        elif not printed and str(details.get("stderr_tail", "")).strip() and "\n" in str(details["stderr_tail"]).strip():
             c.print("  [dim]its error output ended with:[/]")
-            c.print(_indent(details["stderr_tail"].strip(), 4), markup=False, highlight=False)
+            c.print(_indent(str(details["stderr_tail"]).strip(), 4), markup=False, highlight=False)
         for sub in details.get("errors", [])[1:]:
             if isinstance(sub, dict):
                 c.print(f"  [dim]and at {_esc(sub.get('node_path', ''))}:[/] {_esc(sub.get('message', ''))}")
@@ -341,7 +349,7 @@ class RunProgress:
                 self.progress.update(bar[0], completed=bar[1], total=ev.total)
         elif kind == "StageOutput":
             console = self.progress.console if self.progress is not None else self.view.out
-            console.out(ev.text, end="", highlight=False)
+            console.out(visible(ev.text), end="", highlight=False)
         elif kind == "RunWarning":
             self._print(f"! {ev.message}", "yellow")
 
@@ -370,7 +378,8 @@ def _run(view: View, data: dict[str, Any], *, live_lines: bool = True, header: s
                 view.out.print(_indent(s["log"].rstrip("\n"), 4), markup=False, highlight=False, style="dim")
     status = data.get("status") or trace.get("run_status")
     if status == "ok" and "output" in data:
-        view.out.print(value_text(data["output"], view.out.width), markup=False, highlight=False, style="bold")
+        view.out.print(visible(value_text(data["output"], view.out.width)), markup=False, highlight=False,
+                       style="bold")
     printed = [s for s in stages if s.get("log") and not isinstance(s.get("status"), dict)]
     cache = data.get("cache") or {}
     run_id = str(data.get("run_id") or trace.get("run_id") or "")
@@ -385,7 +394,7 @@ def _run(view: View, data: dict[str, Any], *, live_lines: bool = True, header: s
         parts.append(f"{plural(len(printed), 'stage')} printed output (noether trace {run_id[:8]})")
     parts.append(f"run {run_id[:8]}")
     mark, style = (OK, "green") if status == "ok" else (FAILED, "red")
-    word = status or "unknown"
+    word = _esc(status or "unknown")
     view.out.print(f"[{style}]{mark} {word}[/] [dim]· " + " · ".join(_esc(p) for p in parts) + "[/]")
 
 
@@ -431,8 +440,9 @@ def _runs(view: View, data: dict[str, Any]) -> None:
     for r in runs:
         took = (r["finished_at"] - r["started_at"]) * 1000 if r.get("finished_at") and r.get("started_at") else None
         style = "green" if r.get("status") == "ok" else "red" if r.get("status") in ("failed", "interrupted") else ""
-        table.add_row(str(r["run_id"])[:8], f"[{style}]{r['status']}[/]" if style else r["status"],
-                      when(r.get("started_at")), duration(took), str(r["composition_id"])[:8])
+        status = _esc(r["status"])
+        table.add_row(_esc(str(r["run_id"])[:8]), f"[{style}]{status}[/]" if style else status,
+                      _esc(when(r.get("started_at"))), duration(took), _esc(str(r["composition_id"])[:8]))
     view.out.print(table)
 
 
@@ -443,8 +453,8 @@ def _stage_list(view: View, data: dict[str, Any]) -> None:
     for col in ("id", "lifecycle", "name", "signature", "effects"):
         table.add_column(col, overflow="fold")
     for s in data.get("stages") or []:
-        table.add_row(s["id"][:8], s["lifecycle"], s.get("name") or s.get("description") or "", s["signature"],
-                      ", ".join(s.get("effects") or []))
+        table.add_row(*(_esc(cell) for cell in (s["id"][:8], s["lifecycle"], s.get("name") or s.get("description") or "",
+                                                 s["signature"], ", ".join(s.get("effects") or []))))
     view.out.print(table)
     view.out.print(f"[dim]{plural(data.get('count', 0), 'stage')}[/]")
 
@@ -478,7 +488,7 @@ def _stage_add(view: View, data: dict[str, Any]) -> None:
     if data.get("note") == "already exists":
         view.line(f"{OK} stage {sid[:8]} is already in the store ({data.get('lifecycle')})")
         return
-    view.out.print(f"[green]{OK} added[/] stage {sid[:8]} [dim]({_esc(sid)})[/] as {_esc(data.get('lifecycle'))}")
+    view.out.print(f"[green]{OK} added[/] stage {_esc(sid[:8])} [dim]({_esc(sid)})[/] as {_esc(data.get('lifecycle'))}")
     program = data.get("program") or {}
     if program.get("built"):
         view.line(f"  program built in {duration(program.get('build_ms'))}: {program.get('store_path')}", "dim")
@@ -547,15 +557,16 @@ _RENDERERS: dict[str, Any] = {
 
 
 def _esc(value: Any) -> str:
-    """Text shown as it is (no rich markup inside it)."""
+    """Text shown as it is: no rich markup inside it, no control character (``visible``)."""
     from rich.markup import escape
 
-    return escape(str(value))
+    return escape(visible(str(value)))
 
 
 def _indent(text: str, n: int) -> str:
+    """Text from elsewhere (what a stage printed, a traceback) indented, its control characters spelt out."""
     pad = " " * n
-    return "\n".join(pad + line for line in str(text).rstrip("\n").splitlines())
+    return "\n".join(pad + line for line in visible(str(text)).rstrip("\n").split("\n"))
 
 
 def make_view() -> View:

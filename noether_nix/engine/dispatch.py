@@ -36,7 +36,13 @@ from noether_nix.sandbox.policy import policy_from_effects
 from noether_nix.sandbox.profile import load_profile
 from noether_nix.sandbox.session import SandboxSession, open_session
 from noether_nix.sandbox.supervisor import Isolation as SandboxIsolation
-from noether_nix.stdlib._shapes import DEADLINE, StageFailure, optional_text
+from noether_nix.stdlib._shapes import (
+    DEADLINE,
+    MAX_OUTPUT,
+    OutputTooLarge,
+    StageFailure,
+    optional_text,
+)
 from noether_nix.stdlib.registry import (
     STDLIB,
     ArrowUnavailable,
@@ -86,11 +92,17 @@ async def _stdlib(run: RunState, entry: Entry, stage: Stage, value: Any, path: s
                              "store", path)
         if category == "pure":
             assert entry.impl is not None
-            # Small values inline (a thread hop costs more than the work); large
-            # ones, and stages whose work can outgrow their input, on a worker thread.
-            if not entry.off_loop and small(value):
-                return entry.impl(value), IN_PROCESS
-            return await _in_process(run, entry.impl, value, label, path)
+            # What it may build: a stage whose output can outgrow its input refuses,
+            # before building it, an output over the value cap (``output_room``).
+            token = MAX_OUTPUT.set(run.services.config.max_value_bytes)
+            try:
+                # Small values inline (a thread hop costs more than the work); large
+                # ones, and stages whose work can outgrow their input, on a worker thread.
+                if not entry.off_loop and small(value):
+                    return entry.impl(value), IN_PROCESS
+                return await _in_process(run, entry.impl, value, label, path)
+            finally:
+                MAX_OUTPUT.reset(token)
         if category in ("kv", "store"):
             impl = run.services.builtins[entry.name]
             if entry.per_peer and not run.store_writes:
@@ -106,6 +118,9 @@ async def _stdlib(run: RunState, entry: Entry, stage: Stage, value: Any, path: s
             return await _in_process(run, impl, value, label, path)
         if category == "stream":
             return await _stream(run, stage, value, path), IN_PROCESS
+    except OutputTooLarge as e:
+        raise StageError("value_too_large", f"stage {label}: {e}", path, usage=IN_PROCESS,
+                         hint="split the work, or raise engine.max_value_bytes in the daemon's settings") from None
     except StageFailure as e:
         raise StageError("stage_failed", f"stage {label} failed: {e}", path, usage=IN_PROCESS) from None
     except StageError as e:

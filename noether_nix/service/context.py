@@ -108,6 +108,11 @@ class Context:
                                "its configuration would need allow_unsandboxed_runs: true")
         if self.peer.writer:
             return
+        if options.isolate == "none":
+            # Without a sandbox a stage runs as the daemon's user (its database, its
+            # author key): more than a file grant, which already needs write trust.
+            raise NoetherError("forbidden", f"uid {self.peer.uid} may run graphs but not without a sandbox "
+                               "(isolate: none)")
         if options.allow_unsigned:
             # Unsigned stages are ones nobody trusted vouched for (store_add
             # makes them): only peers trusted to change the store may run them.

@@ -27,6 +27,26 @@ class StageFailure(Exception):
 DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("noether_stage_deadline", default=None)
 
 
+#: The largest output (bytes of JSON) the in-process stage being run may build; set by the
+#: engine around the call (``engine.max_value_bytes``), the default cap otherwise.
+MAX_OUTPUT: contextvars.ContextVar[int] = contextvars.ContextVar("noether_stage_max_output",
+                                                                  default=32 * 1024 * 1024)
+
+
+class OutputTooLarge(StageFailure):
+    """The output would be over the value cap: refused before it is built (``value_too_large``)."""
+
+
+def output_room(at_least: int, what: str) -> None:
+    """Refuse, before building it, an output that would take ``at_least`` bytes of JSON or more
+    over the cap: a stage whose output can be much larger than its input (a join, a replacement,
+    a template) must not build gigabytes in the daemon's process to find out."""
+    cap = MAX_OUTPUT.get()
+    if at_least > cap:
+        raise OutputTooLarge(f"{what} would take at least {at_least} bytes, over the {cap} byte limit on "
+                             "a value")
+
+
 def time_left() -> float | None:
     """Seconds left before ``DEADLINE`` (at least a millisecond), or None."""
     deadline = DEADLINE.get()

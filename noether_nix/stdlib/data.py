@@ -15,6 +15,7 @@ import regex
 
 from noether_nix.model.jcs import jcs
 from noether_nix.model.values import json_type_name
+from noether_nix.stdlib._patterns import MAX_WEIGHT, compile_user, weight
 from noether_nix.stdlib._shapes import (
     Impl,
     StageFailure,
@@ -24,6 +25,7 @@ from noether_nix.stdlib._shapes import (
     need_record,
     optional_bool,
     optional_text,
+    output_room,
     registrar,
     show,
     time_left,
@@ -101,6 +103,9 @@ def csv_write(value: Any) -> Any:
         columns.update(row)
     if not records:
         return ""
+    # Every record writes every column: 5,000 records of one column each are 25 million
+    # cells. At least a delimiter or a line break per cell, measured before they are written.
+    output_room((len(records) + 1) * len(columns) + 2, "the CSV text")
     # Maps have no column order of their own: columns come sorted (as
     # upstream's BTreeMap rows), and a record without a column writes "".
     header = sorted(columns)
@@ -182,7 +187,45 @@ def _has_type(v: Any, t: str) -> bool:
     return json_type_name(v) == t
 
 
-def _check(data: Any, schema: Any, at: str, errors: list[str]) -> None:
+class _Errors:
+    """The errors found so far, counted against the value cap as they come: a pattern or a
+    required name is repeated in the error of every item of a list."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+        self.size = 2
+        # What a schema says that costs work to use, worked out once per schema record
+        # (the schema of a list's items is used for every item).
+        self.enums: dict[int, set[bytes]] = {}
+        self.consts: dict[int, bytes] = {}
+        self.order: dict[int, dict[str, int]] = {}
+        # Compiled patterns, kept while their weight (``_patterns.weight``) adds up to at
+        # most ``MAX_WEIGHT``: the same pattern is not compiled again for every item, and
+        # a schema of many heavy patterns does not hold them all at once.
+        self.patterns: dict[str, regex.Pattern[str]] = {}
+        self.pattern_room = MAX_WEIGHT
+
+    def pattern(self, pattern: str) -> regex.Pattern[str]:
+        found = self.patterns.get(pattern)
+        if found is not None:
+            return found
+        try:
+            compiled = compile_user(pattern)
+        except StageFailure as e:
+            raise StageFailure(f"schema pattern: {e}") from None
+        heavy = weight(pattern)
+        if heavy <= self.pattern_room:
+            self.pattern_room -= heavy
+            self.patterns[pattern] = compiled
+        return compiled
+
+    def append(self, message: str) -> None:
+        self.size += len(message) + 3
+        output_room(self.size, "the list of errors")
+        self.found.append(message)
+
+
+def _check(data: Any, schema: Any, at: str, errors: _Errors) -> None:
     """A core subset of JSON Schema: type, enum, const, properties, required,
     additionalProperties (boolean), items, min/max (Length, Items), minimum,
     maximum, pattern. Error texts for the top level are upstream's."""
@@ -210,10 +253,17 @@ def _check(data: Any, schema: Any, at: str, errors: list[str]) -> None:
         options = schema["enum"]
         if not isinstance(options, list):
             raise StageFailure(f"schema 'enum' must be a list, got {show(options)}")
-        if jcs(data) not in {jcs(o) for o in options}:
+        members = errors.enums.get(id(options))
+        if members is None:
+            members = errors.enums[id(options)] = {jcs(o) for o in options}
+        if jcs(data) not in members:
             fail("value is not one of the enum values")
-    if "const" in schema and jcs(data) != jcs(schema["const"]):
-        fail("value is not the const value")
+    if "const" in schema:
+        const = errors.consts.get(id(schema))
+        if const is None:
+            const = errors.consts[id(schema)] = jcs(schema["const"])
+        if jcs(data) != const:
+            fail("value is not the const value")
     if isinstance(data, dict):
         properties = schema.get("properties", {})
         if not isinstance(properties, dict):
@@ -221,9 +271,17 @@ def _check(data: Any, schema: Any, at: str, errors: list[str]) -> None:
         for name in schema.get("required", []):
             if name not in data:
                 fail(f"missing required property '{name}'")
-        for name, sub in properties.items():
-            if name in data:
-                _check(data[name], sub, f"{_at(at)}.{name}: ", errors)
+        # The properties the data has, in the schema's order: a schema of 100,000 properties
+        # for a list of 100,000 records is not 10^10 lookups.
+        if len(properties) <= len(data):
+            present = [name for name in properties if name in data]
+        else:
+            order = errors.order.get(id(properties))
+            if order is None:
+                order = errors.order[id(properties)] = {name: i for i, name in enumerate(properties)}
+            present = sorted((name for name in data if name in order), key=order.__getitem__)
+        for name in present:
+            _check(data[name], properties[name], f"{_at(at)}.{name}: ", errors)
         if schema.get("additionalProperties") is False:
             for name in data:
                 if name not in properties:
@@ -237,10 +295,7 @@ def _check(data: Any, schema: Any, at: str, errors: list[str]) -> None:
         _bound(len(data), schema, "minLength", "maxLength", "characters", fail)
         pattern = schema.get("pattern")
         if isinstance(pattern, str):
-            try:
-                compiled = regex.compile(pattern, flags=regex.V0)
-            except regex.error as e:
-                raise StageFailure(f"schema pattern {pattern!r} is not a valid regex: {e}") from None
+            compiled = errors.pattern(pattern)
             # A schema's pattern is the caller's: bounded by the stage's time budget.
             if compiled.search(data, concurrent=True, timeout=time_left()) is None:
                 fail(f"text does not match pattern {pattern!r}")
@@ -265,6 +320,6 @@ def _bound(size: int, schema: dict[str, Any], lo: str, hi: str, unit: str, fail:
 @stage("json_schema_validate")
 def json_schema_validate(value: Any) -> Any:
     record = need_record(value, "data", "schema")
-    errors: list[str] = []
+    errors = _Errors()
     _check(record["data"], record["schema"], "", errors)
-    return {"errors": errors, "valid": not errors}
+    return {"errors": errors.found, "valid": not errors.found}

@@ -133,8 +133,9 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
     #: the state it touches (its kv namespace, its own runs' traces).
     per_peer: bool = False
     #: Its work can grow much faster than its input (a regular expression can
-    #: backtrack for ever on a short text; a replacement multiplies lengths):
-    #: it never runs on the daemon's event loop, however small its input.
+    #: backtrack for ever on a short text; a replacement multiplies lengths; a
+    #: CSV writes every column of every record): it never runs on the daemon's
+    #: event loop, however small its input.
     off_loop: bool = False
 
     @property
@@ -163,7 +164,7 @@ def _entries() -> dict[str, Entry]:
         "trace_read": {"per_peer": True},
         **{name: {"per_peer": True} for name in _KV},
         **{name: {"off_loop": True} for name in ("regex_match", "regex_replace", "text_replace", "text_template",
-                                               "json_schema_validate")},
+                                               "json_schema_validate", "csv_write")},
     }
     for category, names in groups:
         for name in names:
