@@ -192,7 +192,10 @@ def build_argv(
         "--gid", "65534",
         "--cap-drop", "ALL",
         # A warm host makes each call's namespaces and mounts, then drops both (sandbox.warm).
-        *(["--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP"] if warm_host else []),
+        # It is the sandbox's pid 1 itself: bwrap's init would be a process every call
+        # could reach (dumpable, the sandbox's uid, no capability: its /proc/1/root is
+        # the mounts all calls share), and a call cannot signal an init.
+        *(["--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP", "--as-pid-1"] if warm_host else []),
         "--hostname", HOSTNAME,
         "--proc", "/proc",
         "--dev", "/dev",

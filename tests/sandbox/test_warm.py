@@ -264,3 +264,60 @@ async def test_a_sandbox_that_cannot_go_warm_runs_cold(python_runtime: str) -> N
     finally:
         await pool.aclose()
 
+
+
+#: Reaches for what every call of one warm sandbox shares (its host's mounts, through any
+#: process's /proc/PID/root or cwd), leaves a file there, then tries to end or stop the host.
+REACH_THROUGH_PROC = r"""
+import json, os, signal, sys
+first = json.load(sys.stdin) == "first"
+me = os.getpid()
+others = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != me]
+seen, left = [], []
+for pid in others:
+    for base in ("/proc/%d/root" % pid, "/proc/%d/cwd" % pid):
+        for d in ("", "/tmp", "/work", "/dev/shm"):
+            path = base + d
+            try:
+                seen += [path + "/" + n for n in os.listdir(path) if n.startswith("noether-left")]
+            except OSError:
+                continue
+            if first:
+                try:
+                    open(path + "/noether-left-by-an-earlier-call", "w").write("x")
+                    left.append(path)
+                except OSError:
+                    pass
+if first:
+    for pid in others:
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+print(json.dumps({"seen": seen, "left": left, "others": others}))
+"""
+
+
+async def test_without_landlock_scoping_a_call_reaches_nothing_its_host_keeps(
+        python_runtime: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a kernel without Landlock ABI 6 (before 6.12) there is no per-call domain: the
+    call must still find no way into the mounts its host (and so the next call) shares.
+    bwrap's init was such a way: dumpable, the sandbox's own uid, holding no capability,
+    so a call could write to /proc/1/root/tmp and the next call read it."""
+    monkeypatch.setattr(landlock, "available", lambda: False)
+    pool = WarmPool(max_sandboxes=1)
+    argv = [python_runtime, "-c", REACH_THROUGH_PROC]
+    how: dict[str, Any] = {"policy": pure_policy(), "limits": Limits(timeout_s=10), "profile": load_profile()}
+    try:
+        first = await pool.run(argv, stdin=b'"first"', **how)
+        second = await pool.run(argv, stdin=b'"second"', **how)
+    finally:
+        await pool.aclose()
+    assert first is not None and second is not None, pool.counters
+    assert first.status is Status.OK and second.status is Status.OK, (first.message, second.message)
+    assert first.output["others"], "the probe saw no other process: it proves nothing"
+    assert first.output["left"] == [], first.output  # nowhere to leave a file beyond the call's own mounts
+    assert second.output["seen"] == [], second.output
+    # Neither SIGKILL nor SIGSTOP from a call ends or stops its host: it served the second call.
+    assert pool.counters["started"] == 1 and pool.counters["reused"] == 1, pool.counters

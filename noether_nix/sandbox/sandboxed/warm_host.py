@@ -247,8 +247,8 @@ class Host:
 
     @staticmethod
     def kill_the_rest() -> None:
-        """SIGKILL every process of the sandbox but bwrap's init and this host, and reap
-        them all: as child subreaper, every orphan of the call is this host's child."""
+        """SIGKILL every process of the sandbox but this host (its init: ``--as-pid-1``), and
+        reap them all: as the init (and child subreaper), every orphan of the call is its child."""
         while True:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(-1, signal.SIGKILL)
