@@ -63,7 +63,7 @@ async def dispatch(run: RunState, stage: Stage, value: Any, path: str) -> tuple[
         return await run_program(run, StageCall(
             program_id=stage.id, language=stage.implementation_language, code=stage.implementation_code,
             effects=stage.effects, input=value, limits=run.limits, isolation=run.isolation,
-            run_as=run.run_as, label=f"stage {stage.label()}"), path)
+            run_as=run.run_as, peer=run.requester_uid, label=f"stage {stage.label()}"), path)
     raise StageError("no_implementation", f"stage {stage.label()} has no implementation this engine can "
                      "run (no code, and not a stdlib stage)", path)
 
@@ -142,7 +142,8 @@ async def _stdlib(run: RunState, entry: Entry, stage: Stage, value: Any, path: s
         # Arrow IPC bytes, like everything here, are parsed in the sandbox, never in the daemon.
         return await run_program(run, StageCall(
             program_id=program[0], language="python", code=program[1], effects=effects, input=value,
-            limits=run.limits, isolation=run.isolation, run_as=run.run_as, label=f"stage {label}",
+            limits=run.limits, isolation=run.isolation, run_as=run.run_as, peer=run.requester_uid,
+            label=f"stage {label}",
             env=dict(run.options.env or {}) if entry.run_env else None, clear_env=entry.run_env), path)
     if category == "llm":
         raise StageError("no_llm_provider", f"stage {label} needs an LLM provider, and this noether-nix ships "

@@ -43,6 +43,9 @@ class StageCall(msgspec.Struct, frozen=True, kw_only=True):
     isolation: Isolation
     label: str  # how errors name it ("stage text_upper (1a2b3c4d)")
     run_as: RunAs | None = None
+    #: The daemon peer (uid) the call is for, None embedded: a warm sandbox serves one peer
+    #: only, also where every peer's sandboxes run as the same host user (a daemon not root).
+    peer: int | None = None
     #: Variables the program sees besides the profile's; ``clear_env`` drops
     #: the profile's allowlist (env_get sees exactly the run's variables).
     env: dict[str, str] | None = None
@@ -225,7 +228,7 @@ class LocalExecutor:
         pool = self.warm_pool() if call.isolation == "bwrap" and call.language == "python" else None
         if pool is not None:
             result = await pool.run(program.argv, policy=policy, limits=call.limits, profile=profile, stdin=stdin,
-                                    env=call.env, run_as=call.run_as, expect_json=False)
+                                    env=call.env, run_as=call.run_as, peer=call.peer, expect_json=False)
         if result is None:
             result = await run_sandboxed(program.argv, policy=policy, limits=call.limits, stdin=stdin,
                                          isolation=SandboxIsolation(call.isolation), profile=profile, env=call.env,

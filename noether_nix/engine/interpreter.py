@@ -276,7 +276,7 @@ class Interpreter:
                 outcome = await self.services.executor.execute(StageCall(
                     program_id=program_id, language="python", code=code, effects=REMOTE_EFFECTS,
                     input={"url": node.url, "input": value}, limits=self.limits, isolation=self.isolation,
-                    run_as=self.run_as, label=label))
+                    run_as=self.run_as, peer=self.requester_uid, label=label))
             usage = Usage.of(outcome)
             out = outcome_value(outcome, label, path)
             await maybe_off_loop(small(out), check, out, "output", limiter=self.services.thread_limiter)

@@ -116,13 +116,17 @@ class WarmKey(msgspec.Struct, frozen=True):
     run_as: tuple[int, int] | None
     profile: bytes
     cgroup_root: str | None
+    #: Who the calls are for (a daemon's peer uid), also when the sandbox runs as the same
+    #: host user for every peer (``run_as`` None: a daemon not root): never shared between peers.
+    peer: int | None = None
 
     @classmethod
     def of(cls, argv: list[str], policy: IsolationPolicy, limits: Limits, profile: Profile,
-           env: dict[str, str] | None, run_as: RunAs | None, cgroup_root: Path | None) -> WarmKey:
+           env: dict[str, str] | None, run_as: RunAs | None, cgroup_root: Path | None,
+           peer: int | None = None) -> WarmKey:
         return cls(tuple(argv), msgspec.json.encode(policy), tuple(getattr(limits, f) for f in LAUNCH_LIMITS),
                    tuple(sorted((env or {}).items())), None if run_as is None else (run_as.uid, run_as.gid),
-                   msgspec.json.encode(profile), None if cgroup_root is None else str(cgroup_root))
+                   msgspec.json.encode(profile), None if cgroup_root is None else str(cgroup_root), peer)
 
 
 class WarmStartFailed(Exception):
@@ -371,12 +375,13 @@ class WarmPool:
 
     async def run(self, argv: list[str], *, policy: IsolationPolicy, limits: Limits, profile: Profile, stdin: bytes,
                   env: dict[str, str] | None = None, run_as: RunAs | None = None, cgroup_root: Path | None = None,
-                  expect_json: bool = True) -> Result | None:
+                  expect_json: bool = True, peer: int | None = None) -> Result | None:
         """``argv`` run once in a warm sandbox, or None when this call cannot go warm
-        (the caller then runs it cold)."""
+        (the caller then runs it cold). ``peer``: who the call is for (a daemon's peer
+        uid); calls for different peers never share a sandbox."""
         if self.closed or self.max_sandboxes <= 0 or python_target(argv) is None:
             return None
-        key = WarmKey.of(argv, policy, limits, profile, env, run_as, cgroup_root)
+        key = WarmKey.of(argv, policy, limits, profile, env, run_as, cgroup_root, peer)
         if key in self.cold_keys:
             self.counters["cold_fallbacks"] += 1
             return None

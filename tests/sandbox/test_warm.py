@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 
@@ -321,3 +322,31 @@ async def test_without_landlock_scoping_a_call_reaches_nothing_its_host_keeps(
     assert second.output["seen"] == [], second.output
     # Neither SIGKILL nor SIGSTOP from a call ends or stops its host: it served the second call.
     assert pool.counters["started"] == 1 and pool.counters["reused"] == 1, pool.counters
+
+
+async def test_an_engine_never_shares_a_warm_sandbox_between_peers() -> None:
+    """A daemon that is not root runs every peer's sandboxes as its own user (``run_as``
+    None); the peer is still part of the key, so each peer gets sandboxes of its own."""
+    from noether_nix.engine.engine import Engine, RunOptions
+    from noether_nix.model.signing import load_or_create_author_key, public_key_hex, sign_id
+    from noether_nix.model.stage import stage_from_spec
+    from noether_nix.paths import noether_home
+
+    engine = Engine()
+    stage = stage_from_spec({"name": "who", "input": "Any", "output": "Any", "effects": [],
+                             "implementation": {"code": "def execute(x):\n    return x\n", "language": "python"}})
+    key = load_or_create_author_key(noether_home())
+    stage = msgspec.structs.replace(stage, ed25519_signature=sign_id(key, stage.id),
+                                    signer_public_key=public_key_hex(key))
+    engine.store.add(stage, activate=True)
+    root = {"description": "test", "version": "1", "root": {"op": "Stage", "id": stage.id}}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.serve_warm)
+        await trio.sleep(0.1)
+        for peer in (5001, 5002, 5001):
+            res = await engine.run(root, f"for {peer}", RunOptions(cache=False), requester_uid=peer)
+            assert res.status == "ok" and res.output == f"for {peer}", res.error
+        warm = engine.describe_warm()
+        nursery.cancel_scope.cancel()
+    assert warm is not None
+    assert warm["counters"]["started"] == 2 and warm["counters"]["reused"] == 1, warm  # one per peer, reused by it
