@@ -153,7 +153,7 @@ def compile_user(pattern: str, *, shown: str | None = None, flags: int = regex.V
                            f"{MAX_WEIGHT} items (lower the counts in its {{m,n}})")
     try:
         compiled = regex.compile(pattern, flags=flags, cache_pattern=False)
-    except regex.error as e:
+    except (regex.error, ValueError, OverflowError) as e:  # (?V1) against the V0 flag is a ValueError
         raise StageFailure(f"invalid regex {_preview(shown)}: {e}") from None
     except RecursionError:
         raise StageFailure(f"invalid regex {_preview(shown)}: it nests too deeply") from None
