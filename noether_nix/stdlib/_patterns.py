@@ -42,7 +42,8 @@ _PURGE_EVERY = 256
 # reading one where the module would see text only counts more).
 _COUNTED = re.compile(r"\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
 # An inline flag group: ``(?x)`` (from here to the end of the group) or ``(?x-i:`` (scoped).
-_FLAGS = re.compile(r"\(\?([a-zA-Z]*)(?:-([a-zA-Z]*))?([:)])")
+# The version flags are two characters: ``(?xV0)`` is verbose too.
+_FLAGS = re.compile(r"\(\?((?:V[01]|[a-zA-Z])*)(?:-((?:V[01]|[a-zA-Z])*))?([:)])")
 _lock = threading.Lock()
 _cache: OrderedDict[tuple[str, int], regex.Pattern[str]] = OrderedDict()
 _compiled = 0

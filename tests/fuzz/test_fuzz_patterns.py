@@ -78,6 +78,7 @@ def compiled_within_bounds(pattern: str, verbose: bool) -> None:
 
 @settings(max_examples=budget(400))
 @given(full, st.booleans())
+@example("(?xV0)(?:a{1000}) {1000}", False)  # a version flag hid the verbose flag from the guard
 @example("(?V1)a", False)  # a ValueError, not a StageFailure
 def test_a_pattern_is_refused_or_compiles_within_bounds(pattern: str, verbose: bool) -> None:
     compiled_within_bounds(pattern, verbose)
