@@ -51,8 +51,8 @@ _compiled = 0
 
 def weight(pattern: str, limit: int = MAX_WEIGHT, *, verbose: bool = False) -> int:
     """An upper bound on the pattern's size with its counted repetitions written out
-    (every atom 1, a group the sum of what it holds, ``{m,n}`` multiplies by the larger
-    bound); the count stops once it is past ``limit``. Conservative: alternatives add up.
+    (every atom 1, a ``[...]`` set as many as the characters between its brackets, a group
+    the sum of what it holds, ``{m,n}`` multiplies by the larger bound); the count stops once it is past ``limit``. Conservative: alternatives add up.
 
     Verbose mode (``verbose``, or an inline ``x`` flag, which holds from where it is written
     to the end of its group) is followed: there blanks and ``#`` comments are not atoms,
@@ -77,6 +77,7 @@ def weight(pattern: str, limit: int = MAX_WEIGHT, *, verbose: bool = False) -> i
                 end = pattern.find("}", i)
                 i = n if end < 0 else end + 1
         elif c == "[":
+            start = i
             i += 1
             if pattern[i:i + 1] == "^":
                 i += 1
@@ -85,6 +86,8 @@ def weight(pattern: str, limit: int = MAX_WEIGHT, *, verbose: bool = False) -> i
             while i < n and pattern[i] != "]":
                 i += 2 if pattern[i] == "\\" else 1
             i += 1
+            # A set is compiled as its members: it weighs as many as it has characters.
+            atom = max(1, min(i, n) - start - 2)
         elif pattern.startswith("(?#", i):
             end = pattern.find(")", i)
             i = n if end < 0 else end + 1
