@@ -46,6 +46,7 @@ from noether_nix.settings import EngineSettings, settings
 from noether_nix.stdlib.registry import STDLIB
 from noether_nix.store.cache import PureCache
 from noether_nix.store.kv import KvStore
+from noether_nix.store.remote import remote_source
 from noether_nix.store.runs import RunStore
 from noether_nix.store.stages import StageStore
 from noether_nix.store.stdlib_seed import ensure_stdlib
@@ -228,9 +229,10 @@ class Engine:
         host, every sandbox). Its last event is its ``RunFinished``, also
         when it is cancelled: that one is emitted, stored, and then the
         cancellation goes on."""
-        # Checking a large graph or input takes seconds: not on the event loop.
-        prepared = await maybe_off_loop(small(graph) and small(input), self.prepare, graph, input, options,
-                                        limiter=self.thread_limiter)
+        # Checking a large graph or input takes seconds, and resolving through a registry waits
+        # on the network (up to its timeout per reference): neither on the event loop.
+        inline = small(graph) and small(input) and remote_source() is None
+        prepared = await maybe_off_loop(inline, self.prepare, graph, input, options, limiter=self.thread_limiter)
         if self.isolation_mode(options) == "bwrap":  # root's sandboxes run as noether-sbx users: can they use the grants?
             check_grant_access(options.allow_read or [], writable=False, run_as=run_as, flag="--allow-read")
             check_grant_access(options.allow_write or [], writable=True, run_as=run_as, flag="--allow-write")

@@ -29,6 +29,7 @@ from noether_nix.server.stream import StreamedRun
 from noether_nix.service import endpoints as ep
 from noether_nix.service.context import Context, Peer
 from noether_nix.service.endpoints import Run
+from noether_nix.store.remote import remote_source
 
 if TYPE_CHECKING:
     from noether_nix.server.daemon import Daemon
@@ -86,8 +87,9 @@ class Router:
             handler = endpoint.resolve()
             if inspect.iscoroutinefunction(handler):
                 out = await handler(ctx, params)
-            elif len(req.body) > INLINE_MAX_BYTES:
-                # Checking a large graph or importing a large store takes seconds: off the event loop.
+            elif len(req.body) > INLINE_MAX_BYTES or remote_source() is not None:
+                # Checking a large graph or importing a large store takes seconds, and with a
+                # registry configured a lookup may wait on the network: off the event loop.
                 out = await trio.to_thread.run_sync(handler, ctx, params, abandon_on_cancel=True,
                                                     limiter=self.daemon.engine.thread_limiter)
             else:

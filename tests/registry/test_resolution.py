@@ -80,3 +80,64 @@ def test_a_daemon_resolves_from_its_registry(start_registry: Any, tmp_path: Path
         assert out["data"]["output"] == -7
     finally:
         stop(daemon)
+
+
+def test_a_slow_registry_holds_only_the_run_that_needs_it(tmp_path: Path) -> None:
+    """A daemon resolved graphs through its registry on the event loop: while a registry
+    took its time to answer, every other client of the daemon waited too."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from noether_nix.client import Client
+    from noether_nix.errors import NoetherError
+    from tests.server.test_daemon_cli import start_daemon, stop
+
+    answering = threading.Event()
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            answering.set()
+            time.sleep(4)
+            raw = json.dumps({"ok": False, "error": {"code": "NOT_FOUND", "message": "no"}}).encode()
+            self.send_response(404)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sock = tmp_path / "d.sock"
+    daemon = start_daemon(tmp_path / "daemon-home", sock,
+                          env={"NOETHER_REGISTRY": f"http://127.0.0.1:{server.server_address[1]}",
+                               "NOETHER_REGISTRY_TIMEOUT_S": "30"})
+    try:
+        g = json.loads(graph(tmp_path / "g.json", "only_on_the_slow_registry").read_text())
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["events"] = list(Client(str(sock), timeout=60).run(g, 1))
+            except NoetherError as e:
+                outcome["error"] = e
+
+        runner = threading.Thread(target=run)
+        runner.start()
+        assert answering.wait(20), "the daemon never asked the registry"
+        started = time.monotonic()
+        status, health = Client(str(sock), timeout=10).request("GET", "/v1/health")
+        waited = time.monotonic() - started
+        assert status == 200 and health["ok"]
+        assert waited < 2, f"/v1/health waited {waited:.1f} s on the registry"
+        runner.join(60)
+        error = outcome.get("error")  # the registry has no such stage: the run's own answer, in its time
+        assert isinstance(error, NoetherError) and "only_on_the_slow_registry" in error.message, outcome
+        assert time.monotonic() - started > 2
+    finally:
+        stop(daemon)
+        server.shutdown()
+        server.server_close()
