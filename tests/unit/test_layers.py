@@ -142,7 +142,7 @@ def test_the_client_route_table_is_the_endpoint_table() -> None:
     from noether_nix.service import endpoints as ep
     from noether_nix.service.urls import ROUTES
 
-    assert ROUTES == {e.name: (e.method, e.path, e.slow) for e in ep.ENDPOINTS}
+    assert {e.name: (e.method, e.path, e.slow) for e in ep.ENDPOINTS} == ROUTES
     # The daemon backend's requests are the ones the Structs make.
     from noether_nix.service.urls import target
 
@@ -177,4 +177,4 @@ def test_the_client_settings_keys_are_the_settings_tree() -> None:
                 walk(tp, f"{section}.{f.encode_name}" if section else f.encode_name)
 
     walk(Settings, "")
-    assert KEYS == tree
+    assert tree == KEYS
