@@ -36,15 +36,6 @@ if TYPE_CHECKING:
 OK, FAILED, CACHED, RUNNING = "✓", "✗", "↺", "▶"
 
 
-def wants_human(argv: list[str], *, human: bool | None = None, json_flag: bool | None = None) -> bool:
-    """The human view: asked for with ``--human``, or stdout is a terminal and ``--json`` was not given."""
-    human = "--human" in argv if human is None else human
-    json_flag = "--json" in argv if json_flag is None else json_flag
-    if human:
-        return True
-    return not json_flag and sys.stdout.isatty()
-
-
 # ---------------------------------------------------------------- words and numbers
 
 

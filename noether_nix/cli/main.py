@@ -19,8 +19,7 @@ import sys
 
 from noether_nix import __version__
 from noether_nix.cli.common import Args, CommandResult
-from noether_nix.cli.envelope import Invocation, dump, error_envelope, ok_envelope
-from noether_nix.cli.human import wants_human
+from noether_nix.cli.envelope import Invocation, dump, error_envelope, ok_envelope, wants_human
 from noether_nix.errors import NoetherError
 
 TYPE_CHECKING = False  # no typing import on the CLI's entry (see errors.py)

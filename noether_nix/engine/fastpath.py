@@ -148,8 +148,7 @@ CHUNK_INLINE_BYTES = 256 * 1024
 
 
 def chunk_is_small(chunk: list[Any]) -> bool:
-    bounds = size_bounds(chunk)
-    return bounds is not None and bounds[1] <= CHUNK_INLINE_BYTES
+    return size_bounds(chunk, CHUNK_INLINE_BYTES) is not None
 
 
 _SCALARS = frozenset({int, float, bool, type(None)})

@@ -203,10 +203,12 @@ def serde_compact(value: Any, *, sort_keys: bool = True) -> bytes:
     return "".join(out).encode("utf-8")
 
 
-def size_bounds(value: Any, depth: int = 0) -> tuple[int, int] | None:
+def size_bounds(value: Any, limit: int, depth: int = 0) -> tuple[int, int] | None:
     """Cheap lower and upper bounds on ``len(serde_compact(value))`` for a list or dict of
-    JSON values (None for anything else, or nested past 64 levels), measured container
-    by container: a size check far from its limit needs no walk of every string."""
+    JSON values, measured container by container: a size check far from its limit needs
+    no walk of every string. None for anything else, nested past 64 levels, or once the
+    upper bound passes ``limit`` (undecided: the caller counts, with ``encoded_size``,
+    which stops at the limit) — so the walk of a huge nested value stops early too."""
     t = type(value)
     if depth > 64:
         return None
@@ -236,8 +238,10 @@ def size_bounds(value: Any, depth: int = 0) -> tuple[int, int] | None:
     scalars = len(items) - len(strs) - len(nested)
     low += scalars
     high += 26 * scalars  # a number's shortest form is at most 24 bytes
+    if high > limit:
+        return None
     for x in nested:
-        inner = size_bounds(x, depth + 1)
+        inner = size_bounds(x, limit - high, depth + 1)
         if inner is None:
             return None
         low += inner[0]
@@ -251,7 +255,7 @@ def quick_valid(value: Any, limit: int, max_depth: int) -> bool:
     (``size_bounds``), its text all Unicode, its numbers finite and its integers
     within 64 bits — checked container by container with C-speed passes, never
     value by value. False means "walk it" (it may well be valid)."""
-    bounds = size_bounds(value)
+    bounds = size_bounds(value, limit)
     return bounds is not None and bounds[1] <= limit and _leaves_valid(value, 1, min(max_depth, 64))
 
 
@@ -299,13 +303,9 @@ def _leaves_valid(value: Any, depth: int, max_depth: int) -> bool:
 
 def fits(value: Any, limit: int) -> bool:
     """Whether ``serde_compact(value)`` is at most ``limit`` bytes: from ``size_bounds`` when
-    they decide, else counted by ``encoded_size`` (never encoded)."""
-    bounds = size_bounds(value)
-    if bounds is not None:
-        if bounds[1] <= limit:
-            return True
-        if bounds[0] > limit:
-            return False
+    they decide, else counted by ``encoded_size`` (never encoded, and only up to the limit)."""
+    if size_bounds(value, limit) is not None:
+        return True
     return encoded_size(value, limit) <= limit
 
 

@@ -118,10 +118,23 @@ def test_the_fast_serde_compact_is_the_python_one_and_bounds_hold(value: Any) ->
         return
     got = serde_compact(value)
     assert got == expected
-    bounds = size_bounds(value)
+    bounds = size_bounds(value, 1 << 30)
     if bounds is not None:
         assert bounds[0] <= len(got) <= bounds[1]
+        tight = size_bounds(value, bounds[1] - 1)  # a limit under the upper bound: undecided
+        assert tight is None
     assert fits(value, len(got)) and not fits(value, len(got) - 1)
+
+
+def test_bounds_stop_at_their_limit_on_a_huge_value() -> None:
+    """A value of a million records (a GB of JSON held in a few MB: one record shared)
+    is not walked to the end to be refused: the walk stops once past the limit."""
+    import time
+
+    huge = [{"text": "x" * 1000}] * 1_000_000
+    started = time.process_time()
+    assert size_bounds(huge, 1 << 20) is None and not fits(huge, 1 << 20)
+    assert time.process_time() - started < 1.0  # was 15 s of CPU (every record walked)
 
 
 def test_what_goes_to_the_c_encoder() -> None:
