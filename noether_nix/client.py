@@ -2,8 +2,8 @@
 
 One client for every caller: the CLI's daemon backend, tests, and any
 program (an async one can call it from a worker thread). It imports
-neither trio nor the engine — nor ``http.client``, whose imports (ssl,
-email) cost more than a warm run — so talking to a daemon stays cheap:
+neither trio nor the engine nor msgspec — nor ``http.client``, whose
+imports (ssl, email) cost more than a warm run — so talking to a daemon stays cheap:
 one HTTP/1.1 exchange per connection (``Connection: close``), the answer
 read by its ``Content-Length``, chunk by chunk, or to the end.
 """
@@ -13,13 +13,15 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-from collections.abc import Iterator
-from typing import Any
 
-import msgspec
-
+from noether_nix import jsontext
 from noether_nix.errors import NoetherError
-from noether_nix.paths import default_socket
+from noether_nix.settings_view import default_socket
+
+TYPE_CHECKING = False  # no typing import on a client's path (see errors.py)
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
 
 #: Bounds on what the client reads before the body: a status line and headers.
 _MAX_HEAD = 64 * 1024
@@ -205,8 +207,8 @@ class Client:
 def stream_line(line: bytes, path: str) -> Any:
     """One NDJSON line, strictly (no NaN, no lone surrogates: what the daemon never sends)."""
     try:
-        return msgspec.json.decode(line)
-    except (msgspec.DecodeError, RecursionError) as e:
+        return jsontext.decode(line)
+    except jsontext.JSONTextError as e:
         raise NoetherError("daemon_error", f"the daemon sent a line that is not JSON ({e}): {line[:80]!r}",
                            path=path, exit_code=3) from None
 

@@ -14,6 +14,9 @@ import stat
 from pathlib import Path
 
 from noether_nix.settings import settings
+from noether_nix.settings_view import (
+    default_socket as default_socket,  # lean: clients import it from there
+)
 
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -80,15 +83,3 @@ def private_file(path: Path) -> Path:
     """``path`` as a file only its owner may read: created empty if missing, else tightened."""
     os.close(open_private(path))
     return path
-
-
-def default_socket() -> str:
-    """The daemon's socket when none is named (settings ``socket``, ``$NOETHER_SOCKET``):
-    per user, or the system one for root."""
-    named = settings().socket
-    if named:
-        return named
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if os.getuid() == 0 and not runtime:
-        return "/run/noether/noether.sock"
-    return os.path.join(runtime or "/tmp", "noether.sock")

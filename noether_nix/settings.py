@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from noether_nix.errors import NoetherError
+from noether_nix.settings_view import ENVIRONMENT, env_value, strip_comments
 from noether_nix.suggest import did_you_mean
 
 
@@ -179,35 +180,6 @@ class Settings(_Section):
         msgspec.field(default_factory=RegistrySettings)
 
 
-#: Environment variables and the setting each one sets (a path into the tree).
-ENVIRONMENT: dict[str, tuple[str, ...]] = {
-    "NOETHER_HOME": ("home",),
-    "NOETHER_SOCKET": ("socket",),
-    "NOETHER_LOCAL": ("local",),
-    "NOETHER_RUNTIME_SOURCE": ("nix", "runtime_source"),
-    "NOETHER_NIXPKGS": ("nix", "nixpkgs"),
-    "NOETHER_NIX_GCROOTS": ("nix", "gcroots"),
-    "NOETHER_BUILD_CONCURRENCY": ("nix", "build_concurrency"),
-    "NOETHER_ALLOW_UNPINNED_PIP": ("nix", "allow_unpinned_pip"),
-    "NOETHER_SANDBOX_PROFILES": ("sandbox", "profiles_path"),
-    "NOETHER_SANDBOX_WITHOUT_LIMITS": ("sandbox", "allow_without_limits"),
-    "NOETHER_REGISTRY": ("registry", "url"),
-    "NOETHER_API_KEY": ("registry", "api_key"),
-    "NOETHER_REGISTRY_TIMEOUT_S": ("registry", "timeout_s"),
-    "NOETHER_EXECUTOR": ("engine", "executor"),
-    "NOETHER_REAPI": ("engine", "remote", "url"),
-    "NOETHER_REAPI_INSTANCE": ("engine", "remote", "instance"),
-}
-
-
-def strip_comments(doc: Any) -> Any:
-    """A configuration document without its comment keys (``//…`` and ``_…``), at any depth."""
-    if isinstance(doc, dict):
-        return {k: strip_comments(v) for k, v in doc.items()
-                if not (isinstance(k, str) and (k.startswith("//") or k.startswith("_")))}
-    return doc
-
-
 def read_file(path: str) -> dict[str, Any]:
     """A settings file's document (JSON, or TOML by its suffix), comments dropped."""
     try:
@@ -229,14 +201,6 @@ def read_file(path: str) -> dict[str, Any]:
     return strip_comments(doc)  # type: ignore[no-any-return]
 
 
-def _env_value(name: str, raw: str) -> Any:
-    if name == "NOETHER_SANDBOX_PROFILES":
-        return [d for d in raw.split(":") if d]
-    if name in ("NOETHER_LOCAL", "NOETHER_ALLOW_UNPINNED_PIP", "NOETHER_SANDBOX_WITHOUT_LIMITS"):
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    return raw
-
-
 def build(doc: dict[str, Any], environ: dict[str, str] | os._Environ[str] | None = None, *,
           source: str = "settings") -> Settings:
     """``doc`` with the environment laid over it, as a checked tree."""
@@ -249,7 +213,7 @@ def build(doc: dict[str, Any], environ: dict[str, str] | os._Environ[str] | None
         node = merged
         for key in where[:-1]:
             node = node.setdefault(key, {})
-        node[where[-1]] = _env_value(name, raw)
+        node[where[-1]] = env_value(name, raw)
     try:
         return msgspec.convert(merged, Settings, strict=False)
     except msgspec.ValidationError as e:

@@ -5,21 +5,27 @@ has one method per operation (each a row of ``service.endpoints``); the
 local backend calls the handler in this process, the daemon backend sends
 the endpoint's request to a live daemon, which calls the same handler. A
 command is written once, and prints the same thing in both modes.
+
+Parameters travel as JSON builtins, named as the endpoint's parameter
+Struct names them: the local backend converts them to that Struct (as the
+daemon does a request), the daemon backend sends them — and so a client of
+a live daemon imports neither msgspec nor the endpoint table
+(``service.urls`` is its view of it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-import msgspec
-
 from noether_nix.errors import NoetherError
-from noether_nix.service import endpoints as ep
 
-#: Receives a run's events as they happen (``engine.events`` Structs).
-OnEvent = Callable[[Any], None]
-OnProgress = Callable[[dict[str, Any]], None]
+TYPE_CHECKING = False  # no typing import on a client's path (see errors.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    #: Receives a run's events as they happen (``engine.events`` Structs). One with a ``kinds`` attribute
+    #: (a set of event tags) is given only those kinds.
+    OnEvent = Callable[[Any], None]
+    OnProgress = Callable[[dict[str, Any]], None]
 
 
 class Backend:
@@ -28,47 +34,49 @@ class Backend:
     #: "local" (embedded) or "daemon".
     mode = "local"
 
-    def call(self, name: str, params: msgspec.Struct | None = None, *, on_progress: OnProgress | None = None) -> Any:
+    def call(self, name: str, params: dict[str, Any] | None = None, *,
+             on_progress: OnProgress | None = None) -> Any:
         raise NotImplementedError
 
-    def run(self, params: ep.Run, on_event: OnEvent) -> dict[str, Any]:
-        """Run a graph; ``on_event`` sees each event; the result is its last event (as JSON builtins)."""
+    def run(self, params: dict[str, Any], on_event: OnEvent) -> dict[str, Any]:
+        """Run a graph (``params``: ``endpoints.Run``'s fields); ``on_event`` sees each event; the result is
+        its last event (as JSON builtins)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------ one method per endpoint
 
     def check(self, graph: Any, input: Any, options: dict[str, Any], *, check_input: bool) -> Any:
-        return self.call("check", ep.Check(graph=graph, input=input, check_input=check_input, options=options))
+        return self.call("check", {"graph": graph, "input": input, "check_input": check_input, "options": options})
 
     def runs_list(self, limit: int) -> Any:
-        return self.call("runs_list", ep.RunsList(limit=limit))
+        return self.call("runs_list", {"limit": limit})
 
     def run_get(self, ref: str) -> Any:
-        return self.call("run_get", ep.Ref(ref))
+        return self.call("run_get", {"ref": ref})
 
     def trace_get(self, ref: str) -> Any:
-        return self.call("trace_get", ep.Ref(ref))
+        return self.call("trace_get", {"ref": ref})
 
     def stage_list(self, *, lifecycle: str, tags: list[str], full_ids: bool) -> Any:
-        return self.call("stage_list", ep.StageList(lifecycle=lifecycle, tag=tags, full_ids=full_ids))
+        return self.call("stage_list", {"lifecycle": lifecycle, "tag": tags, "full_ids": full_ids})
 
     def stage_add(self, stage_json: dict[str, Any], *, draft: bool = False, build: bool = True) -> Any:
-        return self.call("stage_add", ep.StageAdd(spec=stage_json, draft=draft, build=build))
+        return self.call("stage_add", {"spec": stage_json, "draft": draft, "build": build})
 
     def stage_get(self, ref: str) -> Any:
-        return self.call("stage_get", ep.Ref(ref))
+        return self.call("stage_get", {"ref": ref})
 
     def stage_lifecycle(self, ref: str, lifecycle: str, successor: str | None = None) -> Any:
-        return self.call("stage_lifecycle", ep.Lifecycle(ref=ref, lifecycle=lifecycle, successor=successor))
+        return self.call("stage_lifecycle", {"ref": ref, "lifecycle": lifecycle, "successor": successor})
 
     def stage_verify(self, ref: str | None) -> Any:
-        return self.call("stage_verify", ep.Ref(ref)) if ref else self.call("verify_all")
+        return self.call("stage_verify", {"ref": ref}) if ref else self.call("verify_all")
 
     def stage_test(self, ref: str | None) -> Any:
-        return self.call("stage_test", ep.Ref(ref)) if ref else self.call("test_all")
+        return self.call("stage_test", {"ref": ref}) if ref else self.call("test_all")
 
     def warmup(self, refs: list[str], on_progress: OnProgress | None = None) -> Any:
-        return self.call("warmup", ep.Warmup(refs=refs), on_progress=on_progress)
+        return self.call("warmup", {"refs": refs}, on_progress=on_progress)
 
     def store_stats(self) -> Any:
         return self.call("store_stats")
@@ -77,7 +85,7 @@ class Backend:
         return self.call("store_export")
 
     def store_import(self, doc: Any, source: str) -> Any:
-        return self.call("store_import", ep.Import(doc=doc, source=source))
+        return self.call("store_import", {"doc": doc, "source": source})
 
 
 def select(*, local: bool = False, socket: str | None = None) -> Backend:
@@ -89,9 +97,9 @@ def select(*, local: bool = False, socket: str | None = None) -> Backend:
     the settings' socket (``$NOETHER_SOCKET``) or the default one is used when
     a daemon is live."""
     from noether_nix.client import daemon_socket_if_live
-    from noether_nix.settings import settings
+    from noether_nix.settings_view import client_settings
 
-    if local or settings().local:
+    if local or client_settings()[0]:
         return _local()
     if socket is not None:
         if daemon_socket_if_live(socket) is None:

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
 
-from noether_nix.backend import Backend, OnEvent, OnProgress
+from noether_nix.backend import Backend
 from noether_nix.engine.engine import Engine
 from noether_nix.engine.events import Event
 from noether_nix.errors import NoetherError
 from noether_nix.service import endpoints as ep
 from noether_nix.service.context import Context, me
 from noether_nix.service.graph import run_graph
+
+if TYPE_CHECKING:
+    from noether_nix.backend import OnEvent, OnProgress
+
+
+def params_of(endpoint: ep.Endpoint, params: dict[str, Any] | None) -> msgspec.Struct:
+    """The endpoint's parameter Struct from its fields as builtins, checked as the daemon checks a request's."""
+    try:
+        return msgspec.convert(params or {}, endpoint.params)
+    except msgspec.ValidationError as e:
+        raise NoetherError("usage", f"invalid parameters for {endpoint.method} {endpoint.path}: {e}") from None
 
 
 def _as_json(value: Any) -> Any:
@@ -28,22 +39,26 @@ class LocalBackend(Backend):
     def __init__(self) -> None:
         self.ctx = Context(me(), make_engine=lambda: Engine(store=self.ctx.store))
 
-    def call(self, name: str, params: msgspec.Struct | None = None, *, on_progress: OnProgress | None = None) -> Any:
+    def call(self, name: str, params: dict[str, Any] | None = None, *,
+             on_progress: OnProgress | None = None) -> Any:
         endpoint = ep.BY_NAME[name]
         if endpoint.daemon_only:
             raise NoetherError("daemon_required", f"{endpoint.method} {endpoint.path} is answered by a daemon only")
         fn = endpoint.resolve()
         kwargs = {"progress": on_progress} if on_progress is not None else {}
-        out = fn(self.ctx, params if params is not None else endpoint.params(), **kwargs)
+        out = fn(self.ctx, params_of(endpoint, params), **kwargs)
         if inspect.iscoroutine(out):
             coro = out
             out = trio.run(lambda: coro)
         return _as_json(out)
 
-    def run(self, params: ep.Run, on_event: OnEvent) -> dict[str, Any]:
+    def run(self, params: dict[str, Any], on_event: OnEvent) -> dict[str, Any]:
+        run_params = params_of(ep.BY_NAME["run"], params)
+        assert isinstance(run_params, ep.Run)
+
         async def emit(ev: Event) -> None:
             on_event(ev)
 
-        finished = trio.run(lambda: run_graph(self.ctx, params, emit=emit))
+        finished = trio.run(lambda: run_graph(self.ctx, run_params, emit=emit))
         result: dict[str, Any] = _as_json(finished)
         return result

@@ -65,18 +65,18 @@ def read_json_file(path: str, *, what: str = "file") -> Any:
         raise NoetherError("file_not_found", f"{what} not found", path=path) from None
     except OSError as e:
         raise NoetherError("io_error", f"cannot read {what}: {e.strerror}", path=path) from None
-    import msgspec
+    from noether_nix import jsontext
 
     try:
-        return msgspec.json.decode(raw)
-    except msgspec.DecodeError as e:
+        return jsontext.decode(raw)
+    except jsontext.JSONTextError as e:
         raise NoetherError("invalid_json", f"{what} is not valid JSON: {e}", path=path) from None
 
 
 def parse_json_arg(text: str, *, what: str) -> Any:
-    import msgspec
+    from noether_nix import jsontext
 
     try:
-        return msgspec.json.decode(text.encode())
-    except msgspec.DecodeError as e:
+        return jsontext.decode(text)
+    except jsontext.JSONTextError as e:
         raise NoetherError("invalid_json", f"{what} is not valid JSON: {e}", path=what) from None

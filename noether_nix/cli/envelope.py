@@ -42,8 +42,18 @@ def error_envelope(inv: Invocation, err: NoetherError, data: Any = None) -> dict
 
 
 def dump(doc: Any, stream: TextIO | None = None) -> None:
+    """One envelope and a newline: indented for a terminal (``--json`` read by a person), one compact
+    line for a pipe or a file (what a program reads; a large value's indentation was a third of it)."""
     out = stream or sys.stdout
-    out.write(json.dumps(doc, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+    try:
+        pretty = out.isatty()
+    except (AttributeError, ValueError):  # a closed or file-like stream without a terminal
+        pretty = False
+    if pretty:
+        text = json.dumps(doc, indent=2, ensure_ascii=False)
+    else:
+        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    out.write(text + "\n")
     out.flush()
 
 

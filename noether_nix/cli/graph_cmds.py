@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
-from typing import Any
 
 from noether_nix.cli.common import CommandResult, backend, parse_json_arg, read_json_file
 from noether_nix.errors import NoetherError
-from noether_nix.service.endpoints import Run
+from noether_nix.terminal import visible
+
+TYPE_CHECKING = False  # no typing import on a client's path (see errors.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _policy_args(p: argparse.ArgumentParser) -> None:
@@ -130,12 +132,12 @@ def add_listed(args: argparse.Namespace, raw: Any) -> None:
         return
     from noether_nix.cli.stage_cmds import signed_stage_json
 
-    base = Path(args.graph).parent
+    base = os.path.dirname(args.graph)
     specs = []
     for i, rel in enumerate(listed):
         if not isinstance(rel, str):
             raise NoetherError("invalid_graph", "must be a spec file path", path=f"stages[{i}]")
-        specs.append(signed_stage_json(str(base / rel)))
+        specs.append(signed_stage_json(os.path.join(base, rel)))
     for spec in specs:
         # A stage the store already has needs no add: peers that may run
         # graphs but not change the store can then run the graph.
@@ -154,14 +156,29 @@ def cmd_check(args: argparse.Namespace) -> Any:
     return backend(args).check(raw, read_input(args), run_options(args), check_input=args.input is not None)
 
 
-def cmd_run(args: argparse.Namespace) -> Any:
-    from noether_nix.service.graph import run_report
+#: What ``noether run`` reports of a run's last event (``RunFinished``).
+RUN_DATA_KEYS = ("composition_id", "run_id", "status", "output", "effects", "trace", "warnings", "spent_cents",
+                 "cache")
 
+
+def run_report(result: dict[str, Any]) -> tuple[dict[str, Any], NoetherError | None]:
+    """The data of ``noether run`` from a run's last event (as builtins), and the error it ends with."""
+    data = {k: result[k] for k in RUN_DATA_KEYS}
+    err = result.get("error")
+    if not err:
+        return data, None
+    code = 2 if err.get("code") == "budget_exceeded" else 3
+    inner = NoetherError.from_dict(err)  # its message without the path it starts with
+    return data, NoetherError(inner.code, f"execution failed: {inner.message}", path=inner.path, hint=inner.hint,
+                              details=inner.details or None, exit_code=code)
+
+
+def cmd_run(args: argparse.Namespace) -> Any:
     if args.dry_run:
         return cmd_check(args)
     raw = read_json_file(args.graph, what="graph file")
     add_listed(args, raw)
-    params = Run(graph=raw, input=read_input(args), options=run_options(args))
+    params = {"graph": raw, "input": read_input(args), "options": run_options(args)}  # endpoints.Run
     view = getattr(args, "view", None)
     if view is not None:  # the human view: stages live, then the output (cli.human)
         with view.run_progress() as watch:
@@ -172,21 +189,25 @@ def cmd_run(args: argparse.Namespace) -> Any:
     return data if err is None else CommandResult(data, err)
 
 
-def _stderr_progress(*, live: bool) -> Any:
+class _stderr_progress:
     """Events while stdout carries the envelope: what stdout_write stages write goes to stderr, always;
-    one plain line per stage too when stderr is a terminal."""
-    from noether_nix.cli.human import render_event
-    from noether_nix.terminal import visible
+    one plain line per stage too when stderr is a terminal (else only ``stage_output`` events are wanted:
+    a daemon client then decodes no other event)."""
 
-    def on_event(ev: Any) -> None:
+    def __init__(self, *, live: bool) -> None:
+        self.live = live
+        self.kinds = None if live else frozenset({"stage_output"})
+
+    def __call__(self, ev: Any) -> None:
         if type(ev).__name__ == "StageOutput":
             # On a terminal the text is shown, never obeyed (no escape sequence reaches it); into a file, as it is.
             sys.stderr.write(visible(ev.text) if sys.stderr.isatty() else ev.text)
             sys.stderr.flush()
-        elif live and (line := render_event(ev)):
-            print(line, file=sys.stderr, flush=True)
+        elif self.live:
+            from noether_nix.cli.human import render_event
 
-    return on_event
+            if line := render_event(ev):
+                print(line, file=sys.stderr, flush=True)
 
 
 def cmd_trace(args: argparse.Namespace) -> Any:

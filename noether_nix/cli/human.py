@@ -27,14 +27,15 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
 
 from noether_nix.terminal import visible
 
+TYPE_CHECKING = False  # no typing import on the CLI's entry (see errors.py)
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
+
     from rich.console import Console
     from rich.progress import Progress, TaskID
 
@@ -60,6 +61,8 @@ def duration(ms: float | None) -> str:
 def when(ts: Any) -> str:
     """A stored time (Unix seconds, or ISO 8601) as local time for reading."""
     try:
+        from datetime import datetime
+
         moment = datetime.fromtimestamp(float(ts)) if isinstance(ts, (int, float)) else \
             datetime.fromisoformat(str(ts)).astimezone()
     except (TypeError, ValueError, OverflowError):

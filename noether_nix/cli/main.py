@@ -1,7 +1,8 @@
 """``noether``: the command-line interface.
 
 For programs (stdout not a terminal, or ``--json``), every command prints
-exactly one ACLI envelope on stdout, ok or not (a failed command's envelope
+exactly one ACLI envelope on stdout, ok or not (one compact line, indented
+only on a terminal; a failed command's envelope
 carries its ``error``, and its ``data`` where there is some, such as a
 failed run's trace); logs, and live progress when stderr is a terminal, go
 to stderr. For people (stdout a terminal, or ``--human``), the same data

@@ -270,6 +270,13 @@ def _text_valid(strs: list[str]) -> bool:
     return True
 
 
+def _finite_sum(floats: Any) -> bool:
+    try:
+        return math.isfinite(math.fsum(floats))
+    except OverflowError:  # fsum raises, rather than return inf, when a partial sum overflows
+        return False
+
+
 def _leaves_valid(value: Any, depth: int, max_depth: int) -> bool:
     if depth >= max_depth:
         return False
@@ -283,7 +290,7 @@ def _leaves_valid(value: Any, depth: int, max_depth: int) -> bool:
     strs = items if types == {str} else [x for x in items if type(x) is str] if str in types else []
     if strs and not _text_valid(strs):
         return False
-    if float in types and not math.isfinite(math.fsum(x for x in items if type(x) is float)):
+    if float in types and not _finite_sum(x for x in items if type(x) is float):
         return False  # NaN or an infinity (or a sum that overflows: then walk it)
     if int in types:
         ints = [x for x in items if type(x) is int]

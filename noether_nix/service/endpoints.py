@@ -16,11 +16,11 @@ import importlib
 import re
 from collections.abc import Callable
 from typing import Annotated, Any, get_args, get_origin, get_type_hints
-from urllib.parse import quote, urlencode
 
 import msgspec
 
 from noether_nix.errors import NoetherError
+from noether_nix.service import urls
 
 # ---------------------------------------------------------------- parameters
 # Run options are decoded as ``noether_nix.engine.options.RunOptions`` by the
@@ -109,7 +109,7 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def has_body(self) -> bool:
-        return self.method in ("POST", "PATCH", "PUT")
+        return urls.has_body(self.method)
 
     def resolve(self) -> Callable[..., Any]:
         module, _, func = self.handler.partition(":")
@@ -153,7 +153,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 )
 BY_NAME: dict[str, Endpoint] = {e.name: e for e in ENDPOINTS}
 
-_SEGMENT = re.compile(r"\{(\w+)\}")
+_SEGMENT = urls.SEGMENT
 
 
 def _pattern(path: str) -> re.Pattern[str]:
@@ -223,15 +223,5 @@ def markdown_table() -> str:
 
 
 def target(endpoint: Endpoint, params: msgspec.Struct) -> tuple[str, Any]:
-    """The request target (path and query) and JSON body that carry ``params``."""
-    values = msgspec.to_builtins(params)
-    names = _SEGMENT.findall(endpoint.path)
-    path = _SEGMENT.sub(lambda m: quote(str(values[m.group(1)]), safe=""), endpoint.path)
-    rest = {k: v for k, v in values.items() if k not in names}
-    if endpoint.has_body:
-        return path, rest
-    pairs: list[tuple[str, str]] = []
-    for k, v in rest.items():
-        for item in v if isinstance(v, list) else [v]:
-            pairs.append((k, ("1" if item else "0") if isinstance(item, bool) else str(item)))
-    return (f"{path}?{urlencode(pairs)}" if pairs else path), None
+    """The request target (path and query) and JSON body that carry ``params`` (``urls.target``)."""
+    return urls.target(endpoint.method, endpoint.path, msgspec.to_builtins(params))

@@ -83,17 +83,3 @@ async def warmup_stages(ctx: Context, p: Warmup | NoParams, *,
     return await warmup(stages, ProgramRegistry(store.conn), progress=progress)
 
 
-RUN_DATA_KEYS = ("composition_id", "run_id", "status", "output", "effects", "trace", "warnings", "spent_cents",
-                 "cache")
-
-
-def run_report(result: dict[str, Any]) -> tuple[dict[str, Any], NoetherError | None]:
-    """The data of ``noether run`` from a run's last event (as builtins), and the error it ends with."""
-    data = {k: result[k] for k in RUN_DATA_KEYS}
-    err = result.get("error")
-    if not err:
-        return data, None
-    code = 2 if err.get("code") == "budget_exceeded" else 3
-    inner = NoetherError.from_dict(err)  # its message without the path it starts with
-    return data, NoetherError(inner.code, f"execution failed: {inner.message}", path=inner.path, hint=inner.hint,
-                              details=inner.details or None, exit_code=code)

@@ -87,6 +87,7 @@ def test_through_a_pipe_the_envelope_is_unchanged_and_rich_is_never_loaded() -> 
     proc = subprocess.run([sys.executable, "-c", code, "run", HELLO], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)  # all of stdout: one envelope
+    assert proc.stdout.endswith("}\n") and proc.stdout.count("\n") == 1  # one compact line for a program
     assert list(doc) == ["ok", "command", "data", "meta"]
     assert list(doc["data"]) == ["composition_id", "run_id", "status", "output", "effects", "trace", "warnings",
                                  "spent_cents", "cache"]
@@ -99,6 +100,7 @@ def test_through_a_pipe_the_envelope_is_unchanged_and_rich_is_never_loaded() -> 
     # --json on a terminal: the envelope, and no live progress.
     t = in_terminal("run", HELLO, "--json")
     assert json.loads(t.text)["data"]["output"] == "HELLO, WORLD!"
+    assert t.lines[:2] == ["{", '  "ok": true,']  # indented for a person
     assert "⠋" not in plain(t.raw)
 
 

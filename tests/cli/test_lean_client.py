@@ -33,6 +33,11 @@ def loaded(home: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], li
     return proc, json.loads(proc.stderr.strip().splitlines()[-1])
 
 
+def lean(modules: list[str]) -> list[str]:
+    """What a client of a live daemon does not load either, beyond ``HEAVY``: the schema libraries."""
+    return [m for m in modules if m.split(".")[0] in ("msgspec", "typing", "typing_extensions", "pathlib")]
+
+
 def heavy(modules: list[str]) -> list[str]:
     return [m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY)]
 
@@ -57,8 +62,25 @@ def test_run_through_a_daemon_is_a_lean_client(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["data"]["output"] == "HI"
         assert heavy(modules) == [], "a client of a live daemon loaded the engine's machinery"
+        # Nor msgspec, typing or pathlib: each costs more than the client's own work (bench/cli_startup.py).
+        assert lean(modules) == [], "a client of a live daemon loaded msgspec, typing or pathlib"
         proc, modules = loaded(client, "--socket", str(sock), "runs", "--limit", "1")
-        assert proc.returncode == 0 and heavy(modules) == []
+        assert proc.returncode == 0 and heavy(modules) == [] and lean(modules) == []
+        assert json.loads(proc.stdout)["data"]["runs"][0]["status"] == "ok"
+        # Bad parameters: the daemon's usage error, as embedded (the local backend checks them the same way).
+        proc, modules = loaded(client, "--socket", str(sock), "runs", "--limit", "0")
+        local, _ = loaded(client, "--local", "runs", "--limit", "0")
+        for p in (proc, local):
+            err = json.loads(p.stdout)["error"]
+            assert p.returncode != 0 and err["code"] == "usage" and "GET /v1/runs" in err["message"], p.stdout
+        # A graph that writes to stdout: its text reaches stderr (that event alone is decoded).
+        printer = tmp_path / "p.json"
+        printer.write_text(json.dumps({"description": "d", "version": "1",
+                                       "root": {"op": "Stage", "id": "stdout_write"}}))
+        proc, modules = loaded(client, "--socket", str(sock), "run", "--input", '{"text": "to stderr\\n"}',
+                               str(printer))
+        assert proc.returncode == 0 and proc.stderr.startswith("to stderr\n"), proc.stderr
+        assert heavy(modules) == []
     finally:
         stop(daemon)
 

@@ -32,7 +32,7 @@ ADD1 = {"name": "add1", "input": "Number", "output": "Number", "tags": [TAG],
 ADD1_V2 = {**ADD1, "implementation": "def execute(x):\n    return 1 + x\n"}
 NEG = {"name": "neg", "input": "Number", "output": "Number", "tags": [TAG],
        "implementation": "def execute(x):\n    return -x\n", "examples": [{"input": 1, "output": -1}]}
-_DURATION = re.compile(r'"duration_ms": \d+')
+_DURATION = re.compile(r'"duration_ms": ?\d+')
 
 
 def normalise(text: str) -> str:

@@ -16,8 +16,10 @@ LAZY_ALLOWED = {
     # the engine, the sandbox or Nix (start-up time; bench/cli_startup.py).
     "cli/": "a command loads what it needs when it runs",
     "backend/__init__.py": "the daemon backend must not load the local one (the engine)",
+    "backend/daemon.py": "a run's events become msgspec Structs only for a reader that wants them",
+    "settings_view.py": "the settings tree (msgspec) is built only when the plain reading cannot vouch",
     "service/context.py": "handlers that only read the store never build an engine",
-    "service/graph.py": "the CLI imports run_report from here; the engine loads only to run",
+    "service/graph.py": "handlers load the engine, graph checks and Nix only when they run",
     "service/stages.py": "the CLI imports LIST_LIFECYCLES from here; Nix loads only to build",
     # Optional parts: a registry needs psycopg only with PostgreSQL, embeddings only with a provider,
     # the engine only for /compositions/run; a daemon loads the registry client only when configured.
@@ -133,3 +135,46 @@ def test_the_docs_say_where_each_stdlib_stage_runs_as_the_registry_does() -> Non
     for name, runs in listed.items():
         in_sandbox = runs.strip().startswith(("a sandbox", "the run's **process host**"))
         assert in_sandbox == STDLIB[name].sandboxed, (name, runs)
+
+
+def test_the_client_route_table_is_the_endpoint_table() -> None:
+    """``service.urls.ROUTES`` (what a lean client reads) is the projection of ``service.endpoints``."""
+    from noether_nix.service import endpoints as ep
+    from noether_nix.service.urls import ROUTES
+
+    assert {e.name: (e.method, e.path, e.slow) for e in ep.ENDPOINTS} == ROUTES
+    # The daemon backend's requests are the ones the Structs make.
+    from noether_nix.service.urls import target
+
+    for name, params in [("run", ep.Run(graph={"root": 1}, input="x", options={"cache": False})),
+                         ("runs_list", ep.RunsList(limit=3)), ("run_get", ep.Ref("a/b c")),
+                         ("stage_list", ep.StageList(lifecycle="active", tag=["x", "y z"], full_ids=False)),
+                         ("stage_lifecycle", ep.Lifecycle(ref="abc", lifecycle="Active")),
+                         ("verify_all", ep.NoParams())]:
+        method, path, _ = ROUTES[name]
+        values = {f: getattr(params, f) for f in params.__struct_fields__}
+        assert target(method, path, values) == ep.target(ep.BY_NAME[name], params), name
+
+
+def test_the_client_settings_keys_are_the_settings_tree() -> None:
+    """``settings_view.KEYS`` (what a lean client checks a settings file against) is ``Settings``'s tree."""
+    from typing import Annotated, get_args, get_origin
+
+    import msgspec
+
+    from noether_nix.settings import Settings
+    from noether_nix.settings_view import KEYS
+
+    tree: dict[str, frozenset[str]] = {}
+
+    def walk(struct: type[msgspec.Struct], section: str) -> None:
+        tree[section] = frozenset(f.encode_name for f in msgspec.structs.fields(struct))
+        for f in msgspec.structs.fields(struct):
+            tp = f.type
+            while get_origin(tp) is Annotated:
+                tp = get_args(tp)[0]
+            if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+                walk(tp, f"{section}.{f.encode_name}" if section else f.encode_name)
+
+    walk(Settings, "")
+    assert tree == KEYS

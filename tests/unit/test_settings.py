@@ -87,3 +87,46 @@ def test_limits_come_from_the_profile_and_stop_at_its_maxima() -> None:
 
 def test_the_default_tree_is_what_an_empty_file_gives() -> None:
     assert build({}, environ={}) == Settings()
+
+
+@pytest.mark.parametrize("doc,env,vouches", [
+    ({}, {}, True),
+    ({"local": True, "socket": "/s", "max_runs": 3, "engine": {"run_concurrency": 2, "remote": {"url": None}},
+      "//": "comment", "_x": 1}, {}, True),
+    ({"local": True}, {"NOETHER_LOCAL": "0"}, True),
+    ({"socket": "/file"}, {"NOETHER_SOCKET": "/env"}, True),
+    ({"socket": "/file"}, {"NOETHER_SOCKET": ""}, True),
+    ({}, {"NOETHER_LOCAL": "yes", "NOETHER_BUILD_CONCURRENCY": "4"}, True),
+    ({"lokal": True}, {}, False),  # a misspelt key: the tree's error, with its suggestion
+    ({"engine": {"run_concurency": 2}}, {}, False),
+    ({"engine": {"remote": {"urll": "x"}}}, {}, False),
+    ({"local": "true"}, {}, False),  # not a bool: the tree decides
+    ({"socket": 5}, {}, False),
+    ({"engine": 3}, {}, False),
+])
+def test_a_client_reads_local_and_socket_as_the_tree_does(tmp_path: Path, doc: dict[str, object],
+                                                          env: dict[str, str], vouches: bool) -> None:
+    """``settings_view.plain_client_settings`` (a daemon client, no msgspec) gives what the tree gives, or
+    defers to it."""
+    from noether_nix.settings_view import plain_client_settings
+
+    cfg = tmp_path / "settings.json"
+    cfg.write_text(json.dumps(doc))
+    environ = {**env, "NOETHER_CONFIG": str(cfg)}
+    plain = plain_client_settings(environ)
+    assert (plain is not None) == vouches
+    if plain is not None:
+        tree = build(read_file(str(cfg)), environ=environ)
+        assert plain == (tree.local, tree.socket)
+
+
+def test_a_client_defers_to_the_tree_for_a_file_it_cannot_read(tmp_path: Path) -> None:
+    from noether_nix.settings_view import plain_client_settings
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    assert plain_client_settings({"NOETHER_CONFIG": str(bad)}) is None
+    assert plain_client_settings({"NOETHER_CONFIG": str(tmp_path / "missing.json")}) is None
+    toml = tmp_path / "c.toml"
+    toml.write_text('local = true\n[engine]\nisolation = "bwrap"\n')
+    assert plain_client_settings({"NOETHER_CONFIG": str(toml)}) == (True, None)
