@@ -224,11 +224,19 @@ class Worker:
         self.log_path = root / "worker.log"
 
     def start(self, timeout: float = 60) -> None:
+        self.spawn()
+        self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Starts the worker without waiting for it (workers get ready side by side)."""
         env = {**os.environ, "NOETHER_HOME": str(self.home)}
         log = open(self.log_path, "ab")  # noqa: SIM115 (the child holds it; closed below)
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                      start_new_session=True, cwd=self.root)
         log.close()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -23,10 +23,18 @@ class Cluster:
         return self.bg.url
 
     def add_worker(self, bot_id: str, *extra: str) -> Worker:
-        w = Worker(self.root / bot_id, self.url, bot_id, *extra)
-        w.start()
-        self.workers.append(w)
-        return w
+        return self.add_workers([(bot_id, *extra)])[0]
+
+    def add_workers(self, specs: list[tuple[str, ...]]) -> list[Worker]:
+        """Starts workers (bot id, then its flags) side by side and waits until each is ready:
+        a worker takes seconds to start (its runtimes), so one after the other adds up."""
+        started = [Worker(self.root / bot_id, self.url, bot_id, *extra) for bot_id, *extra in specs]
+        for w in started:
+            w.spawn()
+            self.workers.append(w)  # stopped with the cluster, ready or not
+        for w in started:
+            w.wait_ready()
+        return started
 
     def stop(self) -> None:
         for w in self.workers:
@@ -46,8 +54,7 @@ def start_cluster(root: Path, workers: int = 2) -> Cluster:
     try:
         cluster.bg.migrate()
         cluster.bg.start()
-        for i in range(workers):
-            cluster.add_worker(f"worker-{i + 1}")
+        cluster.add_workers([(f"worker-{i + 1}",) for i in range(workers)])
     except BaseException:
         cluster.stop()
         raise

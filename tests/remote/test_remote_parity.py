@@ -41,8 +41,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = start_cluster(tmp_path_factory.mktemp("reapi-parity"), workers=0)
     try:
         grants = ["--network", "--allow-read", FILES_BASE, "--allow-write", FILES_BASE]
-        c.add_worker("parity-1", *grants, "--concurrency", "4")
-        c.add_worker("parity-2", *grants, "--concurrency", "4")
+        c.add_workers([("parity-1", *grants, "--concurrency", "4"), ("parity-2", *grants, "--concurrency", "4")])
         yield c
     finally:
         c.stop()
