@@ -347,9 +347,9 @@ class ReapiClient:
 
     # ------------------------------------------------------------ bots (Remote Workers API)
 
-    async def create_bot_session(self, parent: str, session: Any) -> Any:
+    async def create_bot_session(self, parent: str, session: Any, timeout: float = 60) -> Any:
         req = rw.CreateBotSessionRequest(parent=parent, bot_session=session)
-        return await self._unary(_BOTS + "CreateBotSession", req, rw.BotSession, 60)
+        return await self._unary(_BOTS + "CreateBotSession", req, rw.BotSession, timeout)
 
     async def update_bot_session(self, session: Any, timeout: float) -> Any:
         req = rw.UpdateBotSessionRequest(name=session.name, bot_session=session)

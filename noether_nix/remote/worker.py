@@ -59,6 +59,8 @@ log = structlog.get_logger("noether.worker")
 OK, CANCELLED, INVALID_ARGUMENT, DEADLINE_EXCEEDED, FAILED_PRECONDITION, INTERNAL, UNAVAILABLE = 0, 1, 3, 4, 9, 13, 14
 # Longest UpdateBotSession long poll (the server answers sooner when it has work).
 POLL_S = 30.0
+#: CreateBotSession's first deadline (see ``Worker._create``).
+CREATE_QUICK_S = 3.5
 # Time a lease may take besides its Action's timeout: input fetch, a cold build, upload.
 OVERHEAD_S = 300.0
 # The largest Action, Command and input root Directory a lease may name (ours are a few hundred bytes).
@@ -185,7 +187,17 @@ class Worker:
     async def _create(self, client: ReapiClient) -> Any:
         parent = self.settings.endpoint.instance
         try:
-            return await client.create_bot_session(parent, self.session())
+            try:
+                # A server may hold CreateBotSession open as a long poll for leases, for most
+                # of the call's deadline (BuildGrid: 80 % of it, unless that is under its
+                # 3 s network timeout): a short deadline registers the bot at once, and its
+                # first UpdateBotSession asks for work. A server too slow for that gets the
+                # long call.
+                return await client.create_bot_session(parent, self.session(), timeout=CREATE_QUICK_S)
+            except RpcFailed as e:
+                if e.code != "DEADLINE_EXCEEDED":
+                    raise
+                return await client.create_bot_session(parent, self.session())
         except RpcFailed as e:
             raise NoetherError("worker_register_failed", f"the server at {self.settings.endpoint.url} refused the "
                                f"bot session: {e.code}: {e.details}", exit_code=3) from None

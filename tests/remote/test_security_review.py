@@ -287,3 +287,33 @@ async def test_a_result_with_absurd_timestamps_is_still_a_result(hostile: Hostil
         outcome = await remote.execute(call())
     assert outcome.output == 42 and outcome.cached
     assert outcome.remote is not None and outcome.remote["queued_at"] is None
+
+
+class _SlowBots:
+    """CreateBotSession as a server too slow for the quick first call answers it."""
+
+    def __init__(self, quick_fails: bool) -> None:
+        self.quick_fails = quick_fails
+        self.timeouts: list[float] = []
+
+    async def create_bot_session(self, parent: str, session: Any, timeout: float = 60) -> Any:
+        from noether_nix.remote.client import RpcFailed
+
+        self.timeouts.append(timeout)
+        if self.quick_fails and timeout < 60:
+            raise RpcFailed("DEADLINE_EXCEEDED", "Deadline Exceeded")
+        return session
+
+
+@pytest.mark.parametrize("quick_fails", [False, True])
+async def test_a_worker_registers_at_once_and_a_slow_server_gets_the_long_call(quick_fails: bool) -> None:
+    """CreateBotSession is a long poll on BuildGrid (80 % of its deadline when no work waits):
+    a worker took 12 s to be ready. It asks with a short deadline first, then the long one."""
+    from noether_nix.remote.worker import CREATE_QUICK_S
+
+    w = Worker(WorkerSettings(endpoint=Endpoint(url="grpc://127.0.0.1:1"), bot_id="b", runtimes=["python"]),
+               programs=None)
+    bots = _SlowBots(quick_fails)
+    session = await w._create(bots)  # type: ignore[arg-type]
+    assert session.bot_id == "b"
+    assert bots.timeouts == ([CREATE_QUICK_S, 60] if quick_fails else [CREATE_QUICK_S])
