@@ -44,6 +44,7 @@ from noether_nix.sandbox.profile import Profile, load_profile
 from noether_nix.sandbox.supervisor import RunAs
 from noether_nix.settings import EngineSettings, settings
 from noether_nix.stdlib.registry import STDLIB
+from noether_nix.stdlib.text import ON_TEXT
 from noether_nix.store.cache import PureCache
 from noether_nix.store.kv import KvStore
 from noether_nix.store.remote import remote_source
@@ -85,7 +86,8 @@ def _fast_pure(stage: Stage) -> FastPure | None:
         return None
     if outer_refinements(stage.input) or outer_refinements(stage.output):
         return None
-    return FastPure(entry.impl, simple_types(stage.input))
+    types = simple_types(stage.input)
+    return FastPure(entry.impl, types, on_text=ON_TEXT.get(entry.name) if types == frozenset({str}) else None)
 
 
 def _is_cancellation(e: BaseException) -> bool:
