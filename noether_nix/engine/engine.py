@@ -44,6 +44,7 @@ from noether_nix.sandbox.profile import Profile, load_profile
 from noether_nix.sandbox.supervisor import RunAs
 from noether_nix.settings import EngineSettings, settings
 from noether_nix.stdlib.registry import STDLIB
+from noether_nix.stdlib.text import ON_TEXT
 from noether_nix.store.cache import PureCache
 from noether_nix.store.kv import KvStore
 from noether_nix.store.remote import remote_source
@@ -85,7 +86,8 @@ def _fast_pure(stage: Stage) -> FastPure | None:
         return None
     if outer_refinements(stage.input) or outer_refinements(stage.output):
         return None
-    return FastPure(entry.impl, simple_types(stage.input))
+    types = simple_types(stage.input)
+    return FastPure(entry.impl, types, on_text=ON_TEXT.get(entry.name) if types == frozenset({str}) else None)
 
 
 def _is_cancellation(e: BaseException) -> bool:
@@ -243,6 +245,7 @@ class Engine:
                                                allow_unsigned=options.allow_unsigned,
                                                isolation_available=self.isolation_available(options)),
                           run_as=run_as, store_writes=store_writes, requester_uid=requester_uid)
+        run.passed = (input, None)  # `prepare` checked it
         started_wall = datetime.now(UTC)
         started = time.monotonic()
         if record:
@@ -262,8 +265,10 @@ class Engine:
                     run.cleanup.push_async_callback(self.close_warm)
                 output = await run.exec(prepared.root, input, "root")
             # Stage outputs are checked as they come; what Parallel, Let or Const put
-            # together at the root is checked here.
-            await maybe_off_loop(small(output), self._check_output, output, limiter=self.thread_limiter)
+            # together at the root is checked here (the last stage's own output, as it came, is not
+            # checked twice).
+            if output is not run.passed[0]:
+                await maybe_off_loop(small(output), self._check_output, output, limiter=self.thread_limiter)
         except NoetherError as e:
             status, error = "failed", e.to_dict()
             if e.code == "budget_exceeded":

@@ -54,6 +54,9 @@ class FastPure(msgspec.Struct, frozen=True):
     #: The exact Python types its input may have (``ANY``: every value), or None:
     #: the type needs a full check (``model.values.conforms``) per call.
     input_types: frozenset[type] | None
+    #: The same function on a text input, as a ``str`` method (``stdlib.text.ON_TEXT``):
+    #: mapped over a chunk whose inputs passed as text.
+    on_text: Callable[[str], Any] | None = None
 
 
 def simple_types(t: NType) -> frozenset[type] | None:
@@ -106,8 +109,10 @@ class Summary:
         self.counts[min(us.bit_length(), len(BOUNDS_US))] += 1
         self.sampled += 1
 
-    def call_chunk(self, impl: Callable[[Any], Any], chunk: list[Any]) -> list[Any]:
-        """``impl`` on every value of ``chunk``, the first ``SAMPLED_PER_CHUNK`` timed one by one.
+    def call_chunk(self, impl: Callable[[Any], Any], chunk: list[Any],
+                   bulk: Callable[[Any], Any] | None = None) -> list[Any]:
+        """``impl`` on every value of ``chunk``, the first ``SAMPLED_PER_CHUNK`` timed one by one,
+        the rest through ``bulk`` when given (the same function at C speed).
         Raises what ``impl`` raises (``index_of_failure`` finds which call)."""
         clock = time.perf_counter_ns
         k = min(SAMPLED_PER_CHUNK, len(chunk))
@@ -117,7 +122,7 @@ class Summary:
             out.append(impl(v))
             self.sample(clock() - t)
         if k < len(chunk):
-            out += map(impl, chunk[k:])
+            out += map(bulk or impl, chunk[k:])
         self.calls += len(chunk)
         return out
 

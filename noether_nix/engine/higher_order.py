@@ -156,8 +156,9 @@ class HigherOrder:
                         self.check_input(stage, v, self.item_path(start + j))
                 inline = chunk_is_small(chunk)
                 try:
-                    out += await maybe_off_loop(inline, summary.call_chunk, fast.impl, chunk, limiter=threads,
-                                                budget_s=self.run.limits.timeout_s, what=what,
+                    # Every input of the chunk is of the stage's input type here (checked above).
+                    out += await maybe_off_loop(inline, summary.call_chunk, fast.impl, chunk, fast.on_text,
+                                                limiter=threads, budget_s=self.run.limits.timeout_s, what=what,
                                                 path=self.item_path(start))
                 except (StageFailure, NoetherError) as failure:
                     if isinstance(failure, StageError) and failure.code == "stage_timed_out":

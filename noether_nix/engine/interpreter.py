@@ -99,6 +99,11 @@ class Interpreter:
         self.output_checks = options.output_type_checks and services.config.output_type_checks
         #: The pure cache is shared by the daemon's writers; every other peer has its own.
         self.cache_namespace = cache_namespace(store_writes, requester_uid)
+        #: The value (by identity) that last passed ``check_value`` as a stage's output or as
+        #: the run's input, with its hash when known, and not handed to a stage since: the next
+        #: check of that very object (the next stage's input, the run's output) is not made
+        #: twice. One tuple, read and replaced whole (worker threads check values too).
+        self.passed: tuple[Any, str | None] = (_UNSET, None)
 
     def record(self, entry: dict[str, Any]) -> None:
         """A trace entry; past ``MAX_TRACE_ENTRIES`` only counted (a map over
@@ -306,9 +311,13 @@ class Interpreter:
 
     def _accept_input(self, stage: Stage, value: Any, path: str) -> str:
         """Check a stage's input (a JSON value within the caps, its refinements); its hash."""
-        check_value(value, self.services.config.max_value_bytes, what=lambda: f"the input of stage {stage.label()}",
-                    path=path)
-        in_hash = value_hash(value)
+        passed, passed_hash = self.passed
+        if value is passed:
+            self.passed = (_UNSET, None)  # handed to a stage: checked again if it comes back as an output
+        else:
+            check_value(value, self.services.config.max_value_bytes,
+                        what=lambda: f"the input of stage {stage.label()}", path=path)
+        in_hash = passed_hash if value is passed and passed_hash is not None else value_hash(value)
         if self.checks:
             self._refinements(stage, "input", value, path)
         return in_hash
@@ -319,7 +328,9 @@ class Interpreter:
                     path=path)
         if self.checks:
             self._refinements(stage, "output", out, path)
-        return value_hash(out)
+        out_hash = value_hash(out)
+        self.passed = (out, out_hash)
+        return out_hash
 
     async def off_loop(self, fn: Callable[..., str], stage: Stage, value: Any, path: str) -> str:
         """``fn(stage, value, path)`` on a worker thread: checking and hashing 30 MB of JSON
@@ -388,6 +399,9 @@ class Interpreter:
             await self.emit(RunWarning(self.run_id, code="printed_not_returned", message=warning, node_path=path))
         self.record(_entry(stage, path, "Ok", wall, in_hash, out_hash, spent_cents=cost, **_extra(usage)))
         return out
+
+
+_UNSET = object()
 
 
 def _ms_since(started: float) -> int:

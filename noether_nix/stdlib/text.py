@@ -7,6 +7,7 @@ sandbox: ``sandboxed/text_hash.py``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import regex
@@ -35,6 +36,12 @@ _WHITE_SPACE = (
     "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
     "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
+
+
+#: Stages that are exactly one ``str`` method on a text input: on a chunk of texts (input
+#: checked to be text, a chunk at a time) the fast path maps that method itself, at C
+#: speed, instead of calling the stage once a value (~2.5× the time).
+ON_TEXT: dict[str, Callable[[str], Any]] = {"text_upper": str.upper, "text_lower": str.lower}
 
 
 @stage("text_upper")

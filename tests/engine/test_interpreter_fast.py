@@ -224,6 +224,18 @@ async def test_pure_stdlib_calls_in_map_filter_reduce_are_one_summary_entry(engi
     assert summaries(res)[0]["summary"]["calls"] == 3 and len(traced.trace["stages"]) == 4
 
 
+async def test_text_stages_mapped_at_c_speed_give_what_each_call_gives(engine: Engine) -> None:
+    """Past each chunk's timed calls, text_upper and text_lower run as the str method itself."""
+    items = [f"Straße-{i}-ǅ-ΣΑΣ" for i in range(2100)]
+    full = RunOptions(isolate="none", cache=False, trace="full")
+    for name in ("text_upper", "text_lower"):
+        fast = await engine.run(graph(stage("map", stage_id=name)), items, OPTS)
+        traced = await engine.run(graph(stage("map", stage_id=name)), items, full)
+        assert fast.status == traced.status == "ok" and fast.output == traced.output
+        assert fast.output[-1] == (items[-1].upper() if name == "text_upper" else items[-1].lower())
+        assert summaries(fast)[0]["summary"]["calls"] == 2100
+
+
 async def test_the_fast_path_fails_as_the_traced_path_does(engine: Engine) -> None:
     """The same error code, message and node path, and the summary counts the failure."""
     bad = ["a", "b", 3, "d"]
