@@ -69,26 +69,26 @@ def test_graph_parse_and_prepare(engine: Engine, doc: Any, input: Any, options: 
     only_noether_errors(lambda: engine.prepare(doc, input, opts, check_input=True))
 
 
-@settings(max_examples=budget(1000))
+@settings(max_examples=budget(2000))
 @given(doc=spec_docs)
 def test_stage_spec_and_stage_json(doc: Any) -> None:
     only_noether_errors(lambda: stage_from_spec(doc))
     only_noether_errors(lambda: stage_from_json(doc))
 
 
-@settings(max_examples=budget(2000))
+@settings(max_examples=budget(4000))
 @given(doc=ntype_docs)
 def test_type_parsing(doc: Any) -> None:
     only_noether_errors(lambda: parse_type(doc))
 
 
-@settings(max_examples=budget(1500))
+@settings(max_examples=budget(3000))
 @given(doc=option_docs)
 def test_run_options(doc: Any) -> None:
     only_noether_errors(lambda: decode_options(doc))
 
 
-@settings(max_examples=budget(1000))
+@settings(max_examples=budget(2000))
 @given(doc=event_docs, raw=st.binary(max_size=64))
 def test_ndjson_events(doc: Any, raw: bytes) -> None:
     # The client's side of a run's stream: each line read strictly, then taken as an event
@@ -102,7 +102,7 @@ def test_ndjson_events(doc: Any, raw: bytes) -> None:
     only_noether_errors(lambda: event_of(doc))  # what an embedding program might hand it
 
 
-@settings(max_examples=budget(2000))
+@settings(max_examples=budget(4000))
 @given(value=st.one_of(any_json, deep_values), limit=st.integers(0, 4096))
 def test_value_checks(value: Any, limit: int) -> None:
     out = only_noether_errors(lambda: check_value(value, limit, what="the value", path="v"))
