@@ -18,6 +18,7 @@ from typing import Any
 import trio
 
 from noether_nix.engine.events import RunWarning, StageProgress
+from noether_nix.engine.fastcall import timed_call
 from noether_nix.engine.fastpath import (
     CHUNK,
     FastPure,
@@ -27,7 +28,7 @@ from noether_nix.engine.fastpath import (
     chunk_is_small,
     index_of_failure,
 )
-from noether_nix.engine.offload import maybe_off_loop, small
+from noether_nix.engine.offload import maybe_off_loop
 from noether_nix.engine.options import ATTEMPT, RetriesExhausted, StageError, with_retries
 from noether_nix.engine.state import IN_PROCESS, RunState
 from noether_nix.errors import NoetherError
@@ -237,26 +238,15 @@ class HigherOrder:
         summary = Summary()
         limit = self.run.services.config.max_value_bytes
         threads = self.run.services.thread_limiter
-        clock = time.perf_counter_ns
         try:
             for i, item in enumerate(items):
                 path = self.item_path(i)
                 arg = {"accumulator": acc, "item": item}
                 self.check_input(stage, arg, path)
                 check_value(acc, limit, what=lambda: f"the input of stage {stage.label()}", path=path)
-                t = clock()
-                try:
-                    acc = await maybe_off_loop(small(arg), fast.impl, arg, limiter=threads,
-                                               budget_s=self.run.limits.timeout_s, path=path,
-                                               what=f"stage {stage.label()} (called by {self.label})")
-                except (StageFailure, NoetherError) as e:
-                    if isinstance(e, StageError) and e.code == "stage_timed_out":
-                        raise
-                    summary.calls += 1
-                    message = f"stage {stage.label()} failed: {e.message if isinstance(e, NoetherError) else e}"
-                    raise StageError("stage_failed", message, path, usage=IN_PROCESS) from None
-                summary.sample(clock() - t)
-                summary.calls += 1
+                acc = await timed_call(summary, fast, arg, name=f"stage {stage.label()}",
+                                       what=f"stage {stage.label()} (called by {self.label})", path=path,
+                                       limiter=threads, budget_s=self.run.limits.timeout_s)
                 if i % CHUNK == CHUNK - 1:
                     await trio.lowlevel.checkpoint()  # stay cancellable on long lists
                     await self.progress(i + 1, len(items))

@@ -21,6 +21,7 @@ from noether_nix.engine.boundary import check_output
 from noether_nix.engine.budget import Budget
 from noether_nix.engine.events import Event, RunWarning, StageFinished, StageStarted
 from noether_nix.engine.executor import StageCall, outcome_value
+from noether_nix.engine.fastcall import timed_call
 from noether_nix.engine.fastpath import LONG_SEQUENTIAL, FastPure, Summary
 from noether_nix.engine.offload import maybe_off_loop, off_loop, small
 from noether_nix.engine.options import (
@@ -31,7 +32,7 @@ from noether_nix.engine.options import (
     StageError,
     with_retries,
 )
-from noether_nix.engine.state import IN_PROCESS, Dispatch, Services, Usage
+from noether_nix.engine.state import Dispatch, Services, Usage
 from noether_nix.errors import NoetherError
 from noether_nix.graph.ast import (
     BranchNode,
@@ -54,7 +55,6 @@ from noether_nix.model.types import display, display_refinement
 from noether_nix.model.values import check_refinement, check_value, conforms, outer_refinements
 from noether_nix.sandbox.policy import Limits
 from noether_nix.sandbox.supervisor import RunAs
-from noether_nix.stdlib._shapes import StageFailure
 from noether_nix.stdlib.registry import remote_call_program
 from noether_nix.store.cache import cache_namespace
 
@@ -199,25 +199,14 @@ class Interpreter:
         value is large (``engine.offload``); no events, one summary entry."""
         summary = Summary()
         max_bytes = self.services.config.max_value_bytes
-        clock = time.perf_counter_ns
         try:
             for k, (node, stage, fast) in enumerate(run):
                 at = f"{path}.stages[{first + k}]"
                 value = _apply_config(value, node.config)
                 label = stage.label()
                 check_value(value, max_bytes, what=f"the input of stage {label}", path=at)
-                t = clock()
-                try:
-                    value = await maybe_off_loop(small(value), fast.impl, value, limiter=self.services.thread_limiter,
-                                                 budget_s=self.limits.timeout_s, what=f"stage {label}", path=at)
-                except (StageFailure, NoetherError) as e:
-                    if isinstance(e, StageError) and e.code == "stage_timed_out":
-                        raise
-                    summary.calls += 1
-                    message = f"stage {label} failed: {e.message if isinstance(e, NoetherError) else e}"
-                    raise StageError("stage_failed", message, at, usage=IN_PROCESS) from None
-                summary.sample(clock() - t)
-                summary.calls += 1
+                value = await timed_call(summary, fast, value, name=f"stage {label}", what=f"stage {label}", path=at,
+                                         limiter=self.services.thread_limiter, budget_s=self.limits.timeout_s)
                 check_value(value, max_bytes, what=f"the output of stage {label}", path=at)
                 if k % 1024 == 1023:
                     await trio.lowlevel.checkpoint()  # stay cancellable
