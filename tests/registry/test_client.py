@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +15,7 @@ from noether_nix.registry.client import RegistryCache, RegistryClient, RegistryS
 from noether_nix.store.remote import set_remote_source
 from noether_nix.store.stages import StageStore
 from tests.registry.conftest import signed_stage_json, spec
+from tests.registry.fake_http import JsonHandler, serve
 
 
 class Hostile:
@@ -28,21 +26,12 @@ class Hostile:
         self.status = 200
         hostile = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_GET(self) -> None:
-                raw = json.dumps(hostile.answer).encode()
-                self.send_response(hostile.status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
+                self.send_json(hostile.status, hostile.answer)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = serve(Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.fixture

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import pytest
 from noether_nix.errors import NoetherError
 from noether_nix.registry.embeddings import EmbeddingProvider, config_from_env
 from tests.registry.conftest import API_KEY, curl, signed_stage_json, spec
+from tests.registry.fake_http import JsonHandler, serve
 
 DIM = 1024
 SYNONYMS = {"automobile": "car", "automobiles": "cars"}
@@ -40,7 +39,7 @@ class FakeEmbeddings:
         self.auth: list[str | None] = []
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 fake.auth.append(self.headers.get("authorization"))
@@ -52,20 +51,10 @@ class FakeEmbeddings:
                 fake.batches.append(len(body["input"]))
                 data = [{"object": "embedding", "index": i, "embedding": embed(t)}
                         for i, t in reversed(list(enumerate(body["input"])))]
-                raw = json.dumps({"object": "list", "data": data, "model": body["model"]}).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
+                self.send_json(200, {"object": "list", "data": data, "model": body["model"]})
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = serve(Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
 
     def close(self) -> None:
         self.server.shutdown()

@@ -87,30 +87,21 @@ def test_a_slow_registry_holds_only_the_run_that_needs_it(tmp_path: Path) -> Non
     took its time to answer, every other client of the daemon waited too."""
     import threading
     import time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from noether_nix.client import Client
     from noether_nix.errors import NoetherError
+    from tests.registry.fake_http import JsonHandler, serve
     from tests.server.test_daemon_cli import start_daemon, stop
 
     answering = threading.Event()
 
-    class Slow(BaseHTTPRequestHandler):
+    class Slow(JsonHandler):
         def do_GET(self) -> None:
             answering.set()
             time.sleep(4)
-            raw = json.dumps({"ok": False, "error": {"code": "NOT_FOUND", "message": "no"}}).encode()
-            self.send_response(404)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
+            self.send_json(404, {"ok": False, "error": {"code": "NOT_FOUND", "message": "no"}})
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve(Slow)
     sock = tmp_path / "d.sock"
     daemon = start_daemon(tmp_path / "daemon-home", sock,
                           env={"NOETHER_REGISTRY": f"http://127.0.0.1:{server.server_address[1]}",

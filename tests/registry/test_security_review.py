@@ -25,6 +25,7 @@ from noether_nix.registry.embeddings import EmbeddingProvider, config_from_env
 from noether_nix.store.remote import set_remote_source
 from noether_nix.store.stages import StageStore
 from tests.registry.conftest import API_KEY, Registry, curl, signed_stage_json, spec
+from tests.registry.fake_http import JsonHandler, serve
 from tests.registry.test_embeddings import FakeEmbeddings
 
 KEY = ["-H", f"X-API-Key: {API_KEY}"]
@@ -370,25 +371,16 @@ class _SlowEmbeddings:
         self.delay = delay
         self.requests = 0
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 slow.requests += 1
                 time.sleep(slow.delay)
                 data = [{"index": i, "embedding": [1.0, float(len(t) % 7), 0.5]} for i, t in enumerate(body["input"])]
-                raw = json.dumps({"data": data}).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
+                self.send_json(200, {"data": data})
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = serve(Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()
