@@ -82,7 +82,7 @@ class FakeRegistry:
         self.requests = 0
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_GET(self) -> None:
                 fake.requests += 1
                 path = self.path.split("?")[0]
@@ -93,19 +93,10 @@ class FakeRegistry:
                     status, doc = 200, {"ok": True, "result": fake.stages[ref]}
                 else:
                     status, doc = 404, {"ok": False, "error": {"code": "NOT_FOUND", "message": "no"}}
-                raw = json.dumps(doc).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
+                self.send_json(status, doc)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = serve(Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()
