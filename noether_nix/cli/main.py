@@ -15,6 +15,8 @@ process (embedded).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 from noether_nix import __version__
@@ -152,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         inv.command = getattr(args, "command", args.cmd)
         raw_handler = getattr(args, "raw_handler", None)
         if raw_handler is not None:
+            global _one_shot
+            _one_shot = False  # a daemon, worker or server: it ends the way Python ends
             # Commands that speak through exit codes and the child's own output.
             return int(raw_handler(args))
         refs = [getattr(args, "ref", None), *(getattr(args, "refs", None) or [])]
@@ -189,6 +193,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+#: Whether the command that ran was a one-shot one (see ``entry``).
+_one_shot = True
+
+
+def entry() -> None:
+    """The ``noether`` program: ``main``, then leave without tearing the interpreter down.
+
+    A one-shot command's work is done when ``main`` returns: its output is
+    written, its runs are committed to the store, its children are reaped.
+    Python's own exit would then spend ~40 ms (a third of an embedded run's
+    own cost) clearing some 400 modules and 30,000 objects. So the streams are
+    flushed and the process ends with ``os._exit``. Long-running commands
+    (the daemon, a worker, the registry server) end normally.
+    """
+    code = main()
+    if not _one_shot:
+        raise SystemExit(code)
+    for stream in (sys.stdout, sys.stderr):
+        # A reader that left (EPIPE) or a closed stream: there is nothing more to say.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
 def _human_view() -> Any:
     from noether_nix import logs
     from noether_nix.cli.human import make_view
@@ -198,4 +226,4 @@ def _human_view() -> Any:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

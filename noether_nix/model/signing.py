@@ -13,12 +13,13 @@ import hashlib
 import os
 import secrets
 from pathlib import Path
-
-import nacl.exceptions
-import nacl.signing
+from typing import TYPE_CHECKING
 
 from noether_nix.errors import NoetherError
 from noether_nix.paths import PRIVATE_FILE_MODE, ensure_home, tighten
+
+if TYPE_CHECKING:  # PyNaCl (cffi) is loaded when a key is first used: ~10 ms of start-up otherwise
+    import nacl.signing
 
 STDLIB_SEED = hashlib.sha256(b"noether-stdlib-signing-key-v0.1.0").digest()
 
@@ -31,6 +32,8 @@ class SignatureStatus(enum.Enum):
 
 
 def stdlib_key() -> nacl.signing.SigningKey:
+    import nacl.signing
+
     return nacl.signing.SigningKey(STDLIB_SEED)
 
 
@@ -58,6 +61,9 @@ def verify_id(stage_id: str, signature_hex: str | None, public_key_hex: str | No
         return SignatureStatus.MALFORMED
     if len(sig) != 64 or len(pub) != 32:
         return SignatureStatus.MALFORMED
+    import nacl.exceptions
+    import nacl.signing
+
     try:
         nacl.signing.VerifyKey(pub).verify(stage_id.encode("ascii"), sig)
     except nacl.exceptions.BadSignatureError:
@@ -109,6 +115,8 @@ def load_or_create_author_key(home: Path) -> nacl.signing.SigningKey:
             hint=f"restore it from a backup; if it never signed a stage you keep, move it away "
                  f"(mv {path} {path}.bad) and a new key is generated on next use",
         )
+    import nacl.signing
+
     return nacl.signing.SigningKey(seed)
 
 

@@ -7,7 +7,7 @@ import subprocess
 import threading
 import time
 import weakref
-from importlib import resources
+from pathlib import Path
 
 import msgspec
 import trio
@@ -41,7 +41,7 @@ def registry_key(runtime: Runtime) -> str:
 
 
 def wrapper_source(language: str) -> str:
-    return resources.files("noether_nix.nix").joinpath("wrappers", _WRAPPER_FILES[language]).read_text()
+    return Path(__file__).with_name("wrappers").joinpath(_WRAPPER_FILES[language]).read_text()
 
 
 def store_closure(path: str) -> list[str]:

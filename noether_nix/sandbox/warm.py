@@ -37,7 +37,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +71,7 @@ LAUNCH_LIMITS = ("memory_bytes", "max_pids", "max_open_files", "max_file_size_by
 
 @functools.cache
 def host_source() -> str:
-    return resources.files("noether_nix.sandbox.sandboxed").joinpath("warm_host.py").read_text("utf-8")
+    return Path(__file__).with_name("sandboxed").joinpath("warm_host.py").read_text("utf-8")
 
 
 @functools.lru_cache(maxsize=1024)

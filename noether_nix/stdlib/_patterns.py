@@ -21,10 +21,12 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-
-import regex
+from typing import TYPE_CHECKING
 
 from noether_nix.stdlib._shapes import StageFailure
+
+if TYPE_CHECKING:  # the module is imported when a pattern is first compiled (~10 ms of start-up)
+    import regex
 
 #: Longest pattern compiled, in characters.
 MAX_PATTERN = 32 * 1024
@@ -139,10 +141,13 @@ def weight(pattern: str, limit: int = MAX_WEIGHT, *, verbose: bool = False) -> i
     return groups[0][0] + groups[0][1]
 
 
-def compile_user(pattern: str, *, shown: str | None = None, flags: int = regex.V0) -> regex.Pattern[str]:
+def compile_user(pattern: str, *, shown: str | None = None, verbose: bool = False) -> regex.Pattern[str]:
     """``pattern`` compiled, or ``StageFailure`` naming ``shown`` (the pattern as the user wrote it)
     when it is invalid or over the bounds."""
+    import regex
+
     shown = pattern if shown is None else shown
+    flags = regex.V0 | (regex.VERBOSE if verbose else 0)
     if len(pattern) > MAX_PATTERN:
         raise StageFailure(f"the regex is {len(pattern)} characters long; at most {MAX_PATTERN} are compiled")
     key = (pattern, flags)
@@ -151,7 +156,7 @@ def compile_user(pattern: str, *, shown: str | None = None, flags: int = regex.V
         if found is not None:
             _cache.move_to_end(key)
             return found
-    heavy = weight(pattern, verbose=bool(flags & regex.VERBOSE))
+    heavy = weight(pattern, verbose=verbose)
     if heavy > MAX_WEIGHT:
         raise StageFailure(f"the regex {_preview(shown)} repeats too much: written out it would be over "
                            f"{MAX_WEIGHT} items (lower the counts in its {{m,n}})")

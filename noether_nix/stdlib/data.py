@@ -9,9 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from typing import Any
-
-import regex
+from typing import TYPE_CHECKING, Any
 
 from noether_nix.model.jcs import jcs
 from noether_nix.model.values import json_type_name
@@ -30,6 +28,9 @@ from noether_nix.stdlib._shapes import (
     show,
     time_left,
 )
+
+if TYPE_CHECKING:
+    import regex
 
 IMPLS: dict[str, Impl] = {}
 stage = registrar(IMPLS)

@@ -25,7 +25,7 @@
 
 from __future__ import annotations
 
-from importlib import resources
+from pathlib import Path
 from typing import Any, Final, Literal
 
 import msgspec
@@ -180,11 +180,16 @@ STDLIB: Final[dict[str, Entry]] = _entries()
 CATEGORY: Final[dict[str, Category]] = {name: e.category for name, e in STDLIB.items()}
 
 
+#: The programs of the sandboxed stages, shipped in the package (read from beside this file:
+#: ``importlib.resources`` costs ~6 ms of start-up for what is a plain directory here).
+_SANDBOXED = Path(__file__).with_name("sandboxed")
+
+
 def sandboxed_source(name: str) -> str:
     """The Python source (``def execute(input)``, standard library only) of a sandboxed stage."""
     if name not in SANDBOXED and name not in _ARROW:
         raise KeyError(f"{name} is not a sandboxed stdlib stage")
-    programs = resources.files("noether_nix.stdlib.sandboxed")
+    programs = _SANDBOXED
     if name in _HTTP:  # one program, three methods
         return programs.joinpath("http.py").read_text("utf-8") + f'\nMETHOD = "{_HTTP[name]}"\n'
     return programs.joinpath(f"{name}.py").read_text("utf-8")
@@ -225,10 +230,10 @@ def stdlib_program(stage_id: str, name: str) -> tuple[str, str] | None:
 
 def remote_call_program() -> tuple[str, str]:
     """``(program_id, python code)`` of the sandboxed caller behind RemoteStage nodes."""
-    code = resources.files("noether_nix.stdlib.sandboxed").joinpath("remote_call.py").read_text("utf-8")
+    code = _SANDBOXED.joinpath("remote_call.py").read_text("utf-8")
     return "remote-call-" + value_hash(code)[:52], code
 
 
 def process_host_source() -> str:
     """The program of the per-run sandbox that answers the process stages."""
-    return resources.files("noether_nix.stdlib.sandboxed").joinpath("process_host.py").read_text("utf-8")
+    return _SANDBOXED.joinpath("process_host.py").read_text("utf-8")

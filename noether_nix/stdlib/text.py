@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
-
-import regex
+from typing import TYPE_CHECKING, Any
 
 from noether_nix.stdlib._patterns import compile_user
 from noether_nix.stdlib._shapes import (
@@ -26,6 +24,9 @@ from noether_nix.stdlib._shapes import (
     text_of,
     time_left,
 )
+
+if TYPE_CHECKING:
+    import regex
 
 IMPLS: dict[str, Impl] = {}
 stage = registrar(IMPLS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from noether_nix.model.effects import effect_set_from_json
@@ -25,7 +25,7 @@ from noether_nix.store.stages import StageStore
 
 def _definitions_bytes() -> bytes | None:
     try:
-        return resources.files("noether_nix.stdlib").joinpath("definitions.json").read_bytes()
+        return (Path(__file__).parent.parent / "stdlib" / "definitions.json").read_bytes()
     except (FileNotFoundError, ModuleNotFoundError):
         return None
 

@@ -97,3 +97,25 @@ def test_a_failed_run_is_one_error_envelope_with_its_trace(tmp_path: Path) -> No
     assert "boom" in doc["error"]["message"]
     assert [s["name"] for s in doc["data"]["trace"]["stages"]] == ["text_upper", "boom"]
     assert doc["data"]["status"] == "failed" and not err.lstrip().startswith("{")
+
+
+def test_the_program_leaves_with_all_of_its_output_written_and_its_run_stored(tmp_path: Path) -> None:
+    """``noether`` ends a one-shot command with ``os._exit`` (no interpreter
+    teardown): nothing it printed or stored may be lost on the way out."""
+    items = [f"w{i}" for i in range(60_000)]
+    g = tmp_path / "map.json"
+    g.write_text(json.dumps({"description": "m", "version": "1", "root": {"op": "Stage", "id": "map"}}))
+    proc = subprocess.run([sys.executable, "-m", "noether_nix.cli.main", "run", "--json", "--local", str(g)],
+                          input=json.dumps({"items": items, "stage_id": "text_upper"}), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)  # about 0.5 MB through the pipe, all of it
+    assert doc["data"]["output"] == [t.upper() for t in items]
+    shown = subprocess.run([sys.executable, "-m", "noether_nix.cli.main", "trace", "--json", doc["data"]["run_id"]],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert json.loads(shown.stdout)["data"]["run_id"] == doc["data"]["run_id"]
+    # A failing command still says why, and with its own exit code.
+    missing = subprocess.run([sys.executable, "-m", "noether_nix.cli.main", "run", "--json", "--local",
+                              str(tmp_path / "absent.json")], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and json.loads(missing.stdout)["error"]["code"] == "file_not_found"

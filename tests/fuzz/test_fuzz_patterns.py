@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 
 import psutil
-import regex
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -66,7 +65,7 @@ def compiled_within_bounds(pattern: str, verbose: bool) -> None:
     before = process.memory_info().rss
     started = time.process_time()
     try:
-        compiled = compile_user(pattern, flags=regex.V0 | (regex.VERBOSE if verbose else 0))
+        compiled = compile_user(pattern, verbose=verbose)
     except StageFailure as e:
         assert str(e)
         return
