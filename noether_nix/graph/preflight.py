@@ -17,11 +17,10 @@ from noether_nix.graph.ast import (
 )
 from noether_nix.graph.resolve import Resolution
 from noether_nix.model.effects import Effect, EffectKind, EffectSet, Fallible, Network, Pure
-from noether_nix.model.signing import SignatureStatus, public_key_hex, stdlib_key, verify_id
+from noether_nix.model.signing import STDLIB_PUBLIC_KEY, SignatureStatus, verify_id
 from noether_nix.model.stage import CAPABILITIES, LANGUAGES, Stage
 from noether_nix.stdlib.registry import STDLIB
 
-STDLIB_PUBLIC_KEY = public_key_hex(stdlib_key())
 # What a RemoteStage implies (spec §2.4).
 REMOTE_EFFECTS = EffectSet.of([Fallible(), Network()])
 

@@ -22,6 +22,9 @@ if TYPE_CHECKING:  # PyNaCl (cffi) is loaded when a key is first used: ~10 ms of
     import nacl.signing
 
 STDLIB_SEED = hashlib.sha256(b"noether-stdlib-signing-key-v0.1.0").digest()
+#: ``public_key_hex(stdlib_key())``, written out so that telling a stdlib stage needs no
+#: PyNaCl (tests/model/test_identity.py derives it again).
+STDLIB_PUBLIC_KEY = "1d17f5b0d9afdb8724a4e7d86620534b26dbedf5e988ed2dd4a48afb1a9ca4f7"
 
 
 class SignatureStatus(enum.Enum):

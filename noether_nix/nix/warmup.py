@@ -17,7 +17,7 @@ import msgspec
 import trio
 
 from noether_nix.errors import NoetherError
-from noether_nix.model.signing import public_key_hex, stdlib_key
+from noether_nix.model.signing import STDLIB_PUBLIC_KEY
 from noether_nix.model.stage import Stage
 from noether_nix.nix.programs import build_stage_program_async
 from noether_nix.nix.registry import ProgramRegistry
@@ -32,7 +32,7 @@ Progress = Callable[[dict[str, Any]], None]
 def _with_program(stage: Stage) -> Stage:
     """A stdlib stage that runs as a sandboxed program, as the engine builds it
     (its program ID and code); any other stage as it is."""
-    if stage.implementation_code is not None or stage.signer_public_key != public_key_hex(stdlib_key()):
+    if stage.implementation_code is not None or stage.signer_public_key != STDLIB_PUBLIC_KEY:
         return stage
     try:
         program = stdlib_program(stage.id, stage.name or "")

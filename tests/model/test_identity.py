@@ -16,7 +16,7 @@ from noether_nix.model.identity import (
     stdlib_implementation_hash,
 )
 from noether_nix.model.jcs import jcs
-from noether_nix.model.signing import public_key_hex, sign_id, stdlib_key
+from noether_nix.model.signing import STDLIB_PUBLIC_KEY, public_key_hex, sign_id, stdlib_key
 from noether_nix.model.types import BOOL, NUMBER, TEXT, parse_type, to_json
 
 SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec"
@@ -125,5 +125,5 @@ def test_stdlib_key_vector() -> None:
     from noether_nix.model.signing import STDLIB_SEED
 
     assert STDLIB_SEED.hex() == k["seed_hex"]
-    assert public_key_hex(stdlib_key()) == k["public_key_hex"]
+    assert public_key_hex(stdlib_key()) == k["public_key_hex"] == STDLIB_PUBLIC_KEY
     assert sign_id(stdlib_key(), VECTORS["stage_ids"][0]["id"]) == k["signature_over_980de483_id"]
