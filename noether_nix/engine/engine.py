@@ -203,14 +203,19 @@ class Engine:
     # ------------------------------------------------------------ API
 
     def prepare(self, graph: Any, input: Any, options: RunOptions, *, check_input: bool = False) -> PreparedGraph:
+        return self._prepare(graph, input, options, check_input=check_input)[0]
+
+    def _prepare(self, graph: Any, input: Any, options: RunOptions, *,
+                 check_input: bool = False) -> tuple[PreparedGraph, bool]:
+        """``prepare``, and whether the input's check found it plain (``check_value``)."""
         check_grants(options)
         self.limits_for(options)  # a limit over the ceiling is refused before any graph work
         # A run's input is a value like any other: within the caps, and JSON.
-        check_value(input, self.config.max_value_bytes, what="the run's input", path="input")
+        plain = check_value(input, self.config.max_value_bytes, what="the run's input", path="input")
         return prepare(graph, store=self.store, input=input, check_input=check_input, options=CheckOptions(
             allow_effects=options.allow_effects, allow_capabilities=options.allow_capabilities,
             budget_cents=options.budget_cents, allow_unsigned=options.allow_unsigned,
-            isolation_available=self.isolation_available(options), optimize=options.optimize))
+            isolation_available=self.isolation_available(options), optimize=options.optimize)), plain
 
     def check(self, graph: Any, input: Any, options: RunOptions) -> dict[str, Any]:
         return check_report(self.prepare(graph, input, options))
@@ -234,7 +239,8 @@ class Engine:
         # Checking a large graph or input takes seconds, and resolving through a registry waits
         # on the network (up to its timeout per reference): neither on the event loop.
         inline = small(graph) and small(input) and remote_source() is None
-        prepared = await maybe_off_loop(inline, self.prepare, graph, input, options, limiter=self.thread_limiter)
+        prepared, plain = await maybe_off_loop(inline, self._prepare, graph, input, options,
+                                               limiter=self.thread_limiter)
         if self.isolation_mode(options) == "bwrap":  # root's sandboxes run as noether-sbx users: can they use the grants?
             check_grant_access(options.allow_read or [], writable=False, run_as=run_as, flag="--allow-read")
             check_grant_access(options.allow_write or [], writable=True, run_as=run_as, flag="--allow-write")
@@ -245,7 +251,7 @@ class Engine:
                                                allow_unsigned=options.allow_unsigned,
                                                isolation_available=self.isolation_available(options)),
                           run_as=run_as, store_writes=store_writes, requester_uid=requester_uid)
-        run.passed = (input, None)  # `prepare` checked it
+        run.passed = (input, None, plain)  # `prepare` checked it
         started_wall = datetime.now(UTC)
         started = time.monotonic()
         if record:

@@ -100,10 +100,13 @@ class Interpreter:
         #: The pure cache is shared by the daemon's writers; every other peer has its own.
         self.cache_namespace = cache_namespace(store_writes, requester_uid)
         #: The value (by identity) that last passed ``check_value`` as a stage's output or as
-        #: the run's input, with its hash when known, and not handed to a stage since: the next
-        #: check of that very object (the next stage's input, the run's output) is not made
-        #: twice. One tuple, read and replaced whole (worker threads check values too).
-        self.passed: tuple[Any, str | None] = (_UNSET, None)
+        #: the run's input, with its hash when known and whether the check found it plain
+        #: (``model.jcs.quick_check``), and not handed to a stage since: the next check of
+        #: that very object (the next stage's input, the run's output) is not made twice, nor
+        #: the hash's plainness pass. One tuple, read and replaced whole (worker threads check
+        #: values too). Relies on values not being changed in place once checked: they are
+        #: JSON trees the engine decoded or a stage returned, handed on, never edited.
+        self.passed: tuple[Any, str | None, bool] = (_UNSET, None, False)
 
     def record(self, entry: dict[str, Any]) -> None:
         """A trace entry; past ``MAX_TRACE_ENTRIES`` only counted (a map over
@@ -300,25 +303,25 @@ class Interpreter:
 
     def _accept_input(self, stage: Stage, value: Any, path: str) -> str:
         """Check a stage's input (a JSON value within the caps, its refinements); its hash."""
-        passed, passed_hash = self.passed
+        passed, passed_hash, plain = self.passed
         if value is passed:
-            self.passed = (_UNSET, None)  # handed to a stage: checked again if it comes back as an output
+            self.passed = (_UNSET, None, False)  # handed to a stage: checked again if it comes back as an output
         else:
-            check_value(value, self.services.config.max_value_bytes,
-                        what=lambda: f"the input of stage {stage.label()}", path=path)
-        in_hash = passed_hash if value is passed and passed_hash is not None else value_hash(value)
+            plain = check_value(value, self.services.config.max_value_bytes,
+                                what=lambda: f"the input of stage {stage.label()}", path=path)
+        in_hash = passed_hash if value is passed and passed_hash is not None else value_hash(value, plain=plain)
         if self.checks:
             self._refinements(stage, "input", value, path)
         return in_hash
 
     def _accept_output(self, stage: Stage, out: Any, path: str) -> str:
         """Check a stage's output as its input is checked; its hash."""
-        check_value(out, self.services.config.max_value_bytes, what=lambda: f"the output of stage {stage.label()}",
-                    path=path)
+        plain = check_value(out, self.services.config.max_value_bytes,
+                            what=lambda: f"the output of stage {stage.label()}", path=path)
         if self.checks:
             self._refinements(stage, "output", out, path)
-        out_hash = value_hash(out)
-        self.passed = (out, out_hash)
+        out_hash = value_hash(out, plain=plain)
+        self.passed = (out, out_hash, plain)
         return out_hash
 
     async def off_loop(self, fn: Callable[..., str], stage: Stage, value: Any, path: str) -> str:

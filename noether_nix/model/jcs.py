@@ -170,12 +170,16 @@ def _plain(v: Any, depth: int = 0) -> bool:
         return False
     t = type(v)
     if t is list:
+        if _joined(v) is not None:  # all text: one C pass (a third of a pass over the types)
+            return True
         types = set(map(type, v))
     elif t is dict:
         if not set(map(type, v)) <= {str}:
             return False
-        types = set(map(type, v.values()))
         v = v.values()
+        if _joined(v) is not None:
+            return True
+        types = set(map(type, v))
     else:
         return t in _LEAVES or (t is int and _I64_MIN <= v <= _U64_MAX)
     if not types <= _LEAVES | _CONTAINERS | {int}:
@@ -189,18 +193,22 @@ def _plain(v: Any, depth: int = 0) -> bool:
     return True
 
 
-def serde_compact(value: Any, *, sort_keys: bool = True) -> bytes:
+def serde_compact(value: Any, *, sort_keys: bool = True, plain: bool = False) -> bytes:
     """serde_json::to_vec of a value.
 
     ``sort_keys=True`` matches ``serde_json::Value`` (BTreeMap) objects;
     ``False`` keeps dict insertion order, for Rust structs whose field
     order the caller has reproduced. A value without floats (``_plain``)
-    is written by the C encoder.
+    is written by the C encoder; ``plain=True``: the caller knows it is
+    (``quick_check`` said ``QUICK_PLAIN``), so that pass is skipped.
     """
     if type(value) is str:  # the commonest stage value, hashed twice per stage call
         return _quote(value).encode("utf-8")
-    if sort_keys and type(value) in _CONTAINERS and _plain(value):
-        return _C_ENCODE(value)
+    if sort_keys and type(value) in _CONTAINERS and (plain or _plain(value)):
+        try:
+            return _C_ENCODE(value)
+        except TypeError:  # a subclass of str (passed as text by a join): the Python encoder writes it
+            pass
     out: list[str] = []
     _encode(value, out, ryu_number, _plain_key if sort_keys else None)
     return "".join(out).encode("utf-8")
@@ -265,14 +273,86 @@ def size_bounds(value: Any, limit: int, depth: int = 0) -> tuple[int, int] | Non
     return low, high
 
 
+#: ``quick_check`` answers: undecided (walk the value), valid, valid and plain.
+QUICK_UNDECIDED, QUICK_VALID, QUICK_PLAIN = 0, 1, 2
+
+
+def quick_check(value: Any, limit: int, max_depth: int) -> int:
+    """For a list or dict: ``QUICK_VALID`` when it is certainly a value
+    ``encoded_size(…, strict=True)`` would accept within ``limit`` bytes and ``max_depth``
+    levels — its size bounded (as ``size_bounds`` bounds it), its text all Unicode, its
+    numbers finite and its integers within 64 bits; ``QUICK_PLAIN`` when it is also
+    ``_plain`` (no floats: the C encoder writes its serde-compact form, so ``value_hash``
+    may skip that pass); ``QUICK_UNDECIDED`` means "walk it" (it may well be valid).
+    One walk, container by container, each container's text joined once (C-speed passes,
+    never value by value)."""
+    found = _quick(value, limit, 1, min(max_depth, 64))
+    if found is None or found[1] > limit:
+        return QUICK_UNDECIDED
+    return QUICK_PLAIN if found[2] else QUICK_VALID
+
+
 def quick_valid(value: Any, limit: int, max_depth: int) -> bool:
-    """True when a list or dict is certainly a value ``encoded_size(…, strict=True)``
-    would accept within ``limit`` bytes and ``max_depth`` levels: its size bounded
-    (``size_bounds``), its text all Unicode, its numbers finite and its integers
-    within 64 bits — checked container by container with C-speed passes, never
-    value by value. False means "walk it" (it may well be valid)."""
-    bounds = size_bounds(value, limit)
-    return bounds is not None and bounds[1] <= limit and _leaves_valid(value, 1, min(max_depth, 64))
+    """``quick_check`` said valid (plain or not)."""
+    return quick_check(value, limit, max_depth) != QUICK_UNDECIDED
+
+
+def _quick(value: Any, limit: int, depth: int, max_depth: int) -> tuple[int, int, bool] | None:
+    """Bounds on the serde-compact length of a valid list or dict and whether it is plain;
+    None when undecided (not a container, too deep, invalid or past ``limit`` on the way)."""
+    if depth >= max_depth:
+        return None
+    t = type(value)
+    if t is list:
+        items = value
+        low = high = 2 + max(len(value) - 1, 0)
+    elif t is dict:
+        keys = _joined(value)  # None: a key that is not text
+        if keys is None or not (keys.isascii() or _text_valid([keys])):
+            return None
+        low = 2 + max(2 * len(value) - 1, 0) + len(keys) + 2 * len(value)
+        high = low + 5 * len(keys)
+        items = list(value.values())
+    else:
+        return None
+    joined = _joined(items)
+    if joined is not None:  # all text (the commonest list): types, length and validity from one C pass
+        if not (joined.isascii() or _text_valid([joined])):
+            return None
+        low += len(joined) + 2 * len(items)
+        high += 6 * len(joined) + 2 * len(items)  # an escape is at most six bytes, a UTF-8 character four
+        return (low, high, True) if high <= limit else None
+    types = set(map(type, items))
+    if not types <= _LEAVES | _CONTAINERS | {int, float}:
+        return None
+    plain = float not in types
+    strs = [x for x in items if type(x) is str] if str in types else []
+    if strs:
+        if not _text_valid(strs):
+            return None
+        chars = sum(map(len, strs))
+        low += chars + 2 * len(strs)
+        high += 6 * chars + 2 * len(strs)
+    if not plain and not _finite_sum(x for x in items if type(x) is float):
+        return None  # NaN or an infinity (or a sum that overflows: then walk it)
+    if int in types:
+        ints = [x for x in items if type(x) is int]
+        if min(ints) < _I64_MIN or max(ints) > _U64_MAX:
+            return None
+    nested = [x for x in items if type(x) in _CONTAINERS] if types & _CONTAINERS else []
+    scalars = len(items) - len(strs) - len(nested)
+    low += scalars
+    high += 26 * scalars  # a number's shortest form is at most 24 bytes
+    if high > limit:
+        return None
+    for x in nested:
+        inner = _quick(x, limit - high, depth + 1, max_depth)
+        if inner is None:
+            return None
+        low += inner[0]
+        high += inner[1]
+        plain = plain and inner[2]
+    return low, high, plain
 
 
 def _text_valid(strs: list[str]) -> bool:
@@ -291,33 +371,6 @@ def _finite_sum(floats: Any) -> bool:
         return math.isfinite(math.fsum(floats))
     except OverflowError:  # fsum raises, rather than return inf, when a partial sum overflows
         return False
-
-
-def _leaves_valid(value: Any, depth: int, max_depth: int) -> bool:
-    if depth >= max_depth:
-        return False
-    if type(value) is dict:
-        if not _text_valid(list(value)):
-            return False
-        items = list(value.values())
-    else:
-        items = value
-    joined = _joined(items)
-    if joined is not None:  # all text: one C pass, then its validity
-        return joined.isascii() or _text_valid([joined])
-    types = set(map(type, items))
-    strs = [x for x in items if type(x) is str] if str in types else []
-    if strs and not _text_valid(strs):
-        return False
-    if float in types and not _finite_sum(x for x in items if type(x) is float):
-        return False  # NaN or an infinity (or a sum that overflows: then walk it)
-    if int in types:
-        ints = [x for x in items if type(x) is int]
-        if min(ints) < _I64_MIN or max(ints) > _U64_MAX:
-            return False
-    if types & _CONTAINERS:
-        return all(_leaves_valid(x, depth + 1, max_depth) for x in items if type(x) in _CONTAINERS)
-    return True
 
 
 def fits(value: Any, limit: int) -> bool:
@@ -456,6 +509,7 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def value_hash(value: Any) -> str:
-    """Upstream's ``hash_value``: sha256 of the serde-compact form."""
-    return sha256_hex(serde_compact(value))
+def value_hash(value: Any, *, plain: bool = False) -> str:
+    """Upstream's ``hash_value``: sha256 of the serde-compact form. ``plain=True``: a
+    ``quick_check`` of this very value (unchanged since) said ``QUICK_PLAIN``."""
+    return sha256_hex(serde_compact(value, plain=plain))

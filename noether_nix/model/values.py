@@ -8,7 +8,14 @@ from collections.abc import Callable
 from typing import Any
 
 from noether_nix.errors import NoetherError
-from noether_nix.model.jcs import encoded_size, fits, quick_valid, serde_compact
+from noether_nix.model.jcs import (
+    QUICK_PLAIN,
+    QUICK_UNDECIDED,
+    encoded_size,
+    fits,
+    quick_check,
+    serde_compact,
+)
 from noether_nix.model.types import (
     AnyType,
     BoolType,
@@ -71,17 +78,24 @@ MAX_VALUE_DEPTH = 128
 
 
 def check_value(value: Any, limit: int, *, what: str | Callable[[], str], path: str | None = None,
-                max_depth: int = MAX_VALUE_DEPTH) -> None:
+                max_depth: int = MAX_VALUE_DEPTH) -> bool:
     """Refuse what no value may be: larger than
     ``limit`` bytes (``value_too_large``), nested deeper than ``max_depth``
     (``value_too_deep``), or holding what JSON cannot carry — NaN, infinities,
     integers beyond a double (``non_finite_number``), lone surrogates
-    (``invalid_text``). One early-stopping walk (``model.jcs.encoded_size``);
-    ``what`` (or what it returns) names the value in the error."""
+    (``invalid_text``). A list or record is checked a container at a time when it
+    can be (``model.jcs.quick_check``), else by one early-stopping walk
+    (``model.jcs.encoded_size``); ``what`` (or what it returns) names the value in the error.
+
+    True when the check found the value plain (a list or record without floats, see
+    ``model.jcs.quick_check``): ``value_hash(value, plain=True)`` may then skip that pass,
+    as long as the value is not changed in between."""
     if type(value) is str and value.isascii() and 6 * len(value) + 2 <= limit:
-        return  # the commonest value, on every stage call: even escaped it fits, and ASCII is valid text
-    if type(value) in (list, dict) and quick_valid(value, limit, max_depth):
-        return  # a large list or record of plain values, checked a container at a time
+        return False  # the commonest value, on every stage call: even escaped it fits, and ASCII is valid text
+    if type(value) in (list, dict):
+        quick = quick_check(value, limit, max_depth)
+        if quick != QUICK_UNDECIDED:
+            return quick == QUICK_PLAIN  # a large list or record of plain values, checked a container at a time
     try:
         size = encoded_size(value, limit, strict=True, max_depth=max_depth)
     except NoetherError as e:
@@ -93,6 +107,7 @@ def check_value(value: Any, limit: int, *, what: str | Callable[[], str], path: 
         err = value_too_large(value, limit, what=what() if callable(what) else what, path=path)
         assert err is not None
         raise err
+    return False
 
 
 def json_type_name(v: Any) -> str:

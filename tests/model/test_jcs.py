@@ -144,3 +144,62 @@ def test_what_goes_to_the_c_encoder() -> None:
     assert not _plain([1.5]) and not _plain([2**64]) and not _plain({"a": [0.0]})  # ryu writes floats
     assert serde_compact([2**64]) == b"[1.8446744073709552e19]"  # past u64: serde_json reads a float
     assert serde_compact(["\u2028\x1f\"\\"]) == '["\u2028\\u001f\\"\\\\"]'.encode()
+
+
+# Values a check must refuse too: lone surrogates, NaN and infinities, integers past 64 bits.
+_odd_text = st.text(st.characters(codec=None), max_size=4) | st.text(st.sampled_from("aé\x1f\"\\\ud800\udfff"),
+                                                                   max_size=4)
+_hostile: st.SearchStrategy[Any] = st.recursive(
+    st.none() | st.booleans() | _wide_ints | st.floats() | _odd_text,
+    lambda children: st.lists(children, max_size=6) | st.dictionaries(_odd_text, children, max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=500)
+@given(_hostile, st.integers(0, 400), st.integers(1, 8))
+def test_the_quick_check_only_passes_what_the_walk_accepts(value: Any, limit: int, max_depth: int) -> None:
+    """``quick_check`` (one pass, a container at a time) never passes a value the strict walk
+    refuses or measures over the limit; what it calls plain, the C encoder writes exactly."""
+    from noether_nix.errors import NoetherError
+    from noether_nix.model.jcs import QUICK_PLAIN, QUICK_UNDECIDED, _plain, encoded_size, quick_check, value_hash
+
+    got = quick_check(value, limit, max_depth)
+    if got == QUICK_UNDECIDED:
+        return
+    try:
+        size = encoded_size(value, limit, strict=True, max_depth=max_depth)
+    except NoetherError as e:
+        raise AssertionError(f"quick_check passed what the walk refuses: {e.message}") from None
+    assert size <= limit
+    if got == QUICK_PLAIN:
+        assert _plain(value)
+        assert serde_compact(value, plain=True) == _python_encoder(value)
+        assert value_hash(value, plain=True) == value_hash(value)
+
+
+def test_the_quick_check_decides_large_plain_lists_and_says_which_are_plain() -> None:
+    from noether_nix.model.jcs import QUICK_PLAIN, QUICK_UNDECIDED, QUICK_VALID, quick_check
+
+    texts = [f"w{i}" for i in range(1000)]
+    assert quick_check(texts, 1 << 20, 128) == QUICK_PLAIN
+    assert quick_check({"items": texts, "n": 3, "ok": True}, 1 << 20, 128) == QUICK_PLAIN
+    assert quick_check({"items": texts, "x": 0.5}, 1 << 20, 128) == QUICK_VALID  # ryu writes floats
+    assert quick_check([[1.5]], 1 << 20, 128) == QUICK_VALID
+    for bad in (["ok", "\ud800"], [float("nan")], [[float("inf")]], [2**64], {"\udfff": 1}, {1: "x"}, [object()]):
+        assert quick_check(bad, 1 << 20, 128) == QUICK_UNDECIDED, bad
+    assert quick_check(texts, 100, 128) == QUICK_UNDECIDED  # over the limit: the walk decides
+    assert quick_check([[["x"]]], 1 << 20, 3) == QUICK_UNDECIDED  # as deep as allowed: the walk decides
+
+
+def test_a_subclass_of_text_is_written_by_the_python_encoder() -> None:
+    """A join takes subclasses of ``str`` as text; the C encoder refuses them, and the hash
+    falls back to the Python encoder rather than fail."""
+    from noether_nix.model.jcs import value_hash
+
+    class Text(str):
+        pass
+
+    value = [Text("a"), "b", {"k": Text("c")}]
+    assert serde_compact(value) == serde_compact(value, plain=True) == b'["a","b",{"k":"c"}]'
+    assert value_hash(value, plain=True) == value_hash(["a", "b", {"k": "c"}])
