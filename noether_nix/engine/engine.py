@@ -330,8 +330,10 @@ class Engine:
                                warnings=warnings, effects=p.effects.display(),
                                cache={"hits": run.hits, "misses": run.misses})
         if record:
-            # The stored events end with the same last event, its trace kept once (in the trace column).
-            last = msgspec.to_builtins(msgspec.structs.replace(finished, trace={}))
+            # The stored events end with the same last event, its trace kept once (in the trace column);
+            # its output is a checked JSON value already: put in as it is, not copied by ``to_builtins``.
+            last = msgspec.to_builtins(msgspec.structs.replace(finished, trace={}, output=None))
+            last["output"] = output
             self.runs.finish(run.run_id, status, trace, [*run.events, last], run.budget.spent_cents)
         return finished
 

@@ -156,6 +156,19 @@ def chunk_is_small(chunk: list[Any]) -> bool:
     return size_bounds(chunk, CHUNK_INLINE_BYTES) is not None
 
 
+def scan_chunk(chunk: list[Any], types: frozenset[type] | None) -> tuple[bool, bool]:
+    """``all_of(chunk, types)`` and ``chunk_is_small(chunk)``; for a text stage, one C pass
+    answers both (all text, and how many characters: ``size_bounds``' upper bound)."""
+    if types == _TEXT:
+        try:
+            chars = len("".join(chunk))
+        except TypeError:
+            return False, chunk_is_small(chunk)
+        n = len(chunk)
+        return True, 2 + max(n - 1, 0) + 2 * n + 6 * chars <= CHUNK_INLINE_BYTES
+    return all_of(chunk, types), chunk_is_small(chunk)
+
+
 _SCALARS = frozenset({int, float, bool, type(None)})
 
 

@@ -24,9 +24,8 @@ from noether_nix.engine.fastpath import (
     FastPure,
     OutputBound,
     Summary,
-    all_of,
-    chunk_is_small,
     index_of_failure,
+    scan_chunk,
 )
 from noether_nix.engine.offload import maybe_off_loop
 from noether_nix.engine.options import ATTEMPT, RetriesExhausted, StageError, with_retries
@@ -152,10 +151,10 @@ class HigherOrder:
         try:
             for start in range(0, len(values), CHUNK):
                 chunk = values[start:start + CHUNK]
-                if not all_of(chunk, fast.input_types):
+                typed, inline = scan_chunk(chunk, fast.input_types)
+                if not typed:
                     for j, v in enumerate(chunk):  # the first value of the wrong type, named as `call` would
                         self.check_input(stage, v, self.item_path(start + j))
-                inline = chunk_is_small(chunk)
                 try:
                     # Every input of the chunk is of the stage's input type here (checked above).
                     out += await maybe_off_loop(inline, summary.call_chunk, fast.impl, chunk, fast.on_text,

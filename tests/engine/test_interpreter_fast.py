@@ -274,3 +274,16 @@ async def test_the_fast_path_keeps_the_value_size_limit(engine: Engine) -> None:
     items = ["\u0390" * 100] * 150  # 30 KB in; each character upper-cases to three (6 bytes): 90 KB out
     res = await small.run(graph(stage("map", stage_id="text_upper")), items, OPTS)
     assert res.status == "failed" and res.error is not None and res.error["code"] == "value_too_large"
+
+
+@pytest.mark.parametrize("chunk", [["a", "é" * 40_000], ["x"] * 1024, ["x" * 43_000], ["x" * 44_000], ["a", 1, "b"],
+                                   [1, 2.5, None], [], ["a", ["nested"]], [{"k": "v"}] * 3])
+def test_one_pass_over_a_chunk_answers_what_the_two_did(chunk: list[Any]) -> None:
+    """``scan_chunk``: the input type check and the inline-or-thread decision of a
+    fast-path chunk, one join for a text stage, the same answers as the two passes."""
+    from noether_nix.engine.fastpath import all_of, chunk_is_small, scan_chunk, simple_types
+    from noether_nix.model.types import AnyType, NumberType, TextType
+
+    for t in (TextType(), NumberType(), AnyType()):
+        types = simple_types(t)
+        assert scan_chunk(chunk, types) == (all_of(chunk, types), chunk_is_small(chunk))

@@ -162,7 +162,14 @@ def test_the_quick_check_only_passes_what_the_walk_accepts(value: Any, limit: in
     """``quick_check`` (one pass, a container at a time) never passes a value the strict walk
     refuses or measures over the limit; what it calls plain, the C encoder writes exactly."""
     from noether_nix.errors import NoetherError
-    from noether_nix.model.jcs import QUICK_PLAIN, QUICK_UNDECIDED, _plain, encoded_size, quick_check, value_hash
+    from noether_nix.model.jcs import (
+        QUICK_PLAIN,
+        QUICK_UNDECIDED,
+        _plain,
+        encoded_size,
+        quick_check,
+        value_hash,
+    )
 
     got = quick_check(value, limit, max_depth)
     if got == QUICK_UNDECIDED:
