@@ -5,9 +5,9 @@ The history is bounded: a stored run (its trace and events) is capped at
 end and single oversized ones replaced, with a marker that says what went —
 and finished runs are kept up to ``keep_runs`` runs and ``keep_bytes``
 bytes, oldest dropped first, applied each time a run is stored. Traces and
-events are stored zlib-compressed (rows written before are plain JSON text
-and read as such); the caps count the JSON, the history's byte total the
-compressed rows.
+events are stored zstd-compressed (rows written before are zlib-compressed
+or plain JSON text, and read as such); the caps count the JSON, the
+history's byte total the compressed rows.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import zlib
 from typing import Any
 
 import msgspec
+import zstandard
 
 from noether_nix.model.jcs import encoded_size, fits
 from noether_nix.store.db import write_txn
@@ -184,16 +185,23 @@ class RunStore:
             return len(dead)
 
 
+#: The first bytes of a zstd frame (RFC 8878); a zlib stream starts with 0x78.
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
 def pack(doc: bytes) -> bytes:
-    """A stored trace or event list: its JSON, zlib-compressed. Level 1: on run documents
-    (JSON, repetitive) it compresses within 1% of level 3 in half the time (a 0.89 MB
-    output of 100,000 texts: 227 kB in 4.7 ms against 225 kB in 9.6 ms)."""
-    return zlib.compress(doc, 1)
+    """A stored trace or event list: its JSON, zstd-compressed at level 1. On run documents
+    (JSON, repetitive) it is both faster and smaller than zlib's fastest level (a 0.89 MB
+    output of 100,000 texts: 31 kB in 1.8 ms against zlib level 1's 227 kB in 4.4 ms)."""
+    return zstandard.compress(doc, 1)
 
 
 def unpack(stored: str | bytes) -> Any:
-    """A stored trace or event list back as JSON builtins (compressed, or plain text from before)."""
+    """A stored trace or event list back as JSON builtins: zstd-compressed, or from
+    before, zlib-compressed or plain text."""
     if isinstance(stored, bytes):
+        if stored.startswith(_ZSTD_MAGIC):
+            return json.loads(zstandard.decompress(stored))
         return json.loads(zlib.decompress(stored))
     return json.loads(stored)
 

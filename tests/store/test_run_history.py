@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import tracemalloc
+import zlib
 from typing import Any
 
 import msgspec
@@ -201,3 +202,9 @@ def test_stored_traces_are_compressed_and_old_plain_rows_still_read() -> None:
                  " VALUES ('before', 'c', 'ok', 1, '{\"stages\": []}', '[]', 17)")
     before = runs.get("before")
     assert before is not None and before["trace"] == {"stages": []} and before["events"] == []
+    # Rows stored zlib-compressed (before zstd) read as they were.
+    conn.execute("INSERT INTO runs (run_id, composition_id, status, started_at, trace, events, stored_bytes)"
+                 " VALUES ('zlib', 'c', 'ok', 1, ?, ?, 17)",
+                 (zlib.compress(b'{"stages": [{"n": 1}]}', 1), zlib.compress(b'[{"event": "x"}]', 1)))
+    old = runs.get("zlib")
+    assert old is not None and old["trace"] == {"stages": [{"n": 1}]} and old["events"] == [{"event": "x"}]
