@@ -20,6 +20,7 @@ import trio
 from noether_nix.engine.events import RunWarning, StageProgress
 from noether_nix.engine.fastcall import timed_call
 from noether_nix.engine.fastpath import (
+    CHECKPOINT_S,
     CHUNK,
     FastPure,
     OutputBound,
@@ -141,13 +142,16 @@ class HigherOrder:
 
     async def fast_each(self, stage: Stage, fast: FastPure, values: list[Any]) -> list[Any]:
         """``each`` for a Pure stdlib stage: a chunk at a time, one summary trace entry. A
-        chunk small enough runs on the event loop (a checkpoint after each), a larger one
-        on a worker thread within the stage's time budget (``engine.offload``)."""
+        chunk small enough runs on the event loop (a checkpoint after the chunks of each
+        ``CHECKPOINT_S`` and after the last), a larger one on a worker thread within the
+        stage's time budget (``engine.offload``)."""
         summary = Summary()
         out: list[Any] = []
         bound = OutputBound(self.run.services.config.max_value_bytes)
         threads = self.run.services.thread_limiter
         what = f"stage {stage.label()} (called by {self.label})"
+        clock = time.perf_counter
+        checkpointed = clock()
         try:
             for start in range(0, len(values), CHUNK):
                 chunk = values[start:start + CHUNK]
@@ -157,9 +161,9 @@ class HigherOrder:
                         self.check_input(stage, v, self.item_path(start + j))
                 try:
                     # Every input of the chunk is of the stage's input type here (checked above).
-                    out += await maybe_off_loop(inline, summary.call_chunk, fast.impl, chunk, fast.on_text,
-                                                limiter=threads, budget_s=self.run.limits.timeout_s, what=what,
-                                                path=self.item_path(start))
+                    got = await maybe_off_loop(inline, summary.call_chunk, fast.impl, chunk, fast.on_text,
+                                               limiter=threads, budget_s=self.run.limits.timeout_s, what=what,
+                                               path=self.item_path(start))
                 except (StageFailure, NoetherError) as failure:
                     if isinstance(failure, StageError) and failure.code == "stage_timed_out":
                         raise
@@ -169,9 +173,13 @@ class HigherOrder:
                     summary.calls += j + 1
                     message = f"stage {stage.label()} failed: {e.message if isinstance(e, NoetherError) else e}"
                     raise StageError("stage_failed", message, self.item_path(start + j), usage=IN_PROCESS) from None
-                if bound.over(out, out[start:]):  # fail now, not once the whole list is in memory
+                out += got
+                if bound.over(out, got):  # fail now, not once the whole list is in memory
                     check_value_size(out, bound.limit, what=f"the output of stage {self.label}", path=self.path)
-                await trio.lowlevel.checkpoint()  # stay cancellable on long lists
+                now = clock()
+                if now - checkpointed >= CHECKPOINT_S or start + CHUNK >= len(values):
+                    await trio.lowlevel.checkpoint()  # stay cancellable on long lists
+                    checkpointed = now
                 await self.progress(start + len(chunk), len(values))
         except NoetherError as e:
             summary.failed(e.code, e.message, e.path or self.item_path(summary.calls))

@@ -287,3 +287,24 @@ def test_one_pass_over_a_chunk_answers_what_the_two_did(chunk: list[Any]) -> Non
     for t in (TextType(), NumberType(), AnyType()):
         types = simple_types(t)
         assert scan_chunk(chunk, types) == (all_of(chunk, types), chunk_is_small(chunk))
+
+
+async def test_a_cancelled_map_stops_inside_its_loop(engine: Engine) -> None:
+    """The fast path checkpoints between chunks (each ``CHECKPOINT_S`` of work and after the
+    last): a run cancelled as its map starts stops there, not after every item."""
+    from noether_nix.engine.events import StageProgress
+
+    items = ["x"] * 500_000
+    events: list[Event] = []
+    with trio.CancelScope() as scope:
+
+        async def cancel_at_start(ev: Event) -> None:
+            events.append(ev)
+            if isinstance(ev, StageProgress) and ev.done == 0:
+                scope.cancel()  # delivered at the map loop's next checkpoint
+
+        await engine.run(graph(stage("map", stage_id="text_upper")), items, OPTS, emit=cancel_at_start)
+    last = events[-1]
+    assert isinstance(last, RunFinished) and last.status == "cancelled"
+    (entry,) = summaries(last)
+    assert 0 < entry["summary"]["calls"] < len(items), entry["summary"]
