@@ -294,6 +294,8 @@ class Engine:
                     with trio.move_on_after(_LAST_EVENT_GRACE_S):
                         await _emit_last(run, finished)
             raise
+        if status != "ok":
+            output = None  # a failed run has no output (not the one its root's check refused)
         # Storing a large output (measured, encoded, written) is work for a thread; the run
         # is stored once, so a cancellation waits for it.
         with trio.CancelScope(shield=True):
@@ -330,10 +332,12 @@ class Engine:
                                warnings=warnings, effects=p.effects.display(),
                                cache={"hits": run.hits, "misses": run.misses})
         if record:
-            # The stored events end with the same last event, its trace kept once (in the trace column);
-            # its output is a checked JSON value already: put in as it is, not copied by ``to_builtins``.
+            # The stored events end with the same last event, its trace kept once (in the trace column).
+            # The output of a run that went well passed ``check_value`` (at most max_value_bytes): it is
+            # encoded as it is (its hash encoded it too) and measured by its length.
             last = msgspec.to_builtins(msgspec.structs.replace(finished, trace={}, output=None))
-            last["output"] = output
+            if status == "ok" and output is not None:
+                last["output"] = msgspec.Raw(msgspec.json.encode(output))
             self.runs.finish(run.run_id, status, trace, [*run.events, last], run.budget.spent_cents)
         return finished
 

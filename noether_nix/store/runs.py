@@ -218,14 +218,22 @@ def cap_stored_run(run_id: str, trace: dict[str, Any], events: list[Any], cap: i
 
     The run's output (the one field that holds an arbitrary value) is measured
     with an early stop before anything is encoded, so an output that would
-    encode to gigabytes is never serialised to find out.
+    encode to gigabytes is never serialised to find out; or it comes encoded
+    already (``msgspec.Raw``: the caller bounded it, a checked run output).
     """
     item_cap = max(cap // 4, 1)
     replaced = 0
-    if events and isinstance(events[-1], dict) and "output" in events[-1] and not fits(events[-1]["output"], item_cap):
-        size = encoded_size(events[-1]["output"], item_cap)
+    last = events[-1] if events and isinstance(events[-1], dict) and "output" in events[-1] else None
+    if last is not None:
+        output = last["output"]
+        if isinstance(output, msgspec.Raw):
+            size = len(output)
+        elif fits(output, item_cap):
+            size = 0
+        else:
+            size = encoded_size(output, item_cap)
         if size > item_cap:
-            events = [*events[:-1], {**events[-1], "output": _too_large(size, exact=False)}]
+            events = [*events[:-1], {**last, "output": _too_large(size, exact=isinstance(output, msgspec.Raw))}]
             replaced += 1
     trace_json, events_json = msgspec.json.encode(trace), msgspec.json.encode(events)
     if len(trace_json) + len(events_json) <= cap and not replaced:

@@ -124,7 +124,10 @@ async def test_what_let_and_fanout_put_together_is_capped_at_the_root() -> None:
     assert "the input of stage identity" in err["message"]
     fanout = {"op": "Fanout", "source": {"op": "Stage", "id": "identity"},
               "targets": [{"op": "Stage", "id": "text_upper"}] * 3}
-    err = failed(await engine.run(graph(fanout), text, RunOptions(optimize=False)), "value_too_large")
+    res = await engine.run(graph(fanout), text, RunOptions(optimize=False))
+    err = failed(res, "value_too_large")
     assert "the run's output" in err["message"] and err["path"] == "root"
+    assert res.output is None  # the refused value is not handed on
     stored = engine.runs.get(engine.runs.recent(1)[0]["run_id"])
     assert stored is not None and stored["status"] == "failed"
+    assert stored["events"][-1]["event"] == "run_finished" and stored["events"][-1]["output"] is None

@@ -162,6 +162,12 @@ async def test_a_large_output_is_returned_whole_and_stored_cut(small_history_eng
     stored = small_history_engine.runs.get(res.run_id)
     assert stored is not None and stored["trace"]["stored"]["truncated"]["values_replaced"] >= 1
     assert len(msgspec.json.encode(stored)) < 40 << 10
+    # A checked output comes to the store encoded: measured exactly, not with an early stop.
+    assert stored["events"][-1]["output"] == {"truncated": "100002 bytes, over the stored-run limit"}
+    identity = {**HELLO, "root": {"op": "Stage", "id": "identity"}}
+    small = await small_history_engine.run(identity, {"k": ["é", 1.5, True, None]}, RunOptions())
+    stored = small_history_engine.runs.get(small.run_id)
+    assert stored is not None and stored["events"][-1]["output"] == small.output == {"k": ["é", 1.5, True, None]}
 
 
 async def test_a_value_over_the_cap_fails_the_stage_with_value_too_large(small_history_engine: Engine) -> None:
