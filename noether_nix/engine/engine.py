@@ -25,7 +25,7 @@ from noether_nix.engine.events import RunAccepted, RunFinished, RunStatus, RunWa
 from noether_nix.engine.executor import Executor, LocalExecutor, StageCall, StageOutcome
 from noether_nix.engine.fastpath import FastPure, simple_types
 from noether_nix.engine.grants import check_grants
-from noether_nix.engine.interpreter import Emit, Interpreter
+from noether_nix.engine.interpreter import Emit, Interpreter, Passed
 from noether_nix.engine.offload import maybe_off_loop, small
 from noether_nix.engine.options import Isolation, RunOptions, StageError
 from noether_nix.engine.state import Dispatch, StageFacts
@@ -251,7 +251,7 @@ class Engine:
                                                allow_unsigned=options.allow_unsigned,
                                                isolation_available=self.isolation_available(options)),
                           run_as=run_as, store_writes=store_writes, requester_uid=requester_uid)
-        run.passed = (input, None, plain)  # `prepare` checked it
+        run.passed = Passed(input, None, plain)  # `prepare` checked it
         started_wall = datetime.now(UTC)
         started = time.monotonic()
         if record:
@@ -273,7 +273,7 @@ class Engine:
             # Stage outputs are checked as they come; what Parallel, Let or Const put
             # together at the root is checked here (the last stage's own output, as it came, is not
             # checked twice).
-            if output is not run.passed[0]:
+            if output is not run.passed.value:
                 await maybe_off_loop(small(output), self._check_output, output, limiter=self.thread_limiter)
         except NoetherError as e:
             status, error = "failed", e.to_dict()
@@ -333,11 +333,15 @@ class Engine:
                                cache={"hits": run.hits, "misses": run.misses})
         if record:
             # The stored events end with the same last event, its trace kept once (in the trace column).
-            # The output of a run that went well passed ``check_value`` (at most max_value_bytes): it is
-            # encoded as it is (its hash encoded it too) and measured by its length.
+            # The output of a run that went well passed ``check_value`` (at most max_value_bytes): it goes
+            # in encoded (measured by its length), as the bytes its hash was taken of when the last stage's
+            # output check kept them (a plain value: the same JSON, object keys sorted), else encoded here.
             last = msgspec.to_builtins(msgspec.structs.replace(finished, trace={}, output=None))
             if status == "ok" and output is not None:
-                last["output"] = msgspec.Raw(msgspec.json.encode(output))
+                passed = run.passed
+                encoded = passed.encoded if output is passed.value and passed.encoded is not None \
+                    else msgspec.json.encode(output)
+                last["output"] = msgspec.Raw(encoded)
             self.runs.finish(run.run_id, status, trace, [*run.events, last], run.budget.spent_cents)
         return finished
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import trio
@@ -49,7 +49,7 @@ from noether_nix.graph.ast import (
 )
 from noether_nix.graph.check import PreparedGraph
 from noether_nix.graph.preflight import REMOTE_EFFECTS, PolicyOptions
-from noether_nix.model.jcs import value_hash
+from noether_nix.model.jcs import serde_compact, sha256_hex, value_hash
 from noether_nix.model.stage import Stage
 from noether_nix.model.types import display, display_refinement
 from noether_nix.model.values import check_refinement, check_value, conforms, outer_refinements
@@ -99,14 +99,10 @@ class Interpreter:
         self.output_checks = options.output_type_checks and services.config.output_type_checks
         #: The pure cache is shared by the daemon's writers; every other peer has its own.
         self.cache_namespace = cache_namespace(store_writes, requester_uid)
-        #: The value (by identity) that last passed ``check_value`` as a stage's output or as
-        #: the run's input, with its hash when known and whether the check found it plain
-        #: (``model.jcs.quick_check``), and not handed to a stage since: the next check of
-        #: that very object (the next stage's input, the run's output) is not made twice, nor
-        #: the hash's plainness pass. One tuple, read and replaced whole (worker threads check
-        #: values too). Relies on values not being changed in place once checked: they are
-        #: JSON trees the engine decoded or a stage returned, handed on, never edited.
-        self.passed: tuple[Any, str | None, bool] = (_UNSET, None, False)
+        #: The value that last passed ``check_value`` as a stage's output or as the run's
+        #: input and was not handed to a stage since (``Passed``). One tuple, read and
+        #: replaced whole (worker threads check values too).
+        self.passed = NOTHING_PASSED
 
     def record(self, entry: dict[str, Any]) -> None:
         """A trace entry; past ``MAX_TRACE_ENTRIES`` only counted (a map over
@@ -303,13 +299,14 @@ class Interpreter:
 
     def _accept_input(self, stage: Stage, value: Any, path: str) -> str:
         """Check a stage's input (a JSON value within the caps, its refinements); its hash."""
-        passed, passed_hash, plain = self.passed
-        if value is passed:
-            self.passed = (_UNSET, None, False)  # handed to a stage: checked again if it comes back as an output
+        passed = self.passed
+        if value is passed.value:
+            self.passed = NOTHING_PASSED  # handed to a stage: checked again if it comes back as an output
+            plain = passed.plain
         else:
             plain = check_value(value, self.services.config.max_value_bytes,
                                 what=lambda: f"the input of stage {stage.label()}", path=path)
-        in_hash = passed_hash if value is passed and passed_hash is not None else value_hash(value, plain=plain)
+        in_hash = passed.hash if value is passed.value and passed.hash is not None else value_hash(value, plain=plain)
         if self.checks:
             self._refinements(stage, "input", value, path)
         return in_hash
@@ -320,8 +317,9 @@ class Interpreter:
                             what=lambda: f"the output of stage {stage.label()}", path=path)
         if self.checks:
             self._refinements(stage, "output", out, path)
-        out_hash = value_hash(out, plain=plain)
-        self.passed = (out, out_hash, plain)
+        encoded = serde_compact(out, plain=plain)
+        out_hash = sha256_hex(encoded)  # value_hash(out)
+        self.passed = Passed(out, out_hash, plain, encoded if plain else None)
         return out_hash
 
     async def off_loop(self, fn: Callable[..., str], stage: Stage, value: Any, path: str) -> str:
@@ -394,6 +392,27 @@ class Interpreter:
 
 
 _UNSET = object()
+
+
+class Passed(NamedTuple):
+    """The value (by identity) that last passed ``check_value`` as a stage's output or as the
+    run's input, and was not handed to a stage since: the next check of that very object (the
+    next stage's input, the run's output) is not made twice, nor its hash computed twice.
+
+    Relies on a checked value not being changed in place until it is handed to a stage (which
+    forgets it here, so whatever a stage hands back is checked afresh): the engine itself
+    never edits a value it passes on."""
+
+    value: Any
+    hash: str | None = None
+    #: The check found it plain (``model.jcs.quick_check``): its hash skips that pass.
+    plain: bool = False
+    #: A plain stage output's serde-compact form, what its hash is of (keys sorted): the run's
+    #: stored output when it is the run's output (``Engine._finish``), not encoded again.
+    encoded: bytes | None = None
+
+
+NOTHING_PASSED = Passed(_UNSET)
 
 
 def _ms_since(started: float) -> int:

@@ -214,3 +214,23 @@ def test_stored_traces_are_compressed_and_old_plain_rows_still_read() -> None:
                  (zlib.compress(b'{"stages": [{"n": 1}]}', 1), zlib.compress(b'[{"event": "x"}]', 1)))
     old = runs.get("zlib")
     assert old is not None and old["trace"] == {"stages": [{"n": 1}]} and old["events"] == [{"event": "x"}]
+
+
+async def test_the_stored_output_is_what_its_hash_was_taken_of(small_history_engine: Engine) -> None:
+    """The last stage's plain output is stored as the bytes its output hash covers (one
+    encoding, object keys sorted), so the stored copy can be checked against the trace."""
+    from noether_nix.model.jcs import value_hash
+
+    identity = {**HELLO, "root": {"op": "Stage", "id": "identity"}}
+    value = {"b": ["x", 1, None], "a": {"d": True, "c": "é"}}
+    res = await small_history_engine.run(identity, value, RunOptions())
+    stored = small_history_engine.runs.get(res.run_id)
+    assert stored is not None
+    out = stored["events"][-1]["output"]
+    assert out == value and list(out) == ["a", "b"] and list(out["a"]) == ["c", "d"]
+    (entry,) = stored["trace"]["stages"]
+    assert entry["output_hash"] == value_hash(out) == value_hash(value)
+    # A value with floats is not the C encoder's: stored as msgspec writes it, keys as they came.
+    res = await small_history_engine.run(identity, {"b": 0.5, "a": 1}, RunOptions())
+    stored = small_history_engine.runs.get(res.run_id)
+    assert stored is not None and list(stored["events"][-1]["output"]) == ["b", "a"]
