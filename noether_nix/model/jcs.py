@@ -218,11 +218,26 @@ def _joined(items: Any) -> str | None:
     """``items`` (a list or a dict's values) joined into one text when every one is text,
     else None: one C pass that answers "all text?" (stopping at the first that is not)
     and, from its length, how many characters — where a ``set(map(type, …))`` and a
-    ``sum(map(len, …))`` took two passes, each about three times as long."""
+    ``sum(map(len, …))`` took two passes, each about three times as long.
+
+    The join allocates every character: only for items whose size is known to be
+    bounded (see ``_over``)."""
     try:
         return "".join(items)
     except TypeError:
         return None
+
+
+def _over(items: Any, limit: int) -> bool:
+    """Whether ``items`` hold more than ``limit`` characters of text, counted without
+    joining them. A container may hold one text many times (a Parallel whose branches
+    all return their input: a thousand references to one megabyte): joining it would
+    build all of it — a gigabyte, for a value refused at 32 MiB. Items without a length
+    count nothing here (the join then tells they are not all text)."""
+    try:
+        return sum(map(len, items)) > limit
+    except TypeError:  # a number, a boolean or null among them
+        return False
 
 
 def size_bounds(value: Any, limit: int, depth: int = 0) -> tuple[int, int] | None:
@@ -247,6 +262,8 @@ def size_bounds(value: Any, limit: int, depth: int = 0) -> tuple[int, int] | Non
     else:
         return None
     types: set[type]
+    if _over(items, limit):
+        return None
     joined = _joined(items)
     if joined is not None:  # all text (the commonest list): its types and length in one C pass
         types, strs, chars = {str}, items, len(joined)
@@ -315,6 +332,8 @@ def _quick(value: Any, limit: int, depth: int, max_depth: int) -> tuple[int, int
         items = list(value.values())
     else:
         return None
+    if _over(items, limit):
+        return None
     joined = _joined(items)
     if joined is not None:  # all text (the commonest list): types, length and validity from one C pass
         if not (joined.isascii() or _text_valid([joined])):
@@ -328,9 +347,11 @@ def _quick(value: Any, limit: int, depth: int, max_depth: int) -> tuple[int, int
     plain = float not in types
     strs = [x for x in items if type(x) is str] if str in types else []
     if strs:
+        chars = sum(map(len, strs))
+        if chars > limit:  # before the validity check joins them
+            return None
         if not _text_valid(strs):
             return None
-        chars = sum(map(len, strs))
         low += chars + 2 * len(strs)
         high += 6 * chars + 2 * len(strs)
     if not plain and not _finite_sum(x for x in items if type(x) is float):

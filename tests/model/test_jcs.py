@@ -210,3 +210,27 @@ def test_a_subclass_of_text_is_written_by_the_python_encoder() -> None:
     value = [Text("a"), "b", {"k": Text("c")}]
     assert serde_compact(value) == serde_compact(value, plain=True) == b'["a","b",{"k":"c"}]'
     assert value_hash(value, plain=True) == value_hash(["a", "b", {"k": "c"}])
+
+
+@pytest.mark.parametrize("shape", ["list", "record", "mixed"])
+def test_a_value_holding_one_text_many_times_is_refused_without_building_it(shape: str) -> None:
+    """A Parallel whose branches all return their input makes a record of one text many
+    times over: measuring it must not build every copy (a thousand branches over 1 MB
+    of input built a gigabyte before the refusal)."""
+    import tracemalloc
+
+    from noether_nix.errors import NoetherError
+    from noether_nix.model.values import check_value
+
+    big = "x" * (1 << 20)
+    value: Any = {"list": [big] * 100, "record": {f"b{i}": big for i in range(100)},
+                  "mixed": [big] * 100 + [1, None]}[shape]
+    tracemalloc.start()
+    try:
+        with pytest.raises(NoetherError) as e:
+            check_value(value, 32 << 20, what="the output")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert e.value.code == "value_too_large"
+    assert peak < 4 << 20, f"{peak / 2**20:.0f} MiB allocated to refuse a 100 MiB value held in 1 MiB"

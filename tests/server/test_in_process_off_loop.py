@@ -86,3 +86,21 @@ def test_a_backtracking_pattern_stops_at_its_budget_and_the_daemon_answers(live:
     assert time.monotonic() - started < 20
     assert slowest < 1.0, f"/v1/health took {slowest:.2f} s"
     live.serves_a_run()
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def test_one_text_returned_by_many_branches_is_refused_without_building_every_copy(live: Live) -> None:
+    """300 branches returning their 1 MiB input make a record 300 MiB long that holds
+    1 MiB: the daemon refuses it at its value cap without building the 300 MiB (it did,
+    in one join, before: a 3 MB request could make it allocate gigabytes)."""
+    before = peak_rss_mib(live.proc.pid)
+    graph = g({"op": "Parallel", "branches": {f"b{i}": {"op": "Stage", "id": "identity"} for i in range(300)}})
+    slowest, last = health_latency_while(live, graph, "x" * (1 << 20), {"optimize": False})
+    assert last["status"] == "failed" and last["error"]["code"] == "value_too_large", last["error"]
+    grew = peak_rss_mib(live.proc.pid) - before
+    assert grew < 150, f"the daemon's peak RSS grew by {grew:.0f} MiB"
+    live.serves_a_run()
