@@ -10,6 +10,7 @@ which knows how stages run; the interpreter does not.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
@@ -103,6 +104,27 @@ class Interpreter:
         #: input and was not handed to a stage since (``Passed``). One tuple, read and
         #: replaced whole (worker threads check values too).
         self.passed = NOTHING_PASSED
+        #: Large texts this run has checked and hashed, by identity (a text is immutable):
+        #: ``id → (text, hash)``, the oldest dropped past ``KNOWN_TEXTS``. A Parallel whose
+        #: branches get one 1 MiB input hashed it twice per branch (3.4 ms a time) before.
+        self.known_texts: dict[int, tuple[str, str]] = {}
+        self._known_lock = threading.Lock()
+
+    def known_text(self, value: Any) -> str | None:
+        """The hash of ``value`` if it is a large text this run already checked."""
+        if type(value) is str and len(value) >= KNOWN_TEXT_MIN:
+            seen = self.known_texts.get(id(value))
+            if seen is not None and seen[0] is value:
+                return seen[1]
+        return None
+
+    def know_text(self, value: Any, value_hash: str) -> None:
+        if type(value) is str and len(value) >= KNOWN_TEXT_MIN:
+            with self._known_lock:  # worker threads check values too
+                known = self.known_texts
+                if len(known) >= KNOWN_TEXTS:
+                    del known[next(iter(known))]
+                known[id(value)] = (value, value_hash)
 
     def record(self, entry: dict[str, Any]) -> None:
         """A trace entry; past ``MAX_TRACE_ENTRIES`` only counted (a map over
@@ -300,19 +322,32 @@ class Interpreter:
     def _accept_input(self, stage: Stage, value: Any, path: str) -> str:
         """Check a stage's input (a JSON value within the caps, its refinements); its hash."""
         passed = self.passed
+        known = self.known_text(value)
         if value is passed.value:
             self.passed = NOTHING_PASSED  # handed to a stage: checked again if it comes back as an output
             plain = passed.plain
-        else:
+        elif known is None:
             plain = check_value(value, self.services.config.max_value_bytes,
                                 what=lambda: f"the input of stage {stage.label()}", path=path)
-        in_hash = passed.hash if value is passed.value and passed.hash is not None else value_hash(value, plain=plain)
+        if known is not None:
+            in_hash = known
+        elif value is passed.value and passed.hash is not None:
+            in_hash = passed.hash
+        else:
+            in_hash = value_hash(value, plain=plain)
+            self.know_text(value, in_hash)
         if self.checks:
             self._refinements(stage, "input", value, path)
         return in_hash
 
     def _accept_output(self, stage: Stage, out: Any, path: str) -> str:
         """Check a stage's output as its input is checked; its hash."""
+        known = self.known_text(out)
+        if known is not None:  # a large text this run checked already (a stage that returns its input)
+            if self.checks:
+                self._refinements(stage, "output", out, path)
+            self.passed = Passed(out, known, False, None)
+            return known
         plain = check_value(out, self.services.config.max_value_bytes,
                             what=lambda: f"the output of stage {stage.label()}", path=path)
         if self.checks:
@@ -320,6 +355,7 @@ class Interpreter:
         encoded = serde_compact(out, plain=plain)
         out_hash = sha256_hex(encoded)  # value_hash(out)
         self.passed = Passed(out, out_hash, plain, encoded if plain else None)
+        self.know_text(out, out_hash)
         return out_hash
 
     async def off_loop(self, fn: Callable[..., str], stage: Stage, value: Any, path: str) -> str:
@@ -392,6 +428,10 @@ class Interpreter:
 
 
 _UNSET = object()
+#: Texts at least this long are remembered once checked and hashed (``Interpreter.known_text``),
+#: at most ``KNOWN_TEXTS`` of them per run.
+KNOWN_TEXT_MIN = 64 * 1024
+KNOWN_TEXTS = 16
 
 
 class Passed(NamedTuple):

@@ -131,3 +131,26 @@ async def test_what_let_and_fanout_put_together_is_capped_at_the_root() -> None:
     stored = engine.runs.get(engine.runs.recent(1)[0]["run_id"])
     assert stored is not None and stored["status"] == "failed"
     assert stored["events"][-1]["event"] == "run_finished" and stored["events"][-1]["output"] is None
+
+
+async def test_a_large_text_shared_by_many_branches_is_hashed_right_and_still_refused_when_too_large(
+        engine: Engine) -> None:
+    """A large text handed to many branches is checked and hashed once per run
+    (``Interpreter.known_text``); every trace entry still carries its true hash, a
+    different text of the same length its own, and the caps still hold."""
+    from noether_nix.model.jcs import value_hash
+
+    big, other = "a" * (200 * 1024), "b" * (200 * 1024)
+    branches = {f"b{i}": {"op": "Stage", "id": "identity"} for i in range(12)}
+    branches["len"] = {"op": "Stage", "id": "text_length"}
+    res = await engine.run(graph({"op": "Parallel", "branches": branches}), big, RunOptions())
+    assert res.status == "ok", res.error
+    assert res.output["len"] == len(big) and all(res.output[f"b{i}"] is big or res.output[f"b{i}"] == big
+                                                 for i in range(12))
+    pairs = [(e["input_hash"], e["output_hash"]) for e in res.trace["stages"]]
+    assert len(pairs) == 13 and pairs.count((value_hash(big), value_hash(big))) == 12, pairs
+    again = await engine.run(graph({"op": "Stage", "id": "identity"}), other, RunOptions())
+    assert again.trace["stages"][0]["input_hash"] == value_hash(other) != value_hash(big)
+    # 13 branches of 200 KiB make a 2.6 MB record: over a 1 MiB cap, refused as before.
+    capped = Engine(EngineSettings(max_value_bytes=1 << 20), store=engine.store)
+    failed(await capped.run(graph({"op": "Parallel", "branches": branches}), big, RunOptions()), "value_too_large")
