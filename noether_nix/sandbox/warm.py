@@ -6,11 +6,13 @@ A cold run starts bwrap, the namespaces and an interpreter for every call
 bwrap argv (binds by fd, read-only root, /proc and /dev), cgroup, rlimits,
 host identity and Landlock domain, planned by ``launch.prepare_launch`` —
 running the warm host (``sandboxed/warm_host.py``) instead of the program.
-Each call forks a child from the host that gets fresh mount and IPC
-namespaces with empty tmpfs on /tmp, /dev/shm and /work, a Landlock domain
-of its own, no capabilities and the cold sandbox's full seccomp filter,
-and then runs the program from its top; when it exits every process of
-the call is killed and reaped before the next call may start. The
+Each call runs in a child forked from the host that gets fresh mount and
+IPC namespaces with empty tmpfs on /tmp, /dev/shm and /work, a Landlock
+domain of its own, no capabilities and the cold sandbox's full seccomp
+filter, and then runs the program from its top; when it exits every
+process of the call is killed and reaped before the next call may start.
+The host forks (and so isolates) each call's child ahead, as soon as the
+call before has ended: a call costs the hand-over and the program. The
 design and what it guarantees: docs/security.md, "Warm sandboxes".
 
 Per call: the timeout and the output caps are enforced here, as for a cold
