@@ -165,6 +165,11 @@ class Bench:
             if self.daemon.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("the daemon did not start")
             time.sleep(0.05)
+        # Its start-up warmup builds every Active stage's program in the background (seconds):
+        # the rows time a daemon at rest, not one still building.
+        deadline = time.monotonic() + 300
+        while self.health().get("warmup", {}).get("state") == "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def stop_daemon(self) -> None:
         if self.daemon is not None:
