@@ -260,16 +260,26 @@ class WarmSandbox:
             if run_as is not None:  # the sandbox user may reopen /dev/stdout, as in a cold run
                 for fd in theirs:
                     os.fchown(fd, run_as.uid, run_as.gid)
+            # The input goes into the pipe now, as much as its buffer takes (all of a small one):
+            # no task feeds it then, and the program finds it there when it starts.
+            os.set_blocking(in_w, False)
+            fed = 0
+            with contextlib.suppress(BlockingIOError):
+                fed = os.write(in_w, stdin) if stdin else 0
+            if fed == len(stdin):
+                os.close(in_w)
+                ours[0] = fds[1] = -1
             await self.ctl.sendmsg([b"call"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", theirs))])
         except BaseException:
             self.broken = "could not hand the call over"
             for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
             raise
         for fd in theirs:
             os.close(fd)
-        streams = [trio.lowlevel.FdStream(fd) for fd in ours]
+        streams = [trio.lowlevel.FdStream(fd) if fd >= 0 else None for fd in ours]
         done: dict[str, Any] | None = None
 
         async def wait() -> None:
@@ -281,15 +291,16 @@ class WarmSandbox:
                 self.broken = "the warm host ended"
 
         try:
-            ex = await exchange(streams[0], streams[1], streams[2], stdin, limits, wait=wait, kill_tree=self.kill,
-                                exited=lambda: done is not None)
+            ex = await exchange(streams[0], streams[1], streams[2], stdin[fed:] if fed else stdin, limits, wait=wait,
+                                kill_tree=self.kill, exited=lambda: done is not None)
         except BaseException:
             self.broken = self.broken or "cancelled during a call"
             raise
         finally:
             for stream in streams:
-                with contextlib.suppress(Exception):
-                    await stream.aclose()
+                if stream is not None:
+                    with contextlib.suppress(Exception):
+                        await stream.aclose()
         if ex.verdict is not None or done is None:
             self.broken = self.broken or (ex.verdict.value if ex.verdict else "no answer")
         self.last_used = time.monotonic()
