@@ -1,6 +1,7 @@
 """Issue 16's table, side by side: noether-nix against the cold-sandbox floor and its peers.
 
 Usage: .venv/bin/python bench/peer.py [--rounds N] [--slow-rounds M] [--snakemake] [--json FILE]
+       [--only CASE,CASE]  (only these fast cases, the floor always among them; no slow or map rows)
 
 Everything runs in a throwaway NOETHER_HOME with its own daemon (its own
 socket), on one trivial Python stage (``def execute(input): return input``),
@@ -164,6 +165,11 @@ class Bench:
             if self.daemon.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("the daemon did not start")
             time.sleep(0.05)
+        # Its start-up warmup builds every Active stage's program in the background (seconds):
+        # the rows time a daemon at rest, not one still building.
+        deadline = time.monotonic() + 300
+        while self.health().get("warmup", {}).get("state") == "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def stop_daemon(self) -> None:
         if self.daemon is not None:
@@ -241,12 +247,25 @@ def ratio_line(name: str, got: float, key: str) -> str:
     return f"{name}: {got:.2f}× (target {text}): {'holds' if got <= bound else 'does not hold'}"
 
 
+def only_rows(samples: dict[str, list[float]], rounds: int, load_after: str, tmp: Path) -> int:
+    floor = stats(samples["floor"])[1]
+    print(f"\n{rounds} interleaved rounds; {load_after} after")
+    for key, values in samples.items():
+        print(f"{key:<20} {fmt(values):>30} {stats(values)[1] / floor:>9.2f}× floor")
+    if "daemon_raw" in samples:
+        print(ratio_line("daemon, one raw request", stats(samples["daemon_raw"])[1] / floor, "daemon_raw"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--slow-rounds", type=int, default=3)
     ap.add_argument("--snakemake", action="store_true", help="install Snakemake into its own venv and compare")
     ap.add_argument("--json", help="write every sample here")
+    ap.add_argument("--only", help="run only these fast cases (comma-separated, e.g. daemon_raw; the floor is "
+                                   "always run, interleaved with them) and print their rows")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="noether-peer-bench-"))
     os.chmod(tmp, 0o755)  # sandbox users must reach the store paths only; nothing here is bound
@@ -266,8 +285,15 @@ def main() -> int:
             "python_pass": lambda: spawn_ms([base, "-c", "pass"], env=bench.env)[0],
             "venv_python_pass": lambda: spawn_ms([sys.executable, "-c", "pass"], env=bench.env)[0],
         }
-        say("fast rows")
         cpu: dict[str, list[float]] = {}
+        if args.only:
+            wanted = {"floor", *args.only.split(",")}
+            unknown = wanted - set(fast)
+            if unknown:
+                raise SystemExit(f"--only: no such case {sorted(unknown)}; cases: {', '.join(fast)}")
+            samples = interleave({k: v for k, v in fast.items() if k in wanted}, args.rounds, say=say, cpu=cpu)
+            return only_rows(samples, args.rounds, load(), tmp)
+        say("fast rows")
         samples = interleave(fast, args.rounds, say=say, cpu=cpu)
         slow: dict[str, Any] = {
             "floor_slow": bench.floor,

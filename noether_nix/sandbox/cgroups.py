@@ -118,10 +118,16 @@ class RunCgroup:
         d = self.dirs.get(ctl)
         if d is None:
             return None
-        try:
-            return (d / name).read_text()
+        try:  # read per warm call: plain system calls, not pathlib's layers (a cgroup file is one read)
+            fd = os.open(f"{d}/{name}", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
+        try:
+            return os.read(fd, 65536).decode()
+        except (OSError, UnicodeDecodeError):
+            return None
+        finally:
+            os.close(fd)
 
     def oom_killed(self) -> bool:
         if self.version == 2:

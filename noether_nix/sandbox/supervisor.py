@@ -146,7 +146,8 @@ class Exchange(msgspec.Struct):
 async def exchange(stdin_stream: Any, stdout_stream: Any, stderr_stream: Any, stdin: bytes, limits: Limits, *,
                    wait: Callable[[], Awaitable[None]], kill_tree: Callable[[], None],
                    exited: Callable[[], bool]) -> Exchange:
-    """Feed ``stdin``, read stdout with a running byte count (killing the tree past
+    """Feed ``stdin`` (unless ``stdin_stream`` is None: it was written ahead and closed),
+    read stdout with a running byte count (killing the tree past
     the cap, so our memory stays bounded) and keep stderr's tail, until ``wait``
     returns, within the timeout. On any way out but a clean exit (timeout,
     cap, cancellation) the tree is killed; the caller still waits for it."""
@@ -179,7 +180,8 @@ async def exchange(stdin_stream: Any, stdout_stream: Any, stderr_stream: Any, st
     try:
         with trio.move_on_after(limits.timeout_s) as timeout_scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(feed)
+                if stdin_stream is not None:
+                    nursery.start_soon(feed)
                 nursery.start_soon(read_stdout)
                 nursery.start_soon(read_stderr)
                 await wait()

@@ -6,11 +6,13 @@ A cold run starts bwrap, the namespaces and an interpreter for every call
 bwrap argv (binds by fd, read-only root, /proc and /dev), cgroup, rlimits,
 host identity and Landlock domain, planned by ``launch.prepare_launch`` —
 running the warm host (``sandboxed/warm_host.py``) instead of the program.
-Each call forks a child from the host that gets fresh mount and IPC
-namespaces with empty tmpfs on /tmp, /dev/shm and /work, a Landlock domain
-of its own, no capabilities and the cold sandbox's full seccomp filter,
-and then runs the program from its top; when it exits every process of
-the call is killed and reaped before the next call may start. The
+Each call runs in a child forked from the host that gets fresh mount and
+IPC namespaces with empty tmpfs on /tmp, /dev/shm and /work, a Landlock
+domain of its own, no capabilities and the cold sandbox's full seccomp
+filter, and then runs the program from its top; when it exits every
+process of the call is killed and reaped before the next call may start.
+The host forks (and so isolates) each call's child ahead, as soon as the
+call before has ended: a call costs the hand-over and the program. The
 design and what it guarantees: docs/security.md, "Warm sandboxes".
 
 Per call: the timeout and the output caps are enforced here, as for a cold
@@ -257,16 +259,26 @@ class WarmSandbox:
             if run_as is not None:  # the sandbox user may reopen /dev/stdout, as in a cold run
                 for fd in theirs:
                     os.fchown(fd, run_as.uid, run_as.gid)
+            # The input goes into the pipe now, as much as its buffer takes (all of a small one):
+            # no task feeds it then, and the program finds it there when it starts.
+            os.set_blocking(in_w, False)
+            fed = 0
+            with contextlib.suppress(BlockingIOError):
+                fed = os.write(in_w, stdin) if stdin else 0
+            if fed == len(stdin):
+                os.close(in_w)
+                ours[0] = fds[1] = -1
             await self.ctl.sendmsg([b"call"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", theirs))])
         except BaseException:
             self.broken = "could not hand the call over"
             for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
             raise
         for fd in theirs:
             os.close(fd)
-        streams = [trio.lowlevel.FdStream(fd) for fd in ours]
+        streams = [trio.lowlevel.FdStream(fd) if fd >= 0 else None for fd in ours]
         done: dict[str, Any] | None = None
 
         async def wait() -> None:
@@ -278,15 +290,16 @@ class WarmSandbox:
                 self.broken = "the warm host ended"
 
         try:
-            ex = await exchange(streams[0], streams[1], streams[2], stdin, limits, wait=wait, kill_tree=self.kill,
-                                exited=lambda: done is not None)
+            ex = await exchange(streams[0], streams[1], streams[2], stdin[fed:] if fed else stdin, limits, wait=wait,
+                                kill_tree=self.kill, exited=lambda: done is not None)
         except BaseException:
             self.broken = self.broken or "cancelled during a call"
             raise
         finally:
             for stream in streams:
-                with contextlib.suppress(Exception):
-                    await stream.aclose()
+                if stream is not None:
+                    with contextlib.suppress(Exception):
+                        await stream.aclose()
         if ex.verdict is not None or done is None:
             self.broken = self.broken or (ex.verdict.value if ex.verdict else "no answer")
         self.last_used = time.monotonic()

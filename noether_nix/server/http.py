@@ -94,16 +94,35 @@ class HttpConnection:
             with trio.fail_after(self.send_timeout_s):
                 await self.stream.send_all(data)
 
-    async def start(self, status: int, content_type: str, length: int | None = None) -> None:
-        assert self.state is SendState.IDLE, self.state
-        await self._send(response_head(status, content_type, length))
-        self.state = SendState.STREAMING
+    async def _send_all(self, data: bytes) -> None:
+        if data:
+            with trio.fail_after(self.send_timeout_s):
+                await self.stream.send_all(data)
 
-    async def write(self, data: bytes) -> None:
+    async def start(self, status: int, content_type: str, length: int | None = None, *, first: bytes = b"",
+                    end: bool = False) -> None:
+        """The head; with ``first``, the body's first piece goes out with it (one send, one
+        wake-up of the client), and with ``end`` the whole answer."""
+        assert self.state is SendState.IDLE, self.state
+        data = self.conn.send(response_head(status, content_type, length)) or b""
+        self.state = SendState.STREAMING
+        if first and not self.head_request:
+            data += self.conn.send(h11.Data(data=first)) or b""
+        if end:
+            data += self.conn.send(h11.EndOfMessage()) or b""
+            self.state = SendState.DONE
+        await self._send_all(data)
+
+    async def write(self, data: bytes, *, end: bool = False) -> None:
+        """A piece of the body; with ``end``, the answer's end goes out with it."""
         assert self.state is SendState.STREAMING, self.state
-        if self.head_request:  # HEAD: the head says what a GET would send, and nothing follows
-            return
-        await self._send(h11.Data(data=data))
+        out = b""
+        if not self.head_request:  # HEAD: the head says what a GET would send, and nothing follows
+            out = self.conn.send(h11.Data(data=data)) or b""
+        if end:
+            out += self.conn.send(h11.EndOfMessage()) or b""
+            self.state = SendState.DONE
+        await self._send_all(out)
 
     async def end(self) -> None:
         assert self.state is SendState.STREAMING, self.state
@@ -111,10 +130,8 @@ class HttpConnection:
         self.state = SendState.DONE
 
     async def answer(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-        """A whole answer: head, body, end."""
-        await self.start(status, content_type, len(body))
-        await self.write(body)
-        await self.end()
+        """A whole answer: head, body, end (one send)."""
+        await self.start(status, content_type, len(body), first=body, end=True)
 
     def next_cycle(self) -> bool:
         """Ready the connection for the client's next request (keep-alive); False when it cannot be."""

@@ -66,25 +66,46 @@ class StreamedRun:
         scope.cancel()
 
     async def _pump(self) -> None:
+        """Events out as they come; those already waiting in the channel go out together (one
+        send, one wake-up of the client, instead of one per event)."""
         try:
             async for item in self.handle.receiver:
-                if isinstance(item, Refused):
+                batch = [item]
+                while not isinstance(batch[-1], (Refused, RunFinished)):
+                    try:
+                        batch.append(self.handle.receiver.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                if isinstance(batch[0], Refused):
                     if self.state is StreamState.WAITING:
-                        await self.send_error(item.error)
+                        await self.send_error(batch[0].error)
                         self.state = StreamState.FINISHED
                     return
+                refused = isinstance(batch[-1], Refused)  # after events: they go out, the stream stays unended
+                if refused:
+                    batch.pop()
+                lines = []
+                for event in batch:
+                    if isinstance(event, RunFinished):  # the one event that carries a value: encoded off the loop if large
+                        lines.append(await maybe_off_loop(small(event.output), _line, event))
+                    else:
+                        lines.append(_line(event))
+                last = isinstance(batch[-1], RunFinished)
+                data = b"".join(lines)
                 if self.state is StreamState.WAITING:
-                    await self.http.start(200, "application/x-ndjson")
+                    await self.http.start(200, "application/x-ndjson", first=data, end=last)
                     self.state = StreamState.STREAMING
-                if isinstance(item, RunFinished):  # the one event that carries a value: encoded off the loop if large
-                    line = await maybe_off_loop(small(item.output), _line, item)
-                    await self.http.write(line)
-                    break
-                await self.http.write(_line(item))
+                else:
+                    await self.http.write(data, end=last)
+                if last:
+                    self.state = StreamState.FINISHED
+                    return
+                if refused:
+                    return
             if self.state is StreamState.WAITING:  # ended before its first event
                 await self.send_error(NoetherError("cancelled", "the run was cancelled before it started",
                                                    exit_code=3))
-            elif self.state is StreamState.STREAMING:  # its last event, or a run that ended without one
+            elif self.state is StreamState.STREAMING:  # a run that ended without its last event
                 await self.http.end()
             self.state = StreamState.FINISHED
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):

@@ -12,6 +12,7 @@ row, one handler and one backend method.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from collections.abc import Callable
@@ -188,11 +189,17 @@ def _is_list(tp: Any) -> bool:
     return get_origin(tp) is list or tp is list or any(get_origin(a) is list for a in get_args(tp))
 
 
+@functools.cache
+def _hints(params: type) -> dict[str, Any]:
+    """A parameters type's fields and their types (resolved once: it compiles each annotation)."""
+    return get_type_hints(params, include_extras=True)
+
+
 def params_from(endpoint: Endpoint, path_params: dict[str, str], query: dict[str, list[str]],
                 body: Any) -> msgspec.Struct:
     """The endpoint's parameters from a request: path segments plus the query
     string (decoded leniently: "50" is a number) or the JSON body."""
-    hints = get_type_hints(endpoint.params, include_extras=True)
+    hints = _hints(endpoint.params)
     raw: dict[str, Any] = {}
     if endpoint.has_body:
         if body is not None and not isinstance(body, dict):

@@ -5,8 +5,10 @@ conftest.py is parametrised cold / warm.)"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from noether_nix.sandbox.policy import Limits, policy_from_effects
 from noether_nix.sandbox.profile import load_profile
 from noether_nix.sandbox.supervisor import Result, Status
 from noether_nix.sandbox.warm import WarmPool, python_target
+from tests.processes import running
 from tests.sandbox.conftest import survivors
 
 #: Each call reports what it can see of earlier calls, then leaves a trace of
@@ -173,6 +176,60 @@ print(json.dumps(out))
     if landlock.available():
         assert first.output["signal"] == 1 and first.output["init"] == 1, first.output  # EPERM: out of its domain
     assert second.status is Status.OK and pool.counters["reused"] == 1  # the host served on
+
+
+def _status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+async def _spare(marker: str) -> int:
+    """The pid of the idle sandbox's next-call child: bwrap -> the host -> it (all carry the marker)."""
+    with trio.fail_after(10):
+        while True:
+            pids = set(survivors(marker))
+            for pid in pids:
+                with contextlib.suppress(OSError, KeyError):
+                    parent = int(_status(pid)["PPid"])
+                    if parent in pids and int(_status(parent)["PPid"]) in pids:
+                        return pid
+            await trio.sleep(0.02)
+
+
+async def test_the_next_calls_child_waits_isolated_and_ends_with_its_sandbox(python_runtime: str) -> None:
+    """The child forked ahead for the next call holds no capability and the full filter in a mount
+    namespace of its own while it waits; one that dies idle is replaced; it is gone with its sandbox."""
+    marker = f"noether-spare-{os.getpid()}-{time.monotonic_ns()}"
+    argv = [python_runtime, "-c", f"# {marker}\nimport json, os\nprint(json.dumps(os.getpid()))"]
+    for end in ("expire", "close"):
+        pool = WarmPool(max_sandboxes=1, idle_s=30)
+        try:
+            (first,) = await calls(pool, argv, 1)
+            spare = await _spare(marker)
+            with trio.fail_after(10):  # forked as the call ended: it may still be isolating itself
+                while (status := _status(spare))["Seccomp_filters"] != "2" or not status["State"].startswith("S"):
+                    await trio.sleep(0.01)
+            for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+                assert int(status[cap], 16) == 0, status
+            assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2" and status["Seccomp_filters"] == "2"
+            host = int(status["PPid"])
+            assert os.readlink(f"/proc/{spare}/ns/mnt") != os.readlink(f"/proc/{host}/ns/mnt")
+            assert os.readlink(f"/proc/{spare}/ns/ipc") != os.readlink(f"/proc/{host}/ns/ipc")
+            os.kill(spare, signal.SIGKILL)  # one that dies idle: the next call still runs, in a new child
+            with trio.fail_after(10):
+                while running(spare):
+                    await trio.sleep(0.01)
+            (second,) = await calls(pool, argv, 1)
+            assert second.status is Status.OK and second.output != first.output
+            assert pool.counters["started"] == 1 and pool.counters["reused"] == 1, pool.counters
+            spare = await _spare(marker)
+            if end == "expire":
+                assert await pool.expire(now=time.monotonic() + 31) == 1
+            else:
+                await pool.aclose()
+            assert not running(spare) and survivors(marker) == []
+        finally:
+            await pool.aclose()
 
 
 async def test_a_timeout_kills_the_warm_sandbox_and_the_next_call_starts_fresh(python_runtime: str) -> None:

@@ -9,27 +9,37 @@ it compiles the program (parsing only) and imports a fixed set of standard
 library modules the program names; the program's own top level runs in
 each call's child, as in a cold start.
 
-Per call (a message on its control socket, fd 0, carrying the call's
-stdin, stdout and stderr pipes) it forks a child that, before any of the
-program's code runs:
+The child of the next call is forked ahead (the *spare*): when the host
+starts, and again each time a call has ended and every process of it is
+gone. Before it waits for its call, and so before any of the program's
+code runs, the spare:
 
 1. enters a new mount namespace and a new IPC namespace, and mounts fresh,
    size-capped tmpfs on /tmp, /dev/shm and (unless a host directory is
    bound there) /work: nothing an earlier call wrote is visible, SysV and
    POSIX IPC objects included;
-2. enters a Landlock domain of its own (where the kernel has scoping), so
-   it can neither signal the host nor reach an abstract socket outside it;
+2. closes every descriptor but its own end of a socketpair to the host
+   (the host's control socket included) and enters a Landlock domain of
+   its own (where the kernel has scoping), so it can neither signal the
+   host nor reach an abstract socket outside it;
 3. drops every capability (bounding, ambient, effective, permitted,
-   inheritable) and loads the cold sandbox's full seccomp filter;
-4. restores the signal dispositions of a fresh interpreter, closes every
-   other descriptor, reseeds ``random`` and runs the program as ``__main__``.
+   inheritable) and loads the cold sandbox's full seccomp filter.
+
+A call (a message on the host's control socket, fd 0, carrying the call's
+stdin, stdout and stderr pipes) is handed to the spare over its socketpair;
+the spare takes the pipes as fds 0-2 (its socketpair end goes), restores
+the signal dispositions of a fresh interpreter, reseeds ``random`` and runs
+the program as ``__main__``. A spare serves exactly one call and exists
+only while no call runs: it is one more process of the sandbox while it is
+idle, killed with the host (``PR_SET_PDEATHSIG``, and the PID namespace
+ends with its init, the host).
 
 When the child exits, the host (the sandbox's child subreaper) SIGKILLs
 every other process in the sandbox's PID namespace and reaps them all
-before it answers, so no process of a call outlives it. The host never
-sees a call's input or output: they flow through the pipes between the
-supervisor and the child. Its answer is the exit status and the resource
-usage.
+before it answers, so no process of a call outlives it; only then does it
+fork the next spare. The host never sees a call's input or output: they
+flow through the pipes between the supervisor and the child. Its answer is
+the exit status and the resource usage.
 """
 
 from __future__ import annotations
@@ -210,16 +220,23 @@ class Host:
         check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
         check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
         self.ctl = socket.socket(fileno=0)
+        self.pid = os.getpid()
+        self.spare: tuple[int, socket.socket] | None = None
 
     # ------------------------------------------------------------ the host
 
     def serve(self) -> None:
         self.ctl.send(json.dumps({"ready": True}).encode())
-        while self.serve_one():
-            pass
+        self.spare = self.fork_spare()
+        try:
+            while self.serve_one():
+                pass
+        finally:
+            self.kill_the_rest()  # the idle spare: nothing of this sandbox outlives its host
 
     def serve_one(self) -> bool:
-        """One call: its pipes arrive, a child runs it, every process of it is gone, the status goes back."""
+        """One call: its pipes arrive, the spare runs it, every process of it is gone, the status goes
+        back; then the next call's spare is forked."""
         try:
             msg, fds, _flags, _addr = socket.recv_fds(self.ctl, 64, 3)
         except OSError:
@@ -230,11 +247,11 @@ class Host:
             for fd in fds:
                 os.close(fd)
             return False
-        pid = os.fork()
-        if pid == 0:
-            self.child(fds)  # never returns
-        for fd in fds:
-            os.close(fd)
+        try:
+            pid = self.hand_over(fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
         _pid, status, usage = os.wait4(pid, 0)
         self.kill_the_rest()
         answer: dict[str, int] = {"cpu_ms": int((usage.ru_utime + usage.ru_stime) * 1000), "max_rss_kb": usage.ru_maxrss}
@@ -243,7 +260,47 @@ class Host:
         else:
             answer["code"] = os.WEXITSTATUS(status)
         self.ctl.send(json.dumps(answer).encode())
+        self.spare = self.fork_spare()
         return True
+
+    def fork_spare(self) -> tuple[int, socket.socket] | None:
+        """The next call's child, isolated and waiting for its pipes; None when it cannot be
+        forked now (the call that needs it forks one then, and fails if that fails too)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            return None
+        if pid == 0:
+            self.child(theirs.fileno())  # never returns
+        theirs.close()
+        return pid, ours
+
+    def hand_over(self, fds: list[int]) -> int:
+        """Give the call's pipes to the spare (a fresh one if it is gone); the pid that runs the call."""
+        spare, self.spare = self.spare, None
+        for attempt in range(2):
+            if spare is None:
+                spare = self.fork_spare()
+                if spare is None:
+                    raise OSError("cannot fork the call's child")
+            pid, sock = spare
+            try:
+                socket.send_fds(sock, [b"call"], fds)
+                return pid
+            except OSError:
+                if attempt:
+                    raise
+                # It ended while idle (nothing signals it; the OOM killer may): it is reaped
+                # with the call, and a new one takes the call.
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                spare = None
+            finally:
+                sock.close()
+        raise AssertionError("unreachable")
 
     @staticmethod
     def kill_the_rest() -> None:
@@ -259,20 +316,40 @@ class Host:
 
     # ------------------------------------------------------------ one call's child
 
-    def child(self, fds: list[int]) -> None:
+    def child(self, sock: int) -> None:
+        """The spare: isolated first, then it waits for its call's pipes on ``sock`` and runs the program."""
         code = 70
+        failed: BaseException | None = None
         try:
-            self.isolate(fds)
+            os.dup2(sock, 0)  # the host's control socket goes; fd 0 is this child's end of its socketpair
+            os.close(sock)
+            self.isolate()
+        except BaseException as e:  # said on the call's stderr, once it has one
+            failed = e
+        try:
+            listener = socket.socket(fileno=0)
+            try:
+                msg, fds, _flags, _addr = socket.recv_fds(listener, 64, 3)
+            finally:
+                listener.detach()  # fd 0 becomes the call's stdin below; the object must not close it
+            if msg != b"call" or len(fds) != 3:
+                os._exit(0)  # the host ended (or cannot say what it wants): no call for this child
+            self.take(fds)
+            if failed is not None:
+                raise failed
             code = self.run_program()
         except BaseException as e:  # before the program ran: the host's own failure
             with contextlib.suppress(OSError):
                 os.write(2, f"noether warm host: {type(e).__name__}: {e}\n".encode())
         os._exit(code)
 
-    def isolate(self, fds: list[int]) -> None:
+    def isolate(self) -> None:
+        """Everything a call's child gets before it knows its call (see the module doc)."""
         config = self.config
         os.setsid()
         check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+        if os.getppid() != self.pid:
+            os._exit(0)  # the host ended before the line above took effect
         check(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare")
         check(libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None), "mount --make-rprivate /")
         # The binds beneath the tmpfs about to be replaced, held by fd in this namespace's copy.
@@ -291,8 +368,7 @@ class Host:
                              None), "bind " + point)
             os.close(fd)
         os.chdir("/work")
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)  # 0 was the control socket: the child no longer has it
+        # 0 is this child's socketpair end; 1 and 2 are still the host's (its log) until the call's arrive.
         if self.ruleset is None:
             os.closerange(3, 1 << 20)
         else:
@@ -310,6 +386,15 @@ class Host:
         check(libc.capset(ctypes.byref(header), data), "capset")
         check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(self.fprog), 0, 0),
               "prctl(PR_SET_SECCOMP)")
+
+    def take(self, fds: list[int]) -> None:
+        """The call arrived: its pipes become fds 0-2 (the socketpair end goes), and the rest of
+        a fresh interpreter's state comes back."""
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        for fd in fds:
+            if fd > 2:
+                os.close(fd)
         for sig, handler in self.fresh_handlers.items():
             try:
                 signal.signal(sig, handler)
@@ -317,7 +402,9 @@ class Host:
                 continue
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         if "random" in sys.modules:
-            sys.modules["random"].seed()  # also done by random's own at-fork hook: said twice, on purpose
+            # Seeded from the kernel at the call, not when the spare was forked (random's own
+            # at-fork hook did that too): two calls never share a stream.
+            sys.modules["random"].seed()
 
     @staticmethod
     def close_all_but(keep: int) -> None:
