@@ -10,6 +10,7 @@ which knows how stages run; the interpreter does not.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -105,9 +106,14 @@ class Interpreter:
         #: replaced whole (worker threads check values too).
         self.passed = NOTHING_PASSED
         #: Large texts this run has checked and hashed, by identity (a text is immutable):
-        #: ``id → (text, hash)``, the oldest dropped past ``KNOWN_TEXTS``. A Parallel whose
+        #: ``id → (text, hash)``, the oldest dropped past ``KNOWN_TEXTS`` or once they hold more
+        #: than one value's worth of memory (``known_bytes``): the texts are kept alive here, and
+        #: a run that has passed on a text must not keep it (a chain of stages each making a new
+        #: 32 MiB text kept the last 16, 512 MiB, until the run ended). A Parallel whose
         #: branches get one 1 MiB input hashed it twice per branch (3.4 ms a time) before.
         self.known_texts: dict[int, tuple[str, str]] = {}
+        self.known_bytes = 0
+        self._known_budget = services.config.max_value_bytes + KNOWN_TEXT_SLACK
         self._known_lock = threading.Lock()
 
     def known_text(self, value: Any) -> str | None:
@@ -120,11 +126,19 @@ class Interpreter:
 
     def know_text(self, value: Any, value_hash: str) -> None:
         if type(value) is str and len(value) >= KNOWN_TEXT_MIN:
+            size = sys.getsizeof(value)
+            if size > self._known_budget:
+                return
             with self._known_lock:  # worker threads check values too
                 known = self.known_texts
-                if len(known) >= KNOWN_TEXTS:
-                    del known[next(iter(known))]
+                seen = known.get(id(value))
+                if seen is not None and seen[0] is value:
+                    return
+                while known and (len(known) >= KNOWN_TEXTS or self.known_bytes + size > self._known_budget):
+                    oldest = known.pop(next(iter(known)))
+                    self.known_bytes -= sys.getsizeof(oldest[0])
                 known[id(value)] = (value, value_hash)
+                self.known_bytes += size
 
     def record(self, entry: dict[str, Any]) -> None:
         """A trace entry; past ``MAX_TRACE_ENTRIES`` only counted (a map over
@@ -432,6 +446,8 @@ _UNSET = object()
 #: at most ``KNOWN_TEXTS`` of them per run.
 KNOWN_TEXT_MIN = 64 * 1024
 KNOWN_TEXTS = 16
+#: Beyond ``max_value_bytes``, what the remembered texts may hold (a text's object header).
+KNOWN_TEXT_SLACK = 4096
 
 
 class Passed(NamedTuple):

@@ -154,3 +154,30 @@ async def test_a_large_text_shared_by_many_branches_is_hashed_right_and_still_re
     # 13 branches of 200 KiB make a 2.6 MB record: over a 1 MiB cap, refused as before.
     capped = Engine(EngineSettings(max_value_bytes=1 << 20), store=engine.store)
     failed(await capped.run(graph({"op": "Parallel", "branches": branches}), big, RunOptions()), "value_too_large")
+
+
+async def test_a_run_does_not_keep_the_large_texts_it_has_passed_on() -> None:
+    """The texts a run remembers as checked (``Interpreter.known_text``) are kept alive by
+    it: a chain of stages each making a new large text must not hold them all until the
+    run ends (the last 16 were kept: with 32 MiB values, 512 MiB per run)."""
+    import tracemalloc
+
+    n = 1 << 20
+    engine = Engine(EngineSettings(max_value_bytes=4 * n, pure_cache=False))
+    # Retry around each stage: not one fast-path run of pure stages (those keep nothing).
+    stages = [{"op": "Retry", "max_attempts": 1, "stage": {"op": "Stage", "id": ("text_upper", "text_lower")[i % 2]}}
+              for i in range(24)]
+    g = graph({"op": "Sequential", "stages": stages})
+    warm = await engine.run(g, "warm up", RunOptions(optimize=False))
+    assert warm.status == "ok", warm.error
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        res = await engine.run(g, "a" * n, RunOptions(optimize=False))
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert res.status == "ok" and res.output == "a" * n, res.error
+    # Live at once: the input and output of a stage, their encodings for the hash, the run's
+    # output kept for the store: some 5 texts. Every text of the chain kept: 20 and more.
+    assert peak < 10 * n, f"{peak / n:.1f} texts' worth of memory at the peak"
