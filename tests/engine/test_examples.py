@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.cli.test_stage_cli import noether
-from tests.sandbox_access import share_with_sandbox
+from tests.sandbox_access import example_files
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -41,19 +40,15 @@ def test_every_operator_across_three_languages() -> None:
 
 
 def test_fs_read_and_write() -> None:
-    base = Path("/var/tmp/noether-example")
-    shutil.rmtree(base, ignore_errors=True)
-    (base / "out").mkdir(parents=True)
-    share_with_sandbox(base / "out", writable=True)  # as the example's description says
-    (base / "in.txt").write_text("hello files\n")
-    out, _ = run("files.json")
-    assert out["data"]["output"] == len("HELLO FILES")
-    assert (base / "out" / "result.txt").read_text() == "HELLO FILES"
+    with example_files() as base:
+        out, _ = run("files.json")
+        assert out["data"]["output"] == len("HELLO FILES")
+        assert (base / "out" / "result.txt").read_text() == "HELLO FILES"
 
 
 def test_fs_paths_must_exist_before_running() -> None:
-    shutil.rmtree("/var/tmp/noether-example", ignore_errors=True)
-    _, err = run("files.json", rc=3)
+    with example_files(create=False):
+        _, err = run("files.json", rc=3)
     assert err["error"]["code"] == "execution failed" or "does not exist" in err["error"]["message"]
 
 

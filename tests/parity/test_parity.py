@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.sandbox_access import share_with_sandbox
+from tests.sandbox_access import example_files
 from tests.server.test_daemon_cli import start_daemon, stop
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -176,16 +176,12 @@ def example_cases(url: str) -> dict[str, tuple[list[str], int]]:
 
 
 def test_every_example_runs_the_same(both: Both, local_http_server: str) -> None:
-    base = Path("/var/tmp/noether-example")  # files.json's paths
-    shutil.rmtree(base, ignore_errors=True)
-    (base / "out").mkdir(parents=True)
-    share_with_sandbox(base / "out", writable=True)  # as the example's description says, for root
-    (base / "in.txt").write_text("hello files\n")
     cases = example_cases(local_http_server)
     assert set(cases) == {p.name for p in EXAMPLES.glob("*.json")}, "a new example needs a parity case"
-    for name, (args, rc) in cases.items():
-        got = assert_same(both, EXAMPLES / name, args, rc)
-        assert got["ok"] and got["status"] == "ok", (name, got)
+    with example_files():  # files.json's paths
+        for name, (args, rc) in cases.items():
+            got = assert_same(both, EXAMPLES / name, args, rc)
+            assert got["ok"] and got["status"] == "ok", (name, got)
     # The budget example refused at run time (not before): the same in both modes.
     got = assert_same(both, EXAMPLES / "budget.json", ["--input", '"x"', "--budget-cents", "10"], 2)
     assert got["error_code"] == "budget_exceeded"

@@ -29,7 +29,7 @@ from tests.parity.test_parity import (
     summary,
 )
 from tests.remote.conftest import Cluster, start_cluster
-from tests.sandbox_access import share_with_sandbox
+from tests.sandbox_access import example_files
 from tests.server.test_daemon_cli import stop, wait_for_socket
 
 FILES_BASE = "/var/tmp/noether-example"  # examples/files.json's paths
@@ -111,14 +111,10 @@ def test_concurrent_graphs_run_the_same_remotely(both: Both, cluster: Cluster, s
 
 
 def test_every_example_runs_the_same_remotely(both: Both, cluster: Cluster, local_http_server: str) -> None:
-    base = Path(FILES_BASE)
-    shutil.rmtree(base, ignore_errors=True)
-    (base / "out").mkdir(parents=True)
-    share_with_sandbox(base / "out", writable=True)  # as the example's description says, for root
-    (base / "in.txt").write_text("hello files\n")
-    for name, (args, rc) in example_cases(local_http_server).items():
-        got = assert_same(both, EXAMPLES / name, args, rc)
-        assert got["ok"] and got["status"] == "ok", (name, got)
+    with example_files():  # files.json's paths
+        for name, (args, rc) in example_cases(local_http_server).items():
+            got = assert_same(both, EXAMPLES / name, args, rc)
+            assert got["ok"] and got["status"] == "ok", (name, got)
 
 
 def test_a_pure_graph_run_again_comes_from_the_action_cache(both: Both, specs: Path) -> None:
