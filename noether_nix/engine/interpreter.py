@@ -105,40 +105,42 @@ class Interpreter:
         #: input and was not handed to a stage since (``Passed``). One tuple, read and
         #: replaced whole (worker threads check values too).
         self.passed = NOTHING_PASSED
-        #: Large texts this run has checked and hashed, by identity (a text is immutable):
-        #: ``id → (text, hash)``, the oldest dropped past ``KNOWN_TEXTS`` or once they hold more
-        #: than one value's worth of memory (``known_bytes``): the texts are kept alive here, and
-        #: a run that has passed on a text must not keep it (a chain of stages each making a new
-        #: 32 MiB text kept the last 16, 512 MiB, until the run ended). A Parallel whose
-        #: branches get one 1 MiB input hashed it twice per branch (3.4 ms a time) before.
-        self.known_texts: dict[int, tuple[str, str]] = {}
+        #: Large values this run has checked and hashed, by identity: ``id → (value, hash,
+        #: size)``. A Parallel or Fanout hands one value to every branch, and each branch's
+        #: input and output (``identity`` returns it) was checked and hashed again: 1,000
+        #: branches over a 1 MiB text took 6.6 s, 200 over an 8 MiB list 17.7 s. Only values
+        #: worked on off the event loop (over ``INLINE_MAX_BYTES``) are remembered. Texts are
+        #: immutable; lists and records are never changed in place once checked — no engine
+        #: operator and no in-process stage does (``tests/stdlib/test_inputs_unchanged.py``),
+        #: and a sandboxed stage gets a copy — which ``Passed`` relies on too. The oldest go
+        #: past ``KNOWN_VALUES`` or once they hold more than one value's worth (``size``: a
+        #: text's memory, a container's encoded length): a run must not keep alive values it
+        #: has passed on (a chain of stages each making a new 32 MiB text kept the last 16).
+        self.known_values: dict[int, tuple[Any, str, int]] = {}
         self.known_bytes = 0
-        self._known_budget = services.config.max_value_bytes + KNOWN_TEXT_SLACK
+        self._known_budget = services.config.max_value_bytes + KNOWN_SLACK
         self._known_lock = threading.Lock()
 
-    def known_text(self, value: Any) -> str | None:
-        """The hash of ``value`` if it is a large text this run already checked."""
-        if type(value) is str and len(value) >= KNOWN_TEXT_MIN:
-            seen = self.known_texts.get(id(value))
-            if seen is not None and seen[0] is value:
-                return seen[1]
+    def known_value(self, value: Any) -> str | None:
+        """The hash of ``value`` if this run checked this very (large) value already."""
+        seen = self.known_values.get(id(value))
+        if seen is not None and seen[0] is value:
+            return seen[1]
         return None
 
-    def know_text(self, value: Any, value_hash: str) -> None:
-        if type(value) is str and len(value) >= KNOWN_TEXT_MIN:
-            size = sys.getsizeof(value)
-            if size > self._known_budget:
+    def know_value(self, value: Any, value_hash: str, size: int) -> None:
+        """Remember a large value (``size`` as ``known_values`` counts it) as checked, with its hash."""
+        if size > self._known_budget or type(value) not in (str, list, dict):
+            return
+        with self._known_lock:  # worker threads check values too
+            known = self.known_values
+            seen = known.get(id(value))
+            if seen is not None and seen[0] is value:
                 return
-            with self._known_lock:  # worker threads check values too
-                known = self.known_texts
-                seen = known.get(id(value))
-                if seen is not None and seen[0] is value:
-                    return
-                while known and (len(known) >= KNOWN_TEXTS or self.known_bytes + size > self._known_budget):
-                    oldest = known.pop(next(iter(known)))
-                    self.known_bytes -= sys.getsizeof(oldest[0])
-                known[id(value)] = (value, value_hash)
-                self.known_bytes += size
+            while known and (len(known) >= KNOWN_VALUES or self.known_bytes + size > self._known_budget):
+                self.known_bytes -= known.pop(next(iter(known)))[2]
+            known[id(value)] = (value, value_hash, size)
+            self.known_bytes += size
 
     def record(self, entry: dict[str, Any]) -> None:
         """A trace entry; past ``MAX_TRACE_ENTRIES`` only counted (a map over
@@ -333,10 +335,11 @@ class Interpreter:
                 raise StageError("refinement_violation", f"stage {stage.label()}: {side} refinement violation "
                                  f"({display_refinement(r)}): {why}", path)
 
-    def _accept_input(self, stage: Stage, value: Any, path: str) -> str:
-        """Check a stage's input (a JSON value within the caps, its refinements); its hash."""
+    def _accept_input(self, stage: Stage, value: Any, path: str, *, large: bool = False) -> str:
+        """Check a stage's input (a JSON value within the caps, its refinements); its hash.
+        ``large``: worked on off the event loop, and remembered (``known_values``)."""
         passed = self.passed
-        known = self.known_text(value)
+        known = self.known_value(value) if large else None
         if value is passed.value:
             self.passed = NOTHING_PASSED  # handed to a stage: checked again if it comes back as an output
             plain = passed.plain
@@ -347,17 +350,20 @@ class Interpreter:
             in_hash = known
         elif value is passed.value and passed.hash is not None:
             in_hash = passed.hash
+        elif large:
+            encoded = serde_compact(value, plain=plain)
+            in_hash = sha256_hex(encoded)  # value_hash(value)
+            self.know_value(value, in_hash, _known_size(value, encoded))
         else:
             in_hash = value_hash(value, plain=plain)
-            self.know_text(value, in_hash)
         if self.checks:
             self._refinements(stage, "input", value, path)
         return in_hash
 
-    def _accept_output(self, stage: Stage, out: Any, path: str) -> str:
+    def _accept_output(self, stage: Stage, out: Any, path: str, *, large: bool = False) -> str:
         """Check a stage's output as its input is checked; its hash."""
-        known = self.known_text(out)
-        if known is not None:  # a large text this run checked already (a stage that returns its input)
+        known = self.known_value(out) if large else None
+        if known is not None:  # a large value this run checked already (a stage that returns its input)
             if self.checks:
                 self._refinements(stage, "output", out, path)
             self.passed = Passed(out, known, False, None)
@@ -369,8 +375,15 @@ class Interpreter:
         encoded = serde_compact(out, plain=plain)
         out_hash = sha256_hex(encoded)  # value_hash(out)
         self.passed = Passed(out, out_hash, plain, encoded if plain else None)
-        self.know_text(out, out_hash)
+        if large:
+            self.know_value(out, out_hash, _known_size(out, encoded))
         return out_hash
+
+    def _accept_large_input(self, stage: Stage, value: Any, path: str) -> str:
+        return self._accept_input(stage, value, path, large=True)
+
+    def _accept_large_output(self, stage: Stage, out: Any, path: str) -> str:
+        return self._accept_output(stage, out, path, large=True)
 
     async def off_loop(self, fn: Callable[..., str], stage: Stage, value: Any, path: str) -> str:
         """``fn(stage, value, path)`` on a worker thread: checking and hashing 30 MB of JSON
@@ -382,7 +395,7 @@ class Interpreter:
     async def run_stage(self, stage: Stage, value: Any, path: str) -> Any:
         services = self.services
         in_hash = (self._accept_input(stage, value, path) if small(value)
-                   else await self.off_loop(self._accept_input, stage, value, path))
+                   else await self.off_loop(self._accept_large_input, stage, value, path))
         facts = services.facts(stage)
         attempt = ATTEMPT.get()
         cacheable = self.options.cache and services.config.pure_cache and facts.cacheable
@@ -412,7 +425,7 @@ class Interpreter:
                 async with self.limiter, services.process_limiter:
                     out, usage = await self.dispatch(self, stage, value, path)
             out_hash = (self._accept_output(stage, out, path) if small(out)
-                        else await self.off_loop(self._accept_output, stage, out, path))
+                        else await self.off_loop(self._accept_large_output, stage, out, path))
             # The declared output type, enforced at the boundary (engine.boundary).
             warning = check_output(stage, out, usage, path) if self.output_checks else None
         except NoetherError as e:
@@ -442,12 +455,16 @@ class Interpreter:
 
 
 _UNSET = object()
-#: Texts at least this long are remembered once checked and hashed (``Interpreter.known_text``),
-#: at most ``KNOWN_TEXTS`` of them per run.
-KNOWN_TEXT_MIN = 64 * 1024
-KNOWN_TEXTS = 16
-#: Beyond ``max_value_bytes``, what the remembered texts may hold (a text's object header).
-KNOWN_TEXT_SLACK = 4096
+#: At most this many large values are remembered as checked per run (``Interpreter.known_values``).
+KNOWN_VALUES = 16
+#: Beyond ``max_value_bytes``, what the remembered values may hold (a text's object header).
+KNOWN_SLACK = 4096
+
+
+def _known_size(value: Any, encoded: bytes) -> int:
+    """What a remembered value counts against the run's budget: a text its memory, a list
+    or record the length of its encoding."""
+    return sys.getsizeof(value) if type(value) is str else len(encoded)
 
 
 class Passed(NamedTuple):

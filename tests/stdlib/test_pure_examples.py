@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from noether_nix.model.jcs import jcs
 from noether_nix.stdlib.registry import CATEGORY, HIGHER_ORDER, PURE, SANDBOXED, sandboxed_source
+from tests.model.strategies import json_values
 from tests.stdlib.conftest import load_catalog
 
 CATALOG = {s["name"]: s for s in load_catalog()}
@@ -54,3 +58,27 @@ def test_sandboxed_source_is_a_program_with_execute(name: str) -> None:
     namespace: dict[str, Any] = {}
     exec(compile(source, f"{name}.py", "exec"), namespace)
     assert callable(namespace["execute"])
+
+
+@pytest.mark.parametrize(("name", "i", "example"), CASES, ids=[f"{n}[{i}]" for n, i, _ in CASES])
+def test_no_in_process_stage_changes_its_input(name: str, i: int, example: dict[str, Any]) -> None:
+    """The engine remembers a large value it has checked by identity (``Passed``,
+    ``Interpreter.known_values``): that holds only while no stage changes its input
+    in place."""
+    import copy
+
+    given_input = copy.deepcopy(example["input"])
+    with contextlib.suppress(Exception):  # an example that fails still must not change its input
+        PURE[name](given_input)
+    assert jcs(given_input) == jcs(example["input"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(sorted(PURE)), json_values)
+def test_no_in_process_stage_changes_any_input(name: str, value: Any) -> None:
+    import copy
+
+    before = copy.deepcopy(value)
+    with contextlib.suppress(Exception):  # most random inputs are refused: only what happens to them counts
+        PURE[name](value)
+    assert jcs(value) == jcs(before), name
