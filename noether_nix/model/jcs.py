@@ -240,54 +240,16 @@ def _over(items: Any, limit: int) -> bool:
         return False
 
 
-def size_bounds(value: Any, limit: int, depth: int = 0) -> tuple[int, int] | None:
+def size_bounds(value: Any, limit: int) -> tuple[int, int] | None:
     """Cheap lower and upper bounds on ``len(serde_compact(value))`` for a list or dict of
-    JSON values, measured container by container: a size check far from its limit needs
-    no walk of every string. None for anything else, nested past 64 levels, or once the
-    upper bound passes ``limit`` (undecided: the caller counts, with ``encoded_size``,
-    which stops at the limit) — so the walk of a huge nested value stops early too."""
-    t = type(value)
-    if depth > 64:
-        return None
-    if t is list:
-        items = value
-        low = high = 2 + max(len(value) - 1, 0)
-    elif t is dict:
-        if not set(map(type, value)) <= {str}:
-            return None
-        keys = sum(map(len, value))
-        low = 2 + max(2 * len(value) - 1, 0) + keys + 2 * len(value)
-        high = low + 5 * keys
-        items = list(value.values())
-    else:
-        return None
-    types: set[type]
-    if _over(items, limit):
-        return None
-    joined = _joined(items)
-    if joined is not None:  # all text (the commonest list): its types and length in one C pass
-        types, strs, chars = {str}, items, len(joined)
-    else:
-        types = set(map(type, items))
-        if not types <= _LEAVES | _CONTAINERS | {int, float}:
-            return None
-        strs = [x for x in items if type(x) is str] if str in types else []
-        chars = sum(map(len, strs))
-    low += chars + 2 * len(strs)
-    high += 6 * chars + 2 * len(strs)  # an escape is at most six bytes, a UTF-8 character four
-    nested = [x for x in items if type(x) in _CONTAINERS] if types & _CONTAINERS else []
-    scalars = len(items) - len(strs) - len(nested)
-    low += scalars
-    high += 26 * scalars  # a number's shortest form is at most 24 bytes
-    if high > limit:
-        return None
-    for x in nested:
-        inner = size_bounds(x, limit - high, depth + 1)
-        if inner is None:
-            return None
-        low += inner[0]
-        high += inner[1]
-    return low, high
+    JSON values, measured container by container (``_quick``): a size check far from its
+    limit needs no walk of every string. None for anything else, nested past 64 levels,
+    holding what the bounds do not cover (a non-finite number, an integer beyond 64 bits:
+    its digits are not bounded), or once the upper bound passes ``limit`` (undecided: the
+    caller counts, with ``encoded_size``, which stops at the limit) — so the walk of a huge
+    nested value stops early too."""
+    found = _quick(value, limit, 1, 66)
+    return None if found is None or found[1] > limit else (found[0], found[1])
 
 
 #: ``quick_check`` answers: undecided (walk the value), valid, valid and plain.
