@@ -202,3 +202,39 @@ async def test_a_large_list_or_record_shared_by_many_branches_is_hashed_right(en
     capped = Engine(EngineSettings(max_value_bytes=1 << 20), store=engine.store)
     failed(await capped.run(graph({"op": "Parallel", "branches": branches}), value, RunOptions()),
            "value_too_large")
+
+
+async def test_a_run_does_not_keep_a_large_list_it_has_passed_on() -> None:
+    """A list or record the run remembers as checked counts its memory, not its JSON: a
+    list of empty lists takes 21 times its encoding. Parsed from 512 KiB of JSON and passed
+    on, it was kept (11 MiB) until the run ended, under a cap that was to hold one value's
+    worth (2 MiB)."""
+    import tracemalloc
+
+    from noether_nix.engine.events import StageStarted
+
+    n = 1 << 19
+    engine = Engine(EngineSettings(max_value_bytes=4 * n, pure_cache=False))
+    stages = [{"op": "Retry", "max_attempts": 1, "stage": {"op": "Stage", "id": s}}
+              for s in ("parse_json", "list_length", "to_text", "text_length")]
+    g = graph({"op": "Sequential", "stages": stages})
+    text = "[" + "[]," * (n // 3) + "[]]"
+    warm = await engine.run(g, "[1]", RunOptions(optimize=False))
+    assert warm.status == "ok", warm.error
+    held: dict[str, int] = {}
+
+    async def emit(ev: Any) -> None:
+        if isinstance(ev, StageStarted):
+            held[ev.node_path] = tracemalloc.get_traced_memory()[0]
+
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        res = await engine.run(g, text, RunOptions(optimize=False), emit=emit)
+    finally:
+        tracemalloc.stop()
+    assert res.status == "ok", res.error
+    # While list_length runs its input is alive (some 11 MiB); two stages on, nothing of it.
+    assert held["root.stages[1].stage"] - base > 10 * n
+    kept = held["root.stages[3].stage"] - base
+    assert kept < n, f"{kept / (1 << 20):.1f} MiB still held once the list was passed on"
