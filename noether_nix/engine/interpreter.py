@@ -111,11 +111,11 @@ class Interpreter:
         #: branches over a 1 MiB text took 6.6 s, 200 over an 8 MiB list 17.7 s. Only values
         #: worked on off the event loop (over ``INLINE_MAX_BYTES``) are remembered. Texts are
         #: immutable; lists and records are never changed in place once checked — no engine
-        #: operator and no in-process stage does (``tests/stdlib/test_inputs_unchanged.py``),
+        #: operator and no in-process stage does (``tests/stdlib/test_pure_examples.py``),
         #: and a sandboxed stage gets a copy — which ``Passed`` relies on too. The oldest go
-        #: past ``KNOWN_VALUES`` or once they hold more than one value's worth (``size``: a
-        #: text's memory, a container's encoded length): a run must not keep alive values it
-        #: has passed on (a chain of stages each making a new 32 MiB text kept the last 16).
+        #: past ``KNOWN_VALUES`` or once they hold more than one value's worth of memory
+        #: (``size``, ``_known_size``): a run must not keep alive values it has passed on (a
+        #: chain of stages each making a new 32 MiB text kept the last 16).
         self.known_values: dict[int, tuple[Any, str, int]] = {}
         self.known_bytes = 0
         self._known_budget = services.config.max_value_bytes + KNOWN_SLACK
@@ -461,10 +461,21 @@ KNOWN_VALUES = 16
 KNOWN_SLACK = 4096
 
 
+#: Bytes of memory a list or record may take per item or container, beyond its encoding
+#: (``_known_size``): an empty list in a list is 3 bytes of JSON and 64 of memory.
+KNOWN_ITEM_BYTES = 64
+
+
 def _known_size(value: Any, encoded: bytes) -> int:
-    """What a remembered value counts against the run's budget: a text its memory, a list
-    or record the length of its encoding."""
-    return sys.getsizeof(value) if type(value) is str else len(encoded)
+    """What a remembered value counts against the run's budget, its memory: a text's exactly;
+    a list's or record's bounded from its encoding, whose length misses most of it (a list
+    of empty lists takes 21 times its JSON, a list of ``[[[]]]`` 34 times), by what each item,
+    key and container may take (counted from the separators and brackets, C-speed passes;
+    those inside texts only make the bound larger)."""
+    if type(value) is str:
+        return sys.getsizeof(value)
+    parts = encoded.count(b",") + encoded.count(b":") + encoded.count(b"[") + encoded.count(b"{")
+    return len(encoded) + KNOWN_ITEM_BYTES * parts
 
 
 class Passed(NamedTuple):

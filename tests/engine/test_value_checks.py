@@ -202,3 +202,91 @@ async def test_a_large_list_or_record_shared_by_many_branches_is_hashed_right(en
     capped = Engine(EngineSettings(max_value_bytes=1 << 20), store=engine.store)
     failed(await capped.run(graph({"op": "Parallel", "branches": branches}), value, RunOptions()),
            "value_too_large")
+
+
+async def test_a_run_does_not_keep_a_large_list_it_has_passed_on() -> None:
+    """A list or record the run remembers as checked counts its memory, not its JSON: a
+    list of empty lists takes 21 times its encoding. Parsed from 512 KiB of JSON and passed
+    on, it was kept (11 MiB) until the run ended, under a cap that was to hold one value's
+    worth (2 MiB)."""
+    import tracemalloc
+
+    from noether_nix.engine.events import StageStarted
+
+    n = 1 << 19
+    engine = Engine(EngineSettings(max_value_bytes=4 * n, pure_cache=False))
+    stages = [{"op": "Retry", "max_attempts": 1, "stage": {"op": "Stage", "id": s}}
+              for s in ("parse_json", "list_length", "to_text", "text_length")]
+    g = graph({"op": "Sequential", "stages": stages})
+    text = "[" + "[]," * (n // 3) + "[]]"
+    warm = await engine.run(g, "[1]", RunOptions(optimize=False))
+    assert warm.status == "ok", warm.error
+    held: dict[str, int] = {}
+
+    async def emit(ev: Any) -> None:
+        if isinstance(ev, StageStarted):
+            held[ev.node_path] = tracemalloc.get_traced_memory()[0]
+
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        res = await engine.run(g, text, RunOptions(optimize=False), emit=emit)
+    finally:
+        tracemalloc.stop()
+    assert res.status == "ok", res.error
+    # While list_length runs its input is alive (some 11 MiB); two stages on, nothing of it.
+    assert held["root.stages[1].stage"] - base > 10 * n
+    kept = held["root.stages[3].stage"] - base
+    assert kept < n, f"{kept / (1 << 20):.1f} MiB still held once the list was passed on"
+
+
+@pytest.mark.parametrize("trace", ["summary", "full"])
+async def test_every_hash_a_run_reuses_is_its_value_s_hash_when_reused(engine: Engine, monkeypatch: pytest.MonkeyPatch,
+                                                                       trace: str) -> None:
+    """A value checked and hashed once is taken as checked by identity afterwards
+    (``Passed``, ``Interpreter.known_values``): sound only while nothing changes it in
+    place. One large record through every operator and the stages that take lists and
+    records apart (and put them together), each stage's input and output hash compared
+    with the value as it is when the stage gets it: a stage or operator that changed a
+    checked value would show as a stale hash (and a wrong pure-cache key)."""
+    from noether_nix.engine.interpreter import Interpreter
+    from noether_nix.model.jcs import value_hash
+
+    stale: list[str] = []
+    accept_input, accept_output = Interpreter._accept_input, Interpreter._accept_output
+
+    def checked(accept: Any) -> Any:
+        def wrapper(self: Interpreter, stage: Any, value: Any, path: str, **kw: Any) -> str:
+            true = value_hash(value)
+            got: str = accept(self, stage, value, path, **kw)
+            if got != true or value_hash(value) != true:
+                stale.append(f"{stage.name} at {path}")
+            return got
+        return wrapper
+
+    monkeypatch.setattr(Interpreter, "_accept_input", checked(accept_input))
+    monkeypatch.setattr(Interpreter, "_accept_output", checked(accept_output))
+    items = [{"type": "ab"[i % 2], "v": i, "pad": "x" * 40} for i in range(1500)]
+    value = {"items": items, "key": "type", "descending": None, "count": 3, "stage_id": "identity",
+             "left": items, "right": [r["pad"] for r in items], "base": {f"k{i}": r for i, r in enumerate(items)},
+             "patch": {"k1": {"v": 0}, "new": items[:5]}, "data": {"a": items}, "path": "$.a"}
+
+    def s(name: str) -> dict[str, Any]:
+        return {"op": "Stage", "id": name}
+
+    targets = [
+        s("sort"), s("group_by"), s("zip"), s("json_merge"), s("take"), s("json_path"), s("map"),
+        {"op": "Retry", "max_attempts": 2, "stage": s("identity")},
+        {"op": "Let", "bindings": {"x": s("identity"), "y": s("json_merge")},
+         "body": {"op": "Sequential", "stages": [s("identity"), s("identity")]}},
+        {"op": "Parallel", "branches": {"items": {"op": "Sequential", "stages": [s("list_dedup"), s("identity")]},
+                                        "left": s("head"), "base": s("identity")}},
+        {"op": "Merge", "sources": [s("identity"), s("identity")], "target": s("identity")},
+        {"op": "Fanout", "source": s("identity"), "targets": [s("identity"), s("identity")]},
+    ]
+    # Branch names the value has not: every branch gets the whole value.
+    root = {"op": "Parallel", "branches": {f"t{i:02d}": t for i, t in enumerate(targets)}}
+    res = await engine.run(graph(root), value, RunOptions(trace=trace, cache=False))
+    assert res.status == "ok", res.error
+    assert not stale, stale
+    assert len(res.trace["stages"]) > 20
