@@ -18,6 +18,9 @@ import trio
 
 from noether_nix.server.protocol import ProtocolError, Request, request_from, response_head
 
+#: Body pieces larger than this go to the socket as they are, in a send of their own.
+PASS_THROUGH_BYTES = 64 * 1024
+
 
 class SendState(enum.Enum):
     IDLE = "idle"  # nothing of this answer sent yet
@@ -104,25 +107,42 @@ class HttpConnection:
         """The head; with ``first``, the body's first piece goes out with it (one send, one
         wake-up of the client), and with ``end`` the whole answer."""
         assert self.state is SendState.IDLE, self.state
-        data = self.conn.send(response_head(status, content_type, length)) or b""
+        pieces = self._pieces(response_head(status, content_type, length))
         self.state = SendState.STREAMING
         if first and not self.head_request:
-            data += self.conn.send(h11.Data(data=first)) or b""
+            pieces += self._pieces(h11.Data(data=first))
         if end:
-            data += self.conn.send(h11.EndOfMessage()) or b""
+            pieces += self._pieces(h11.EndOfMessage())
             self.state = SendState.DONE
-        await self._send_all(data)
+        await self._send_pieces(pieces)
 
     async def write(self, data: bytes, *, end: bool = False) -> None:
         """A piece of the body; with ``end``, the answer's end goes out with it."""
         assert self.state is SendState.STREAMING, self.state
-        out = b""
+        pieces: list[bytes] = []
         if not self.head_request:  # HEAD: the head says what a GET would send, and nothing follows
-            out = self.conn.send(h11.Data(data=data)) or b""
+            pieces = self._pieces(h11.Data(data=data))
         if end:
-            out += self.conn.send(h11.EndOfMessage()) or b""
+            pieces += self._pieces(h11.EndOfMessage())
             self.state = SendState.DONE
-        await self._send_all(out)
+        await self._send_pieces(pieces)
+
+    def _pieces(self, event: Any) -> list[bytes]:
+        """What ``event`` puts on the wire, a body's bytes as they are (not copied into a frame)."""
+        return list(self.conn.send_with_data_passthrough(event) or ())
+
+    async def _send_pieces(self, pieces: list[bytes]) -> None:
+        """Small pieces joined into one send (one wake-up of the client); a large one (a run's
+        output) sent as it is: joining it with its frame would copy megabytes for a few bytes."""
+        small: list[bytes] = []
+        for piece in pieces:
+            if len(piece) > PASS_THROUGH_BYTES:
+                await self._send_all(b"".join(small))
+                small = []
+                await self._send_all(piece)
+            else:
+                small.append(piece)
+        await self._send_all(b"".join(small))
 
     async def end(self) -> None:
         assert self.state is SendState.STREAMING, self.state

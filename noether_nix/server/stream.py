@@ -19,7 +19,7 @@ import trio
 from noether_nix.engine.events import RunFinished
 from noether_nix.engine.offload import maybe_off_loop, small
 from noether_nix.errors import NoetherError
-from noether_nix.server.http import HttpConnection
+from noether_nix.server.http import PASS_THROUGH_BYTES, HttpConnection
 from noether_nix.server.protocol import json_line
 from noether_nix.server.runs import Refused, RunHandle
 
@@ -91,12 +91,17 @@ class StreamedRun:
                     else:
                         lines.append(_line(event))
                 last = isinstance(batch[-1], RunFinished)
+                # A large last line (the run's output) is not joined with the lines before it
+                # (a copy of megabytes): they go first, it goes on its own.
+                tail = lines.pop() if len(lines) > 1 and len(lines[-1]) > PASS_THROUGH_BYTES else None
                 data = b"".join(lines)
                 if self.state is StreamState.WAITING:
-                    await self.http.start(200, "application/x-ndjson", first=data, end=last)
+                    await self.http.start(200, "application/x-ndjson", first=data, end=last and tail is None)
                     self.state = StreamState.STREAMING
                 else:
-                    await self.http.write(data, end=last)
+                    await self.http.write(data, end=last and tail is None)
+                if tail is not None:
+                    await self.http.write(tail, end=last)
                 if last:
                     self.state = StreamState.FINISHED
                     return
