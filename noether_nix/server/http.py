@@ -97,11 +97,6 @@ class HttpConnection:
             with trio.fail_after(self.send_timeout_s):
                 await self.stream.send_all(data)
 
-    async def _send_all(self, data: bytes) -> None:
-        if data:
-            with trio.fail_after(self.send_timeout_s):
-                await self.stream.send_all(data)
-
     async def start(self, status: int, content_type: str, length: int | None = None, *, first: bytes = b"",
                     end: bool = False) -> None:
         """The head; with ``first``, the body's first piece goes out with it (one send, one
@@ -133,16 +128,22 @@ class HttpConnection:
 
     async def _send_pieces(self, pieces: list[bytes]) -> None:
         """Small pieces joined into one send (one wake-up of the client); a large one (a run's
-        output) sent as it is: joining it with its frame would copy megabytes for a few bytes."""
+        output) sent as it is: joining it with its frame would copy megabytes for a few bytes.
+        One send timeout for them all, as for one send: splitting must not multiply it."""
+        sends: list[bytes] = []
         small: list[bytes] = []
         for piece in pieces:
             if len(piece) > PASS_THROUGH_BYTES:
-                await self._send_all(b"".join(small))
+                sends += [b"".join(small), piece]
                 small = []
-                await self._send_all(piece)
             else:
                 small.append(piece)
-        await self._send_all(b"".join(small))
+        sends.append(b"".join(small))
+        sends = [data for data in sends if data]
+        if sends:
+            with trio.fail_after(self.send_timeout_s):
+                for data in sends:
+                    await self.stream.send_all(data)
 
     async def end(self) -> None:
         assert self.state is SendState.STREAMING, self.state

@@ -8,6 +8,7 @@ from typing import Any
 
 import h11
 import pytest
+import trio
 
 from noether_nix.server.http import PASS_THROUGH_BYTES, HttpConnection
 
@@ -75,3 +76,29 @@ async def test_a_small_answer_is_one_send_and_a_head_request_gets_no_body() -> N
     await http.answer(200, b"Q" * (PASS_THROUGH_BYTES * 2))
     wire = b"".join(stream.sent)
     assert b"QQ" not in wire and parsed(wire, b"HEAD")[1] == b""
+
+
+class SlowReader(Recorder):
+    """A client that takes ``per_send`` seconds to take each send, whatever its size."""
+
+    def __init__(self, per_send: float) -> None:
+        super().__init__()
+        self.per_send = per_send
+
+    async def send_all(self, data: Any) -> None:
+        await trio.sleep(self.per_send)
+        self.sent.append(data)
+
+
+async def test_a_large_piece_split_into_sends_still_gets_one_send_timeout(autojump_clock: Any) -> None:
+    # The send timeout bounds how long one answer's piece may hold the daemon; split into
+    # several sends (frame, large line, end) it must not grow to a timeout per send.
+    http, _ = answering()
+    stream = SlowReader(per_send=2.0)
+    http.stream = stream  # type: ignore[assignment]
+    await http.start(200, "application/x-ndjson")
+    big = b"x" * (PASS_THROUGH_BYTES * 2)
+    started = trio.current_time()
+    with pytest.raises(trio.TooSlowError):
+        await http.write(big, end=True)  # three sends of 2 s each, under a 5 s send timeout
+    assert trio.current_time() - started <= 5.0 + 1e-6
