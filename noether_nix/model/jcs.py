@@ -271,11 +271,6 @@ def quick_check(value: Any, limit: int, max_depth: int) -> int:
     return QUICK_PLAIN if found[2] else QUICK_VALID
 
 
-def quick_valid(value: Any, limit: int, max_depth: int) -> bool:
-    """``quick_check`` said valid (plain or not)."""
-    return quick_check(value, limit, max_depth) != QUICK_UNDECIDED
-
-
 def _quick(value: Any, limit: int, depth: int, max_depth: int) -> tuple[int, int, bool] | None:
     """Bounds on the serde-compact length of a valid list or dict and whether it is plain;
     None when undecided (not a container, too deep, invalid or past ``limit`` on the way)."""
