@@ -189,10 +189,9 @@ def sandboxed_source(name: str) -> str:
     """The Python source (``def execute(input)``, standard library only) of a sandboxed stage."""
     if name not in SANDBOXED and name not in _ARROW:
         raise KeyError(f"{name} is not a sandboxed stdlib stage")
-    programs = _SANDBOXED
     if name in _HTTP:  # one program, three methods
-        return programs.joinpath("http.py").read_text("utf-8") + f'\nMETHOD = "{_HTTP[name]}"\n'
-    return programs.joinpath(f"{name}.py").read_text("utf-8")
+        return _SANDBOXED.joinpath("http.py").read_text("utf-8") + f'\nMETHOD = "{_HTTP[name]}"\n'
+    return _SANDBOXED.joinpath(f"{name}.py").read_text("utf-8")
 
 
 class ArrowUnavailable(Exception):

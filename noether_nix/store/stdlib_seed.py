@@ -26,7 +26,7 @@ from noether_nix.store.stages import StageStore
 def _definitions_bytes() -> bytes | None:
     try:
         return (Path(__file__).parent.parent / "stdlib" / "definitions.json").read_bytes()
-    except (FileNotFoundError, ModuleNotFoundError):
+    except FileNotFoundError:
         return None
 
 
