@@ -90,12 +90,7 @@ class HttpConnection:
     # ------------------------------------------------------------ sending
 
     async def _send(self, event: Any) -> None:
-        data = self.conn.send(event)
-        if data:
-            # A client that stops reading must not hold the daemon: past the
-            # send timeout it counts as gone (TooSlowError to the caller).
-            with trio.fail_after(self.send_timeout_s):
-                await self.stream.send_all(data)
+        await self._send_pieces(self._pieces(event))
 
     async def start(self, status: int, content_type: str, length: int | None = None, *, first: bytes = b"",
                     end: bool = False) -> None:
@@ -129,7 +124,9 @@ class HttpConnection:
     async def _send_pieces(self, pieces: list[bytes]) -> None:
         """Small pieces joined into one send (one wake-up of the client); a large one (a run's
         output) sent as it is: joining it with its frame would copy megabytes for a few bytes.
-        One send timeout for them all, as for one send: splitting must not multiply it."""
+        One send timeout for them all, as for one send: splitting must not multiply it. A
+        client that stops reading must not hold the daemon: past the send timeout it counts
+        as gone (TooSlowError to the caller)."""
         sends: list[bytes] = []
         small: list[bytes] = []
         for piece in pieces:
