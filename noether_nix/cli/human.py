@@ -209,9 +209,9 @@ class View:
             c.print(_indent(printed, 4), style="yellow", markup=False, highlight=False)
         if details.get("traceback"):
             c.print(_indent(details["traceback"], 2), markup=False, highlight=False)
-        elif not printed and str(details.get("stderr_tail", "")).strip() and "\n" in str(details["stderr_tail"]).strip():
+        elif not printed and "\n" in (tail := str(details.get("stderr_tail", "")).strip()):
             c.print("  [dim]its error output ended with:[/]")
-            c.print(_indent(str(details["stderr_tail"]).strip(), 4), markup=False, highlight=False)
+            c.print(_indent(tail, 4), markup=False, highlight=False)
         for sub in details.get("errors", [])[1:]:
             if isinstance(sub, dict):
                 c.print(f"  [dim]and at {_esc(sub.get('node_path', ''))}:[/] {_esc(sub.get('message', ''))}")

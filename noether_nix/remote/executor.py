@@ -95,6 +95,12 @@ def metadata_dict(md: Any) -> dict[str, Any]:
     }
 
 
+def _from_cache(enc: EncodedAction, call: StageCall) -> bool:
+    """Whether the call may be answered from the ActionCache: a cacheable (Pure) Action, and
+    a run that did not say ``--no-cache``."""
+    return enc.cacheable and call.use_cache
+
+
 class RemoteExecutor:
     def __init__(self, settings: RemoteSettings) -> None:
         self.settings = settings
@@ -118,7 +124,7 @@ class RemoteExecutor:
         client = await self.client()
         url = self.settings.url
         started = time.monotonic()
-        if enc.cacheable and call.use_cache:
+        if _from_cache(enc, call):
             try:
                 hit = await client.get_action_result(enc.action_digest, inline=[RESULT_FILE])
             except RpcFailed as e:
@@ -187,7 +193,7 @@ class RemoteExecutor:
                         if name is None:
                             progress.stages.clear()
                             attempt["started"] += 1
-                            op = await client.execute(enc.action_digest, skip_cache_lookup=not (enc.cacheable and call.use_cache),
+                            op = await client.execute(enc.action_digest, skip_cache_lookup=not _from_cache(enc, call),
                                                       progress=progress)
                         else:
                             op = await client.wait_execution(name, progress)
