@@ -50,24 +50,16 @@ def noether_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
 @pytest.fixture
 def local_http_server() -> Iterator[str]:
     """An HTTP server on 127.0.0.1 answering every GET with "  served locally \\n" (the network example's)."""
-    import http.server
-    import threading
+    from tests.fake_http import QuietHandler, served
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             self.send_response(200)
             self.end_headers()
             self.wfile.write(b"  served locally \n")
 
-        def log_message(self, *a: object) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/"
-    finally:
-        srv.shutdown()
+    with served(Handler) as url:
+        yield url + "/"
 
 
 @pytest.fixture

@@ -157,36 +157,23 @@ async def test_stdlib_without_implementation_is_an_error_not_an_example(engine: 
 
 
 async def test_remote_stage_calls_from_a_networked_sandbox(engine: Engine) -> None:
-    import http.server
     import json
-    import threading
+
+    from tests.fake_http import QuietHandler, served
 
     seen: list[object] = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["content-length"])))
             seen.append(body)
-            reply = {"ok": True, "command": "serve", "data": {"output": body["input"]["n"] * 10}}
-            data = json.dumps(reply).encode()
-            self.send_response(200)
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.send_json(200, {"ok": True, "command": "serve", "data": {"output": body["input"]["n"] * 10}})
 
-        def log_message(self, *a: object) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{srv.server_address[1]}/"
-        node = {"op": "RemoteStage", "url": url, "input": {"Record": [["n", "Number"]]}, "output": "Number"}
+    with served(Handler) as base:
+        node = {"op": "RemoteStage", "url": base + "/", "input": {"Record": [["n", "Number"]]}, "output": "Number"}
         res = await engine.run(graph(node), {"n": 4}, RunOptions())
         assert res.status == "ok" and res.output == 40
         assert seen == [{"input": {"n": 4}}]
-    finally:
-        srv.shutdown()
 
 
 async def test_remote_stage_needs_network_granted(engine: Engine) -> None:

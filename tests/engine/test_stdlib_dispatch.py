@@ -5,10 +5,8 @@ the engine for higher-order stages), never from an example's output."""
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from noether_nix.engine.engine import Engine, RunOptions, RunResult
 from noether_nix.engine.events import Event, StageFinished, StageOutput
 from noether_nix.errors import NoetherError
 from tests.engine.conftest import AddStage, graph
+from tests.fake_http import QuietHandler, served
 from tests.processes import own_sandbox_cgroups, own_sandbox_pids, running
 from tests.sandbox_access import share_with_sandbox
 
@@ -173,26 +172,15 @@ async def test_stdin_read_and_stdout_write_use_the_runs_streams(engine: Engine) 
 # ------------------------------------------------------------ sandboxed, network
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     def do_GET(self) -> None:
-        body = f"you asked for {self.path}".encode()
-        self.send_response(200)
-        self.send_header("content-type", "text/plain")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.send_body(200, f"you asked for {self.path}".encode(), "text/plain")
 
 
 @pytest.fixture
 def http_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with served(_Handler) as url:
+        yield url
 
 
 async def test_http_get_runs_in_a_networked_sandbox(engine: Engine, http_url: str) -> None:

@@ -14,8 +14,8 @@ from noether_nix.registry import search
 from noether_nix.registry.client import RegistryCache, RegistryClient, RegistrySource, check_url
 from noether_nix.store.remote import set_remote_source
 from noether_nix.store.stages import StageStore
+from tests.fake_http import QuietHandler, serve
 from tests.registry.conftest import signed_stage_json, spec
-from tests.registry.fake_http import JsonHandler, serve
 
 
 class Hostile:
@@ -26,7 +26,7 @@ class Hostile:
         self.status = 200
         hostile = self
 
-        class Handler(JsonHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 self.send_json(hostile.status, hostile.answer)
 

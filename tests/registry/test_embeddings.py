@@ -17,8 +17,8 @@ import pytest
 
 from noether_nix.errors import NoetherError
 from noether_nix.registry.embeddings import EmbeddingProvider, config_from_env
+from tests.fake_http import QuietHandler, serve
 from tests.registry.conftest import API_KEY, curl, signed_stage_json, spec
-from tests.registry.fake_http import JsonHandler, serve
 
 DIM = 1024
 SYNONYMS = {"automobile": "car", "automobiles": "cars"}
@@ -39,7 +39,7 @@ class FakeEmbeddings:
         self.auth: list[str | None] = []
         fake = self
 
-        class Handler(JsonHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 fake.auth.append(self.headers.get("authorization"))

@@ -90,12 +90,12 @@ def test_a_slow_registry_holds_only_the_run_that_needs_it(tmp_path: Path) -> Non
 
     from noether_nix.client import Client
     from noether_nix.errors import NoetherError
-    from tests.registry.fake_http import JsonHandler, serve
+    from tests.fake_http import QuietHandler, serve
     from tests.server.test_daemon_cli import start_daemon, stop
 
     answering = threading.Event()
 
-    class Slow(JsonHandler):
+    class Slow(QuietHandler):
         def do_GET(self) -> None:
             answering.set()
             time.sleep(4)

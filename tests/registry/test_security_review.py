@@ -11,7 +11,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,8 @@ from noether_nix.registry.client import RegistryCache, RegistryClient, RegistryS
 from noether_nix.registry.embeddings import EmbeddingProvider, config_from_env
 from noether_nix.store.remote import set_remote_source
 from noether_nix.store.stages import StageStore
+from tests.fake_http import QuietHandler, serve, served
 from tests.registry.conftest import API_KEY, Registry, curl, signed_stage_json, spec
-from tests.registry.fake_http import JsonHandler, serve
 from tests.registry.test_embeddings import FakeEmbeddings
 
 KEY = ["-H", f"X-API-Key: {API_KEY}"]
@@ -82,7 +81,7 @@ class FakeRegistry:
         self.requests = 0
         fake = self
 
-        class Handler(JsonHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 fake.requests += 1
                 path = self.path.split("?")[0]
@@ -313,7 +312,7 @@ def test_the_embedding_key_does_not_follow_redirects(tmp_path: Path) -> None:
     redirected to."""
     seen: list[str | None] = []
 
-    class Elsewhere(BaseHTTPRequestHandler):
+    class Elsewhere(QuietHandler):
         def do_GET(self) -> None:
             seen.append(self.headers.get("authorization"))
             self.send_response(404)
@@ -321,37 +320,24 @@ def test_the_embedding_key_does_not_follow_redirects(tmp_path: Path) -> None:
 
         do_POST = do_GET
 
-        def log_message(self, *args: Any) -> None:
-            pass
+    with served(Elsewhere) as elsewhere:
 
-    elsewhere = ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
-    threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+        class Redirect(QuietHandler):
+            def do_POST(self) -> None:
+                self.send_response(302)
+                self.send_header("location", f"{elsewhere}/steal")
+                self.send_header("content-length", "0")
+                self.end_headers()
 
-    class Redirect(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.send_response(302)
-            self.send_header("location", f"http://127.0.0.1:{elsewhere.server_address[1]}/steal")
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    redirect = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
-    threading.Thread(target=redirect.serve_forever, daemon=True).start()
-    try:
-        config = config_from_env({"NOETHER_EMBEDDING_PROVIDER": f"http://127.0.0.1:{redirect.server_address[1]}/v1",
-                                  "NOETHER_EMBEDDING_API_KEY": "sk-secret",
-                                  "NOETHER_EMBEDDING_CACHE": str(tmp_path / "c.json")})
-        assert config is not None
-        with pytest.raises(NoetherError) as e:
-            EmbeddingProvider(config).embed(["hello"])
-        assert e.value.code == "embedding_failed" and "30" in e.value.message
-        assert seen == []
-    finally:
-        for s in (redirect, elsewhere):
-            s.shutdown()
-            s.server_close()
+        with served(Redirect) as redirect:
+            config = config_from_env({"NOETHER_EMBEDDING_PROVIDER": f"{redirect}/v1",
+                                      "NOETHER_EMBEDDING_API_KEY": "sk-secret",
+                                      "NOETHER_EMBEDDING_CACHE": str(tmp_path / "c.json")})
+            assert config is not None
+            with pytest.raises(NoetherError) as e:
+                EmbeddingProvider(config).embed(["hello"])
+            assert e.value.code == "embedding_failed" and "30" in e.value.message
+            assert seen == []
 
 
 class _SlowEmbeddings:
@@ -362,7 +348,7 @@ class _SlowEmbeddings:
         self.delay = delay
         self.requests = 0
 
-        class Handler(JsonHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 slow.requests += 1

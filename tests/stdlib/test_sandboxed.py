@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import pytest
 
 from noether_nix.model.jcs import jcs
 from noether_nix.stdlib.registry import SANDBOXED, sandboxed_source
+from tests.fake_http import QuietHandler, served
 from tests.stdlib.conftest import load_catalog
 
 CATALOG = {s["name"]: s for s in load_catalog()}
@@ -171,7 +170,7 @@ class _Server:
 def http_server() -> Iterator[tuple[str, _Server]]:
     state = _Server()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def _answer(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
@@ -179,7 +178,7 @@ def http_server() -> Iterator[tuple[str, _Server]]:
             status, headers, text = state.routes[(self.command, self.path)]
             payload = text.encode()
             self.send_response(status)
-            for k, v in headers.items():
+            for k, v in headers.items():  # the example's own headers, as they are (its content type too)
                 self.send_header(k, v)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
@@ -187,17 +186,8 @@ def http_server() -> Iterator[tuple[str, _Server]]:
 
         do_GET = do_POST = do_PUT = _answer
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", state
-    finally:
-        server.shutdown()
-        server.server_close()
+    with served(Handler) as url:
+        yield url, state
 
 
 @pytest.mark.parametrize("name", ["http_get", "http_post", "http_put"])
