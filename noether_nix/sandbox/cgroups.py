@@ -14,6 +14,7 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
@@ -113,6 +114,33 @@ class RunCgroup:
 
     def procs_files(self) -> list[str]:
         return [str(d / "cgroup.procs") for d in self.dirs.values()]
+
+    def joiner(self) -> Callable[[], None]:
+        """What a forked child calls, between fork and exec, to move itself into this cgroup
+        (``launch.preexec``): nothing it then starts escapes the cgroup's caps and counts.
+
+        Moving a whole process (``cgroup.procs``) takes the kernel's global
+        cgroup_threadgroup_rwsem for writing, and the first writer after ~20 ms of
+        quiet waits for an RCU grace period: 6–19 ms of every cold start
+        (``bench/cgroup_join.py``). A forked child has one thread, and a v1
+        hierarchy's ``tasks`` file moves one thread: writing ``0`` there (the
+        calling thread) moves the whole child, and since Linux 6.0 without that
+        lock. Where that write is refused (a ``tasks`` file missing or not ours)
+        the child joins through ``cgroup.procs`` as before; v2 has no per-thread
+        file outside threaded subtrees, so it always does."""
+        pairs = [(f"{d}/tasks" if self.version == 1 else None, f"{d}/cgroup.procs") for d in self.dirs.values()]
+
+        def join() -> None:
+            for tasks, procs in pairs:
+                if tasks is not None:
+                    try:
+                        _write_existing(tasks, b"0")
+                        continue
+                    except OSError:
+                        pass
+                _write_existing(procs, str(os.getpid()).encode())
+
+        return join
 
     def _read(self, ctl: str, name: str) -> str | None:
         d = self.dirs.get(ctl)
@@ -241,6 +269,15 @@ class RunCgroup:
                     break
                 except OSError:
                     time.sleep(0.01)
+
+
+def _write_existing(path: str, data: bytes) -> None:
+    """Write ``data`` to a file that must exist (a cgroup file is never created)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def _creator_alive(name: str) -> bool:

@@ -184,7 +184,7 @@ class Launch:
         return self.lease is not None
 
     def preexec(self, limits: Limits) -> Callable[[], None]:
-        procs = self.cgroup.procs_files() if self.cgroup else []
+        join = self.cgroup.joiner() if self.cgroup else None
         run_as = self.run_as
         dedicated = self.dedicated
         scope = landlock.restrictor() if self.mode == "bwrap" and landlock_scoped(self.argv[0]) else None
@@ -193,9 +193,8 @@ class Launch:
             # Runs in the child between fork and exec: join the run's cgroup
             # first so nothing escapes accounting, then set rlimits that the
             # sandboxed tree inherits.
-            for f in procs:
-                with open(f, "w") as fh:
-                    fh.write(str(os.getpid()))
+            if join is not None:
+                join()
             resource.setrlimit(resource.RLIMIT_NOFILE, (limits.max_open_files, limits.max_open_files))
             resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_file_size_bytes, limits.max_file_size_bytes))
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
