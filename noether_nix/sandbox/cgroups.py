@@ -125,14 +125,16 @@ class RunCgroup:
         (``bench/cgroup_join.py``). A forked child has one thread, and a v1
         hierarchy's ``tasks`` file moves one thread: writing ``0`` there (the
         calling thread) moves the whole child, and since Linux 6.0 without that
-        lock. Where that write is refused (a ``tasks`` file missing or not ours)
-        the child joins through ``cgroup.procs`` as before; v2 has no per-thread
-        file outside threaded subtrees, so it always does."""
+        lock. Where that write is refused (a ``tasks`` file missing or not ours),
+        or the caller has more than one thread after all, it joins through
+        ``cgroup.procs`` as before; v2 has no per-thread file outside threaded
+        subtrees, so it always does."""
         pairs = [(f"{d}/tasks" if self.version == 1 else None, f"{d}/cgroup.procs") for d in self.dirs.values()]
 
         def join() -> None:
+            one_thread = _threads() == 1
             for tasks, procs in pairs:
-                if tasks is not None:
+                if tasks is not None and one_thread:
                     try:
                         _write_existing(tasks, b"0")
                         continue
@@ -269,6 +271,14 @@ class RunCgroup:
                     break
                 except OSError:
                     time.sleep(0.01)
+
+
+def _threads() -> int | None:
+    """How many threads this process has (procfs counts them in its task directory's links)."""
+    try:
+        return os.stat("/proc/self/task").st_nlink - 2
+    except OSError:
+        return None
 
 
 def _write_existing(path: str, data: bytes) -> None:

@@ -10,11 +10,18 @@ child, and so everything it starts, is in every hierarchy of the run's cgroup.
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from noether_nix.sandbox.cgroups import RunCgroup
+from noether_nix.model.effects import EffectSet
+from noether_nix.sandbox.cgroups import RunCgroup, _own_paths
+from noether_nix.sandbox.policy import Limits, policy_from_effects
+from noether_nix.sandbox.profile import load_profile
+from noether_nix.sandbox.supervisor import Isolation, Status, run_sandboxed
 
 
 def _fork_and_join(cg: RunCgroup, then: str = "") -> int:
@@ -120,3 +127,50 @@ def test_a_join_that_cannot_happen_fails_the_start(tmp_path: Path) -> None:
     join = cg.joiner()
     with pytest.raises(FileNotFoundError):
         join()
+
+
+def test_a_joiner_called_with_threads_moves_every_thread() -> None:
+    """``tasks`` moves one thread: a caller with several joins as a whole process instead."""
+    cg = RunCgroup.create(64 * 1024 * 1024, 64)
+    if cg is None or cg.version != 1:
+        pytest.skip("needs a cgroup v1 run cgroup")
+    join = cg.joiner()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - a child that has threads before it joins
+        stop = threading.Event()
+        for _ in range(3):
+            threading.Thread(target=stop.wait, daemon=True).start()
+        join()
+        os.write(w, b"j")
+        time.sleep(30)
+        os._exit(0)
+    os.close(w)
+    try:
+        assert os.read(r, 1) == b"j"
+        tids = {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+        assert len(tids) == 4
+        for d in cg.dirs.values():
+            assert tids <= {int(x) for x in (d / "tasks").read_text().split()}, d
+    finally:
+        os.close(r)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        cg.kill()
+        cg.remove()
+
+
+async def test_a_start_that_cannot_join_its_cgroup_is_refused_not_run(python_runtime: str, tmp_path: Path) -> None:
+    """Plain directories where cgroupfs should be: the run's cgroup files do not exist, so the
+    start fails (no file is made, nothing runs unbounded)."""
+    own = _own_paths()
+    if "memory" not in own or "pids" not in own:
+        pytest.skip("no cgroup v1 memory and pids hierarchies here")
+    for ctl in ("memory", "pids", "cpuacct"):
+        (tmp_path / ctl / own.get(ctl, "/").lstrip("/")).mkdir(parents=True, exist_ok=True)
+    profile = load_profile()
+    r = await run_sandboxed([python_runtime, "-c", "print(1)"],
+                            policy=policy_from_effects(EffectSet.pure(), profile=profile), limits=Limits(timeout_s=5),
+                            stdin=b"null", isolation=Isolation("bwrap"), profile=profile, cgroup_root=tmp_path)
+    assert r.status is Status.SPAWN_FAILED and r.output is None, r
+    assert not [*tmp_path.rglob("cgroup.procs"), *tmp_path.rglob("tasks")]
