@@ -32,8 +32,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-import trio
-
+from noether_nix.deferred import PerRun, trio
 from noether_nix.errors import NoetherError
 
 T = TypeVar("T")
@@ -271,7 +270,7 @@ def run(argv: list[str], *, timeout: float, input: bytes | None = None) -> subpr
     return subprocess.CompletedProcess(argv, p.returncode, out, err)
 
 
-_UNLIMITED: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("noether_unlimited_threads")
+_UNLIMITED = PerRun("noether_unlimited_threads", lambda: trio.CapacityLimiter(math.inf))
 
 
 async def run_sync_killable(fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter | None = None) -> T:
@@ -280,11 +279,7 @@ async def run_sync_killable(fn: Callable[..., T], *args: Any, limiter: trio.Capa
     ``fn`` started through ``supervised``/``run`` is SIGKILLed (its group), the
     thread, left with nothing to wait for, is waited for, and the cancellation
     goes on. ``limiter`` bounds such threads; waiting for it is cancellable."""
-    try:
-        unlimited = _UNLIMITED.get()
-    except LookupError:
-        unlimited = trio.CapacityLimiter(math.inf)
-        _UNLIMITED.set(unlimited)
+    unlimited = _UNLIMITED.get()
     switch = KillSwitch()
     result: list[tuple[bool, Any]] = []  # (returned, value or exception), once the thread is done
 

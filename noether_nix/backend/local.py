@@ -6,15 +6,15 @@ import inspect
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import trio
 
 from noether_nix.backend import Backend
+from noether_nix.deferred import trio
 from noether_nix.engine.engine import Engine
-from noether_nix.engine.events import Event
+from noether_nix.engine.events import Event, RunFinished
 from noether_nix.errors import NoetherError
 from noether_nix.service import endpoints as ep
 from noether_nix.service.context import Context, me
-from noether_nix.service.graph import run_graph
+from noether_nix.service.graph import run_graph, run_graph_without_loop
 
 if TYPE_CHECKING:
     from noether_nix.backend import OnEvent, OnProgress
@@ -59,6 +59,11 @@ class LocalBackend(Backend):
         async def emit(ev: Event) -> None:
             on_event(ev)
 
-        finished = trio.run(lambda: run_graph(self.ctx, run_params, emit=emit))
+        # A chain of stages runs right here (trio is not even imported); any other plan on trio.
+        done = run_graph_without_loop(self.ctx, run_params, emit=emit)
+        if isinstance(done, RunFinished):
+            finished = done
+        else:
+            finished = trio.run(lambda: run_graph(self.ctx, run_params, emit=emit, prepared=done))
         result: dict[str, Any] = _as_json(finished)
         return result

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-import trio
 
+from noether_nix.deferred import trio
 from noether_nix.engine.events import StageOutput
 from noether_nix.engine.executor import StageCall, outcome_value
 from noether_nix.engine.grants import fs_wall

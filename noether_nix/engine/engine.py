@@ -11,21 +11,30 @@ stored, and returned.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-import trio
 
+from noether_nix.deferred import trio
 from noether_nix.engine.builtin import kv_impls, store_impls
 from noether_nix.engine.dispatch import dispatch
 from noether_nix.engine.events import RunAccepted, RunFinished, RunStatus, RunWarning
-from noether_nix.engine.executor import Executor, LocalExecutor, StageCall, StageOutcome
+from noether_nix.engine.executor import (
+    BlockingExecutor,
+    Executor,
+    LocalExecutor,
+    StageCall,
+    StageOutcome,
+)
 from noether_nix.engine.fastpath import FastPure, simple_types
 from noether_nix.engine.grants import check_grants
 from noether_nix.engine.interpreter import Emit, Interpreter, Passed
+from noether_nix.engine.noloop import NO_LOOP, UNLIMITED, drive, loop_free
 from noether_nix.engine.offload import maybe_off_loop, small
 from noether_nix.engine.options import Isolation, RunOptions, StageError
 from noether_nix.engine.state import Dispatch, StageFacts
@@ -114,6 +123,9 @@ class Engine:
         self.builtins: dict[str, Any] = {**kv_impls(self.kv), **store_impls(self.store, self.runs)}
         self._programs: ProgramRegistry | None = None
         self._executor = executor
+        self._blocking_executor: Executor | None = None
+        #: An executor given here (tests' in-memory ones) serves runs without a loop too.
+        self._injected_executor = executor is not None
         self._dispatch = dispatch_fn or dispatch
         self._process_limiter: trio.CapacityLimiter | None = None
         self._thread_limiter: trio.CapacityLimiter | None = None
@@ -133,6 +145,11 @@ class Engine:
 
     @property
     def executor(self) -> Executor:
+        if NO_LOOP.get() and not self._injected_executor:
+            # A run without an event loop (``run_without_loop``): the blocking twin.
+            if self._blocking_executor is None:
+                self._blocking_executor = BlockingExecutor(self.programs, profile=self.config.sandbox_profile)
+            return self._blocking_executor
         if self._executor is None:
             remote = self.config.remote
             if self.config.executor == "remote":
@@ -147,13 +164,18 @@ class Engine:
         return self._executor
 
     @property
-    def process_limiter(self) -> trio.CapacityLimiter:
+    def process_limiter(self) -> AbstractAsyncContextManager[Any]:
+        if NO_LOOP.get():
+            return UNLIMITED
         if self._process_limiter is None:
             self._process_limiter = trio.CapacityLimiter(self.config.process_concurrency)
         return self._process_limiter
 
     @property
-    def thread_limiter(self) -> trio.CapacityLimiter:
+    def thread_limiter(self) -> trio.CapacityLimiter | None:
+        """Worker threads for work off the event loop; None without one (it is done inline)."""
+        if NO_LOOP.get():
+            return None
         if self._thread_limiter is None:
             self._thread_limiter = trio.CapacityLimiter(self.config.in_process_threads)
         return self._thread_limiter
@@ -222,7 +244,8 @@ class Engine:
 
     async def run(self, graph: Any, input: Any, options: RunOptions, *, emit: Emit | None = None,
                   run_id: str | None = None, record: bool = True, run_as: RunAs | None = None,
-                  store_writes: bool = True, requester_uid: int | None = None) -> RunFinished:
+                  store_writes: bool = True, requester_uid: int | None = None,
+                  prepared: tuple[PreparedGraph, bool] | None = None) -> RunFinished:
         """Run a graph; ``record=False`` keeps it out of the run history
         (``stage test`` runs every example as a graph of its own).
 
@@ -235,12 +258,22 @@ class Engine:
         A run ends only once everything it started is gone (its process
         host, every sandbox). Its last event is its ``RunFinished``, also
         when it is cancelled: that one is emitted, stored, and then the
-        cancellation goes on."""
-        # Checking a large graph or input takes seconds, and resolving through a registry waits
-        # on the network (up to its timeout per reference): neither on the event loop.
-        inline = small(graph) and small(input) and remote_source() is None
-        prepared, plain = await maybe_off_loop(inline, self._prepare, graph, input, options,
-                                               limiter=self.thread_limiter)
+        cancellation goes on.
+
+        ``prepared``: what ``_prepare`` made of these very arguments (``run_without_loop``
+        prepares before it knows which way the run goes)."""
+        if prepared is None:
+            # Checking a large graph or input takes seconds, and resolving through a registry waits
+            # on the network (up to its timeout per reference): neither on the event loop.
+            inline = small(graph) and small(input) and remote_source() is None
+            prepared = await maybe_off_loop(inline, self._prepare, graph, input, options,
+                                            limiter=self.thread_limiter)
+        return await self._run(prepared[0], prepared[1], input, options, emit=emit, run_id=run_id, record=record,
+                               run_as=run_as, store_writes=store_writes, requester_uid=requester_uid)
+
+    async def _run(self, prepared: PreparedGraph, plain: bool, input: Any, options: RunOptions, *,
+                   emit: Emit | None, run_id: str | None, record: bool, run_as: RunAs | None,
+                   store_writes: bool, requester_uid: int | None) -> RunFinished:
         if self.isolation_mode(options) == "bwrap":  # root's sandboxes run as noether-sbx users: can they use the grants?
             check_grant_access(options.allow_read or [], writable=False, run_as=run_as, flag="--allow-read")
             check_grant_access(options.allow_write or [], writable=True, run_as=run_as, flag="--allow-write")
@@ -267,7 +300,7 @@ class Engine:
             for w in prepared.warnings:
                 await run.emit(RunWarning(run.run_id, code=w.code, message=w.message, node_path=w.node_path))
             async with run.cleanup:  # the run's process host and the like: closed and waited for
-                if not self.keep_warm:
+                if not self.keep_warm and not NO_LOOP.get():
                     run.cleanup.push_async_callback(self.close_warm)
                 output = await run.exec(prepared.root, input, "root")
             # Stage outputs are checked as they come; what Parallel, Let or Const put
@@ -298,11 +331,25 @@ class Engine:
             output = None  # a failed run has no output (not the one its root's check refused)
         # Storing a large output (measured, encoded, written) is work for a thread; the run
         # is stored once, so a cancellation waits for it.
-        with trio.CancelScope(shield=True):
+        with _shielded():
             finished = await maybe_off_loop(small(output), self._finish, run, prepared, started, started_wall, status,
                                             output, error, record, limiter=self.thread_limiter)
         await _emit_last(run, finished)
         return finished
+
+    def run_without_loop(self, graph: Any, input: Any, options: RunOptions, *, emit: Emit | None = None,
+                         ) -> RunFinished | tuple[PreparedGraph, bool]:
+        """Run a graph whose plan needs no event loop right here, without one (``engine.noloop``):
+        its ``RunFinished``, as ``run`` would return it. Any other plan is not run: then what
+        ``_prepare`` made of it, for ``run`` (on trio). Errors in preparing it are raised."""
+        prepared = self._prepare(graph, input, options)
+        if self.config.executor != "local" or not loop_free(prepared[0], self.facts):
+            return prepared
+        token = NO_LOOP.set(True)
+        try:
+            return drive(self.run(graph, input, options, emit=emit, prepared=prepared))
+        finally:
+            NO_LOOP.reset(token)
 
     def _check_output(self, output: Any) -> None:
         check_value(output, self.config.max_value_bytes, what="the run's output", path="root")
@@ -379,6 +426,11 @@ class Engine:
     def latest_trace(self, composition_id: str) -> dict[str, Any] | None:
         run = self.runs.latest(composition_id)
         return run["trace"] if run else None
+
+
+def _shielded() -> AbstractContextManager[Any]:
+    """Shielded from cancellation (there is none to shield from without an event loop)."""
+    return contextlib.nullcontext() if NO_LOOP.get() else trio.CancelScope(shield=True)
 
 
 async def _emit_last(run: Interpreter, finished: RunFinished) -> None:

@@ -16,18 +16,23 @@ import re
 from typing import Any, Protocol
 
 import msgspec
-import trio
 
+from noether_nix.deferred import trio
 from noether_nix.engine.offload import INLINE_MAX_BYTES, maybe_off_loop, small
 from noether_nix.engine.options import Isolation, StageError
 from noether_nix.model.effects import EffectSet
 from noether_nix.model.jcs import serde_compact
-from noether_nix.nix.programs import build_stage_program_async, store_closure
+from noether_nix.nix.programs import (
+    Program,
+    build_stage_program,
+    build_stage_program_async,
+    store_closure,
+)
 from noether_nix.nix.registry import ProgramRegistry
-from noether_nix.sandbox.policy import Limits, policy_from_effects
-from noether_nix.sandbox.profile import load_profile
+from noether_nix.sandbox.policy import IsolationPolicy, Limits, policy_from_effects
+from noether_nix.sandbox.profile import Profile, load_profile
 from noether_nix.sandbox.supervisor import Isolation as SandboxIsolation
-from noether_nix.sandbox.supervisor import RunAs, run_sandboxed
+from noether_nix.sandbox.supervisor import Result, RunAs, run_sandboxed
 from noether_nix.sandbox.warm import WarmPool
 
 
@@ -219,9 +224,7 @@ class LocalExecutor:
         program = await build_stage_program_async(call.program_id, call.language, call.code, registry=self.programs)
         profile = load_profile(self.profile_name)
         closure = program.closure or await trio.to_thread.run_sync(store_closure, program.store_path)
-        policy = policy_from_effects(call.effects, profile=profile, store_paths=closure)
-        if call.clear_env:
-            policy = msgspec.structs.replace(policy, env_allowlist=[])
+        policy = _policy(call, profile, closure)
         stdin = await maybe_off_loop(small(call.input), serde_compact, call.input, limiter=self.threads)
         # stdout is read here, not by the sandbox layer: strictly, and off the event loop when large.
         result = None
@@ -233,16 +236,51 @@ class LocalExecutor:
             result = await run_sandboxed(program.argv, policy=policy, limits=call.limits, stdin=stdin,
                                          isolation=SandboxIsolation(call.isolation), profile=profile, env=call.env,
                                          run_as=call.run_as, expect_json=False)
-        status, message, output = result.status.value, result.message, None
-        if result.ok:
-            raw = result.stdout_bytes or b""
-            ok, parsed = await maybe_off_loop(len(raw) <= INLINE_MAX_BYTES, parse_output, raw, limiter=self.threads)
-            if ok:
-                output = parsed
-            else:
-                shown = raw[:200].decode("utf-8", "replace")
-                status, message = "protocol_error", f"stdout must be exactly one JSON value ({parsed}); got: {shown!r}"
-        return StageOutcome(status=status, message=message, isolation=result.isolation,
-                            output=output, exit_code=result.exit_code, stderr_tail=result.stderr_tail,
-                            wall_ms=result.wall_ms, cpu_ms=result.cpu_ms, max_rss_kb=result.max_rss_kb,
-                            build_ms=program.build_ms if program.built else None)
+        raw = result.stdout_bytes or b"" if result.ok else b""
+        parsed = await maybe_off_loop(len(raw) <= INLINE_MAX_BYTES, parse_output, raw, limiter=self.threads) \
+            if result.ok else None
+        return _outcome(result, parsed, program)
+
+
+class BlockingExecutor:
+    """The ``LocalExecutor``'s twin for runs without an event loop (``engine.noloop``): the
+    same program, policy and input, the sandbox run cold by ``sandbox.blocking``
+    in this thread. Its ``execute`` never suspends."""
+
+    def __init__(self, programs: ProgramRegistry, *, profile: str = "default") -> None:
+        self.programs = programs
+        self.profile_name = profile
+
+    async def execute(self, call: StageCall) -> StageOutcome:
+        from noether_nix.sandbox.blocking import run_blocking
+
+        program = build_stage_program(call.program_id, call.language, call.code, registry=self.programs)
+        profile = load_profile(self.profile_name)
+        policy = _policy(call, profile, program.closure or store_closure(program.store_path))
+        result = run_blocking(program.argv, policy=policy, limits=call.limits, stdin=serde_compact(call.input),
+                              isolation=SandboxIsolation(call.isolation), profile=profile, env=call.env,
+                              run_as=call.run_as, expect_json=False)
+        return _outcome(result, parse_output(result.stdout_bytes or b"") if result.ok else None, program)
+
+
+def _policy(call: StageCall, profile: Profile, closure: list[str]) -> IsolationPolicy:
+    policy = policy_from_effects(call.effects, profile=profile, store_paths=closure)
+    if call.clear_env:
+        policy = msgspec.structs.replace(policy, env_allowlist=[])
+    return policy
+
+
+def _outcome(result: Result, parsed: tuple[bool, Any] | None, program: Program) -> StageOutcome:
+    """A sandbox's Result as the stage's outcome; ``parsed``: its stdout read (``parse_output``) when it went well."""
+    status, message, output = result.status.value, result.message, None
+    if parsed is not None:
+        ok, value = parsed
+        if ok:
+            output = value
+        else:
+            shown = (result.stdout_bytes or b"")[:200].decode("utf-8", "replace")
+            status, message = "protocol_error", f"stdout must be exactly one JSON value ({value}); got: {shown!r}"
+    return StageOutcome(status=status, message=message, isolation=result.isolation,
+                        output=output, exit_code=result.exit_code, stderr_tail=result.stderr_tail,
+                        wall_ms=result.wall_ms, cpu_ms=result.cpu_ms, max_rss_kb=result.max_rss_kb,
+                        build_ms=program.build_ms if program.built else None)

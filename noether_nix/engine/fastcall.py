@@ -12,8 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import trio
-
+from noether_nix.deferred import trio
 from noether_nix.engine.fastpath import FastPure, Summary
 from noether_nix.engine.offload import maybe_off_loop, small
 from noether_nix.engine.options import StageError
@@ -23,7 +22,7 @@ from noether_nix.stdlib._shapes import StageFailure
 
 
 async def timed_call(summary: Summary, fast: FastPure, value: Any, *, name: str, what: str, path: str,
-                     limiter: trio.CapacityLimiter, budget_s: float | None) -> Any:
+                     limiter: trio.CapacityLimiter | None, budget_s: float | None) -> Any:
     """``fast.impl(value)``; ``name`` names the stage in a failure ("stage text_upper"),
     ``what`` the work in a time-out (which may add who called it)."""
     t = time.perf_counter_ns()

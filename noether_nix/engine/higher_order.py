@@ -15,8 +15,7 @@ import math
 import time
 from typing import Any
 
-import trio
-
+from noether_nix.deferred import trio
 from noether_nix.engine.events import RunWarning, StageProgress
 from noether_nix.engine.fastcall import timed_call
 from noether_nix.engine.fastpath import (

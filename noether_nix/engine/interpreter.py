@@ -14,17 +14,19 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, NamedTuple
 
 import msgspec
-import trio
 
+from noether_nix.deferred import trio
 from noether_nix.engine.boundary import check_output
 from noether_nix.engine.budget import Budget
 from noether_nix.engine.events import Event, RunWarning, StageFinished, StageStarted
 from noether_nix.engine.executor import StageCall, outcome_value
 from noether_nix.engine.fastcall import timed_call
 from noether_nix.engine.fastpath import LONG_SEQUENTIAL, FastPure, Summary
+from noether_nix.engine.noloop import NO_LOOP, UNLIMITED
 from noether_nix.engine.offload import maybe_off_loop, off_loop, small
 from noether_nix.engine.options import (
     ATTEMPT,
@@ -86,14 +88,17 @@ class Interpreter:
         self.store_writes = store_writes
         self.requester_uid = requester_uid
         self.budget = Budget(options.budget_cents)
-        self.limiter = trio.CapacityLimiter(services.config.run_concurrency)
+        # Without an event loop (``engine.noloop``) a run has one stage at a time: nothing to bound.
+        no_loop = NO_LOOP.get()
+        self.limiter: AbstractAsyncContextManager[Any] = \
+            UNLIMITED if no_loop else trio.CapacityLimiter(services.config.run_concurrency)
         self.entries: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.hits = 0
         self.misses = 0
         self.resolved_refs: dict[str, Stage] = {}
         self.cleanup = contextlib.AsyncExitStack()
-        self.resource_lock = trio.Lock()
+        self.resource_lock: AbstractAsyncContextManager[Any] = UNLIMITED if no_loop else trio.Lock()
         self.resources: dict[str, Any] = {}
         self.dropped_entries = 0
         self.dropped_events = 0

@@ -18,11 +18,12 @@ dropped. What bounds the work itself is the size cap on every value
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import trio
-
+from noether_nix.deferred import PerRun, trio
+from noether_nix.engine.noloop import NO_LOOP
 from noether_nix.engine.options import StageError
 from noether_nix.model.jcs import encoded_size
 
@@ -33,7 +34,7 @@ INLINE_MAX_BYTES = 64 * 1024
 #: Worker threads when no engine says otherwise (``engine.in_process_threads`` in the settings).
 DEFAULT_THREADS = 4
 
-_DEFAULT_LIMITER: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("noether_value_threads")
+_DEFAULT_LIMITER = PerRun("noether_value_threads", lambda: trio.CapacityLimiter(DEFAULT_THREADS))
 
 
 def small(value: Any) -> bool:
@@ -44,25 +45,33 @@ def small(value: Any) -> bool:
 
 
 def default_limiter() -> trio.CapacityLimiter:
-    try:
-        return _DEFAULT_LIMITER.get()
-    except LookupError:
-        limiter = trio.CapacityLimiter(DEFAULT_THREADS)
-        _DEFAULT_LIMITER.set(limiter)
-        return limiter
+    return _DEFAULT_LIMITER.get()
 
 
 async def off_loop(fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter | None = None,
                    budget_s: float | None = None, what: str = "in-process work", path: str | None = None) -> T:
     """``fn(*args)`` on a worker thread; cancelling the caller stops the wait
     (the thread finishes on its own). Past ``budget_s`` seconds (waiting for a
-    thread included): ``stage_timed_out`` naming ``what``."""
+    thread included): ``stage_timed_out`` naming ``what``.
+
+    In a run without an event loop (``engine.noloop``) there is no loop to keep
+    free: ``fn`` runs right here, and past its budget the outcome is the same error."""
+    if NO_LOOP.get():
+        started = time.monotonic()
+        out = fn(*args)
+        if budget_s is not None and time.monotonic() - started > budget_s:
+            raise _past_budget(what, budget_s, path)
+        return out
     with trio.move_on_after(budget_s if budget_s is not None else float("inf")) as scope:
         return await trio.to_thread.run_sync(fn, *args, limiter=limiter or default_limiter(),
                                              abandon_on_cancel=True)
-    assert scope.cancelled_caught
-    raise StageError("stage_timed_out", f"{what} ran past its {budget_s:g} s budget in the daemon's process and "
-                     "was abandoned", path or "root", details={"status": "timed_out", "budget_s": budget_s})
+    assert scope.cancelled_caught and budget_s is not None
+    raise _past_budget(what, budget_s, path)
+
+
+def _past_budget(what: str, budget_s: float, path: str | None) -> StageError:
+    return StageError("stage_timed_out", f"{what} ran past its {budget_s:g} s budget in the daemon's process and "
+                      "was abandoned", path or "root", details={"status": "timed_out", "budget_s": budget_s})
 
 
 async def maybe_off_loop(inline: bool, fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter | None = None,

@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import msgspec
-import trio
 
+from noether_nix.deferred import trio
 from noether_nix.errors import NoetherError
 from noether_nix.suggest import unknown_keys
 

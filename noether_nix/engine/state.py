@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 import msgspec
-import trio
 
+from noether_nix.deferred import trio
 from noether_nix.engine.events import Event
 from noether_nix.engine.executor import Executor, StageOutcome, stage_log
 from noether_nix.engine.fastpath import FastPure
@@ -80,12 +81,13 @@ class Services(Protocol):
     #: The kv_* and store stages' implementations (``engine.builtin``).
     builtins: dict[str, Callable[..., Any]]
 
+    #: Slots for sandboxed stages (a ``trio.CapacityLimiter``; ``engine.noloop.UNLIMITED`` without a loop).
     @property
-    def process_limiter(self) -> trio.CapacityLimiter: ...
+    def process_limiter(self) -> AbstractAsyncContextManager[Any]: ...
 
     #: Worker threads for in-process work off the event loop (``engine.offload``).
     @property
-    def thread_limiter(self) -> trio.CapacityLimiter: ...
+    def thread_limiter(self) -> trio.CapacityLimiter | None: ...
 
     def facts(self, stage: Stage) -> StageFacts: ...
 
@@ -108,8 +110,8 @@ class RunState(Protocol):
     #: Per-run resources (the process host) a stage implementation opened:
     #: closed, and waited for, before the run ends.
     cleanup: contextlib.AsyncExitStack
-    #: Guards opening per-run resources.
-    resource_lock: trio.Lock
+    #: Guards opening per-run resources (a ``trio.Lock``).
+    resource_lock: AbstractAsyncContextManager[Any]
     resources: dict[str, Any]
 
     #: Whether refinement types are checked in this run.

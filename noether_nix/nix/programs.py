@@ -10,8 +10,8 @@ import weakref
 from pathlib import Path
 
 import msgspec
-import trio
 
+from noether_nix.deferred import PerRun, trio
 from noether_nix.errors import NoetherError
 from noether_nix.nix.build import nix_build, nix_expr, nix_tool
 from noether_nix.nix.registry import ProgramRegistry
@@ -116,7 +116,7 @@ def ensure_builder_runtime() -> Runtime:
 
 
 # One limiter per trio run (a limiter must not outlive its event loop).
-_build_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("noether_build_limiter")
+_build_limiter = PerRun("noether_build_limiter", lambda: trio.CapacityLimiter(max(1, settings().nix.build_concurrency)))
 
 
 #: Programs this process already found or built, per registry, by (stage, language):
@@ -143,11 +143,7 @@ async def build_stage_program_async(stage_id: str, language: str, code: str, *,
 async def _build_in_thread(stage_id: str, language: str, code: str, *,
                            registry: ProgramRegistry, timeout_s: float | None) -> Program:
     concurrency = max(1, settings().nix.build_concurrency)
-    try:
-        limiter = _build_limiter.get()
-    except LookupError:
-        limiter = trio.CapacityLimiter(concurrency)
-        _build_limiter.set(limiter)
+    limiter = _build_limiter.get()
     if limiter.total_tokens != concurrency:
         limiter.total_tokens = concurrency
     # Cancelled (the run, the request, the daemon stopping): its nix-build is killed, not waited for.

@@ -18,8 +18,7 @@ import subprocess
 import tempfile
 from typing import Any
 
-import trio
-
+from noether_nix.deferred import trio
 from noether_nix.errors import NoetherError
 from noether_nix.sandbox.identity import RunAs
 from noether_nix.sandbox.launch import Isolation, Launch, prepare_launch

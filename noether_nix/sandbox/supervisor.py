@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import msgspec
-import trio
 
+from noether_nix.deferred import trio
 from noether_nix.sandbox.identity import RunAs
 from noether_nix.sandbox.launch import Isolation, Launch, prepare_launch, require_bwrap
 from noether_nix.sandbox.policy import IsolationPolicy, Limits

@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import trio
 
+from noether_nix.deferred import trio
 from noether_nix.errors import NoetherError
 from noether_nix.logs import get_logger
 from noether_nix.sandbox.bwrap import find_bwrap

@@ -11,6 +11,7 @@ from noether_nix.service.endpoints import Check, NoParams, Ref, Run, RunsList, W
 
 if TYPE_CHECKING:  # imported lazily: the engine is heavy and most commands do not need it
     from noether_nix.engine.events import Event, RunFinished
+    from noether_nix.graph.check import PreparedGraph
 
 
 def check_graph(ctx: Context, p: Check) -> dict[str, Any]:
@@ -24,14 +25,29 @@ def check_graph(ctx: Context, p: Check) -> dict[str, Any]:
 
 
 async def run_graph(ctx: Context, p: Run, *, emit: Callable[[Event], Awaitable[None]] | None = None,
-                    run_id: str | None = None) -> RunFinished:
-    """Run a graph for ``ctx.peer``; its events go to ``emit``, the last one is the result."""
+                    run_id: str | None = None, prepared: tuple[PreparedGraph, bool] | None = None) -> RunFinished:
+    """Run a graph for ``ctx.peer``; its events go to ``emit``, the last one is the result.
+    ``prepared``: what ``run_graph_without_loop`` prepared of this very request."""
     from noether_nix.engine.options import decode_options
 
     options = decode_options(p.options)
     ctx.gate_run(options)
     return await ctx.engine.run(p.graph, p.input, options, emit=emit, run_id=run_id, run_as=ctx.peer.run_as(),
-                                store_writes=ctx.peer.writer, requester_uid=ctx.peer.uid)
+                                store_writes=ctx.peer.writer, requester_uid=ctx.peer.uid, prepared=prepared)
+
+
+def run_graph_without_loop(ctx: Context, p: Run, *, emit: Callable[[Event], Awaitable[None]] | None = None,
+                           ) -> RunFinished | tuple[PreparedGraph, bool] | None:
+    """``run_graph`` right here when the graph's plan needs no event loop (``engine.noloop``).
+    Otherwise nothing runs, and the answer is what ``run_graph`` needs to run it on trio:
+    the graph as prepared, or None (this path is only for the user's own runs)."""
+    from noether_nix.engine.options import decode_options
+
+    options = decode_options(p.options)
+    ctx.gate_run(options)
+    if ctx.peer.run_as() is not None or not ctx.peer.writer:  # a daemon's peers: not this path's
+        return None
+    return ctx.engine.run_without_loop(p.graph, p.input, options, emit=emit)
 
 
 def find_run(ctx: Context, p: Ref) -> dict[str, Any]:

@@ -1,0 +1,98 @@
+"""Runs that need no event loop.
+
+A run whose plan is a chain of stages — one Stage, or a short Sequential of
+Stage nodes — never has two things to wait for at once: each stage waits
+for the one before it, and a sandboxed stage's process is its only wait.
+Such a run, started by a one-shot process (embedded ``noether run``), goes
+through the same engine code (``Engine.run``, the interpreter, dispatch: the
+same checks, events, trace, cache and stored run) with three things swapped
+for their blocking twins while ``NO_LOOP`` is set:
+
+* the executor runs the sandbox with ``sandbox.blocking.run_blocking`` (one
+  ``poll`` loop in this thread, the same plan, limits and verdicts);
+* concurrency slots are ``UNLIMITED`` (one stage at a time is all there is);
+* work that would go to a worker thread (``engine.offload``) runs inline.
+
+Nothing awaited then ever suspends, so ``drive`` runs the coroutine to its
+end in one step — and trio is never imported (``noether_nix.deferred``).
+Should anything suspend after all, that is an engine bug: ``drive`` says so
+rather than run on. Which plans qualify is ``loop_free``; the rest run on
+trio as always.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from noether_nix.engine.fastpath import LONG_SEQUENTIAL
+from noether_nix.graph.ast import SequentialNode, StageNode
+from noether_nix.graph.preflight import is_stdlib
+from noether_nix.stdlib.registry import STDLIB
+
+if TYPE_CHECKING:
+    from noether_nix.engine.state import StageFacts
+    from noether_nix.graph.check import PreparedGraph
+    from noether_nix.model.stage import Stage
+
+T = TypeVar("T")
+
+#: Set while a run goes without an event loop.
+NO_LOOP: ContextVar[bool] = ContextVar("noether_no_loop", default=False)
+
+
+
+class Unlimited:
+    """A concurrency slot that is always free: ``async with`` it waits for nothing."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+UNLIMITED = Unlimited()
+
+
+class SuspendedError(RuntimeError):
+    pass
+
+
+def drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro``, which must never suspend, to its end; its result or its exception."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise SuspendedError("a run without an event loop waited for one; this is a bug in noether-nix")
+
+
+def loop_free(prepared: PreparedGraph, facts: Any) -> bool:
+    """Whether ``prepared``'s plan is a chain of stages each of which runs without an event
+    loop: a program stage (its sandbox), or an in-process Pure stdlib stage that works
+    inline. ``facts`` is ``Engine.facts``."""
+    root = prepared.root
+    nodes = root.stages if isinstance(root, SequentialNode) else [root]
+    if not nodes or len(nodes) >= LONG_SEQUENTIAL:  # the bulk path for long ones yields to the loop
+        return False
+    for node in nodes:
+        if not isinstance(node, StageNode):
+            return False
+        stage = prepared.resolution.stage_for(node)
+        if not _stage_ok(stage, facts(stage)):
+            return False
+    return True
+
+
+def _stage_ok(stage: Stage, facts: StageFacts) -> bool:
+    if facts.cost_cents:
+        return False
+    if is_stdlib(stage):
+        entry = STDLIB.get(stage.name or "")
+        # In-process Pure work inline; everything else (kv and store stages that wait on the
+        # database, sandboxed stdlib stages with file walls, the process host) runs on trio.
+        return entry is not None and entry.category == "pure" and entry.impl is not None and not entry.off_loop
+    return stage.implementation_code is not None and bool(stage.implementation_language)
