@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import time
 import uuid
@@ -259,6 +260,40 @@ class RunCgroup:
                     await trio.sleep(0.01)
             return True
         return not self.pids()
+
+    def drain_blocking(self, timeout_s: float = 10.0) -> bool:
+        """``drain`` without trio, for a caller with no event loop (``sandbox.blocking``):
+        kill everything in the cgroup and wait, polling the pidfds (no sleeping loop),
+        until each process has exited or ``timeout_s`` has passed; True once the cgroup is empty."""
+        deadline = time.monotonic() + timeout_s
+        while pids := self.pids():
+            if time.monotonic() >= deadline:
+                return not self.pids()
+            fds = []
+            for pid in pids:
+                with contextlib.suppress(OSError):  # gone already, or not ours to see
+                    fds.append(os.pidfd_open(pid))
+            try:
+                for fd in fds:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
+                if self.version == 2:
+                    with contextlib.suppress(OSError):
+                        (self.dirs[""] / "cgroup.kill").write_text("1")
+                poller = select.poll()
+                for fd in fds:
+                    poller.register(fd, select.POLLIN)  # readable once the process has exited
+                pending = len(fds)
+                while pending and (left := deadline - time.monotonic()) > 0:
+                    for fd, _ in poller.poll(max(1, int(left * 1000))):
+                        poller.unregister(fd)
+                        pending -= 1
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            if not fds:  # listed but not openable: exiting this very moment
+                time.sleep(0.01)
+        return True
 
     def remove(self) -> None:
         # Right after a kill the cgroup may still count dying tasks (EBUSY): retry briefly.

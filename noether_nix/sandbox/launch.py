@@ -6,7 +6,9 @@ opens every bind by fd, writes the program's environment into bwrap's
 refuses the run when no memory and process-count limit can be enforced.
 The returned ``Launch`` holds all of it: its ``preexec`` runs in the child
 between fork and exec, ``close_fds`` once the child started, ``finish``
-once the sandbox is gone (cgroup removed, then the uid given back).
+once the sandbox is gone (cgroup removed, then the uid given back);
+``aclose`` (trio) and ``close_blocking`` (no event loop) first wait until
+everything in its cgroup has exited.
 """
 
 from __future__ import annotations
@@ -226,6 +228,15 @@ class Launch:
         if self.cgroup is not None:
             await self.cgroup.drain()
         self.finish()
+
+    def close_blocking(self) -> None:
+        """``aclose`` without trio (``sandbox.blocking``): kill what is left and wait
+        (bounded) until it has exited, remove the cgroup, then give the uid back."""
+        try:
+            if self.cgroup is not None:
+                self.cgroup.drain_blocking()
+        finally:
+            self.finish()
 
     def finish(self) -> None:
         """Once the sandbox is gone: kill what is left, remove the cgroup, then give the uid back."""

@@ -11,55 +11,22 @@ cgroup is swept as a second wall.
 from __future__ import annotations
 
 import contextlib
-import enum
-import json
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal, Protocol
-
-import msgspec
+from typing import Any
 
 from noether_nix.deferred import trio
 from noether_nix.sandbox.identity import RunAs
 from noether_nix.sandbox.launch import Isolation, Launch, prepare_launch, require_bwrap
+from noether_nix.sandbox.outcome import CgroupEvents, Exchange, Result, Status, verdict
 from noether_nix.sandbox.policy import IsolationPolicy, Limits
 from noether_nix.sandbox.profile import Profile, load_profile
 from noether_nix.sandbox.spawn import spawn
 
-__all__ = ["Isolation", "Result", "RunAs", "Status", "require_bwrap", "run_sandboxed"]
-
-
-class Status(enum.StrEnum):
-    OK = "ok"
-    ERROR = "error"
-    SIGNAL = "signal"
-    TIMED_OUT = "timed_out"
-    OUTPUT_LIMIT = "output_limit"
-    MEMORY_LIMIT = "memory_limit"
-    PIDS_LIMIT = "pids_limit"
-    SPAWN_FAILED = "spawn_failed"
-    PROTOCOL_ERROR = "protocol_error"
-    CANCELLED = "cancelled"
-
-
-class Result(msgspec.Struct, kw_only=True):
-    status: Status
-    message: str
-    isolation: Literal["bwrap", "none"]
-    exit_code: int | None = None
-    signal: int | None = None
-    output: Any = None
-    stdout_bytes: bytes | None = None
-    wall_ms: int = 0
-    cpu_ms: int | None = None
-    max_rss_kb: int | None = None
-    stderr_tail: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status is Status.OK
+# Status, Result, Exchange, CgroupEvents and verdict live in ``outcome`` (no trio); re-exported.
+__all__ = ["CgroupEvents", "Exchange", "Isolation", "Result", "RunAs", "Status", "exchange", "require_bwrap",
+           "run_sandboxed", "verdict"]
 
 
 async def run_sandboxed(
@@ -135,14 +102,6 @@ async def _supervise(launch: Launch, stdin: bytes, limits: Limits, expect_json: 
                    cpu_ms=cgroup.cpu_ms() if cgroup else None, max_rss_kb=cgroup.max_rss_kb() if cgroup else None)
 
 
-class Exchange(msgspec.Struct):
-    """What one run wrote, and whether the supervisor stopped it."""
-
-    stdout: bytes
-    stderr_tail: str
-    verdict: Status | None  # TIMED_OUT or OUTPUT_LIMIT when the supervisor killed it
-
-
 async def exchange(stdin_stream: Any, stdout_stream: Any, stderr_stream: Any, stdin: bytes, limits: Limits, *,
                    wait: Callable[[], Awaitable[None]], kill_tree: Callable[[], None],
                    exited: Callable[[], bool]) -> Exchange:
@@ -194,60 +153,3 @@ async def exchange(stdin_stream: Any, stdout_stream: Any, stderr_stream: Any, st
         if not exited() or stopped is not None or cancelled:
             kill_tree()
     return Exchange(bytes(stdout), stderr_tail.decode("utf-8", "replace"), stopped)
-
-
-class CgroupEvents(Protocol):
-    """What ``verdict`` asks of a run's cgroup: did it kill for memory, refuse a process?"""
-
-    def oom_killed(self) -> bool: ...
-
-    def pids_exhausted(self) -> bool: ...
-
-
-def verdict(ex: Exchange, rc: int | None, *, limits: Limits, cgroup: CgroupEvents | None,
-            mode: Literal["bwrap", "none"],
-            expect_json: bool, wall_ms: int, cpu_ms: int | None, max_rss_kb: int | None) -> Result:
-    """One run's Result from what it wrote, how it ended (``rc``: its exit code,
-    or minus the signal that killed it) and its cgroup's events."""
-    tail = ex.stderr_tail
-    usage: dict[str, Any] = {
-        "wall_ms": wall_ms,
-        "cpu_ms": cpu_ms,
-        "max_rss_kb": max_rss_kb,
-        "stderr_tail": tail,
-        "isolation": mode,
-        "stdout_bytes": None if expect_json else ex.stdout,
-    }
-    if ex.verdict is Status.TIMED_OUT:
-        return Result(status=ex.verdict, message=f"timed out after {limits.timeout_s:g}s; the process tree was killed",
-                      **usage)
-    if ex.verdict is Status.OUTPUT_LIMIT:
-        return Result(status=ex.verdict, message=f"stdout passed the {limits.max_output_bytes}-byte cap; "
-                      "the process tree was killed", **usage)
-    if cgroup is not None and rc != 0 and cgroup.oom_killed():
-        return Result(status=Status.MEMORY_LIMIT, exit_code=rc,
-                      message=f"ran out of memory (limit {limits.memory_bytes} bytes)", **usage)
-    if cgroup is not None and rc != 0 and cgroup.pids_exhausted():
-        return Result(status=Status.PIDS_LIMIT, exit_code=rc,
-                      message=f"hit the process limit ({limits.max_pids})", **usage)
-    if rc is not None and rc < 0:
-        sig = -rc
-        return Result(status=Status.SIGNAL, signal=sig, exit_code=128 + sig,
-                      message=f"killed by signal {signal.Signals(sig).name}", **usage)
-    if mode == "bwrap" and rc == 1 and tail.startswith("bwrap: "):
-        # bwrap itself failed (e.g. execvp of a program the policy does not show).
-        return Result(status=Status.SPAWN_FAILED, exit_code=127,
-                      message=f"could not start the program in the sandbox: {tail.strip()[7:]}", **usage)
-    if rc != 0:
-        first = tail.strip().splitlines()[-1] if tail.strip() else "no error output"
-        return Result(status=Status.ERROR, exit_code=rc, message=f"exited with status {rc}: {first}", **usage)
-    raw = ex.stdout
-    if not expect_json:
-        return Result(status=Status.OK, exit_code=0, message="ok", **usage)
-    try:
-        value = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        shown = raw[:200].decode("utf-8", "replace")
-        return Result(status=Status.PROTOCOL_ERROR, exit_code=0,
-                      message=f"stdout must be exactly one JSON value ({e}); got: {shown!r}", **usage)
-    return Result(status=Status.OK, exit_code=0, output=value, message="ok", **usage)

@@ -6,6 +6,7 @@ visible, exactly like stage programs.
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,7 @@ import trio
 
 from noether_nix.model.effects import EffectSet, parse_effect_list
 from noether_nix.sandbox.policy import IsolationPolicy, Limits, policy_from_effects
+from noether_nix.sandbox.blocking import run_blocking
 from noether_nix.sandbox.profile import Profile, load_profile
 from noether_nix.sandbox.supervisor import Isolation, Result, run_sandboxed
 from noether_nix.sandbox.warm import WarmPool
@@ -53,10 +55,11 @@ def python_runtime(nix_store_exists: None, tmp_path_factory: pytest.TempPathFact
             os.environ["NOETHER_HOME"] = home
 
 
-#: How a probe runs: a cold sandbox, or a call of a warm sandbox (``sandbox.warm``)
+#: How a probe runs: a cold sandbox, a call of a warm sandbox (``sandbox.warm``)
 #: that has already served a call of the same program (the same hostile code, run
-#: once before on the same warm host, whose result is thrown away).
-PATHS = ("cold", "warm")
+#: once before on the same warm host, whose result is thrown away), or a cold
+#: sandbox run without trio (``sandbox.blocking``, here in a worker thread).
+PATHS = ("cold", "warm", "blocking")
 
 
 @pytest.fixture(params=PATHS)
@@ -84,6 +87,9 @@ def probe(python_runtime: str, sandbox_path: str) -> Probe:
         argv = [python_runtime, "-c", f"# {marker}\n{code}", *(args or [])]
         if sandbox_path == "cold":
             result = await run_sandboxed(argv, isolation=Isolation("bwrap"), **how)
+        elif sandbox_path == "blocking":
+            result = await trio.to_thread.run_sync(functools.partial(run_blocking, argv, isolation=Isolation("bwrap"),
+                                                                     **how))
         else:
             result = await run_warm(argv, how)
         assert survivors(marker) == [], "a sandboxed process survived its run"
