@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
+import types
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -47,7 +47,7 @@ class LocalBackend(Backend):
         fn = endpoint.resolve()
         kwargs = {"progress": on_progress} if on_progress is not None else {}
         out = fn(self.ctx, params_of(endpoint, params), **kwargs)
-        if inspect.iscoroutine(out):
+        if isinstance(out, types.CoroutineType):
             coro = out
             out = trio.run(lambda: coro)
         return _as_json(out)

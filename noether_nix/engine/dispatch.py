@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -22,7 +22,6 @@ from noether_nix.deferred import trio
 from noether_nix.engine.events import StageOutput
 from noether_nix.engine.executor import StageCall, outcome_value
 from noether_nix.engine.grants import fs_wall
-from noether_nix.engine.higher_order import run_higher_order
 from noether_nix.engine.offload import off_loop, small
 from noether_nix.engine.options import StageError
 from noether_nix.engine.state import IN_PROCESS, RunState, Usage
@@ -32,10 +31,9 @@ from noether_nix.model.effects import EffectSet
 from noether_nix.model.stage import Stage
 from noether_nix.nix.programs import store_closure
 from noether_nix.nix.runtime import ensure_runtime
+from noether_nix.sandbox.launch import Isolation as SandboxIsolation
 from noether_nix.sandbox.policy import policy_from_effects
 from noether_nix.sandbox.profile import load_profile
-from noether_nix.sandbox.session import SandboxSession, open_session
-from noether_nix.sandbox.supervisor import Isolation as SandboxIsolation
 from noether_nix.stdlib._shapes import (
     DEADLINE,
     MAX_OUTPUT,
@@ -50,6 +48,9 @@ from noether_nix.stdlib.registry import (
     process_host_source,
     stdlib_program,
 )
+
+if TYPE_CHECKING:
+    from noether_nix.sandbox.session import SandboxSession
 
 
 async def dispatch(run: RunState, stage: Stage, value: Any, path: str) -> tuple[Any, Usage]:
@@ -85,6 +86,10 @@ async def _stdlib(run: RunState, entry: Entry, stage: Stage, value: Any, path: s
     label = stage.label()
     category = entry.category
     if category == "higher_order":
+        from noether_nix.engine.higher_order import (
+            run_higher_order,  # only here: the engine within the engine
+        )
+
         return await run_higher_order(run, stage, value, path), Usage()
     try:
         if entry.writers_only and not run.store_writes:
@@ -224,6 +229,7 @@ async def _process_stage(run: RunState, stage: Stage, name: str, value: Any, pat
 
 
 async def _open_process_host(run: RunState, stage: Stage) -> SandboxSession:
+    from noether_nix.sandbox.session import open_session
     python = await trio.to_thread.run_sync(ensure_runtime, "python")
     bash = await trio.to_thread.run_sync(ensure_runtime, "bash")  # everyday tools for spawned commands
     profile = load_profile(run.services.config.sandbox_profile)

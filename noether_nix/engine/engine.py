@@ -47,10 +47,9 @@ from noether_nix.model.stage import Stage
 from noether_nix.model.values import check_value, outer_refinements
 from noether_nix.nix.registry import ProgramRegistry
 from noether_nix.sandbox.bwrap import bwrap_works, find_bwrap
-from noether_nix.sandbox.identity import check_grant_access
+from noether_nix.sandbox.identity import RunAs, check_grant_access
 from noether_nix.sandbox.policy import Limits
 from noether_nix.sandbox.profile import Profile, load_profile
-from noether_nix.sandbox.supervisor import RunAs
 from noether_nix.settings import EngineSettings, settings
 from noether_nix.stdlib.registry import STDLIB
 from noether_nix.stdlib.text import ON_TEXT

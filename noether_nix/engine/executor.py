@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -29,11 +29,14 @@ from noether_nix.nix.programs import (
     store_closure,
 )
 from noether_nix.nix.registry import ProgramRegistry
+from noether_nix.sandbox.identity import RunAs
+from noether_nix.sandbox.launch import Isolation as SandboxIsolation
+from noether_nix.sandbox.outcome import Result
 from noether_nix.sandbox.policy import IsolationPolicy, Limits, policy_from_effects
 from noether_nix.sandbox.profile import Profile, load_profile
-from noether_nix.sandbox.supervisor import Isolation as SandboxIsolation
-from noether_nix.sandbox.supervisor import Result, RunAs, run_sandboxed
-from noether_nix.sandbox.warm import WarmPool
+
+if TYPE_CHECKING:
+    from noether_nix.sandbox.warm import WarmPool
 
 
 class StageCall(msgspec.Struct, frozen=True, kw_only=True):
@@ -201,6 +204,8 @@ class LocalExecutor:
             self._warm.abandon()
             self._warm = None
         if self._warm is None:
+            from noether_nix.sandbox.warm import WarmPool
+
             self._warm = WarmPool(max_sandboxes=self.warm_sandboxes, idle_s=self.warm_idle_s,
                                   warm_after=self.warm_after)
         return self._warm
@@ -221,6 +226,8 @@ class LocalExecutor:
         return self._warm.describe()
 
     async def execute(self, call: StageCall) -> StageOutcome:
+        from noether_nix.sandbox.supervisor import run_sandboxed
+
         program = await build_stage_program_async(call.program_id, call.language, call.code, registry=self.programs)
         profile = load_profile(self.profile_name)
         closure = program.closure or await trio.to_thread.run_sync(store_closure, program.store_path)

@@ -57,8 +57,8 @@ from noether_nix.model.jcs import serde_compact, sha256_hex, value_hash
 from noether_nix.model.stage import Stage
 from noether_nix.model.types import display, display_refinement
 from noether_nix.model.values import check_refinement, check_value, conforms, outer_refinements
+from noether_nix.sandbox.identity import RunAs
 from noether_nix.sandbox.policy import Limits
-from noether_nix.sandbox.supervisor import RunAs
 from noether_nix.stdlib.registry import remote_call_program
 from noether_nix.store.cache import cache_namespace
 

@@ -22,8 +22,8 @@ from noether_nix.engine.fastpath import FastPure
 from noether_nix.engine.options import Isolation, RunOptions
 from noether_nix.graph.preflight import PolicyOptions
 from noether_nix.model.stage import Stage
+from noether_nix.sandbox.identity import RunAs
 from noether_nix.sandbox.policy import Limits
-from noether_nix.sandbox.supervisor import RunAs
 from noether_nix.settings import EngineSettings
 from noether_nix.store.cache import PureCache
 from noether_nix.store.kv import KvStore

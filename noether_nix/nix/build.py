@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import IO
 
 from noether_nix.errors import NoetherError
-from noether_nix.proc import cancelled, supervised
 from noether_nix.settings import settings
 
 NIX_DIR = Path(__file__).resolve().parent / "expr"
@@ -68,6 +67,11 @@ def nix_build(expr: Path, args: dict[str, str], arg_strs: dict[str, str], out_li
               *, timeout_s: float | None = None) -> str:
     """Build ``expr`` and return its store path; ``out_link`` becomes a GC root. A build
     may take ``timeout_s`` (default: settings ``nix.build_timeout_secs``)."""
+    from noether_nix.proc import (  # the spawner: loaded by what starts processes
+        cancelled,
+        supervised,
+    )
+
     if timeout_s is None:
         timeout_s = settings().nix.build_timeout_secs
     cmd = [nix_tool("nix-build"), str(expr), "--no-build-output", "-o", str(out_link), *OFFLINE_OPTIONS,

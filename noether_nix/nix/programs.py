@@ -18,7 +18,6 @@ from noether_nix.nix.registry import ProgramRegistry
 from noether_nix.nix.requirements import ensure_wheels, parse_requirements
 from noether_nix.nix.runtime import Runtime, ensure_runtime, normalise_language
 from noether_nix.paths import noether_home, private_dir
-from noether_nix.proc import run_sync_killable
 from noether_nix.settings import settings
 
 # Part of every program's derivation: bump it when a wrapper's behaviour changes.
@@ -146,6 +145,8 @@ async def _build_in_thread(stage_id: str, language: str, code: str, *,
     limiter = _build_limiter.get()
     if limiter.total_tokens != concurrency:
         limiter.total_tokens = concurrency
+    from noether_nix.proc import run_sync_killable
+
     # Cancelled (the run, the request, the daemon stopping): its nix-build is killed, not waited for.
     return await run_sync_killable(
         lambda: build_stage_program(stage_id, language, code, registry=registry, timeout_s=timeout_s),

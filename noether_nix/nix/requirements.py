@@ -22,7 +22,6 @@ import msgspec
 
 from noether_nix.errors import NoetherError
 from noether_nix.nix.build import nix_tool
-from noether_nix.proc import run as supervised_run
 from noether_nix.settings import settings
 from noether_nix.store.db import write_txn
 
@@ -120,6 +119,10 @@ def _platform_args() -> list[str]:
 
 
 def _fetch(pins: list[str], tag: str) -> list[Wheel]:
+    from noether_nix.proc import (
+        run as supervised_run,  # the spawner: loaded by what starts processes
+    )
+
     with tempfile.TemporaryDirectory(prefix="noether-wheels-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-cache-dir",
                "--only-binary=:all:", "--python-version", tag[0] + "." + tag[1:], "--implementation", "cp",

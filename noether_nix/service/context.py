@@ -18,7 +18,7 @@ from noether_nix.errors import NoetherError
 if TYPE_CHECKING:  # the engine is heavy; commands that only read the store never build one
     from noether_nix.engine.engine import Engine
     from noether_nix.engine.options import RunOptions
-    from noether_nix.sandbox.supervisor import RunAs
+    from noether_nix.sandbox.identity import RunAs
     from noether_nix.store.runs import RunStore
     from noether_nix.store.stages import StageStore
 
@@ -38,7 +38,7 @@ class Peer(msgspec.Struct, frozen=True, kw_only=True):
         """A root daemon runs a peer's sandboxes as that peer: what a stage
         writes, reads under a grant or connects to happens with the peer's
         rights. A peer that is the daemon's own user (or root) needs no switch."""
-        from noether_nix.sandbox.supervisor import RunAs
+        from noether_nix.sandbox.identity import RunAs
 
         if os.geteuid() != 0 or self.uid in (0, os.geteuid()):
             return None
