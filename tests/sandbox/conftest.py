@@ -18,8 +18,8 @@ import pytest
 import trio
 
 from noether_nix.model.effects import EffectSet, parse_effect_list
-from noether_nix.sandbox.policy import IsolationPolicy, Limits, policy_from_effects
 from noether_nix.sandbox.blocking import run_blocking
+from noether_nix.sandbox.policy import IsolationPolicy, Limits, policy_from_effects
 from noether_nix.sandbox.profile import Profile, load_profile
 from noether_nix.sandbox.supervisor import Isolation, Result, run_sandboxed
 from noether_nix.sandbox.warm import WarmPool
