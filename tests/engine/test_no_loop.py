@@ -1,0 +1,167 @@
+"""Runs without an event loop (``engine.noloop``): a chain of stages started by a
+one-shot process goes through the same engine code with blocking twins for
+the sandbox run, the slots and the worker threads — and must come out exactly
+as the same run on trio does: output, error, trace, events, stored run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+
+from noether_nix.engine.engine import Engine, RunFinished, RunOptions
+from tests.engine.conftest import AddStage, graph
+
+#: What differs between two runs of the same graph however they run: ids, clocks, usage.
+_VARYING = {"run_id", "started_at", "finished_at", "duration_ms", "wall_ms", "cpu_ms", "max_rss_kb", "build_ms", "step_index"}
+
+
+def _steady(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _steady(v) for k, v in value.items() if k not in _VARYING}
+    if isinstance(value, list):
+        return [_steady(v) for v in value]
+    return value
+
+
+def _both(engine: Engine, doc: dict[str, Any], input: Any, options: RunOptions
+          ) -> tuple[tuple[RunFinished, list[Any]], tuple[RunFinished, list[Any]]]:
+    """The run without a loop and the same run on trio: each result with its events."""
+    events: list[Any] = []
+
+    async def emit(ev: Any) -> None:
+        events.append(msgspec.to_builtins(ev))
+
+    loopless = engine.run_without_loop(doc, input, options, emit=emit)
+    assert isinstance(loopless, RunFinished), "this plan should have run without an event loop"
+    first = list(events)
+    events.clear()
+    on_trio = trio.run(lambda: Engine().run(doc, input, options, emit=emit))
+    return (loopless, first), (on_trio, list(events))
+
+
+def _same(a: tuple[RunFinished, list[Any]], b: tuple[RunFinished, list[Any]], engine: Engine) -> None:
+    (ra, ea), (rb, eb) = a, b
+    assert _steady(msgspec.to_builtins(ra)) == _steady(msgspec.to_builtins(rb))
+    assert _steady(ea) == _steady(eb)
+    sa, sb = engine.runs.get(ra.run_id), engine.runs.get(rb.run_id)
+    assert sa is not None and sb is not None
+    assert _steady(sa) == _steady(sb)
+
+
+ECHO = "def execute(input):\n    return input\n"
+
+
+@pytest.mark.parametrize("case", ["ok", "chain", "raises", "timeout", "output_cap", "protocol", "bad_output_type"])
+def test_a_chain_without_an_event_loop_runs_as_it_does_on_trio(engine: Engine, add: AddStage, case: str) -> None:
+    options = RunOptions(cache=False)
+    input: Any = "hello"
+    if case == "ok":
+        root: dict[str, Any] = {"op": "Stage", "id": add("echo", ECHO).id}
+    elif case == "chain":
+        shout = add("shout", "def execute(input):\n    return input + '!'\n", input="Text", output="Text")
+        root = {"op": "Sequential", "stages": [{"op": "Stage", "id": shout.id}, {"op": "Stage", "id": "text_upper"},
+                                               {"op": "Stage", "id": shout.id}]}
+    elif case == "raises":
+        root = {"op": "Stage", "id": add("boom", "def helper():\n    raise ValueError('no')\n\n"
+                                         "def execute(input):\n    print('before')\n    helper()\n").id}
+    elif case == "timeout":
+        root = {"op": "Stage", "id": add("slow", "import time\ndef execute(input):\n    time.sleep(30)\n").id}
+        options = RunOptions(cache=False, timeout_secs=1)
+    elif case == "output_cap":
+        root = {"op": "Stage", "id": add("big", "def execute(input):\n    return 'x' * 100000\n").id}
+        options = RunOptions(cache=False, max_output_bytes=1000)
+    elif case == "protocol":
+        root = {"op": "Stage", "id": add("chatty", "import sys\ndef execute(input):\n    sys.stdout.write('{{{')\n"
+                                         "    sys.stdout.flush()\n    import os; os._exit(0)\n").id}
+    else:
+        root = {"op": "Stage", "id": add("liar", "def execute(input):\n    return 7\n", output="Text").id}
+    loopless, on_trio = _both(engine, graph(root), input, options)
+    _same(loopless, on_trio, engine)
+    if case == "chain":
+        assert loopless[0].output == "HELLO!!"
+    elif case == "ok":
+        assert loopless[0].output == "hello"
+    else:
+        assert loopless[0].status == "failed" and loopless[0].error is not None
+    if case == "timeout":
+        assert loopless[0].error["code"] == "stage_timed_out"  # type: ignore[index]
+
+
+def test_the_pure_cache_serves_a_run_without_a_loop(engine: Engine, add: AddStage) -> None:
+    stage = add("echo", ECHO, effects=["Pure"])
+    doc = graph({"op": "Stage", "id": stage.id})
+    first = engine.run_without_loop(doc, "once", RunOptions())
+    again = engine.run_without_loop(doc, "once", RunOptions())
+    assert isinstance(first, RunFinished) and isinstance(again, RunFinished)
+    assert first.cache == {"hits": 0, "misses": 1} and again.cache == {"hits": 1, "misses": 0}
+    assert again.output == "once" and again.trace["stages"][0].get("cached") is True
+
+
+@pytest.mark.parametrize("root", [
+    {"op": "Parallel", "branches": {"a": {"op": "Stage", "id": "text_upper"}, "b": {"op": "Stage", "id": "text_length"}}},
+    {"op": "Stage", "id": "regex_match"},  # its work can outgrow its input: a worker thread, on trio
+    {"op": "Stage", "id": "kv_get"},  # waits on the database
+    {"op": "Sequential", "stages": [{"op": "Stage", "id": "text_upper"}] * 16},  # the bulk path yields to the loop
+])
+def test_plans_that_need_a_loop_are_handed_back_prepared_not_run(engine: Engine, root: dict[str, Any]) -> None:
+    doc = graph(root)
+    before = len(engine.runs.recent(100))
+    handed = engine.run_without_loop(doc, "x", RunOptions())
+    assert isinstance(handed, tuple)
+    assert len(engine.runs.recent(100)) == before  # nothing ran, nothing was stored
+    assert handed[0].composition_id == engine.prepare(doc, "x", RunOptions()).composition_id
+
+
+def test_a_run_on_trio_takes_what_was_prepared(engine: Engine) -> None:
+    doc = graph({"op": "Parallel", "branches": {"a": {"op": "Stage", "id": "text_upper"}}})
+    handed = engine.run_without_loop(doc, "x", RunOptions())
+    assert isinstance(handed, tuple)
+    done = trio.run(lambda: engine.run(doc, "x", RunOptions(), prepared=handed))
+    assert done.status == "ok" and done.output == {"a": "X"}
+
+
+#: ``noether ARGS`` in a fresh interpreter; then, on stderr's last line, whether trio was ever loaded.
+_PROBE = ("import json, sys\nfrom noether_nix.cli.main import main\ntry:\n    rc = main(sys.argv[1:])\nfinally:\n"
+          "    from noether_nix.deferred import loaded\n    print(json.dumps(loaded('trio')), file=sys.stderr)\n"
+          "raise SystemExit(rc)\n")
+
+
+def _noether(home: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], bool]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NOETHER_SOCKET", "NOETHER_LOCAL")}
+    env.update({"NOETHER_HOME": str(home), "XDG_RUNTIME_DIR": str(home)})
+    proc = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=300)
+    return proc, json.loads(proc.stderr.strip().splitlines()[-1])
+
+
+def test_an_embedded_run_of_a_chain_never_loads_trio(noether_home: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "echo.json"
+    spec.write_text(json.dumps({"name": "echo", "description": "its input", "input": "Any", "output": "Any",
+                                "effects": ["Pure"], "implementation": ECHO}))
+    added, _ = _noether(noether_home, "stage", "add", "--local", str(spec))
+    assert added.returncode == 0, added.stderr
+    chain = tmp_path / "chain.json"
+    chain.write_text(json.dumps(graph({"op": "Sequential", "stages": [
+        {"op": "Stage", "id": "echo"}, {"op": "Stage", "id": "text_upper"}]})))
+    proc, trio_loaded = _noether(noether_home, "run", "--local", "--json", "--input", '"quiet"', str(chain))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["data"]["output"] == "QUIET" and doc["data"]["status"] == "ok"
+    assert not trio_loaded
+    # The same run as stored: what `noether trace` shows.
+    shown, _ = _noether(noether_home, "trace", "--local", "--json", doc["data"]["run_id"])
+    assert shown.returncode == 0 and json.loads(shown.stdout)["data"]["status"] == "ok", shown.stdout[:400]
+    parallel = tmp_path / "parallel.json"
+    parallel.write_text(json.dumps(graph({"op": "Parallel", "branches": {"a": {"op": "Stage", "id": "echo"}}})))
+    proc, trio_loaded = _noether(noether_home, "run", "--local", "--json", "--input", '"loud"', str(parallel))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["data"]["output"] == {"a": "loud"}
+    assert trio_loaded  # a plan with branches runs on trio
