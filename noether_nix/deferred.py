@@ -3,71 +3,66 @@
 A one-shot ``noether run`` whose plan needs no event loop
 (``Engine.run_without_loop``) never touches trio, whose import alone takes
 about as long as a cold sandbox start (~50 ms here). The modules on that
-path name trio at their top as ``from noether_nix.deferred import trio``:
-a module whose code runs on its first attribute access
-(``importlib.util.LazyLoader``), in place, so it is the one and only trio
-module (``sys.modules``) from then on. A run that needs an event loop loads
-it then; one that does not, never.
-
-A plain ``import trio`` of the deferred module loads it (the import system
-reads the module's ``__spec__``): fine, just not deferred. Python 3.11's lazy
-loading is not safe against two threads loading one module at once; the
-first use here is ``trio.run`` on the main thread, before any thread exists
-that could use trio.
+path name it at their top as ``from noether_nix.deferred import trio``: a
+stand-in whose first attribute read imports trio (``importlib.import_module``:
+under the import system's own lock, so threads racing for it get one fully
+imported module, and a failed import leaves nothing half-made behind) and
+hands out its attributes from then on. ``sys.modules`` holds only the real
+module, once something has used it.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
+import threading
 from collections.abc import Callable
-from types import ModuleType
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 
-def deferred(name: str) -> ModuleType:
-    """The module ``name``: imported already, or one that loads on its first use."""
-    found = sys.modules.get(name)
-    if found is not None:
-        return found
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None:
-        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-    loader = importlib.util.LazyLoader(spec.loader)
-    spec.loader = loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
+class Deferred:
+    """A module imported on the first read of one of its attributes."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        value = getattr(importlib.import_module(self._name), attr)
+        setattr(self, attr, value)  # read from here on without this hook
+        return value
+
+    def __repr__(self) -> str:
+        return f"<deferred module {self._name!r}{' (imported)' if loaded(self._name) else ''}>"
 
 
 def loaded(name: str) -> bool:
-    """Whether ``name`` is imported and its code has run (a deferred module never used has not)."""
-    module = sys.modules.get(name)
-    # type(), not isinstance: reading a deferred module's __class__ would load it.
-    return module is not None and type(module) is not importlib.util._LazyModule  # type: ignore[attr-defined]
+    """Whether the module ``name`` has been imported (by anything)."""
+    return name in sys.modules
 
 
 if TYPE_CHECKING:
     import trio as trio
 else:
-    trio = deferred("trio")
+    trio = Deferred("trio")
 
 
 class PerRun(Generic[T]):
     """A value per trio run (a ``trio.lowlevel.RunVar``), made by ``make`` on its first use in
-    each run. The RunVar itself is made on first use too: making it at import would load trio."""
+    each run. The RunVar itself is made on first use too: making it at import would import trio."""
 
     def __init__(self, name: str, make: Callable[[], T]) -> None:
         self._name = name
         self._make = make
         self._var: trio.lowlevel.RunVar[T] | None = None
+        self._lock = threading.Lock()
 
     def get(self) -> T:
         if self._var is None:
-            self._var = trio.lowlevel.RunVar(self._name)
+            with self._lock:  # two trio runs in two threads: one RunVar all the same
+                if self._var is None:
+                    self._var = trio.lowlevel.RunVar(self._name)
         try:
             return self._var.get()
         except LookupError:

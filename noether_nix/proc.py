@@ -97,8 +97,9 @@ class Child:
                     await stream.aclose()
         if self._popen.returncode is None:
             self._popen.poll()
-        if self._popen.returncode is not None:
-            self._close_pidfd()
+        # Closed also when it has not exited (a bounded wait ran out): nothing signals it through
+        # this object any more, and keeping the fd would leak one per such run.
+        self._close_pidfd()
 
 
 def _popen(argv: list[str], fds: tuple[int | None, int | None, int | None], options: dict[str, Any]

@@ -177,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         result = CommandResult(None, e)
     except KeyboardInterrupt:
         result = CommandResult(None, NoetherError("interrupted", "interrupted", exit_code=130))
+    except BaseExceptionGroup as group:  # Ctrl-C inside trio's nurseries comes grouped
+        if not _only_interrupts(group):
+            raise
+        result = CommandResult(None, NoetherError("interrupted", "interrupted", exit_code=130))
     data, err = (result.data, result.error) if isinstance(result, CommandResult) else (result, None)
     if human:
         view = view or _human_view()
@@ -191,6 +195,13 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     dump(ok_envelope(inv, data))
     return 0
+
+
+def _only_interrupts(group: BaseExceptionGroup[BaseException]) -> bool:
+    """A group of Ctrl-C and the cancellations it caused, nothing else."""
+    trio = sys.modules.get("trio")
+    stops: tuple[type[BaseException], ...] = (KeyboardInterrupt, trio.Cancelled) if trio else (KeyboardInterrupt,)
+    return group.subgroup(lambda e: not isinstance(e, (*stops, BaseExceptionGroup))) is None
 
 
 #: Whether the command that ran was a one-shot one (see ``entry``).

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from noether_nix.deferred import trio
+from noether_nix.deferred import loaded, trio
 from noether_nix.engine.builtin import kv_impls, store_impls
 from noether_nix.engine.dispatch import dispatch
 from noether_nix.engine.events import RunAccepted, RunFinished, RunStatus, RunWarning
@@ -98,7 +98,20 @@ def _fast_pure(stage: Stage) -> FastPure | None:
     return FastPure(entry.impl, types, on_text=ON_TEXT.get(entry.name) if types == frozenset({str}) else None)
 
 
+def _stopped_by(e: BaseException) -> str | None:
+    """How a run was stopped from outside, as its stored error says it: cancelled (trio), or
+    interrupted (Ctrl-C in the process running it); None for anything else."""
+    if _is_cancellation(e):
+        return "the run was cancelled"
+    if isinstance(e, KeyboardInterrupt) or (isinstance(e, BaseExceptionGroup) and all(
+            isinstance(x, KeyboardInterrupt) or _is_cancellation(x) for x in e.exceptions)):
+        return "the run was interrupted"
+    return None
+
+
 def _is_cancellation(e: BaseException) -> bool:
+    if not loaded("trio"):  # nothing is a trio.Cancelled then (a run without a loop), and asking would import trio
+        return False
     if isinstance(e, trio.Cancelled):
         return True
     if isinstance(e, BaseExceptionGroup):
@@ -123,7 +136,8 @@ class Engine:
         self._programs: ProgramRegistry | None = None
         self._executor = executor
         self._blocking_executor: Executor | None = None
-        #: An executor given here (tests' in-memory ones) serves runs without a loop too.
+        #: An executor given here (tests' in-memory ones) serves runs without a loop only
+        #: if it says its ``execute`` never suspends (``never_suspends``).
         self._injected_executor = executor is not None
         self._dispatch = dispatch_fn or dispatch
         self._process_limiter: trio.CapacityLimiter | None = None
@@ -319,12 +333,16 @@ class Engine:
             status, error = "failed", {"code": "internal_error", "path": "root",
                                        "message": f"internal error: {type(e).__name__}: {e}"}
         except BaseException as e:
-            if _is_cancellation(e):
-                with trio.CancelScope(shield=True):
+            stop = _stopped_by(e)
+            if stop is not None:  # stored as cancelled, its last event sent (within a grace period), and on it goes
+                with _shielded():
                     finished = self._finish(run, prepared, started, started_wall, "cancelled", None,
-                                            {"code": "cancelled", "message": "the run was cancelled"}, record)
-                    with trio.move_on_after(_LAST_EVENT_GRACE_S):
+                                            {"code": "cancelled", "message": stop}, record)
+                    if NO_LOOP.get():
                         await _emit_last(run, finished)
+                    else:
+                        with trio.move_on_after(_LAST_EVENT_GRACE_S):
+                            await _emit_last(run, finished)
             raise
         if status != "ok":
             output = None  # a failed run has no output (not the one its root's check refused)
@@ -337,16 +355,21 @@ class Engine:
         return finished
 
     def run_without_loop(self, graph: Any, input: Any, options: RunOptions, *, emit: Emit | None = None,
+                         run_as: RunAs | None = None, store_writes: bool = True, requester_uid: int | None = None,
                          ) -> RunFinished | tuple[PreparedGraph, bool]:
         """Run a graph whose plan needs no event loop right here, without one (``engine.noloop``):
-        its ``RunFinished``, as ``run`` would return it. Any other plan is not run: then what
-        ``_prepare`` made of it, for ``run`` (on trio). Errors in preparing it are raised."""
+        its ``RunFinished``, as ``run`` would return it (the keywords are ``run``'s). Any other
+        plan is not run: then what ``_prepare`` made of it, for ``run`` (on trio). Errors in
+        preparing it are raised."""
         prepared = self._prepare(graph, input, options)
         if self.config.executor != "local" or not loop_free(prepared[0], self.facts):
             return prepared
+        if self._injected_executor and not getattr(self._executor, "never_suspends", False):
+            return prepared  # an executor given at construction that may wait on trio
         token = NO_LOOP.set(True)
         try:
-            return drive(self.run(graph, input, options, emit=emit, prepared=prepared))
+            return drive(self.run(graph, input, options, emit=emit, prepared=prepared, run_as=run_as,
+                                  store_writes=store_writes, requester_uid=requester_uid))
         finally:
             NO_LOOP.reset(token)
 

@@ -61,13 +61,21 @@ class SuspendedError(RuntimeError):
 
 
 def drive(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``, which must never suspend, to its end; its result or its exception."""
+    """Run ``coro``, which must never suspend, to its end; its result or its exception.
+
+    Should it suspend after all, ``SuspendedError`` is raised where it waits, and it is
+    driven on: ``Engine.run`` ends the run as an internal error, stored and returned, as it
+    does any engine bug. A coroutine that waits again is closed and the error raised here."""
+    error = None
     try:
         coro.send(None)
+        error = SuspendedError("a run without an event loop waited for one; this is a bug in noether-nix")
+        coro.throw(error)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     coro.close()
-    raise SuspendedError("a run without an event loop waited for one; this is a bug in noether-nix")
+    assert error is not None
+    raise error
 
 
 def loop_free(prepared: PreparedGraph, facts: Any) -> bool:

@@ -60,7 +60,7 @@ async def off_loop(fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimit
         started = time.monotonic()
         out = fn(*args)
         if budget_s is not None and time.monotonic() - started > budget_s:
-            raise _past_budget(what, budget_s, path)
+            raise _past_budget(what, budget_s, path, finished=True)
         return out
     with trio.move_on_after(budget_s if budget_s is not None else float("inf")) as scope:
         return await trio.to_thread.run_sync(fn, *args, limiter=limiter or default_limiter(),
@@ -69,9 +69,11 @@ async def off_loop(fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimit
     raise _past_budget(what, budget_s, path)
 
 
-def _past_budget(what: str, budget_s: float, path: str | None) -> StageError:
-    return StageError("stage_timed_out", f"{what} ran past its {budget_s:g} s budget in the daemon's process and "
-                      "was abandoned", path or "root", details={"status": "timed_out", "budget_s": budget_s})
+def _past_budget(what: str, budget_s: float, path: str | None, *, finished: bool = False) -> StageError:
+    how = "finished past its {:g} s budget in this process" if finished else \
+        "ran past its {:g} s budget in the daemon's process and was abandoned"
+    return StageError("stage_timed_out", f"{what} {how.format(budget_s)}", path or "root",
+                      details={"status": "timed_out", "budget_s": budget_s})
 
 
 async def maybe_off_loop(inline: bool, fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter | None = None,

@@ -82,7 +82,9 @@ def _start(launch: Launch, limits: Limits, fds: tuple[int, int, int]) -> tuple[s
                              preexec_fn=launch.preexec(limits), cwd="/")
     try:
         return popen, os.pidfd_open(popen.pid)
-    except OSError:  # no pidfd, no way to wait: it must not run unsupervised
+    except BaseException:  # no pidfd (or an interrupt): no way to wait, so it must not run unsupervised
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(popen.pid, signal.SIGKILL)
         popen.kill()
         popen.wait()
         raise

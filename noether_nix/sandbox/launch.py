@@ -225,9 +225,11 @@ class Launch:
         """Once the sandbox's own process is gone: kill what is left and wait until
         it has exited, remove the cgroup, then give the uid back. A run ends
         only when everything it started is gone."""
-        if self.cgroup is not None:
-            await self.cgroup.drain()
-        self.finish()
+        try:
+            if self.cgroup is not None:
+                await self.cgroup.drain()
+        finally:  # the uid goes back and the cgroup is removed also when the wait fails
+            self.finish()
 
     def close_blocking(self) -> None:
         """``aclose`` without trio (``sandbox.blocking``): kill what is left and wait

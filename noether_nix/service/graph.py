@@ -45,9 +45,11 @@ def run_graph_without_loop(ctx: Context, p: Run, *, emit: Callable[[Event], Awai
 
     options = decode_options(p.options)
     ctx.gate_run(options)
-    if ctx.peer.run_as() is not None or not ctx.peer.writer:  # a daemon's peers: not this path's
+    peer = ctx.peer
+    if peer.run_as() is not None or not peer.writer:  # a daemon's peers: not this path's
         return None
-    return ctx.engine.run_without_loop(p.graph, p.input, options, emit=emit)
+    return ctx.engine.run_without_loop(p.graph, p.input, options, emit=emit, store_writes=peer.writer,
+                                       requester_uid=peer.uid)
 
 
 def find_run(ctx: Context, p: Ref) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -165,3 +166,119 @@ def test_an_embedded_run_of_a_chain_never_loads_trio(noether_home: Path, tmp_pat
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["data"]["output"] == {"a": "loud"}
     assert trio_loaded  # a plan with branches runs on trio
+
+
+def test_an_embedded_run_is_stored_as_the_users_own_either_way(engine: Engine, add: AddStage) -> None:
+    from noether_nix.backend.local import LocalBackend
+
+    echo = add("echo", ECHO)
+    backend = LocalBackend()
+    owners = []
+    for root in ({"op": "Stage", "id": echo.id},  # without a loop
+                 {"op": "Parallel", "branches": {"a": {"op": "Stage", "id": echo.id}}}):  # on trio
+        done = backend.run({"graph": graph(root), "input": "x", "options": {"cache": False}}, lambda ev: None)
+        assert done["status"] == "ok", done
+        (owner,) = engine.store.conn.execute("SELECT requester_uid FROM runs WHERE run_id = ?",
+                                             (done["run_id"],)).fetchone()
+        owners.append(owner)
+    assert owners == [os.getuid(), os.getuid()]
+
+
+class _Suspends:
+    def __await__(self) -> Any:
+        yield "waits for an event loop"
+
+
+class _LyingExecutor:
+    """Says it never suspends, then does: the run ends as an engine bug, stored, not hung or half-done."""
+
+    never_suspends = True
+
+    async def execute(self, call: Any) -> Any:
+        await _Suspends()
+        raise AssertionError("not reached")
+
+
+class _HonestExecutor(_LyingExecutor):
+    never_suspends = False
+
+
+def test_a_run_without_a_loop_that_waits_after_all_fails_as_an_engine_bug(add: AddStage) -> None:
+    stage = add("echo", ECHO)
+    doc = graph({"op": "Stage", "id": stage.id})
+    engine = Engine(executor=_LyingExecutor())  # type: ignore[arg-type]
+    done = engine.run_without_loop(doc, "x", RunOptions(cache=False))
+    assert isinstance(done, RunFinished)
+    assert done.status == "failed" and done.error is not None and done.error["code"] == "internal_error"
+    assert "waited for one" in done.error["message"]
+    stored = engine.runs.get(done.run_id)
+    assert stored is not None and stored["status"] == "failed"
+    # An executor given at construction that does not promise never to wait: the run goes to trio.
+    assert isinstance(Engine(executor=_HonestExecutor()).run_without_loop(doc, "x", RunOptions()), tuple)  # type: ignore[arg-type]
+
+
+def test_drive_raises_for_a_coroutine_that_keeps_waiting() -> None:
+    from noether_nix.engine.noloop import SuspendedError, drive
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await _Suspends()
+            except SuspendedError:
+                continue
+
+    with pytest.raises(SuspendedError):
+        drive(stubborn())
+
+
+@pytest.mark.parametrize("shape", ["chain", "parallel"])
+def test_ctrl_c_ends_an_embedded_run_as_interrupted_with_nothing_left(noether_home: Path, tmp_path: Path,
+                                                                      shape: str) -> None:
+    """SIGINT to the CLI process (its sandboxes sit in sessions of their own, as a terminal's
+    Ctrl-C leaves them): exit 130 with the ``interrupted`` envelope, no traceback, every
+    sandboxed process and cgroup gone, the run stored as cancelled — without a loop and on trio."""
+    import time as clock
+
+    from tests.processes import running, sandbox_cgroups
+
+    spec = tmp_path / "sleepy.json"
+    spec.write_text(json.dumps({"name": "sleepy", "description": "sleeps", "input": "Any", "output": "Any",
+                                "effects": ["Pure"], "implementation": "import time\ndef execute(input):\n"
+                                "    time.sleep(60)\n    return input\n"}))
+    added, _ = _noether(noether_home, "stage", "add", "--local", str(spec))
+    assert added.returncode == 0, added.stderr
+    root = {"op": "Stage", "id": "sleepy"} if shape == "chain" else \
+        {"op": "Parallel", "branches": {"a": {"op": "Stage", "id": "sleepy"}}}
+    doc = tmp_path / "g.json"
+    doc.write_text(json.dumps(graph(root)))
+    env = {k: v for k, v in os.environ.items() if k not in ("NOETHER_SOCKET", "NOETHER_LOCAL")}
+    env.update({"NOETHER_HOME": str(noether_home), "XDG_RUNTIME_DIR": str(noether_home)})
+    cli = subprocess.Popen([sys.executable, "-c", _PROBE, "run", "--local", "--json", "--no-cache", "--input",
+                            '"x"', str(doc)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                           stdin=subprocess.DEVNULL)
+    try:
+        deadline = clock.monotonic() + 60
+        pids: list[int] = []
+        while clock.monotonic() < deadline:  # until the stage's sandbox has a process in its cgroup
+            pids = sorted({p for members in sandbox_cgroups(cli.pid).values() for p in members})
+            if len(pids) >= 2:  # bwrap and what it started
+                break
+            assert cli.poll() is None, cli.communicate()
+            clock.sleep(0.05)
+        assert len(pids) >= 2, "the stage never started"
+        cli.send_signal(signal.SIGINT)
+        out, err = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert cli.returncode == 130, (out, err)
+    envelope = json.loads(out)
+    assert envelope["ok"] is False and envelope["error"]["code"] == "interrupted"
+    assert "Traceback" not in err, err
+    assert not [p for p in pids if running(p)], "a sandboxed process outlived the interrupted run"
+    assert sandbox_cgroups(cli.pid) == {}
+    assert json.loads(err.strip().splitlines()[-1]) is (shape == "parallel")  # trio only where it was needed
+    listed, _ = _noether(noether_home, "runs", "--local", "--json")
+    (latest,) = json.loads(listed.stdout)["data"]["runs"][:1]
+    assert latest["status"] == "cancelled", latest

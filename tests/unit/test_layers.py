@@ -26,6 +26,14 @@ LAZY_ALLOWED = {
     "registry/": "psycopg, embeddings and the engine are optional",
     "server/daemon.py": "the registry client is loaded only when a registry is configured",
     "engine/engine.py": "the remote executor needs the remote extra (grpcio, protobuf): loaded only when configured",
+    # A run without an event loop (engine.noloop: a one-shot `noether run` of a chain of stages)
+    # loads neither trio nor the spawner thread, the warm pool, the supervisor, the process host
+    # nor higher-order stages: each is loaded by the code that starts or serves one.
+    "engine/dispatch.py": "higher-order stages and the process host load when such a stage runs",
+    "engine/executor.py": "the warm pool and the trio supervisor load for a run on trio; run_blocking for one without",
+    "nix/build.py": "the spawner (proc) loads when a build starts",
+    "nix/programs.py": "the spawner (proc) loads when a build starts",
+    "nix/requirements.py": "the spawner (proc) loads when wheels are fetched",
 }
 
 
