@@ -96,11 +96,12 @@ def select(*, local: bool = False, socket: str | None = None) -> Backend:
     answer (else ``daemon_unreachable``, never a silent fallback); otherwise
     the settings' socket (``$NOETHER_SOCKET``) or the default one is used when
     a daemon is live."""
-    from noether_nix.client import daemon_socket_if_live
     from noether_nix.settings_view import client_settings
 
     if local or client_settings()[0]:
         return _local()
+    from noether_nix.client import daemon_socket_if_live
+
     if socket is not None:
         if daemon_socket_if_live(socket) is None:
             raise NoetherError("daemon_unreachable", "no daemon is serving this socket", path=socket,

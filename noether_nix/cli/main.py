@@ -131,8 +131,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                     mod.register(sub)
                 else:
                     mod.register(sub, common)
-        else:
-            sub.add_parser(name, help=help_text, parents=[common])
+        else:  # a stub: its name and help line (the command that runs is another; no flags to copy)
+            sub.add_parser(name, help=help_text)
     return p
 
 
