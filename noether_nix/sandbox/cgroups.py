@@ -239,17 +239,8 @@ class RunCgroup:
 
         with trio.CancelScope(shield=True), trio.move_on_after(timeout_s):
             while pids := self.pids():
-                fds = []
-                for pid in pids:
-                    with contextlib.suppress(OSError):  # gone already, or not ours to see
-                        fds.append(os.pidfd_open(pid))
+                fds = self._kill_all(pids)
                 try:
-                    for fd in fds:
-                        with contextlib.suppress(ProcessLookupError, PermissionError):
-                            signal.pidfd_send_signal(fd, signal.SIGKILL)
-                    if self.version == 2:
-                        with contextlib.suppress(OSError):
-                            (self.dirs[""] / "cgroup.kill").write_text("1")
                     for fd in fds:
                         await trio.lowlevel.wait_readable(fd)  # readable once the process has exited
                 finally:
@@ -261,6 +252,25 @@ class RunCgroup:
             return True
         return not self.pids()
 
+    def _kill_all(self, pids: list[int]) -> list[int]:
+        """SIGKILL ``pids`` (and, on v2, the whole cgroup) through pidfds: the pidfds, to wait on."""
+        fds = []
+        for pid in pids:
+            with contextlib.suppress(OSError):  # gone already, or not ours to see
+                fds.append(os.pidfd_open(pid))
+        try:
+            for fd in fds:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+            if self.version == 2:
+                with contextlib.suppress(OSError):
+                    (self.dirs[""] / "cgroup.kill").write_text("1")
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
+
     def drain_blocking(self, timeout_s: float = 10.0) -> bool:
         """``drain`` without trio, for a caller with no event loop (``sandbox.blocking``):
         kill everything in the cgroup and wait, polling the pidfds (no sleeping loop),
@@ -269,17 +279,8 @@ class RunCgroup:
         while pids := self.pids():
             if time.monotonic() >= deadline:
                 return not self.pids()
-            fds = []
-            for pid in pids:
-                with contextlib.suppress(OSError):  # gone already, or not ours to see
-                    fds.append(os.pidfd_open(pid))
+            fds = self._kill_all(pids)
             try:
-                for fd in fds:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        signal.pidfd_send_signal(fd, signal.SIGKILL)
-                if self.version == 2:
-                    with contextlib.suppress(OSError):
-                        (self.dirs[""] / "cgroup.kill").write_text("1")
                 poller = select.poll()
                 for fd in fds:
                     poller.register(fd, select.POLLIN)  # readable once the process has exited
