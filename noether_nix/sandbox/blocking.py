@@ -36,7 +36,7 @@ from pathlib import Path
 
 from noether_nix.sandbox.cgroups import RunCgroup
 from noether_nix.sandbox.identity import RunAs
-from noether_nix.sandbox.launch import Isolation, Launch, prepare_launch
+from noether_nix.sandbox.launch import Isolation, Launch, prepare_launch, start_failure
 from noether_nix.sandbox.outcome import Exchange, Result, Status, verdict
 from noether_nix.sandbox.policy import IsolationPolicy, Limits
 from noether_nix.sandbox.profile import Profile, load_profile
@@ -107,7 +107,7 @@ def _supervise(launch: Launch, stdin: bytes, limits: Limits, expect_json: bool, 
                 popen, pidfd = _start(launch, limits, (theirs[0], theirs[1], theirs[2]))
             except (OSError, subprocess.SubprocessError) as e:  # a failing preexec_fn is a SubprocessError
                 return Result(status=Status.SPAWN_FAILED, isolation=mode, exit_code=127,
-                              message=f"cannot start {argv[0]}: {getattr(e, 'strerror', None) or e}")
+                              message=start_failure(argv[0], e))
         finally:
             launch.close_fds()
             for fd in theirs:

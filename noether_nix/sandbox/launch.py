@@ -17,6 +17,7 @@ import contextlib
 import os
 import resource
 import stat
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -250,6 +251,17 @@ class Launch:
         finally:
             if self.lease is not None:
                 self.lease.release()
+
+
+def start_failure(program: str, e: BaseException) -> str:
+    """Why a planned start failed, in a sentence: the OS's reason, or — for an exception in the
+    child before it became ``program`` (``Launch.preexec``, which Python reports only as
+    "Exception occurred in preexec_fn") — which step that is."""
+    if isinstance(e, subprocess.SubprocessError) and "preexec" in str(e):
+        return (f"cannot start {program}: preparing its process failed (joining the run's cgroup, setting its "
+                "resource limits, its Landlock scope or its user); `noether doctor` shows which of those this host "
+                "supports")
+    return f"cannot start {program}: {getattr(e, 'strerror', None) or e}"
 
 
 def _sandbox_env(profile: Profile, policy: IsolationPolicy, extra: dict[str, str] | None) -> dict[str, str]:

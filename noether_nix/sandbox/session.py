@@ -21,7 +21,7 @@ from typing import Any
 from noether_nix.deferred import trio
 from noether_nix.errors import NoetherError
 from noether_nix.sandbox.identity import RunAs
-from noether_nix.sandbox.launch import Isolation, Launch, prepare_launch
+from noether_nix.sandbox.launch import Isolation, Launch, prepare_launch, start_failure
 from noether_nix.sandbox.policy import IsolationPolicy, Limits
 from noether_nix.sandbox.profile import Profile
 from noether_nix.sandbox.spawn import Child, spawn
@@ -148,7 +148,7 @@ async def open_session(argv: list[str], *, policy: IsolationPolicy, limits: Limi
         stderr.close()
         launch.finish()
         if isinstance(e, (OSError, subprocess.SubprocessError)):
-            raise SessionError(f"cannot start {launch.argv[0]}: {getattr(e, 'strerror', None) or e}") from None
+            raise SessionError(start_failure(launch.argv[0], e)) from None
         raise
     finally:
         launch.close_fds()

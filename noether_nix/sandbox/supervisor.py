@@ -18,7 +18,13 @@ from typing import Any
 
 from noether_nix.deferred import trio
 from noether_nix.sandbox.identity import RunAs
-from noether_nix.sandbox.launch import Isolation, Launch, prepare_launch, require_bwrap
+from noether_nix.sandbox.launch import (
+    Isolation,
+    Launch,
+    prepare_launch,
+    require_bwrap,
+    start_failure,
+)
 from noether_nix.sandbox.outcome import CgroupEvents, Exchange, Result, Status, verdict
 from noether_nix.sandbox.policy import IsolationPolicy, Limits
 from noether_nix.sandbox.profile import Profile, load_profile
@@ -75,7 +81,7 @@ async def _supervise(launch: Launch, stdin: bytes, limits: Limits, expect_json: 
         )
     except (OSError, subprocess.SubprocessError) as e:  # a failing preexec_fn is a SubprocessError
         return Result(status=Status.SPAWN_FAILED, isolation=mode, exit_code=127,
-                      message=f"cannot start {argv[0]}: {getattr(e, 'strerror', None) or e}")
+                      message=start_failure(argv[0], e))
     finally:
         launch.close_fds()
     assert proc.stdin and proc.stdout and proc.stderr

@@ -55,6 +55,7 @@ from noether_nix.sandbox.launch import (
     landlock_scoped,
     prepare_launch,
     seccomp_program,
+    start_failure,
     unix_sockets_denied,
 )
 from noether_nix.sandbox.policy import IsolationPolicy, Limits
@@ -200,8 +201,7 @@ class WarmSandbox:
                 stderr.close()
             launch.finish()
             if isinstance(e, (OSError, subprocess.SubprocessError)):  # a failing preexec is a SubprocessError
-                raise WarmStartFailed(f"cannot start bwrap: {getattr(e, 'strerror', None) or e}",
-                                      lasting=False) from None
+                raise WarmStartFailed(start_failure("bwrap", e), lasting=False) from None
             raise
         finally:
             theirs.close()

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from noether_nix.model.effects import EffectSet
+from noether_nix.sandbox.blocking import run_blocking
 from noether_nix.sandbox.cgroups import RunCgroup, _own_paths
 from noether_nix.sandbox.policy import Limits, policy_from_effects
 from noether_nix.sandbox.profile import load_profile
@@ -169,8 +170,10 @@ async def test_a_start_that_cannot_join_its_cgroup_is_refused_not_run(python_run
     for ctl in ("memory", "pids", "cpuacct"):
         (tmp_path / ctl / own.get(ctl, "/").lstrip("/")).mkdir(parents=True, exist_ok=True)
     profile = load_profile()
-    r = await run_sandboxed([python_runtime, "-c", "print(1)"],
-                            policy=policy_from_effects(EffectSet.pure(), profile=profile), limits=Limits(timeout_s=5),
-                            stdin=b"null", isolation=Isolation("bwrap"), profile=profile, cgroup_root=tmp_path)
-    assert r.status is Status.SPAWN_FAILED and r.output is None, r
+    how = {"policy": policy_from_effects(EffectSet.pure(), profile=profile), "limits": Limits(timeout_s=5),
+           "stdin": b"null", "isolation": Isolation("bwrap"), "profile": profile, "cgroup_root": tmp_path}
+    argv = [python_runtime, "-c", "print(1)"]
+    for r in (await run_sandboxed(argv, **how), run_blocking(argv, **how)):  # on trio, and without a loop
+        assert r.status is Status.SPAWN_FAILED and r.output is None, r
+        assert "preparing its process failed (joining the run's cgroup" in r.message, r.message
     assert not [*tmp_path.rglob("cgroup.procs"), *tmp_path.rglob("tasks")]
