@@ -1,7 +1,7 @@
 """Runs that need no event loop.
 
-A run whose plan is a chain of stages — one Stage, or a short Sequential of
-Stage nodes — never has two things to wait for at once: each stage waits
+A run whose plan is a chain of stages — one Stage, a short Sequential, a
+Branch, a Const, nested — never has two things to wait for at once: each stage waits
 for the one before it, and a sandboxed stage's process is its only wait.
 Such a run, started by a one-shot process (embedded ``noether run``), goes
 through the same engine code (``Engine.run``, the interpreter, dispatch: the
@@ -27,7 +27,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from noether_nix.engine.fastpath import LONG_SEQUENTIAL
-from noether_nix.graph.ast import SequentialNode, StageNode
+from noether_nix.graph.ast import BranchNode, ConstNode, Node, SequentialNode, StageNode
 from noether_nix.graph.preflight import is_stdlib
 from noether_nix.stdlib.registry import STDLIB
 
@@ -79,20 +79,27 @@ def drive(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def loop_free(prepared: PreparedGraph, facts: Any) -> bool:
-    """Whether ``prepared``'s plan is a chain of stages each of which runs without an event
-    loop: a program stage (its sandbox), or an in-process Pure stdlib stage that works
-    inline. ``facts`` is ``Engine.facts``."""
-    root = prepared.root
-    nodes = root.stages if isinstance(root, SequentialNode) else [root]
-    if not nodes or len(nodes) >= LONG_SEQUENTIAL:  # the bulk path for long ones yields to the loop
-        return False
-    for node in nodes:
-        if not isinstance(node, StageNode):
-            return False
-        stage = prepared.resolution.stage_for(node)
-        if not _stage_ok(stage, facts(stage)):
-            return False
-    return True
+    """Whether ``prepared``'s plan runs one thing at a time, each without an event loop: a
+    tree of Sequentials (shorter than the bulk path's ``LONG_SEQUENTIAL``, which yields to
+    the loop now and then), Branches and Consts whose stages are program stages (their
+    sandboxes) or in-process Pure stdlib stages that work inline. ``facts`` is ``Engine.facts``."""
+    return _node_ok(prepared.root, prepared, facts)
+
+
+def _node_ok(node: Node, prepared: PreparedGraph, facts: Any) -> bool:
+    match node:
+        case StageNode():
+            stage = prepared.resolution.stage_for(node)
+            return _stage_ok(stage, facts(stage))
+        case ConstNode():
+            return True
+        case SequentialNode(stages=ss):
+            return 0 < len(ss) < LONG_SEQUENTIAL and all(_node_ok(s, prepared, facts) for s in ss)
+        case BranchNode(predicate=pr, if_true=t, if_false=f):
+            return all(_node_ok(n, prepared, facts) for n in (pr, t, f))
+    # Parallel, Let, Fanout and Merge run their parts concurrently; Retry waits between
+    # attempts; a RemoteStage is a call over the network: all of them on trio.
+    return False
 
 
 def _stage_ok(stage: Stage, facts: StageFacts) -> bool:

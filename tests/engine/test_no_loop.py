@@ -96,6 +96,26 @@ def test_a_chain_without_an_event_loop_runs_as_it_does_on_trio(engine: Engine, a
         assert loopless[0].error["code"] == "stage_timed_out"  # type: ignore[index]
 
 
+@pytest.mark.parametrize("shape", ["branch_true", "branch_false", "const", "nested"])
+def test_branches_consts_and_nesting_run_without_a_loop_as_on_trio(engine: Engine, add: AddStage, shape: str) -> None:
+    shout = add("shout", "def execute(input):\n    return input + '!'\n", input="Text", output="Text")
+    long = add("is_long", "def execute(input):\n    return len(input) > 3\n", input="Text", output="Bool")
+    branch = {"op": "Branch", "predicate": {"op": "Stage", "id": long.id},
+              "if_true": {"op": "Stage", "id": "text_upper"}, "if_false": {"op": "Stage", "id": shout.id}}
+    input: Any = "hello" if shape == "branch_true" else "hi"
+    if shape.startswith("branch"):
+        root: dict[str, Any] = branch
+    elif shape == "const":
+        root = {"op": "Sequential", "stages": [{"op": "Const", "value": "fixed"}, {"op": "Stage", "id": shout.id}]}
+    else:
+        root = {"op": "Sequential", "stages": [{"op": "Stage", "id": shout.id}, branch,
+                                               {"op": "Sequential", "stages": [{"op": "Stage", "id": shout.id}]}]}
+    loopless, on_trio = _both(engine, graph(root), input, RunOptions(cache=False))
+    _same(loopless, on_trio, engine)
+    assert loopless[0].output == {"branch_true": "HELLO", "branch_false": "hi!", "const": "fixed!",
+                                  "nested": "hi!!!"}[shape]
+
+
 def test_the_pure_cache_serves_a_run_without_a_loop(engine: Engine, add: AddStage) -> None:
     stage = add("echo", ECHO, effects=["Pure"])
     doc = graph({"op": "Stage", "id": stage.id})
@@ -111,6 +131,9 @@ def test_the_pure_cache_serves_a_run_without_a_loop(engine: Engine, add: AddStag
     {"op": "Stage", "id": "regex_match"},  # its work can outgrow its input: a worker thread, on trio
     {"op": "Stage", "id": "kv_get"},  # waits on the database
     {"op": "Sequential", "stages": [{"op": "Stage", "id": "text_upper"}] * 16},  # the bulk path yields to the loop
+    {"op": "Sequential", "stages": [{"op": "Const", "value": {"a": "x"}}, {"op": "Parallel", "branches": {
+        "a": {"op": "Stage", "id": "text_upper"}}}]},  # branches anywhere in the tree
+    {"op": "Retry", "stage": {"op": "Stage", "id": "text_upper"}, "max_attempts": 2},  # waits between attempts
 ])
 def test_plans_that_need_a_loop_are_handed_back_prepared_not_run(engine: Engine, root: dict[str, Any]) -> None:
     doc = graph(root)
