@@ -66,7 +66,8 @@ class Child:
             self._popen.wait()
             self._close_pidfd()
         code = self._popen.returncode
-        assert code is not None
+        if code is None:  # closed (``aclose``) while it still ran: nothing to wait on any more
+            raise RuntimeError(f"process {self._popen.pid} was closed before it exited")
         return code
 
     def kill(self) -> None:

@@ -30,6 +30,13 @@ if TYPE_CHECKING:
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No abbreviated flags: `--sock /x runs` must not pass for `--socket` (the command word is
+        # found before parsing, by exact flags), and a new flag must not change what an old
+        # abbreviation meant.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         import re
 
@@ -132,8 +139,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                 else:
                     mod.register(sub, common)
         else:  # a stub: its name and help line (the command that runs is another; no flags to copy)
-            sub.add_parser(name, help=help_text)
+            sub.add_parser(name, help=help_text).set_defaults(handler=_not_registered(name))
     return p
+
+
+def _not_registered(name: str) -> Any:
+    """The handler of a stub that was parsed after all: the command word was not found first."""
+    def handler(args: Any) -> None:
+        raise NoetherError("usage", f"could not tell that the command is {name!r}: put global options "
+                           "as `--socket PATH` or `--socket=PATH`", hint="see `noether --help`", exit_code=2)
+
+    return handler
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,7 +217,7 @@ def _only_interrupts(group: BaseExceptionGroup[BaseException]) -> bool:
     """A group of Ctrl-C and the cancellations it caused, nothing else."""
     trio = sys.modules.get("trio")
     stops: tuple[type[BaseException], ...] = (KeyboardInterrupt, trio.Cancelled) if trio else (KeyboardInterrupt,)
-    return group.subgroup(lambda e: not isinstance(e, (*stops, BaseExceptionGroup))) is None
+    return group.subgroup(KeyboardInterrupt) is not None and group.split(stops)[1] is None
 
 
 #: Whether the command that ran was a one-shot one (see ``entry``).

@@ -103,9 +103,13 @@ def _stopped_by(e: BaseException) -> str | None:
     interrupted (Ctrl-C in the process running it); None for anything else."""
     if _is_cancellation(e):
         return "the run was cancelled"
-    if isinstance(e, KeyboardInterrupt) or (isinstance(e, BaseExceptionGroup) and all(
-            isinstance(x, KeyboardInterrupt) or _is_cancellation(x) for x in e.exceptions)):
+    if isinstance(e, KeyboardInterrupt):
         return "the run was interrupted"
+    if isinstance(e, BaseExceptionGroup) and e.subgroup(KeyboardInterrupt) is not None:
+        stops: tuple[type[BaseException], ...] = (KeyboardInterrupt, trio.Cancelled) if loaded("trio") \
+            else (KeyboardInterrupt,)
+        if e.split(stops)[1] is None:  # Ctrl-C and the cancellations it caused, at any depth
+            return "the run was interrupted"
     return None
 
 

@@ -254,11 +254,11 @@ class RunCgroup:
 
     def _kill_all(self, pids: list[int]) -> list[int]:
         """SIGKILL ``pids`` (and, on v2, the whole cgroup) through pidfds: the pidfds, to wait on."""
-        fds = []
-        for pid in pids:
-            with contextlib.suppress(OSError):  # gone already, or not ours to see
-                fds.append(os.pidfd_open(pid))
+        fds: list[int] = []
         try:
+            for pid in pids:
+                with contextlib.suppress(OSError):  # gone already, or not ours to see
+                    fds.append(os.pidfd_open(pid))
             for fd in fds:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     signal.pidfd_send_signal(fd, signal.SIGKILL)

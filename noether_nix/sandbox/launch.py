@@ -226,23 +226,28 @@ class Launch:
         """Once the sandbox's own process is gone: kill what is left and wait until
         it has exited, remove the cgroup, then give the uid back. A run ends
         only when everything it started is gone."""
+        drained = self.cgroup is None
         try:
             if self.cgroup is not None:
-                await self.cgroup.drain()
-        finally:  # the uid goes back and the cgroup is removed also when the wait fails
-            self.finish()
+                drained = await self.cgroup.drain()
+        finally:  # the cgroup is removed also when the wait fails; the uid goes back only once all is gone
+            self.finish(uid_free=drained)
 
     def close_blocking(self) -> None:
         """``aclose`` without trio (``sandbox.blocking``): kill what is left and wait
         (bounded) until it has exited, remove the cgroup, then give the uid back."""
+        drained = self.cgroup is None
         try:
             if self.cgroup is not None:
-                self.cgroup.drain_blocking()
+                drained = self.cgroup.drain_blocking()
         finally:
-            self.finish()
+            self.finish(uid_free=drained)
 
-    def finish(self) -> None:
-        """Once the sandbox is gone: kill what is left, remove the cgroup, then give the uid back."""
+    def finish(self, *, uid_free: bool = True) -> None:
+        """Once the sandbox is gone: kill what is left, remove the cgroup, then give the uid back.
+        ``uid_free=False``: its processes were not all seen gone (a drain that ran out of time or
+        failed), so its dedicated uid stays out of the pool for as long as this process runs: a
+        later sandbox must never share a uid with what is left of this one."""
         self.close_fds()
         try:
             if self.cgroup is not None:
@@ -250,7 +255,17 @@ class Launch:
                 self.cgroup.remove()
         finally:
             if self.lease is not None:
-                self.lease.release()
+                if uid_free:
+                    self.lease.release()
+                else:
+                    _WITHHELD.append(self.lease)
+                    log.warning("sandbox_uid_withheld", uid=self.lease.uid,
+                                why="processes of its sandbox were not seen to exit")
+                self.lease = None
+
+
+#: Leases of sandbox uids whose processes were not all seen to exit (``Launch.finish``).
+_WITHHELD: list[UidLease] = []
 
 
 def start_failure(program: str, e: BaseException) -> str:

@@ -177,3 +177,26 @@ async def test_a_start_that_cannot_join_its_cgroup_is_refused_not_run(python_run
         assert r.status is Status.SPAWN_FAILED and r.output is None, r
         assert "preparing its process failed (joining the run's cgroup" in r.message, r.message
     assert not [*tmp_path.rglob("cgroup.procs"), *tmp_path.rglob("tasks")]
+
+
+def test_a_uid_whose_sandbox_was_not_seen_gone_is_withheld() -> None:
+    """A drain that ran out (processes of the sandbox may be left): its dedicated uid is not given
+    back to the pool, so no later sandbox shares a uid with them."""
+    from noether_nix.sandbox import launch as launch_module
+    from noether_nix.sandbox.launch import Launch
+
+    released: list[int] = []
+
+    class Lease:
+        uid = 80042
+
+        def release(self) -> None:
+            released.append(self.uid)
+
+    for uid_free in (True, False):
+        launch = Launch(["/bin/true"], {}, [], None, None, Lease(), "bwrap")  # type: ignore[arg-type]
+        launch.finish(uid_free=uid_free)
+        launch.finish()  # twice: nothing more happens
+    assert released == [80042]
+    assert any(getattr(w, "uid", None) == 80042 for w in launch_module._WITHHELD)
+    launch_module._WITHHELD.clear()
