@@ -520,6 +520,15 @@ def _entry(stage: Stage, path: str, status: Any, wall: int, in_hash: str, out_ha
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a failed group of concurrent parts stands for: a Ctrl-C among them (the
+    user stopped the run: it is stored as interrupted, not as the failure it cut short),
+    else the first failure that is not a cancellation."""
+    interrupted = group.subgroup(KeyboardInterrupt)
+    if interrupted is not None:
+        found: BaseException = interrupted
+        while isinstance(found, BaseExceptionGroup):
+            found = found.exceptions[0]
+        return found
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
             return first_error(exc)

@@ -31,7 +31,9 @@ import os
 import select
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from noether_nix.sandbox.cgroups import RunCgroup
@@ -72,7 +74,22 @@ def run_blocking(
     try:
         return _supervise(launch, stdin, limits, expect_json, started)
     finally:
-        launch.close_blocking()
+        with _interrupts_held():  # a second Ctrl-C waits until the sandbox is gone (bounded: the drain's 10 s)
+            launch.close_blocking()
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """SIGINT held back (on the main thread, where Python handles it) until the block ends,
+    then delivered: a teardown is never cut short half way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _start(launch: Launch, limits: Limits, fds: tuple[int, int, int]) -> tuple[subprocess.Popen[bytes], int]:

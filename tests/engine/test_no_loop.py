@@ -320,3 +320,15 @@ def test_ctrl_c_is_told_from_errors_at_any_depth() -> None:
     only_cancelled = BaseExceptionGroup("g", [trio.Cancelled._create()])
     assert not _only_interrupts(only_cancelled)  # no Ctrl-C in it: not "interrupted"
     assert _stopped_by(only_cancelled) == "the run was cancelled"
+
+
+def test_ctrl_c_among_concurrent_failures_is_what_the_run_stands_for() -> None:
+    from noether_nix.engine.interpreter import first_error
+    from noether_nix.errors import NoetherError
+
+    ki = KeyboardInterrupt()
+    group = BaseExceptionGroup("parts", [NoetherError("stage_failed", "a branch failed"),
+                                         BaseExceptionGroup("inner", [ki])])
+    assert first_error(group) is ki
+    failed = NoetherError("stage_failed", "a branch failed")
+    assert first_error(BaseExceptionGroup("parts", [trio.Cancelled._create(), failed])) is failed

@@ -96,6 +96,46 @@ def test_an_interrupt_kills_the_tree_and_removes_the_cgroup(python_runtime: str)
     assert sandbox_cgroups(creator=child.pid) == {}
 
 
+#: A second Ctrl-C that comes while the sandbox is being torn down (sent from inside the
+#: teardown here, so it lands there for sure): the teardown finishes first, then it is raised.
+SECOND_INTERRUPT = r"""
+import json, os, signal, sys, time
+from noether_nix.model.effects import EffectSet
+from noether_nix.sandbox import launch as launch_module
+from noether_nix.sandbox.blocking import run_blocking
+from noether_nix.sandbox.launch import Isolation
+from noether_nix.sandbox.policy import Limits, policy_from_effects
+from noether_nix.sandbox.profile import load_profile
+from tests.processes import sandbox_cgroups
+
+finished = []
+close = launch_module.Launch.close_blocking
+
+def interrupted_close(self):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.2)  # an unheld SIGINT would have raised by now, cutting the teardown short
+    close(self)
+    finished.append(True)
+
+launch_module.Launch.close_blocking = interrupted_close
+profile = load_profile()
+try:
+    run_blocking([sys.argv[1], "-c", "print(1)"], policy=policy_from_effects(EffectSet.pure(), profile=profile),
+                 limits=Limits(timeout_s=30), stdin=b"", isolation=Isolation("bwrap"), profile=profile)
+    print(json.dumps({"interrupted": False}))
+except KeyboardInterrupt:
+    print(json.dumps({"interrupted": True, "teardown_finished": finished == [True],
+                      "cgroups": [str(d) for d in sandbox_cgroups()]}))
+"""
+
+
+def test_a_second_interrupt_waits_for_the_teardown(python_runtime: str) -> None:
+    done = subprocess.run([sys.executable, "-c", SECOND_INTERRUPT, python_runtime], cwd=REPO, capture_output=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout) == {"interrupted": True, "teardown_finished": True, "cgroups": []}
+
+
 PURE_CODE = "import json, sys\n"
 
 
