@@ -120,7 +120,12 @@ class Router:
 
 
     async def _admit(self, http: HttpConnection, ctx: Context, params: Run) -> RunHandle | None:
-        """Submit the run; a client that goes away while its run waits for a slot gives up its place."""
+        """Submit the run; a client that goes away while its run waits for a slot gives up its place.
+        With both slots free it starts at once (no wait, so nothing to watch for meanwhile)."""
+        runs = self.daemon.runs
+        admitted = runs.submit_now(ctx, params)
+        if admitted is not None:
+            return await runs.start(ctx, params, admitted)
         handle: RunHandle | None = None
         refused: NoetherError | None = None
         async with trio.open_nursery() as nursery:

@@ -59,6 +59,11 @@ class RunHandle:
         if self.orphaned:
             return
         try:
+            try:  # room in the buffer (nearly always): no timer, no wait
+                self.sender.send_nowait(item)
+                return
+            except trio.WouldBlock:
+                pass
             with trio.fail_after(self.send_timeout_s):
                 await self.sender.send(item)
         except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -99,14 +104,36 @@ class RunManager:
             raise NoetherError("run_not_found", f"no run {run_id} in flight", path=run_id)
         return handle
 
-    async def submit(self, ctx: Context, params: Run) -> RunHandle:
-        """Admit a run and start it in the daemon's nursery; it may wait here for a slot."""
+    def submit_now(self, ctx: Context, params: Run) -> tuple[trio.Semaphore, Any] | None:
+        """Admit a run at once when both its slots are free (what ``submit`` checks first, then
+        the slots taken without waiting): ``(peer slot, options)`` for ``start``; None when it
+        would have to wait (then ``submit`` queues it). Refusals are raised as by ``submit``."""
+        options = self._admissible(ctx, params)
+        peer_slot = self.peer_slots.setdefault(ctx.peer.uid, trio.Semaphore(self.max_runs_per_peer))
+        if self.waiting or peer_slot.value == 0 or self.slots.value == 0:
+            return None  # a queue forms in order: no run overtakes those waiting
+        peer_slot.acquire_nowait()
+        self.slots.acquire_nowait()
+        return peer_slot, options
+
+    async def start(self, ctx: Context, params: Run, admitted: tuple[trio.Semaphore, Any]) -> RunHandle:
+        """Start a run ``submit_now`` admitted, holding its slots, in the daemon's nursery."""
+        peer_slot, options = admitted
+        return await self._start(ctx, params, peer_slot, options)
+
+    def _admissible(self, ctx: Context, params: Run) -> Any:
+        """The run's options, once nothing refuses it outright."""
         assert self.nursery is not None, "the daemon is not serving"
         options = decode_options(params.options)
         ctx.gate_run(options)  # refused at once, before it queues
-        uid = ctx.peer.uid
         if self.stopping:
             raise NoetherError("busy", "the daemon is stopping")
+        return options
+
+    async def submit(self, ctx: Context, params: Run) -> RunHandle:
+        """Admit a run and start it in the daemon's nursery; it may wait here for a slot."""
+        options = self._admissible(ctx, params)
+        uid = ctx.peer.uid
         if self.waiting >= self.max_queued:
             raise NoetherError("busy", "too many runs queued; try again later")
         if self.waiting_by_peer[uid] >= self.max_queued_per_peer:
@@ -127,7 +154,12 @@ class RunManager:
             self.waiting_by_peer[uid] -= 1
             if not self.waiting_by_peer[uid]:
                 del self.waiting_by_peer[uid]
-        handle = RunHandle(uuid.uuid4().hex, uid, options.detach, self.send_timeout_s)
+        return await self._start(ctx, params, peer_slot, options)
+
+    async def _start(self, ctx: Context, params: Run, peer_slot: trio.Semaphore, options: Any) -> RunHandle:
+        """Start the run, which holds both its slots from here (and releases them itself)."""
+        assert self.nursery is not None
+        handle = RunHandle(uuid.uuid4().hex, ctx.peer.uid, options.detach, self.send_timeout_s)
         try:
             # Shielded: once it has its slots the run starts (and releases them itself);
             # a cancelled caller must not release them a second time.
