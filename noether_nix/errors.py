@@ -180,6 +180,20 @@ class NoetherError(Exception):
                    exit_code=exit_code if isinstance(exit_code, int) else None, details=doc.get("details"))
 
 
+def interrupted(e: BaseException) -> bool:
+    """Whether ``e`` is Ctrl-C: a KeyboardInterrupt, or a group (trio's nurseries) of one or more
+    of them and the cancellations they caused, at any depth — nothing else."""
+    if isinstance(e, KeyboardInterrupt):
+        return True
+    if not isinstance(e, BaseExceptionGroup) or e.subgroup(KeyboardInterrupt) is None:
+        return False
+    import sys
+
+    trio = sys.modules.get("trio")  # not imported: nothing is a trio.Cancelled (and asking must not import it)
+    stops: tuple[type[BaseException], ...] = (KeyboardInterrupt, trio.Cancelled) if trio else (KeyboardInterrupt,)
+    return e.split(stops)[1] is None
+
+
 def http_status(err: NoetherError) -> int:
     """The daemon's answer status for ``err`` (an undeclared code is the daemon's fault: 500)."""
     known = lookup(err.code)

@@ -22,7 +22,7 @@ import sys
 from noether_nix import __version__
 from noether_nix.cli.common import Args, CommandResult
 from noether_nix.cli.envelope import Invocation, dump, error_envelope, ok_envelope, wants_human
-from noether_nix.errors import NoetherError
+from noether_nix.errors import NoetherError, interrupted
 
 TYPE_CHECKING = False  # no typing import on the CLI's entry (see errors.py)
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         result = CommandResult(None, NoetherError("interrupted", "interrupted", exit_code=130))
     except BaseExceptionGroup as group:  # Ctrl-C inside trio's nurseries comes grouped
-        if not _only_interrupts(group):
+        if not interrupted(group):
             raise
         result = CommandResult(None, NoetherError("interrupted", "interrupted", exit_code=130))
     data, err = (result.data, result.error) if isinstance(result, CommandResult) else (result, None)
@@ -211,13 +211,6 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     dump(ok_envelope(inv, data))
     return 0
-
-
-def _only_interrupts(group: BaseExceptionGroup[BaseException]) -> bool:
-    """A group of Ctrl-C and the cancellations it caused, nothing else."""
-    trio = sys.modules.get("trio")
-    stops: tuple[type[BaseException], ...] = (KeyboardInterrupt, trio.Cancelled) if trio else (KeyboardInterrupt,)
-    return group.subgroup(KeyboardInterrupt) is not None and group.split(stops)[1] is None
 
 
 #: Whether the command that ran was a one-shot one (see ``entry``).

@@ -38,7 +38,7 @@ from noether_nix.engine.noloop import NO_LOOP, UNLIMITED, drive, loop_free
 from noether_nix.engine.offload import maybe_off_loop, small
 from noether_nix.engine.options import Isolation, RunOptions, StageError
 from noether_nix.engine.state import Dispatch, StageFacts
-from noether_nix.errors import NoetherError
+from noether_nix.errors import NoetherError, interrupted
 from noether_nix.graph.check import CheckOptions, PreparedGraph, check_report, prepare
 from noether_nix.graph.preflight import PolicyOptions, is_stdlib, needs_sandbox
 from noether_nix.logs import get_logger
@@ -103,13 +103,8 @@ def _stopped_by(e: BaseException) -> str | None:
     interrupted (Ctrl-C in the process running it); None for anything else."""
     if _is_cancellation(e):
         return "the run was cancelled"
-    if isinstance(e, KeyboardInterrupt):
+    if interrupted(e):
         return "the run was interrupted"
-    if isinstance(e, BaseExceptionGroup) and e.subgroup(KeyboardInterrupt) is not None:
-        stops: tuple[type[BaseException], ...] = (KeyboardInterrupt, trio.Cancelled) if loaded("trio") \
-            else (KeyboardInterrupt,)
-        if e.split(stops)[1] is None:  # Ctrl-C and the cancellations it caused, at any depth
-            return "the run was interrupted"
     return None
 
 

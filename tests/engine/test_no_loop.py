@@ -308,17 +308,17 @@ def test_ctrl_c_ends_an_embedded_run_as_interrupted_with_nothing_left(noether_ho
 
 
 def test_ctrl_c_is_told_from_errors_at_any_depth() -> None:
-    from noether_nix.cli.main import _only_interrupts
     from noether_nix.engine.engine import _stopped_by
+    from noether_nix.errors import interrupted
 
     ki = KeyboardInterrupt()
     nested = BaseExceptionGroup("outer", [BaseExceptionGroup("inner", [ki]), trio.Cancelled._create()])
     assert _stopped_by(ki) == _stopped_by(nested) == "the run was interrupted"
-    assert _only_interrupts(nested)
+    assert interrupted(nested)
     mixed = BaseExceptionGroup("outer", [BaseExceptionGroup("inner", [KeyboardInterrupt()]), ValueError("bug")])
-    assert _stopped_by(mixed) is None and not _only_interrupts(mixed)  # a real error is never an interrupt
+    assert _stopped_by(mixed) is None and not interrupted(mixed)  # a real error is never an interrupt
     only_cancelled = BaseExceptionGroup("g", [trio.Cancelled._create()])
-    assert not _only_interrupts(only_cancelled)  # no Ctrl-C in it: not "interrupted"
+    assert not interrupted(only_cancelled)  # no Ctrl-C in it: not "interrupted"
     assert _stopped_by(only_cancelled) == "the run was cancelled"
 
 
