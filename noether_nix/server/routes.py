@@ -125,7 +125,7 @@ class Router:
         runs = self.daemon.runs
         admitted = runs.submit_now(ctx, params)
         if admitted is not None:
-            return await runs.start(ctx, params, admitted)
+            return await runs.start(ctx, params, *admitted)
         handle: RunHandle | None = None
         refused: NoetherError | None = None
         async with trio.open_nursery() as nursery:

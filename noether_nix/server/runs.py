@@ -106,8 +106,8 @@ class RunManager:
 
     def submit_now(self, ctx: Context, params: Run) -> tuple[trio.Semaphore, Any] | None:
         """Admit a run at once when both its slots are free (what ``submit`` checks first, then
-        the slots taken without waiting): ``(peer slot, options)`` for ``start``; None when it
-        would have to wait (then ``submit`` queues it). Refusals are raised as by ``submit``."""
+        the slots taken without waiting): ``(peer slot, options)``, to hand to ``start``; None
+        when it would have to wait (then ``submit`` queues it). Refusals are raised as by ``submit``."""
         options = self._admissible(ctx, params)
         peer_slot = self.peer_slots.setdefault(ctx.peer.uid, trio.Semaphore(self.max_runs_per_peer))
         if self.waiting or peer_slot.value == 0 or self.slots.value == 0:
@@ -115,11 +115,6 @@ class RunManager:
         peer_slot.acquire_nowait()
         self.slots.acquire_nowait()
         return peer_slot, options
-
-    async def start(self, ctx: Context, params: Run, admitted: tuple[trio.Semaphore, Any]) -> RunHandle:
-        """Start a run ``submit_now`` admitted, holding its slots, in the daemon's nursery."""
-        peer_slot, options = admitted
-        return await self._start(ctx, params, peer_slot, options)
 
     def _admissible(self, ctx: Context, params: Run) -> Any:
         """The run's options, once nothing refuses it outright."""
@@ -154,10 +149,11 @@ class RunManager:
             self.waiting_by_peer[uid] -= 1
             if not self.waiting_by_peer[uid]:
                 del self.waiting_by_peer[uid]
-        return await self._start(ctx, params, peer_slot, options)
+        return await self.start(ctx, params, peer_slot, options)
 
-    async def _start(self, ctx: Context, params: Run, peer_slot: trio.Semaphore, options: Any) -> RunHandle:
-        """Start the run, which holds both its slots from here (and releases them itself)."""
+    async def start(self, ctx: Context, params: Run, peer_slot: trio.Semaphore, options: Any) -> RunHandle:
+        """Start an admitted run (``submit`` or ``submit_now``) in the daemon's nursery: it holds
+        both its slots from here, and releases them itself."""
         assert self.nursery is not None
         handle = RunHandle(uuid.uuid4().hex, ctx.peer.uid, options.detach, self.send_timeout_s)
         try:
