@@ -86,9 +86,8 @@ async def _stdlib(run: RunState, entry: Entry, stage: Stage, value: Any, path: s
     label = stage.label()
     category = entry.category
     if category == "higher_order":
-        from noether_nix.engine.higher_order import (
-            run_higher_order,  # only here: the engine within the engine
-        )
+        # Only here: higher-order stages are the engine within the engine.
+        from noether_nix.engine.higher_order import run_higher_order
 
         return await run_higher_order(run, stage, value, path), Usage()
     try:
@@ -230,6 +229,7 @@ async def _process_stage(run: RunState, stage: Stage, name: str, value: Any, pat
 
 async def _open_process_host(run: RunState, stage: Stage) -> SandboxSession:
     from noether_nix.sandbox.session import open_session
+
     python = await trio.to_thread.run_sync(ensure_runtime, "python")
     bash = await trio.to_thread.run_sync(ensure_runtime, "bash")  # everyday tools for spawned commands
     profile = load_profile(run.services.config.sandbox_profile)

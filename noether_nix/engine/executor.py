@@ -243,9 +243,10 @@ class LocalExecutor:
             result = await run_sandboxed(program.argv, policy=policy, limits=call.limits, stdin=stdin,
                                          isolation=SandboxIsolation(call.isolation), profile=profile, env=call.env,
                                          run_as=call.run_as, expect_json=False)
-        raw = result.stdout_bytes or b"" if result.ok else b""
-        parsed = await maybe_off_loop(len(raw) <= INLINE_MAX_BYTES, parse_output, raw, limiter=self.threads) \
-            if result.ok else None
+        parsed = None
+        if result.ok:
+            raw = result.stdout_bytes or b""
+            parsed = await maybe_off_loop(len(raw) <= INLINE_MAX_BYTES, parse_output, raw, limiter=self.threads)
         return _outcome(result, parsed, program)
 
 

@@ -42,7 +42,6 @@ T = TypeVar("T")
 NO_LOOP: ContextVar[bool] = ContextVar("noether_no_loop", default=False)
 
 
-
 class Unlimited:
     """A concurrency slot that is always free: ``async with`` it waits for nothing."""
 

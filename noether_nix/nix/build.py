@@ -67,10 +67,8 @@ def nix_build(expr: Path, args: dict[str, str], arg_strs: dict[str, str], out_li
               *, timeout_s: float | None = None) -> str:
     """Build ``expr`` and return its store path; ``out_link`` becomes a GC root. A build
     may take ``timeout_s`` (default: settings ``nix.build_timeout_secs``)."""
-    from noether_nix.proc import (  # the spawner: loaded by what starts processes
-        cancelled,
-        supervised,
-    )
+    # The spawner thread's module: loaded by what starts processes.
+    from noether_nix.proc import cancelled, supervised
 
     if timeout_s is None:
         timeout_s = settings().nix.build_timeout_secs

@@ -119,9 +119,8 @@ def _platform_args() -> list[str]:
 
 
 def _fetch(pins: list[str], tag: str) -> list[Wheel]:
-    from noether_nix.proc import (
-        run as supervised_run,  # the spawner: loaded by what starts processes
-    )
+    # The spawner thread's module: loaded by what starts processes.
+    from noether_nix.proc import run as supervised_run
 
     with tempfile.TemporaryDirectory(prefix="noether-wheels-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-cache-dir",
