@@ -39,7 +39,7 @@ from pathlib import Path
 from noether_nix.sandbox.cgroups import RunCgroup
 from noether_nix.sandbox.identity import RunAs
 from noether_nix.sandbox.launch import Isolation, Launch, prepare_launch, start_failure
-from noether_nix.sandbox.outcome import Exchange, Result, Status, verdict
+from noether_nix.sandbox.outcome import Exchange, Result, Status
 from noether_nix.sandbox.policy import IsolationPolicy, Limits
 from noether_nix.sandbox.profile import Profile, load_profile
 
@@ -134,9 +134,7 @@ def _supervise(launch: Launch, stdin: bytes, limits: Limits, expect_json: bool, 
     finally:
         for fd in ours:
             os.close(fd)
-    return verdict(ex, popen.returncode, limits=limits, cgroup=cgroup, mode=mode, expect_json=expect_json,
-                   wall_ms=int((time.monotonic() - started) * 1000),
-                   cpu_ms=cgroup.cpu_ms() if cgroup else None, max_rss_kb=cgroup.max_rss_kb() if cgroup else None)
+    return launch.verdict(ex, popen.returncode, limits=limits, expect_json=expect_json, started=started)
 
 
 def _exchange(popen: subprocess.Popen[bytes], pidfd: int, stdin_fd: int, stdout_fd: int, stderr_fd: int,

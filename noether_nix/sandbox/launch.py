@@ -18,6 +18,7 @@ import os
 import resource
 import stat
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -45,6 +46,7 @@ from noether_nix.sandbox.identity import (
     needs_dedicated_uid,
     sandbox_access_problem,
 )
+from noether_nix.sandbox.outcome import Exchange, Result, verdict
 from noether_nix.sandbox.policy import IsolationPolicy, Limits
 from noether_nix.sandbox.profile import Profile
 from noether_nix.sandbox.seccomp import cached_filter, filter_fd
@@ -221,6 +223,15 @@ class Launch:
     def close_fds(self) -> None:
         close_all(self.fds)
         self.fds = []
+
+    def verdict(self, ex: Exchange, rc: int | None, *, limits: Limits, expect_json: bool,
+                started: float) -> Result:
+        """The Result of this cold start (``outcome.verdict``), with its wall time since
+        ``started`` and the CPU time and peak memory its cgroup counted."""
+        cgroup = self.cgroup
+        return verdict(ex, rc, limits=limits, cgroup=cgroup, mode=self.mode, expect_json=expect_json,
+                       wall_ms=int((time.monotonic() - started) * 1000),
+                       cpu_ms=cgroup.cpu_ms() if cgroup else None, max_rss_kb=cgroup.max_rss_kb() if cgroup else None)
 
     async def aclose(self) -> None:
         """Once the sandbox's own process is gone: kill what is left and wait until

@@ -103,9 +103,7 @@ async def _supervise(launch: Launch, stdin: bytes, limits: Limits, expect_json: 
             with trio.move_on_after(5):
                 await proc.wait()
             await proc.aclose()
-    return verdict(ex, proc.returncode, limits=limits, cgroup=cgroup, mode=mode, expect_json=expect_json,
-                   wall_ms=int((time.monotonic() - started) * 1000),
-                   cpu_ms=cgroup.cpu_ms() if cgroup else None, max_rss_kb=cgroup.max_rss_kb() if cgroup else None)
+    return launch.verdict(ex, proc.returncode, limits=limits, expect_json=expect_json, started=started)
 
 
 async def exchange(stdin_stream: Any, stdout_stream: Any, stderr_stream: Any, stdin: bytes, limits: Limits, *,
