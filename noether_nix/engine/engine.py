@@ -88,10 +88,9 @@ def engine_limits(config: EngineSettings, profile: Profile) -> Limits:
 def _fast_pure(stage: Stage) -> FastPure | None:
     """What the fast path needs, for an in-process Pure stdlib stage without refinements."""
     entry = STDLIB.get(stage.name or "") if is_stdlib(stage) else None
-    if entry is None or entry.category != "pure" or entry.impl is None:
+    if entry is None or not entry.inline:  # not off_loop: regular expressions go off the event loop call by call
         return None
-    if entry.off_loop:  # its work can outgrow its input (regular expressions): each call off the event loop
-        return None
+    assert entry.impl is not None
     if outer_refinements(stage.input) or outer_refinements(stage.output):
         return None
     types = simple_types(stage.input)

@@ -108,5 +108,5 @@ def _stage_ok(stage: Stage, facts: StageFacts) -> bool:
         entry = STDLIB.get(stage.name or "")
         # In-process Pure work inline; everything else (kv and store stages that wait on the
         # database, sandboxed stdlib stages with file walls, the process host) runs on trio.
-        return entry is not None and entry.category == "pure" and entry.impl is not None and not entry.off_loop
+        return entry is not None and entry.inline
     return stage.implementation_code is not None and bool(stage.implementation_language)

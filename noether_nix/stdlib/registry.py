@@ -142,6 +142,13 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
     def sandboxed(self) -> bool:
         return WHERE[self.category].sandboxed
 
+    @property
+    def inline(self) -> bool:
+        """A Pure stage whose implementation may run on the caller's thread: its work grows
+        with its input only (not ``off_loop``). The fast path and runs without an event
+        loop take these."""
+        return self.category == "pure" and self.impl is not None and not self.off_loop
+
 
 def _entries() -> dict[str, Entry]:
     table: dict[str, Entry] = {}
