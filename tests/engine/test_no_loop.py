@@ -332,3 +332,23 @@ def test_ctrl_c_among_concurrent_failures_is_what_the_run_stands_for() -> None:
     assert first_error(group) is ki
     failed = NoetherError("stage_failed", "a branch failed")
     assert first_error(BaseExceptionGroup("parts", [trio.Cancelled._create(), failed])) is failed
+
+
+def test_a_daemon_peer_never_takes_the_path_without_a_loop(engine: Engine, add: AddStage) -> None:
+    """Only the user's own embedded runs go without a loop: a daemon's peer that may not change
+    the store, or one whose sandboxes run as that peer, is handed back to run on trio."""
+    from noether_nix.service.context import Context, Peer
+    from noether_nix.service.endpoints import Run
+    from noether_nix.service.graph import run_graph_without_loop
+
+    params = Run(graph=graph({"op": "Stage", "id": add("echo", ECHO).id}), input="x", options={"cache": False})
+    reader = Context(Peer(uid=os.getuid() + 1, gid=os.getgid(), writer=False), make_engine=lambda: engine)
+    assert run_graph_without_loop(reader, params) is None
+    if os.geteuid() == 0:  # a root daemon runs another user's sandboxes as that user
+        other = Context(Peer(uid=4242, gid=4242, writer=True), make_engine=lambda: engine)
+        assert other.peer.run_as() is not None and run_graph_without_loop(other, params) is None
+    before = len(engine.runs.recent(100))
+    own = Context(Peer(uid=os.getuid(), gid=os.getgid(), writer=True), make_engine=lambda: engine)
+    done = run_graph_without_loop(own, params)
+    assert isinstance(done, RunFinished) and done.output == "x"
+    assert len(engine.runs.recent(100)) == before + 1
